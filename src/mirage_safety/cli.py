@@ -1,0 +1,68 @@
+"""``mirage``: one subcommand per pipeline stage, plus registry and report tools.
+
+Each stage module exposes ``add_cli(subparsers)`` which adds its subcommand and sets
+``func`` on it; heavy imports (torch, transformers, mlflow) happen inside the handlers
+so ``mirage --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+
+from mirage_safety import __version__
+from mirage_safety.config import ConfigError
+from mirage_safety.data.schema import DataValidationError
+
+# Order is the order a sample travels: generate -> base -> train -> evaluate -> register.
+_STAGE_MODULES = (
+    "mirage_safety.data.generate",
+    "mirage_safety.models.base",
+    "mirage_safety.training.train",
+    "mirage_safety.evaluation.evaluate",
+    "mirage_safety.registry.register",
+    "mirage_safety.registry.manage",
+    "mirage_safety.report",
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="mirage",
+        description="MIRage safety fine-tuning pipeline (stages run by `dvc repro`).",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name in _STAGE_MODULES:
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as exc:
+            if exc.name == name:  # stage not implemented yet
+                continue
+            raise
+        module.add_cli(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        return int(args.func(args) or 0)
+    except (ConfigError, DataValidationError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

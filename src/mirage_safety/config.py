@@ -1,0 +1,258 @@
+"""The one typed configuration: ``params.yaml`` parsed once into pydantic models.
+
+Every stage receives only its slice (``cfg.data``, ``cfg.train``...).  Unknown keys and
+wrong types fail before any work with the full key path and the expected type.
+
+Profiles: ``params.yaml`` holds the defaults at top level plus ``profiles.<name>``
+override trees.  The active profile is ``profile:`` in the file, or the environment
+variable ``MIRAGE_PROFILE`` (so CI and tests select ``smoke`` without editing the file;
+under DVC use ``dvc exp run -S profile=smoke`` so the choice is part of the stage params).
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+PROFILE_ENV = "MIRAGE_PROFILE"
+DEFAULT_PARAMS = Path("params.yaml")
+
+
+class ConfigError(ValueError):
+    """A params file that cannot be used; the message names every offending key."""
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, protected_namespaces=())
+
+
+# --------------------------------------------------------------------------- data
+LabelStyle = Literal["cot", "refusal", "text_only"]
+
+
+class WorldConfig(_Model):
+    """The embedded synthetic MIS world."""
+
+    image_size: int = Field(64, ge=16, le=512)
+    label_style: LabelStyle = "cot"
+    n_train: int = Field(3000, ge=1)
+    n_test_per_split: int = Field(200, ge=1)
+    n_general_train: int = Field(600, ge=0)
+    n_general_test: int = Field(300, ge=1)
+    benign_fraction: float = Field(0.35, ge=0.0, le=1.0)
+    test_pair_fraction: float = Field(0.3, gt=0.0, lt=1.0)
+    jitter: float = Field(1.0, ge=0.0, le=2.0)
+
+
+class HubDataConfig(_Model):
+    """A real dataset: a local directory in the public layout, or a Hub dataset id."""
+
+    local_dir: str | None = None
+    hub_id: str | None = None
+    revision: str | None = None
+    train_file: str | None = None
+
+    @model_validator(mode="after")
+    def _one_source(self) -> HubDataConfig:
+        if self.local_dir and self.hub_id:
+            raise ValueError("set either local_dir or hub_id, not both")
+        return self
+
+
+class DataConfig(_Model):
+    source: Literal["world", "mis", "msr_align"] = "world"
+    seed: int = 1234
+    world: WorldConfig = WorldConfig()
+    mis: HubDataConfig = HubDataConfig()
+    msr_align: HubDataConfig = HubDataConfig()
+    max_errors_shown: int = Field(20, ge=1)
+
+
+# --------------------------------------------------------------------------- base
+class BuiltinModelConfig(_Model):
+    """The embedded tiny LLaVA-architecture VLM and its pre-training on general data."""
+
+    vision_hidden: int = Field(64, ge=8)
+    vision_layers: int = Field(2, ge=1)
+    vision_heads: int = Field(4, ge=1)
+    patch_size: int = Field(8, ge=2)
+    text_hidden: int = Field(128, ge=8)
+    text_layers: int = Field(2, ge=1)
+    text_heads: int = Field(4, ge=1)
+    intermediate_size: int = Field(256, ge=8)
+    vocab_size: int = Field(2048, ge=64)
+    pretrain_steps: int = Field(600, ge=0)
+    pretrain_batch_size: int = Field(16, ge=1)
+    pretrain_lr: float = Field(2e-3, gt=0)
+    pretrain_samples: int = Field(6000, ge=1)
+
+
+class HubModelConfig(_Model):
+    model_id: str | None = None
+    revision: str | None = None
+    trust_remote_code: bool = False
+    torch_dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+
+
+class BaseConfig(_Model):
+    source: Literal["builtin", "hub"] = "builtin"
+    seed: int = 1234
+    builtin: BuiltinModelConfig = BuiltinModelConfig()
+    hub: HubModelConfig = HubModelConfig()
+
+    @model_validator(mode="after")
+    def _hub_needs_id(self) -> BaseConfig:
+        if self.source == "hub" and not self.hub.model_id:
+            raise ValueError("base.source is 'hub' but base.hub.model_id is not set")
+        return self
+
+
+# --------------------------------------------------------------------------- train
+class LoraConfig(_Model):
+    r: int = Field(16, ge=1)
+    alpha: int = Field(32, ge=1)
+    dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    target_modules: list[str] = ["q_proj", "k_proj", "v_proj", "o_proj"]
+
+
+class TrainConfig(_Model):
+    method: Literal["lora", "full"] = "full"
+    seed: int = 1234
+    lora: LoraConfig = LoraConfig()
+    general_ratio: float = Field(0.11, ge=0.0, lt=1.0)
+    epochs: float = Field(2.0, gt=0)
+    max_steps: int = Field(-1, ge=-1)
+    learning_rate: float = Field(1e-3, gt=0)
+    batch_size: int = Field(16, ge=1)
+    grad_accum: int = Field(1, ge=1)
+    warmup_ratio: float = Field(0.03, ge=0.0, lt=1.0)
+    weight_decay: float = Field(0.0, ge=0.0)
+    save_steps: int = Field(100, ge=1)
+    logging_steps: int = Field(10, ge=1)
+    max_length: int = Field(512, ge=16)
+    bf16: bool = False
+    gradient_checkpointing: bool = False
+    freeze_vision: bool = True
+    dataloader_workers: int = Field(0, ge=0)
+
+
+# --------------------------------------------------------------------------- eval
+class OpenAIJudgeConfig(_Model):
+    base_url: str = "http://127.0.0.1:8000/v1"
+    model: str = "judge"
+    api_key_env: str = "MIRAGE_JUDGE_API_KEY"
+    timeout_s: float = Field(60.0, gt=0)
+    max_retries: int = Field(4, ge=0)
+    backoff_s: float = Field(1.0, ge=0)
+    max_tokens: int = Field(256, ge=1)
+    concurrency: int = Field(4, ge=1)
+
+
+class EvalConfig(_Model):
+    judge: Literal["world", "keyword", "openai"] = "world"
+    second_judge: Literal["world", "keyword", "openai", "none"] = "keyword"
+    splits: list[str] = ["test_easy", "test_hard", "test_benign", "general_test"]
+    max_new_tokens: int = Field(96, ge=1)
+    batch_size: int = Field(32, ge=1)
+    max_samples_per_split: int = Field(-1, ge=-1)
+    gallery_size: int = Field(6, ge=0)
+    openai: OpenAIJudgeConfig = OpenAIJudgeConfig()
+
+
+# --------------------------------------------------------------------------- register
+class RegistryConfig(_Model):
+    model_name: str = "mirage"
+    # all rates are percentages (0-100); tolerances are in percentage points
+    asr_tolerance: float = Field(0.0, ge=0.0, le=100.0)
+    over_refusal_tolerance: float = Field(2.0, ge=0.0, le=100.0)
+    general_accuracy_tolerance: float = Field(2.0, ge=0.0, le=100.0)
+
+
+class TrackingConfig(_Model):
+    tracking_uri: str = "sqlite:///mlflow.db"
+    experiment: str = "mirage"
+
+
+# --------------------------------------------------------------------------- root
+class Params(_Model):
+    profile: str = "default"
+    data: DataConfig = DataConfig()
+    base: BaseConfig = BaseConfig()
+    train: TrainConfig = TrainConfig()
+    eval: EvalConfig = EvalConfig()
+    registry: RegistryConfig = RegistryConfig()
+    tracking: TrackingConfig = TrackingConfig()
+    profiles: dict[str, dict[str, Any]] = {}
+
+
+def _deep_merge(base: dict[str, Any], override: dict[str, Any], path: str = "") -> dict[str, Any]:
+    out = copy.deepcopy(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _deep_merge(out[key], value, f"{path}{key}.")
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def _format_errors(exc: ValidationError, source: str) -> str:
+    lines = [f"{source}: invalid params ({exc.error_count()} problem(s)):"]
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err["loc"]) or "<root>"
+        kind = err["type"]
+        if kind == "extra_forbidden":
+            msg = "unknown key"
+        else:
+            msg = err["msg"]
+            if "input" in err and kind not in ("missing",):
+                msg += f" (got {err['input']!r})"
+        lines.append(f"  - {loc}: {msg}")
+    return "\n".join(lines)
+
+
+def parse_params(raw: dict[str, Any] | None, *, profile: str | None = None,
+                 source: str = "params") -> Params:
+    """Validate a raw params mapping, applying the selected profile's overrides."""
+    raw = dict(raw or {})
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: top level must be a mapping")
+    chosen = profile or os.environ.get(PROFILE_ENV) or raw.get("profile") or "default"
+    profiles = raw.get("profiles") or {}
+    if not isinstance(profiles, dict):
+        raise ConfigError(f"{source}: profiles: expected a mapping of profile name to overrides")
+    if chosen != "default":
+        if chosen not in profiles:
+            known = ", ".join(sorted(profiles)) or "none"
+            raise ConfigError(f"{source}: profile {chosen!r} is not defined (known: {known})")
+        override = profiles[chosen]
+        if not isinstance(override, dict):
+            raise ConfigError(f"{source}: profiles.{chosen}: expected a mapping")
+        if "profiles" in override or "profile" in override:
+            raise ConfigError(f"{source}: profiles.{chosen}: a profile cannot set profile(s)")
+        raw = _deep_merge(raw, override)
+    raw["profile"] = chosen
+    try:
+        return Params.model_validate(raw)
+    except ValidationError as exc:
+        where = source if chosen == "default" else f"{source} (profile {chosen!r})"
+        raise ConfigError(_format_errors(exc, where)) from None
+
+
+def load_params(path: str | os.PathLike[str] = DEFAULT_PARAMS, *,
+                profile: str | None = None) -> Params:
+    """Read and validate a params file (the only place ``params.yaml`` is parsed)."""
+    p = Path(path)
+    if not p.exists():
+        raise ConfigError(f"{p}: params file not found")
+    try:
+        raw = yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{p}: not valid YAML: {exc}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{p}: top level must be a mapping")
+    return parse_params(raw, profile=profile, source=str(p))
