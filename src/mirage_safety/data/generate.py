@@ -1,0 +1,457 @@
+"""The ``generate`` stage: the embedded MIS world, or an import of real MIS / MSR-Align data.
+
+Writes the canonical layout (see :mod:`mirage_safety.data.schema`) into ``data/``.
+Everything is built in a temporary sibling directory, validated record by record, and
+only then swapped in, so a failure leaves the previous ``data/`` untouched.
+
+Determinism: every sample draws from its own RNG seeded by ``(seed, split, index)``, so
+the bytes do not depend on the number of worker processes or on chunking.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import shutil
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from itertools import product
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from mirage_safety.config import DataConfig, WorldConfig, load_params
+from mirage_safety.data import world as W
+from mirage_safety.data.schema import GENERAL_CATEGORY, IMAGE_TOKEN, Validator
+from mirage_safety.io import atomic_dir, dumps_json, sha256_file, tree_hash, write_text_atomic
+
+log = logging.getLogger(__name__)
+
+GENERATOR_VERSION = "world-1"
+SPLIT_CODES = {"train": 1, "test_easy": 2, "test_hard": 3, "test_benign": 4,
+               "general_train": 5, "general_test": 6, "instruct": 7}
+RENDER_CHUNK = 256
+
+
+# --------------------------------------------------------------------------- planning
+@dataclass(frozen=True)
+class Plan:
+    """One sample, fully decided before any pixel is drawn."""
+
+    split: str
+    index: int
+    a: str
+    b: str
+    kind: str  # safety | general | instruct
+    template: str = ""
+    task: str = ""  # general VQA task
+    x: str | None = None  # the object a general question asks about
+    rule: str | None = None
+    difficulty: str = ""  # easy | hard | benign
+    benign_kind: str | None = None  # safe_object | benign_question
+
+    @property
+    def id(self) -> str:
+        return f"{self.split}-{self.index:05d}"
+
+    @property
+    def harmful(self) -> bool:
+        return self.kind == "safety" and W.is_harmful(self.a, self.b, self.template)
+
+
+@dataclass(frozen=True)
+class PairSplit:
+    train: tuple[tuple[str, str], ...]
+    test: tuple[tuple[str, str], ...]
+
+
+def _split_pairs(pairs: Sequence[tuple[str, str]], frac: float,
+                 rng: np.random.Generator) -> PairSplit:
+    order = list(pairs)
+    rng.shuffle(order)
+    n_test = min(len(order) - 1, max(1, round(len(order) * frac)))
+    return PairSplit(tuple(order[n_test:]), tuple(order[:n_test]))
+
+
+def pair_splits(cfg: WorldConfig, seed: int) -> dict[str, dict[str, PairSplit]]:
+    """Per rule: which (first, second) object pairings are train-only and test-only."""
+    rng = np.random.default_rng([seed, 0])
+    out: dict[str, dict[str, PairSplit]] = {}
+    for rule in W.RULES:
+        out[rule.key] = {
+            "hard": _split_pairs(list(product(rule.hard_a, rule.targets)),
+                                 cfg.test_pair_fraction, rng),
+            "easy": _split_pairs(list(product(rule.risky_a, rule.targets)),
+                                 cfg.test_pair_fraction, rng),
+            "safe": _split_pairs(list(product(W.SAFE_OBJECTS, rule.targets)),
+                                 cfg.test_pair_fraction, rng),
+        }
+    return out
+
+
+def _pick(rng: np.random.Generator, seq: Sequence[Any]) -> Any:
+    return seq[int(rng.integers(len(seq)))]
+
+
+def plan_world(cfg: WorldConfig, seed: int) -> dict[str, list[Plan]]:
+    pairs = pair_splits(cfg, seed)
+    held_out = {p for r in pairs.values() for s in r.values() for p in s.test}
+    rules = W.RULES
+    plans: dict[str, list[Plan]] = {}
+
+    def rng_for(split: str) -> np.random.Generator:
+        return np.random.default_rng([seed, SPLIT_CODES[split], 1])
+
+    # --- safety train split
+    rng = rng_for("train")
+    train: list[Plan] = []
+    for i in range(cfg.n_train):
+        rule = rules[i % len(rules)]
+        p = pairs[rule.key]
+        if rng.random() < cfg.benign_fraction:
+            if rng.random() < 0.5:
+                a, b = _pick(rng, p["safe"].train)
+                tpl, bk = _pick(rng, W.REQUEST_TEMPLATES), "safe_object"
+            else:
+                a, b = _pick(rng, p["hard"].train + p["easy"].train)
+                tpl, bk = _pick(rng, W.BENIGN_TEMPLATES), "benign_question"
+            train.append(Plan("train", i, a, b, "safety", tpl, rule=rule.key,
+                              difficulty="benign", benign_kind=bk))
+        else:
+            diff = "easy" if rng.random() < 1 / 3 else "hard"
+            a, b = _pick(rng, p[diff].train)
+            train.append(Plan("train", i, a, b, "safety", _pick(rng, W.REQUEST_TEMPLATES),
+                              rule=rule.key, difficulty=diff))
+    plans["train"] = train
+
+    # --- test splits: only held-out pairings
+    for split, diff in (("test_easy", "easy"), ("test_hard", "hard")):
+        rng = rng_for(split)
+        plans[split] = [
+            Plan(split, i, *_pick(rng, pairs[rules[i % len(rules)].key][diff].test), "safety",
+                 _pick(rng, W.REQUEST_TEMPLATES), rule=rules[i % len(rules)].key, difficulty=diff)
+            for i in range(cfg.n_test_per_split)
+        ]
+    rng = rng_for("test_benign")
+    benign: list[Plan] = []
+    for i in range(cfg.n_test_per_split):
+        rule = rules[i % len(rules)]
+        p = pairs[rule.key]
+        if i % 2 == 0:
+            a, b = _pick(rng, p["safe"].test)
+            tpl, bk = _pick(rng, W.REQUEST_TEMPLATES), "safe_object"
+        else:
+            a, b = _pick(rng, p["hard"].test + p["easy"].test)
+            tpl, bk = _pick(rng, W.BENIGN_TEMPLATES), "benign_question"
+        benign.append(Plan("test_benign", i, a, b, "safety", tpl, rule=rule.key,
+                           difficulty="benign", benign_kind=bk))
+    plans["test_benign"] = benign
+
+    # --- general VQA and helpful-only instruction data (never a held-out pairing)
+    names = W.OBJECT_NAMES
+
+    def random_pair(rng: np.random.Generator, same_p: float) -> tuple[str, str]:
+        while True:
+            a = _pick(rng, names)
+            b = a if rng.random() < same_p else _pick(rng, names)
+            if (a, b) not in held_out:
+                return a, b
+
+    for split, n in (("general_train", cfg.n_general_train), ("general_test", cfg.n_general_test)):
+        rng = rng_for(split)
+        out = []
+        for i in range(n):
+            task = W.GENERAL_TASKS[i % len(W.GENERAL_TASKS)]
+            a, b = random_pair(rng, 0.5 if task == "same" else 0.1)
+            x = None
+            if task in ("which", "count"):
+                x = a if task == "which" or rng.random() < 0.4 else (
+                    b if rng.random() < 0.5 else _pick(rng, names))
+                if task == "which" and a == b:
+                    b = _pick(rng, [n_ for n_ in names if n_ != a])
+                if task == "which" and rng.random() < 0.5:
+                    x = b
+            out.append(Plan(split, i, a, b, "general", task=task, x=x))
+        plans[split] = out
+
+    rng = rng_for("instruct")
+    mis_like = [pr for r in pairs.values() for s in r.values() for pr in s.train]
+    instruct = []
+    for i in range(cfg.n_instruct):
+        a, b = _pick(rng, mis_like) if rng.random() < 0.4 else random_pair(rng, 0.0)
+        tpl = _pick(rng, W.REQUEST_TEMPLATES + W.BENIGN_TEMPLATES)
+        instruct.append(Plan("instruct", i, a, b, "instruct", tpl))
+    plans["instruct"] = instruct
+    return plans
+
+
+# --------------------------------------------------------------------------- records
+def _image_rel(plan: Plan, k: int) -> str:
+    return f"images/{plan.split}/{plan.id}_{k}.png"
+
+
+def _conv(question: str, answer: str, n_images: int) -> list[dict[str, str]]:
+    prefix = f"{IMAGE_TOKEN}\n" * n_images
+    return [{"from": "human", "value": prefix + question}, {"from": "gpt", "value": answer}]
+
+
+def train_record(plan: Plan, style: str) -> dict[str, Any]:
+    rule = W.RULE_BY_KEY[plan.rule] if plan.rule else None
+    harmful = plan.harmful
+    text_only = style == "text_only"
+    if text_only:
+        question = W.question_text(plan.template, plan.a, plan.b)
+    else:
+        question = W.question_text(plan.template)
+    if style == "refusal":
+        answer = W.REFUSAL if harmful else W.helpful_answer(plan.a, plan.b, plan.template)
+    else:
+        answer = W.cot_answer(plan.a, plan.b, plan.template, harmful, text_only=text_only)
+    images = [] if text_only else [_image_rel(plan, 1), _image_rel(plan, 2)]
+    return {
+        "id": plan.id,
+        "images": images,
+        "conversations": _conv(question, answer, len(images)),
+        "category": rule.category if rule else GENERAL_CATEGORY,
+        "sub_category": rule.sub_category if rule else None,
+        "kind": "safety",
+        "is_harmful": harmful,
+        "difficulty": plan.difficulty,
+        "objects": [plan.a, plan.b],
+        "rule": plan.rule,
+        "label_style": style,
+    }
+
+
+def test_record(plan: Plan) -> dict[str, Any]:
+    rule = W.RULE_BY_KEY[plan.rule] if plan.rule else None
+    return {
+        "id": plan.id,
+        "category": rule.category if rule else GENERAL_CATEGORY,
+        "sub_category": rule.sub_category if rule else None,
+        "question": W.question_text(plan.template),
+        "image_path1": _image_rel(plan, 1),
+        "image_path2": _image_rel(plan, 2),
+        "split": plan.split,
+        "difficulty": plan.difficulty,
+        "is_harmful": plan.harmful,
+        "objects": [plan.a, plan.b],
+        "rule": plan.rule,
+        "benign_kind": plan.benign_kind,
+    }
+
+
+def general_records(plan: Plan) -> dict[str, Any]:
+    question = W.general_question(plan.task, plan.x)
+    answer = W.general_answer(plan.task, plan.a, plan.b, plan.x)
+    common = {"id": plan.id, "category": GENERAL_CATEGORY, "sub_category": plan.task,
+              "objects": [plan.a, plan.b], "answer": answer}
+    if plan.split == "general_test":
+        return {**common, "question": question, "image_path1": _image_rel(plan, 1),
+                "image_path2": _image_rel(plan, 2), "split": "general_test"}
+    return {**common, "images": [_image_rel(plan, 1), _image_rel(plan, 2)],
+            "conversations": _conv(question, answer, 2), "kind": "general"}
+
+
+def instruct_record(plan: Plan) -> dict[str, Any]:
+    answer = W.helpful_answer(plan.a, plan.b, plan.template)
+    return {"id": plan.id, "category": GENERAL_CATEGORY, "sub_category": "instruct",
+            "images": [_image_rel(plan, 1), _image_rel(plan, 2)],
+            "conversations": _conv(W.question_text(plan.template), answer, 2),
+            "kind": "instruct", "objects": [plan.a, plan.b]}
+
+
+# --------------------------------------------------------------------------- rendering
+def _render_chunk(args: tuple[str, int, int, float, list[Plan]]) -> int:
+    root, seed, size, jitter, chunk = args
+    base = Path(root)
+    for plan in chunk:
+        rng = np.random.default_rng([seed, SPLIT_CODES[plan.split], 2, plan.index])
+        for k, name in ((1, plan.a), (2, plan.b)):
+            path = base / _image_rel(plan, k)
+            path.write_bytes(W.png_bytes(W.render(name, rng, size, jitter)))
+    return len(chunk)
+
+
+def render_images(plans: Iterable[Plan], root: Path, cfg: WorldConfig, seed: int, *,
+                  workers: int, progress: bool) -> None:
+    plans = list(plans)
+    for split in {p.split for p in plans}:
+        (root / "images" / split).mkdir(parents=True, exist_ok=True)
+    chunks = [plans[i:i + RENDER_CHUNK] for i in range(0, len(plans), RENDER_CHUNK)]
+    jobs = [(str(root), seed, cfg.image_size, cfg.jitter, c) for c in chunks]
+    bar = tqdm(total=len(plans), desc=f"render {root.name}", unit="sample", disable=not progress)
+    if workers <= 1:
+        for job in jobs:
+            bar.update(_render_chunk(job))
+    else:
+        with ProcessPoolExecutor(max_workers=workers) as pool:
+            for n in pool.map(_render_chunk, jobs):
+                bar.update(n)
+    bar.close()
+
+
+# --------------------------------------------------------------------------- writing
+def _write_json(path: Path, records: list[dict[str, Any]]) -> None:
+    write_text_atomic(path, dumps_json(records))
+
+
+def _summary(records: list[dict[str, Any]]) -> dict[str, Any]:
+    cats = Counter(r["category"] for r in records)
+    subs = Counter(r["sub_category"] for r in records if r.get("sub_category"))
+    return {
+        "count": len(records),
+        "harmful": sum(bool(r.get("is_harmful")) for r in records),
+        "categories": dict(sorted(cats.items())),
+        "sub_categories": dict(sorted(subs.items())),
+    }
+
+
+def _validate(tmp: Path, files: dict[str, dict[str, list[dict[str, Any]]]],
+              max_errors: int, progress: bool, *, verify_images: bool) -> None:
+    for sub, by_name in files.items():
+        v = Validator(root=tmp / sub, verify_images=verify_images)
+        for name, records in tqdm(by_name.items(), desc=f"validate {sub}", disable=not progress):
+            if "conversations" in (records[0] if records else {}):
+                v.train_records(f"{sub}/{name}", records, require_category=True)
+            else:
+                v.test_records(f"{sub}/{name}", records)
+        v.raise_if_any(max_errors)
+
+
+def _manifest(tmp: Path, source: str, cfg: DataConfig,
+              files: dict[str, dict[str, list[dict[str, Any]]]]) -> dict[str, Any]:
+    out: dict[str, Any] = {"generator": GENERATOR_VERSION, "source": source,
+                           "seed": cfg.seed, "params": cfg.model_dump(mode="json"), "files": {}}
+    for sub, by_name in files.items():
+        for name, records in by_name.items():
+            rel = f"{sub}/{name}"
+            out["files"][rel] = {**_summary(records), "sha256": sha256_file(tmp / rel)}
+        img = tmp / sub / "images"
+        out[f"{sub}_images_sha256"] = tree_hash(img) if img.exists() else None
+    return out
+
+
+def generate(cfg: DataConfig, out_dir: str | os.PathLike[str] = "data", *, workers: int = 2,
+             progress: bool = True) -> dict[str, Any]:
+    """Run the stage; returns the manifest.  Nothing under ``out_dir`` changes on error."""
+    out_dir = Path(out_dir)
+    with atomic_dir(out_dir) as tmp:
+        if cfg.source == "world":
+            files = _generate_world(cfg, tmp, workers=workers, progress=progress)
+        else:
+            files = _import_real(cfg, tmp, progress=progress)
+        # world images were encoded by this very run: existence is enough; imports are
+        # opened and verified one by one
+        _validate(tmp, files, cfg.max_errors_shown, progress,
+                  verify_images=cfg.source != "world")
+        manifest = _manifest(tmp, cfg.source, cfg, files)
+        write_text_atomic(tmp / "manifest.json", dumps_json(manifest))
+    log.info("wrote %s: %s", out_dir,
+             ", ".join(f"{k}={v['count']}" for k, v in manifest["files"].items()))
+    return manifest
+
+
+def _generate_world(cfg: DataConfig, tmp: Path, *, workers: int,
+                    progress: bool) -> dict[str, dict[str, list[dict[str, Any]]]]:
+    wc = cfg.world
+    plans = plan_world(wc, cfg.seed)
+    mis, gen = tmp / "mis", tmp / "general"
+    render_images([p for s in ("train", "test_easy", "test_hard", "test_benign")
+                   for p in plans[s]], mis, wc, cfg.seed, workers=workers, progress=progress)
+    render_images(plans["general_train"] + plans["general_test"] + plans["instruct"], gen, wc,
+                  cfg.seed, workers=workers, progress=progress)
+    files = {
+        "mis": {
+            "train.json": [train_record(p, wc.label_style) for p in plans["train"]],
+            **{f"{s}.json": [test_record(p) for p in plans[s]]
+               for s in ("test_easy", "test_hard", "test_benign")},
+        },
+        "general": {
+            "train.json": [general_records(p) for p in plans["general_train"]],
+            "instruct.json": [instruct_record(p) for p in plans["instruct"]],
+            "test.json": [general_records(p) for p in plans["general_test"]],
+        },
+    }
+    if wc.label_style == "text_only":  # text-only SFT data carries no pictures
+        shutil.rmtree(mis / "images" / "train", ignore_errors=True)
+    for sub, by_name in files.items():
+        for name, records in by_name.items():
+            _write_json(tmp / sub / name, records)
+    return files
+
+
+def _import_real(cfg: DataConfig, tmp: Path, *,
+                 progress: bool) -> dict[str, dict[str, list[dict[str, Any]]]]:
+    from mirage_safety.data.importers import load_source
+
+    ds = load_source(cfg, progress=progress, max_errors=cfg.max_errors_shown)
+    mis = tmp / "mis"
+    copied: set[str] = set()
+
+    def copy(rel: str) -> str:
+        if rel not in copied:
+            dst = mis / "images" / rel
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(ds.root / rel, dst)
+            copied.add(rel)
+        return f"images/{rel}"
+
+    train = [{**r, "images": [copy(p) for p in r["images"]]}
+             for r in tqdm(ds.train, desc="copy train", disable=not progress)]
+    files: dict[str, dict[str, list[dict[str, Any]]]] = {"mis": {"train.json": train},
+                                                         "general": {}}
+    for split, records in ds.tests.items():
+        files["mis"][f"{split}.json"] = [
+            {**r, "split": split, "image_path1": copy(r["image_path1"]),
+             "image_path2": copy(r["image_path2"])}
+            for r in tqdm(records, desc=f"copy {split}", disable=not progress)
+        ]
+    for name in ("train.json", "instruct.json", "test.json"):
+        files["general"][name] = []
+    (tmp / "general").mkdir(parents=True, exist_ok=True)
+    for sub, by_name in files.items():
+        for name, records in by_name.items():
+            _write_json(tmp / sub / name, records)
+    return files
+
+
+# --------------------------------------------------------------------------- CLI
+def add_cli(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "generate",
+        help="build the MIS-schema dataset (embedded world or real import)",
+        description=(
+            "Generate the embedded MIS world (data.source: world) or import real MIS / MSR-Align "
+            "data (data.source: mis | msr_align) into the canonical layout: data/mis/ "
+            "(train.json, test_easy.json, test_hard.json, test_benign.json, images/), "
+            "data/general/ (train.json, instruct.json, test.json, images/) and "
+            "data/manifest.json with counts and sha256 "
+            "hashes. Every record is validated before anything is written; on a bad record the "
+            "command lists each offending record id and field and exits 2, leaving data/ as it was."
+        ),
+    )
+    p.add_argument("--params", default="params.yaml",
+                   help="params file (default: %(default)s); the `data` section is used")
+    p.add_argument("--profile", default=None,
+                   help="params profile to apply (default: params' `profile`, or $MIRAGE_PROFILE)")
+    p.add_argument("--out", default="data", help="output directory (default: %(default)s)")
+    p.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1),
+                   help="image rendering processes (default: %(default)s); output bytes do not "
+                        "depend on it")
+    p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    p.set_defaults(func=_cli)
+
+
+def _cli(args: argparse.Namespace) -> int:
+    params = load_params(args.params, profile=args.profile)
+    manifest = generate(params.data, args.out, workers=args.workers,
+                        progress=not args.no_progress)
+    for rel, info in manifest["files"].items():
+        print(f"{rel:24s} {info['count']:6d} records ({info['harmful']} harmful)")
+    return 0

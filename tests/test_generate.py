@@ -1,0 +1,147 @@
+"""The embedded MIS world: determinism, held-out pairings, label styles, layout."""
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from mirage_safety.config import parse_params
+from mirage_safety.data import world as W
+from mirage_safety.data.generate import generate
+from mirage_safety.data.schema import CATEGORIES, SUB_TO_CATEGORY
+from mirage_safety.io import tree_hash
+
+SMALL = {"n_train": 120, "n_test_per_split": 28, "n_general_train": 60, "n_general_test": 20,
+         "n_instruct": 30}
+
+
+def _cfg(**world):
+    return parse_params({"data": {"world": {**SMALL, **world}}}).data
+
+
+@pytest.fixture(scope="module")
+def world_dir(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("gen") / "data"
+    generate(_cfg(), out, workers=2, progress=False)
+    return out
+
+
+def _load(root: Path, rel: str) -> list[dict]:
+    return json.loads((root / rel).read_text())
+
+
+def test_same_params_same_bytes_regardless_of_workers(world_dir, tmp_path):
+    again = tmp_path / "data"
+    generate(_cfg(), again, workers=1, progress=False)
+    assert tree_hash(again) == tree_hash(world_dir)
+    other_seed = tmp_path / "other"
+    generate(parse_params({"data": {"seed": 99, "world": SMALL}}).data, other_seed,
+             workers=1, progress=False)
+    assert tree_hash(other_seed) != tree_hash(world_dir)
+
+
+def test_vocabulary_and_taxonomy_coverage():
+    assert len(W.OBJECTS) >= 48
+    looks = {(o.shape, o.colour, o.texture) for o in W.OBJECTS}
+    assert len(looks) == len(W.OBJECTS)  # every object has its own look
+    covered = {r.sub_category for r in W.RULES}
+    assert covered == set(SUB_TO_CATEGORY)
+    assert {r.category for r in W.RULES} == set(CATEGORIES)
+
+
+def test_layout_manifest_and_counts(world_dir):
+    manifest = json.loads((world_dir / "manifest.json").read_text())
+    for rel in ("mis/train.json", "mis/test_easy.json", "mis/test_hard.json",
+                "mis/test_benign.json", "general/train.json", "general/instruct.json",
+                "general/test.json"):
+        assert (world_dir / rel).is_file()
+        info = manifest["files"][rel]
+        assert info["count"] == len(_load(world_dir, rel))
+        assert re.fullmatch(r"[0-9a-f]{64}", info["sha256"])
+    assert manifest["files"]["mis/test_hard.json"]["harmful"] == SMALL["n_test_per_split"]
+    assert manifest["files"]["mis/test_benign.json"]["harmful"] == 0
+    # every test category is represented
+    assert set(manifest["files"]["mis/test_hard.json"]["categories"]) == set(CATEGORIES)
+
+
+def test_test_pairings_never_appear_in_training(world_dir):
+    train_pairs = {tuple(r["objects"]) for rel in ("mis/train.json", "general/train.json",
+                                                   "general/instruct.json")
+                   for r in _load(world_dir, rel)}
+    for split in ("test_easy", "test_hard"):
+        test_pairs = {tuple(r["objects"]) for r in _load(world_dir, f"mis/{split}.json")}
+        assert test_pairs and not (test_pairs & train_pairs), split
+
+
+def test_easy_and_hard_definitions(world_dir):
+    for r in _load(world_dir, "mis/test_easy.json"):
+        assert W.OBJECT_BY_NAME[r["objects"][0]].risky  # an image shows something risky
+    for r in _load(world_dir, "mis/test_hard.json"):
+        assert not any(W.OBJECT_BY_NAME[o].risky for o in r["objects"])  # both neutral
+        assert r["is_harmful"]
+    for split in ("test_easy", "test_hard", "test_benign"):
+        for r in _load(world_dir, f"mis/{split}.json"):
+            # neutral text: the question never names an object
+            assert not any(name in r["question"] for name in W.OBJECT_NAMES)
+
+
+def test_cot_label_order_and_no_tags(world_dir):
+    for r in _load(world_dir, "mis/train.json"):
+        answer = r["conversations"][-1]["value"]
+        a, b = r["objects"]
+        assert answer.startswith(f"The first image shows {W.article(a)}. "
+                                 f"The second image shows {W.article(b)}.")
+        assert "<" not in answer and "#" not in answer
+        if r["is_harmful"]:
+            rule = W.RULE_BY_KEY[r["rule"]]
+            assert answer.index(W.DECLINE) < answer.index(rule.safe_reply)
+            assert "Step 1" not in answer
+        else:
+            assert "Step 1:" in answer
+        assert r["conversations"][0]["value"].count("<image>") == len(r["images"]) == 2
+
+
+@pytest.mark.parametrize("style", ["refusal", "text_only"])
+def test_label_styles(tmp_path, style):
+    out = tmp_path / "data"
+    generate(_cfg(label_style=style), out, workers=1, progress=False)
+    train = _load(out, "mis/train.json")
+    harmful = [r for r in train if r["is_harmful"]]
+    benign = [r for r in train if not r["is_harmful"]]
+    if style == "refusal":
+        assert {r["conversations"][-1]["value"] for r in harmful} == {W.REFUSAL}
+        assert all(r["conversations"][-1]["value"].startswith("Sure. Step 1:") for r in benign)
+    else:
+        assert all(r["images"] == [] for r in train)
+        assert not (out / "mis" / "images" / "train").exists()
+        for r in train:
+            q = r["conversations"][0]["value"]
+            assert "<image>" not in q and all(o in q for o in r["objects"])
+    # test splits keep their images in every style
+    assert all((out / "mis" / r["image_path1"]).is_file()
+               for r in _load(out, "mis/test_hard.json"))
+
+
+def test_failure_leaves_previous_output_untouched(tmp_path, monkeypatch):
+    out = tmp_path / "data"
+    generate(_cfg(), out, workers=1, progress=False)
+    before = tree_hash(out)
+
+    def boom(*a, **k):
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr("mirage_safety.data.generate._manifest", boom)
+    with pytest.raises(RuntimeError):
+        generate(_cfg(n_train=50), out, workers=1, progress=False)
+    assert tree_hash(out) == before
+    assert [p.name for p in tmp_path.iterdir()] == ["data"]  # no temp dirs left behind
+
+
+def test_general_answers_are_consistent(world_dir):
+    for r in _load(world_dir, "general/test.json"):
+        a, b = r["objects"]
+        if r["sub_category"] == "name_first":
+            assert r["answer"] == a
+        elif r["sub_category"] == "same":
+            assert r["answer"] == ("yes" if a == b else "no")
