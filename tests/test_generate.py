@@ -61,6 +61,9 @@ def test_layout_manifest_and_counts(world_dir):
         assert re.fullmatch(r"[0-9a-f]{64}", info["sha256"])
     assert manifest["files"]["mis/test_hard.json"]["harmful"] == SMALL["n_test_per_split"]
     assert manifest["files"]["mis/test_benign.json"]["harmful"] == 0
+    # image digests computed while rendering match a re-read of the files
+    for sub in ("mis", "general"):
+        assert manifest[f"{sub}_images_sha256"] == tree_hash(world_dir / sub / "images")
     # every test category is represented
     assert set(manifest["files"]["mis/test_hard.json"]["categories"]) == set(CATEGORIES)
 

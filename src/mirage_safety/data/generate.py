@@ -11,6 +11,7 @@ the bytes do not depend on the number of worker processes or on chunking.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import logging
 import os
 import shutil
@@ -28,7 +29,14 @@ from tqdm.auto import tqdm
 from mirage_safety.config import DataConfig, WorldConfig, load_params
 from mirage_safety.data import world as W
 from mirage_safety.data.schema import GENERAL_CATEGORY, IMAGE_TOKEN, Validator
-from mirage_safety.io import atomic_dir, dumps_json, sha256_file, tree_hash, write_text_atomic
+from mirage_safety.io import (
+    atomic_dir,
+    dumps_json,
+    sha256_bytes,
+    sha256_file,
+    tree_hash,
+    write_text_atomic,
+)
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +44,7 @@ GENERATOR_VERSION = "world-1"
 SPLIT_CODES = {"train": 1, "test_easy": 2, "test_hard": 3, "test_benign": 4,
                "general_train": 5, "general_test": 6, "instruct": 7}
 RENDER_CHUNK = 256
+Files = dict[str, dict[str, list[dict[str, Any]]]]  # subdir -> file name -> records
 
 
 # --------------------------------------------------------------------------- planning
@@ -267,33 +276,55 @@ def instruct_record(plan: Plan) -> dict[str, Any]:
 
 
 # --------------------------------------------------------------------------- rendering
-def _render_chunk(args: tuple[str, int, int, float, list[Plan]]) -> int:
+def _render_chunk(args: tuple[str, int, int, float, list[Plan]]) -> list[tuple[str, str]]:
+    """Render and write a chunk; returns (relative path, sha256) so nothing is read back."""
     root, seed, size, jitter, chunk = args
     base = Path(root)
+    hashes = []
     for plan in chunk:
         rng = np.random.default_rng([seed, SPLIT_CODES[plan.split], 2, plan.index])
         for k, name in ((1, plan.a), (2, plan.b)):
-            path = base / _image_rel(plan, k)
-            path.write_bytes(W.png_bytes(W.render(name, rng, size, jitter)))
-    return len(chunk)
+            rel = _image_rel(plan, k)
+            data = W.png_bytes(W.render(name, rng, size, jitter))
+            (base / rel).write_bytes(data)
+            hashes.append((rel, sha256_bytes(data)))
+    return hashes
 
 
 def render_images(plans: Iterable[Plan], root: Path, cfg: WorldConfig, seed: int, *,
-                  workers: int, progress: bool) -> None:
+                  workers: int, progress: bool) -> dict[str, str]:
+    """Render every plan's two images under ``root``; returns {relative path: sha256}."""
     plans = list(plans)
     for split in {p.split for p in plans}:
         (root / "images" / split).mkdir(parents=True, exist_ok=True)
     chunks = [plans[i:i + RENDER_CHUNK] for i in range(0, len(plans), RENDER_CHUNK)]
     jobs = [(str(root), seed, cfg.image_size, cfg.jitter, c) for c in chunks]
+    hashes: dict[str, str] = {}
     bar = tqdm(total=len(plans), desc=f"render {root.name}", unit="sample", disable=not progress)
+    results: Iterable[list[tuple[str, str]]]
     if workers <= 1:
-        for job in jobs:
-            bar.update(_render_chunk(job))
+        results = map(_render_chunk, jobs)
+        for res in results:
+            hashes.update(res)
+            bar.update(len(res) // 2)
     else:
         with ProcessPoolExecutor(max_workers=workers) as pool:
-            for n in pool.map(_render_chunk, jobs):
-                bar.update(n)
+            for res in pool.map(_render_chunk, jobs):
+                hashes.update(res)
+                bar.update(len(res) // 2)
     bar.close()
+    return hashes
+
+
+def images_digest(hashes: dict[str, str]) -> str:
+    """Same digest as :func:`mirage_safety.io.tree_hash` over the images directory."""
+    h = hashlib.sha256()
+    for rel in sorted(hashes):
+        h.update(rel.removeprefix("images/").encode())
+        h.update(b"\0")
+        h.update(hashes[rel].encode())
+        h.update(b"\n")
+    return h.hexdigest()
 
 
 # --------------------------------------------------------------------------- writing
@@ -312,7 +343,7 @@ def _summary(records: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
-def _validate(tmp: Path, files: dict[str, dict[str, list[dict[str, Any]]]],
+def _validate(tmp: Path, files: Files,
               max_errors: int, progress: bool, *, verify_images: bool) -> None:
     for sub, by_name in files.items():
         v = Validator(root=tmp / sub, verify_images=verify_images)
@@ -325,7 +356,8 @@ def _validate(tmp: Path, files: dict[str, dict[str, list[dict[str, Any]]]],
 
 
 def _manifest(tmp: Path, source: str, cfg: DataConfig,
-              files: dict[str, dict[str, list[dict[str, Any]]]]) -> dict[str, Any]:
+              files: Files,
+              image_hashes: dict[str, dict[str, str]] | None = None) -> dict[str, Any]:
     out: dict[str, Any] = {"generator": GENERATOR_VERSION, "source": source,
                            "seed": cfg.seed, "params": cfg.model_dump(mode="json"), "files": {}}
     for sub, by_name in files.items():
@@ -333,7 +365,11 @@ def _manifest(tmp: Path, source: str, cfg: DataConfig,
             rel = f"{sub}/{name}"
             out["files"][rel] = {**_summary(records), "sha256": sha256_file(tmp / rel)}
         img = tmp / sub / "images"
-        out[f"{sub}_images_sha256"] = tree_hash(img) if img.exists() else None
+        if image_hashes is not None and sub in image_hashes:
+            digest: str | None = images_digest(image_hashes[sub])
+        else:
+            digest = tree_hash(img) if img.exists() else None
+        out[f"{sub}_images_sha256"] = digest
     return out
 
 
@@ -343,14 +379,14 @@ def generate(cfg: DataConfig, out_dir: str | os.PathLike[str] = "data", *, worke
     out_dir = Path(out_dir)
     with atomic_dir(out_dir) as tmp:
         if cfg.source == "world":
-            files = _generate_world(cfg, tmp, workers=workers, progress=progress)
+            files, hashes = _generate_world(cfg, tmp, workers=workers, progress=progress)
         else:
-            files = _import_real(cfg, tmp, progress=progress)
+            files, hashes = _import_real(cfg, tmp, progress=progress), None
         # world images were encoded by this very run: existence is enough; imports are
         # opened and verified one by one
         _validate(tmp, files, cfg.max_errors_shown, progress,
                   verify_images=cfg.source != "world")
-        manifest = _manifest(tmp, cfg.source, cfg, files)
+        manifest = _manifest(tmp, cfg.source, cfg, files, hashes)
         write_text_atomic(tmp / "manifest.json", dumps_json(manifest))
     log.info("wrote %s: %s", out_dir,
              ", ".join(f"{k}={v['count']}" for k, v in manifest["files"].items()))
@@ -358,15 +394,20 @@ def generate(cfg: DataConfig, out_dir: str | os.PathLike[str] = "data", *, worke
 
 
 def _generate_world(cfg: DataConfig, tmp: Path, *, workers: int,
-                    progress: bool) -> dict[str, dict[str, list[dict[str, Any]]]]:
+                    progress: bool) -> tuple[Files, dict[str, dict[str, str]]]:
     wc = cfg.world
     plans = plan_world(wc, cfg.seed)
-    mis, gen = tmp / "mis", tmp / "general"
-    render_images([p for s in ("train", "test_easy", "test_hard", "test_benign")
-                   for p in plans[s]], mis, wc, cfg.seed, workers=workers, progress=progress)
-    render_images(plans["general_train"] + plans["general_test"] + plans["instruct"], gen, wc,
-                  cfg.seed, workers=workers, progress=progress)
-    files = {
+    # text-only SFT data carries no pictures (the paper's textual-SFT baseline)
+    mis_splits = ("test_easy", "test_hard", "test_benign") if wc.label_style == "text_only" \
+        else ("train", "test_easy", "test_hard", "test_benign")
+    hashes = {
+        "mis": render_images([p for s in mis_splits for p in plans[s]], tmp / "mis", wc,
+                             cfg.seed, workers=workers, progress=progress),
+        "general": render_images(plans["general_train"] + plans["general_test"]
+                                 + plans["instruct"], tmp / "general", wc, cfg.seed,
+                                 workers=workers, progress=progress),
+    }
+    files: Files = {
         "mis": {
             "train.json": [train_record(p, wc.label_style) for p in plans["train"]],
             **{f"{s}.json": [test_record(p) for p in plans[s]]
@@ -378,16 +419,13 @@ def _generate_world(cfg: DataConfig, tmp: Path, *, workers: int,
             "test.json": [general_records(p) for p in plans["general_test"]],
         },
     }
-    if wc.label_style == "text_only":  # text-only SFT data carries no pictures
-        shutil.rmtree(mis / "images" / "train", ignore_errors=True)
     for sub, by_name in files.items():
         for name, records in by_name.items():
             _write_json(tmp / sub / name, records)
-    return files
+    return files, hashes
 
 
-def _import_real(cfg: DataConfig, tmp: Path, *,
-                 progress: bool) -> dict[str, dict[str, list[dict[str, Any]]]]:
+def _import_real(cfg: DataConfig, tmp: Path, *, progress: bool) -> Files:
     from mirage_safety.data.importers import load_source
 
     ds = load_source(cfg, progress=progress, max_errors=cfg.max_errors_shown)
@@ -404,8 +442,7 @@ def _import_real(cfg: DataConfig, tmp: Path, *,
 
     train = [{**r, "images": [copy(p) for p in r["images"]]}
              for r in tqdm(ds.train, desc="copy train", disable=not progress)]
-    files: dict[str, dict[str, list[dict[str, Any]]]] = {"mis": {"train.json": train},
-                                                         "general": {}}
+    files: Files = {"mis": {"train.json": train}, "general": {}}
     for split, records in ds.tests.items():
         files["mis"][f"{split}.json"] = [
             {**r, "split": split, "image_path1": copy(r["image_path1"]),
