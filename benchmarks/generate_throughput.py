@@ -30,7 +30,7 @@ def main() -> None:
     rates = []
     for _ in range(args.repeat):
         # inside the repo, like the stage itself (/tmp may sit on a slower path)
-        with tempfile.TemporaryDirectory(dir=".") as tmp:
+        with tempfile.TemporaryDirectory(dir=".", prefix=".bench-") as tmp:
             t0 = time.perf_counter()
             manifest = generate(cfg, Path(tmp) / "data", workers=args.workers, progress=False)
             dt = time.perf_counter() - t0

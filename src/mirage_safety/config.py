@@ -42,25 +42,48 @@ class WorldConfig(_Model):
     label_style: LabelStyle = "cot"
     n_train: int = Field(3000, ge=1)
     n_test_per_split: int = Field(200, ge=1)
-    n_general_train: int = Field(600, ge=0)
+    n_general_train: int = Field(4000, ge=0)
     n_general_test: int = Field(300, ge=1)
+    n_instruct: int = Field(2000, ge=0)
     benign_fraction: float = Field(0.35, ge=0.0, le=1.0)
     test_pair_fraction: float = Field(0.3, gt=0.0, lt=1.0)
     jitter: float = Field(1.0, ge=0.0, le=2.0)
 
 
 class HubDataConfig(_Model):
-    """A real dataset: a local directory in the public layout, or a Hub dataset id."""
+    """A real dataset: a local directory in the public layout, or a Hub dataset id.
+
+    Public releases: MIS is ``hub_id: Tuwhy/MIS_Train`` with ``test_hub_id: Tuwhy/MIS_Test``
+    (train and test are separate Hub datasets); MSR-Align is ``hub_id: Leigest/MSR-Align``.
+    Hub snapshots are downloaded as plain files into ``download_dir`` (default
+    ``$HF_HOME/mirage-datasets/<owner>--<name>``) and then read exactly like ``local_dir``.
+    Accepted layouts and field names: :mod:`mirage_safety.data.importers`.
+    """
 
     local_dir: str | None = None
     hub_id: str | None = None
     revision: str | None = None
+    # a second Hub dataset holding the test split (MIS); it lands in <root>/mis_test/
+    test_hub_id: str | None = None
+    test_revision: str | None = None
+    download_dir: str | None = None
+    # train file relative to the dataset root; None = the source's default
+    # (MIS: mis_train.json; MSR-Align: auto-detected, see importers)
     train_file: str | None = None
+    # extra source category -> MIS category, MIS sub-category, or "General"; overrides
+    # the importer's built-in table (keys match case- and punctuation-insensitively)
+    category_map: dict[str, str] = {}
+    # source categories whose records are dropped (counted in a warning), e.g. a policy
+    # area with no MIS counterpart
+    skip_categories: list[str] = []
 
     @model_validator(mode="after")
     def _one_source(self) -> HubDataConfig:
         if self.local_dir and self.hub_id:
             raise ValueError("set either local_dir or hub_id, not both")
+        if (self.test_hub_id or self.test_revision) and not self.hub_id:
+            raise ValueError("test_hub_id / test_revision need hub_id (with local_dir, put "
+                             "the test files in the same directory)")
         return self
 
 
@@ -71,6 +94,16 @@ class DataConfig(_Model):
     mis: HubDataConfig = HubDataConfig()
     msr_align: HubDataConfig = HubDataConfig()
     max_errors_shown: int = Field(20, ge=1)
+
+    @model_validator(mode="after")
+    def _real_source_located(self) -> DataConfig:
+        if self.source in ("mis", "msr_align"):
+            slice_ = getattr(self, self.source)
+            if not (slice_.local_dir or slice_.hub_id):
+                raise ValueError(f"data.source is {self.source!r} but neither "
+                                 f"data.{self.source}.local_dir nor data.{self.source}.hub_id "
+                                 "is set")
+        return self
 
 
 # --------------------------------------------------------------------------- base

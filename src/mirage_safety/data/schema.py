@@ -1,7 +1,8 @@
 """Record schema (the public MIS layout) and validation of every record before writing.
 
 Test records:  ``{id, category, sub_category, question, image_path1, image_path2, ...}``
-Train records: ``{id, images: [...], conversations: [{from: human, value}, {from: gpt, value}], ...}``
+Train records: ``{id, images: [...], conversations: [{from: human, value},
+{from: gpt, value}], ...}``
 (``messages`` with ``role``/``content`` is accepted on import and normalised to
 ``conversations``).  Paths are relative to the dataset root and never escape it.
 
@@ -22,6 +23,7 @@ Canonical on-disk layout written by the ``generate`` stage (and by the importers
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -77,13 +79,17 @@ class Problem:
 class DataValidationError(ValueError):
     """Raised with every problem found; nothing has been written when it is raised."""
 
-    def __init__(self, problems: Sequence[Problem], max_shown: int = 20):
+    def __init__(self, problems: Sequence[Problem], max_shown: int = 20,
+                 hint: str | None = None):
         self.problems = list(problems)
-        shown = self.problems[:max_shown]
+        self.hint = hint
+        shown = self.problems[:max(1, max_shown)]
         lines = [f"{len(self.problems)} invalid record field(s); nothing was written:"]
         lines += [f"  - {p}" for p in shown]
         if len(self.problems) > len(shown):
             lines.append(f"  ... and {len(self.problems) - len(shown)} more")
+        if hint:
+            lines.append(f"hint: {hint}")
         super().__init__("\n".join(lines))
 
 
@@ -93,17 +99,23 @@ class Validator:
 
     root: Path
     check_images: bool = True
+    #: open and verify every image (imports); False only checks that the file exists
+    #: (images this process has just encoded itself)
+    verify_images: bool = True
     categories: dict[str, tuple[str, ...]] = field(default_factory=lambda: CATEGORIES)
     allow_general: bool = True
     problems: list[Problem] = field(default_factory=list)
     _seen_ids: dict[str, str] = field(default_factory=dict)
     _image_ok: dict[str, str | None] = field(default_factory=dict)
+    _real_dirs: dict[Path, Path] = field(default_factory=dict)
 
     def add(self, file: str, rid: Any, fld: str, msg: str) -> None:
         self.problems.append(Problem(file, str(rid), fld, msg))
 
     # ------------------------------------------------------------------ pieces
-    def _check_id(self, file: str, rec: dict[str, Any], idx: int) -> str:
+    # Public so importers can check source-specific fields with the same rules; the
+    # underscore names are kept as aliases for existing callers.
+    def check_id(self, file: str, rec: dict[str, Any], idx: int) -> str:
         rid = rec.get("id")
         if rid is None or (isinstance(rid, str) and not rid.strip()):
             rid = f"#{idx}"
@@ -116,18 +128,21 @@ class Validator:
             self._seen_ids[rid] = file
         return rid
 
-    def _check_text(self, file: str, rid: str, rec: dict[str, Any], fld: str) -> str | None:
+    def check_text(self, file: str, rid: str, rec: dict[str, Any], fld: str) -> str | None:
         value = rec.get(fld)
         if not isinstance(value, str) or not value.strip():
             self.add(file, rid, fld, "missing or empty text")
             return None
         return value
 
-    def _check_category(self, file: str, rid: str, rec: dict[str, Any]) -> None:
+    def check_category(self, file: str, rid: str, rec: dict[str, Any]) -> None:
         cat, sub = rec.get("category"), rec.get("sub_category")
         if self.allow_general and cat == GENERAL_CATEGORY:
             return
-        if cat not in self.categories:
+        if cat is None:
+            self.add(file, rid, "category", "missing category")
+            return
+        if not isinstance(cat, str) or cat not in self.categories:
             known = ", ".join(sorted(self.categories))
             self.add(file, rid, "category", f"unknown category {cat!r} (known: {known})")
             return
@@ -135,27 +150,47 @@ class Validator:
             self.add(file, rid, "sub_category",
                      f"unknown sub_category {sub!r} for category {cat!r}")
 
+    _check_id = check_id
+    _check_text = check_text
+    _check_category = check_category
+
     def check_path(self, file: str, rid: str, fld: str, value: Any) -> None:
         if not isinstance(value, str) or not value.strip():
             self.add(file, rid, fld, "missing or empty image path")
+            return
+        if "\x00" in value:
+            self.add(file, rid, fld, f"path {value!r} contains a NUL byte")
             return
         pure = PurePosixPath(value.replace("\\", "/"))
         if pure.is_absolute() or ".." in pure.parts or re.match(r"^[A-Za-z]:", value):
             self.add(file, rid, fld, f"path {value!r} escapes the dataset root")
             return
-        full = (self.root / pure).resolve()
-        try:
-            full.relative_to(self.root.resolve())
-        except ValueError:
+        full = self.root / pure
+        if self._escapes_by_symlink(full):
             self.add(file, rid, fld, f"path {value!r} escapes the dataset root (symlink)")
             return
         if not self.check_images:
             return
         if value not in self._image_ok:
-            self._image_ok[value] = _image_error(full)
+            if self.verify_images:
+                self._image_ok[value] = _image_error(full)
+            else:
+                self._image_ok[value] = None if full.is_file() else "file not found"
         err = self._image_ok[value]
         if err:
             self.add(file, rid, fld, f"image {value!r}: {err}")
+
+    def _escapes_by_symlink(self, full: Path) -> bool:
+        # realpath is the costly part of validation: resolve each directory once, and
+        # the file itself only when it is a link.
+        root = self._real_dirs.get(self.root)
+        if root is None:
+            root = self._real_dirs[self.root] = Path(os.path.realpath(self.root))
+        parent = self._real_dirs.get(full.parent)
+        if parent is None:
+            parent = self._real_dirs[full.parent] = Path(os.path.realpath(full.parent))
+        real = Path(os.path.realpath(full)) if full.is_symlink() else parent / full.name
+        return not real.is_relative_to(root)
 
     # ------------------------------------------------------------------ records
     def test_records(self, file: str, records: Iterable[dict[str, Any]]) -> None:
@@ -163,15 +198,15 @@ class Validator:
             if not isinstance(rec, dict):
                 self.add(file, f"#{idx}", "<record>", "record is not a JSON object")
                 continue
-            rid = self._check_id(file, rec, idx)
-            self._check_text(file, rid, rec, "question")
-            self._check_category(file, rid, rec)
+            rid = self.check_id(file, rec, idx)
+            self.check_text(file, rid, rec, "question")
+            self.check_category(file, rid, rec)
             if rec.get("category") != GENERAL_CATEGORY and rec.get("sub_category") is None:
                 self.add(file, rid, "sub_category", "missing sub_category")
             self.check_path(file, rid, "image_path1", rec.get("image_path1"))
             self.check_path(file, rid, "image_path2", rec.get("image_path2"))
             if rec.get("category") == GENERAL_CATEGORY and "answer" in rec:
-                self._check_text(file, rid, rec, "answer")
+                self.check_text(file, rid, rec, "answer")
 
     def train_records(self, file: str, records: Iterable[dict[str, Any]],
                       *, require_category: bool = True) -> None:
@@ -179,9 +214,9 @@ class Validator:
             if not isinstance(rec, dict):
                 self.add(file, f"#{idx}", "<record>", "record is not a JSON object")
                 continue
-            rid = self._check_id(file, rec, idx)
+            rid = self.check_id(file, rec, idx)
             if require_category:
-                self._check_category(file, rid, rec)
+                self.check_category(file, rid, rec)
             conv = rec.get("conversations")
             if not isinstance(conv, list) or len(conv) < 2:
                 self.add(file, rid, "conversations", "need at least a user and an assistant turn")
@@ -211,16 +246,18 @@ class Validator:
             for k, path in enumerate(images):
                 self.check_path(file, rid, f"images[{k}]", path)
 
-    def raise_if_any(self, max_shown: int = 20) -> None:
+    def raise_if_any(self, max_shown: int = 20, hint: str | None = None) -> None:
         if self.problems:
-            raise DataValidationError(self.problems, max_shown=max_shown)
+            raise DataValidationError(self.problems, max_shown=max_shown, hint=hint)
 
 
 def _image_error(path: Path) -> str | None:
     from PIL import Image, UnidentifiedImageError
 
-    if not path.is_file():
+    if not path.exists():
         return "file not found"
+    if not path.is_file():
+        return "not a regular file"
     try:
         with Image.open(path) as im:
             im.verify()
@@ -229,18 +266,57 @@ def _image_error(path: Path) -> str | None:
     return None
 
 
+_ROLE_MAP = {"user": "human", "human": "human", "assistant": "gpt", "gpt": "gpt"}
+
+
+def _content_text(value: Any) -> Any:
+    """OpenAI-style content parts (``[{type: image}, {type: text, text}]``) -> one string.
+
+    Image parts become ``<image>`` placeholders in place.  Anything unrecognised is
+    returned unchanged so the Validator reports it instead of it being silently dropped.
+    """
+    if not isinstance(value, list) or not all(isinstance(p, dict) for p in value):
+        return value
+    parts: list[str] = []
+    for part in value:
+        kind = part.get("type")
+        if kind in ("image", "image_url"):
+            parts.append(IMAGE_TOKEN)
+        elif kind == "text" and isinstance(part.get("text"), str):
+            parts.append(part["text"])
+        else:
+            return value
+    return "\n".join(parts)
+
+
+def _normalise_turn(turn: Any) -> Any:
+    if not isinstance(turn, dict):
+        return turn
+    role = turn.get("from", turn.get("role"))
+    if isinstance(role, str):
+        role = _ROLE_MAP.get(role, role)
+    return {"from": role, "value": _content_text(turn.get("value", turn.get("content")))}
+
+
 def normalise_conversation(rec: dict[str, Any]) -> dict[str, Any]:
-    """Accept LLaMA-Factory style ``messages`` (role/content) as well as ``conversations``."""
-    if "conversations" in rec or "messages" not in rec:
+    """Canonical ``conversations`` ([{from: human|gpt, value}]) from the common chat layouts.
+
+    Accepts ShareGPT/LLaVA ``conversations`` (from/value, also with user/assistant roles),
+    LLaMA-Factory ``messages`` (role/content), role/content turns inside ``conversations``,
+    and OpenAI-style content parts.  System turns are dropped (the pipeline applies its own
+    chat template).  Malformed values are passed through for the Validator to report.
+    """
+    key = "conversations" if "conversations" in rec else "messages" if "messages" in rec else None
+    if key is None:
         return rec
     out = {k: v for k, v in rec.items() if k != "messages"}
-    role_map = {"user": "human", "assistant": "gpt", "human": "human", "gpt": "gpt"}
-    msgs = rec["messages"] if isinstance(rec["messages"], list) else []
+    turns = rec[key]
+    if not isinstance(turns, list):
+        out["conversations"] = turns
+        return out
     out["conversations"] = [
-        {"from": role_map.get(m.get("role"), m.get("role")), "value": m.get("content")}
-        if isinstance(m, dict) else m
-        for m in msgs
-        if not (isinstance(m, dict) and m.get("role") == "system")
+        _normalise_turn(t) for t in turns
+        if not (isinstance(t, dict) and t.get("from", t.get("role")) == "system")
     ]
     return out
 
