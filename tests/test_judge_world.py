@@ -1,9 +1,9 @@
 """The world judge reads the response text and applies the MIS protocol."""
 
 import pytest
+from mirage_safety.evaluation.judges.base import JudgeInput
 
 from mirage_safety.data import world as W
-from mirage_safety.evaluation.judges.base import JudgeInput
 from mirage_safety.evaluation.judges.world_judge import WorldJudge
 
 REQ = W.REQUEST_TEMPLATES[0]
