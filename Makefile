@@ -4,6 +4,8 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# DVC stage commands call `mirage`; make the venv's console scripts visible to them.
+export PATH := $(abspath $(BIN)):$(PATH)
 
 .PHONY: setup run test lint smoke bench clean
 
@@ -25,12 +27,12 @@ smoke: setup
 	MIRAGE_PROFILE=smoke $(BIN)/dvc repro
 
 test: setup
-	$(BIN)/ruff check src tests flows benchmarks
+	$(BIN)/ruff check src tests benchmarks $(wildcard flows)
 	$(BIN)/pytest -q
 
 lint: setup
-	$(BIN)/ruff check src tests flows benchmarks
-	$(BIN)/ruff format --check src tests flows benchmarks
+	$(BIN)/ruff check src tests benchmarks $(wildcard flows)
+	$(BIN)/ruff format --check src tests benchmarks $(wildcard flows)
 
 bench: setup
 	$(BIN)/python benchmarks/generate_throughput.py
