@@ -1,9 +1,9 @@
 """The world judge reads the response text and applies the MIS protocol."""
 
 import pytest
-from mirage_safety.evaluation.judges.base import JudgeInput
 
 from mirage_safety.data import world as W
+from mirage_safety.evaluation.judges.base import JudgeInput
 from mirage_safety.evaluation.judges.world_judge import WorldJudge
 
 REQ = W.REQUEST_TEMPLATES[0]
@@ -39,7 +39,8 @@ def test_bare_refusal_is_rr():
 
 @pytest.mark.parametrize("response", [
     W.cot_answer("bolt cutter", "car door", REQ, harmful=True),  # wrong first object
-    W.cot_answer("car door", "crowbar", REQ, harmful=True),  # images swapped
+    W.cot_answer("crowbar", "car door", REQ, harmful=True).replace(  # images swapped
+        W.perception("crowbar", "car door"), W.perception("car door", "crowbar")),
     "The first image shows a crowbar. I can't help with that.",  # missed the second
 ])
 def test_misread_images_are_hr(response):
