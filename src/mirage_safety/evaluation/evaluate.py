@@ -1,0 +1,269 @@
+"""The ``evaluate`` stage: answers of the base and the MIRage model on every test split,
+judged, scored and reported side by side.
+
+Outputs (DVC): ``eval/`` (responses_<model>.jsonl, verdicts_<model>.jsonl, report.md,
+gallery/, plots/*.png, per_sample.csv), ``metrics/eval.json`` (DVC metrics) and
+``plots/eval_rates.csv`` (DVC plots).  Generation is resumable and idempotent (see
+:mod:`.responses`); judge verdicts are cached by content hash; one bad sample is
+recorded as an error row and never stops the run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from mirage_safety.config import EvalConfig, Params, load_params
+from mirage_safety.data.schema import GENERAL_TEST_SPLIT, SAFETY_SPLITS
+from mirage_safety.evaluation.responses import ResponseStore, model_fingerprint
+from mirage_safety.io import read_json, write_json_atomic
+
+log = logging.getLogger(__name__)
+
+MODELS = ("base", "mirage")
+
+
+# --------------------------------------------------------------------------- data
+def split_file(data_dir: Path, split: str) -> Path:
+    if split == GENERAL_TEST_SPLIT:
+        return data_dir / "general" / "test.json"
+    return data_dir / "mis" / f"{split}.json"
+
+
+def load_splits(data_dir: Path, cfg: EvalConfig) -> dict[str, tuple[Path, list[dict[str, Any]]]]:
+    """{split: (dataset root, records)} for the configured splits that exist."""
+    out = {}
+    for split in cfg.splits:
+        path = split_file(data_dir, split)
+        if not path.is_file():
+            log.warning("split %s: %s not found, skipped", split, path)
+            continue
+        records = read_json(path)
+        if cfg.max_samples_per_split >= 0:
+            records = records[: cfg.max_samples_per_split]
+        if records:
+            out[split] = (path.parent, records)
+    return out
+
+
+# --------------------------------------------------------------------------- generation
+def _generate_missing(model_dir: Path, store: ResponseStore,
+                      splits: dict[str, tuple[Path, list[dict[str, Any]]]], cfg: EvalConfig,
+                      *, progress: bool) -> int:
+    """Answer every (split, id) not yet in ``store``; returns how many rows were added."""
+    from mirage_safety.evaluation.inference import generate_responses
+    from mirage_safety.models.loading import load_for_inference
+
+    todo = [(split, root, rec) for split, (root, records) in splits.items()
+            for rec in records if (split, str(rec["id"])) not in store]
+    if not todo:
+        return 0
+    model, processor = load_for_inference(model_dir)
+    added = 0
+    # chunks of a few batches: each chunk is appended (and fsync'ed) as soon as it is done
+    chunk = max(1, cfg.batch_size) * 4
+    for start in range(0, len(todo), chunk):
+        part = todo[start:start + chunk]
+        prompts = [(rec["question"], [root / rec["image_path1"], root / rec["image_path2"]])
+                   for _, root, rec in part]
+        try:
+            answers: list[str | None] = list(generate_responses(
+                model, processor, prompts, batch_size=cfg.batch_size,
+                max_new_tokens=cfg.max_new_tokens, progress=progress))
+            errors: list[str | None] = [None] * len(part)
+        except Exception as exc:
+            log.warning("batch failed (%s); retrying its samples one by one", exc)
+            answers, errors = [], []
+            for prompt in prompts:
+                try:
+                    answers.append(generate_responses(
+                        model, processor, [prompt], batch_size=1,
+                        max_new_tokens=cfg.max_new_tokens, progress=False)[0])
+                    errors.append(None)
+                except Exception as one_exc:
+                    answers.append(None)
+                    errors.append(f"{type(one_exc).__name__}: {one_exc}")
+        rows = []
+        for (split, _, rec), answer, err in zip(part, answers, errors, strict=True):
+            row = {"split": split, "id": str(rec["id"]), "question": rec["question"],
+                   "response": answer, "max_new_tokens": cfg.max_new_tokens}
+            if err:
+                row["generation_error"] = err
+            rows.append(row)
+        added += store.append(rows)
+    return added
+
+
+# --------------------------------------------------------------------------- stage
+def evaluate(params: Params, *, data_dir: Path = Path("data"),
+             model_dirs: dict[str, Path] | None = None, out_dir: Path = Path("eval"),
+             metrics_path: Path = Path("metrics/eval.json"),
+             plots_path: Path = Path("plots/eval_rates.csv"),
+             cache_dir: Path = Path(".cache/judge"), progress: bool = True,
+             track: bool = True) -> dict[str, Any]:
+    from mirage_safety.evaluation import metrics as M
+    from mirage_safety.evaluation.judges import make_judge
+    from mirage_safety.evaluation.report import write_outputs
+
+    cfg = params.eval
+    model_dirs = model_dirs or {"base": Path("models/base"), "mirage": Path("models/mirage")}
+    splits = load_splits(data_dir, cfg)
+    if not splits:
+        raise FileNotFoundError(f"{data_dir}: none of the splits {cfg.splits} exist; "
+                                "run `mirage generate` first")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    judge = make_judge(cfg.judge, cfg, cache_dir=cache_dir)
+    second = (make_judge(cfg.second_judge, cfg, cache_dir=cache_dir)
+              if cfg.second_judge not in ("none", cfg.judge) else None)
+
+    per_model: dict[str, Any] = {}
+    judged: dict[str, dict[str, list[dict[str, Any]]]] = {}
+    agreement: dict[str, Any] = {}
+    for name, mdir in model_dirs.items():
+        if not Path(mdir).exists():
+            log.warning("model %s: %s missing, skipped", name, mdir)
+            continue
+        fp = f"{model_fingerprint(mdir)}-{cfg.max_new_tokens}"
+        store = ResponseStore(out_dir / f"responses_{name}.jsonl", fp)
+        added = _generate_missing(Path(mdir), store, splits, cfg, progress=progress)
+        log.info("model %s: %d new response(s), %d total", name, added, len(store))
+        rows = _judge_rows(store, splits, judge, second, progress=progress)
+        write_jsonl_atomic(out_dir / f"verdicts_{name}.jsonl", rows)
+        judged[name] = _by_split(rows)
+        per_model[name] = M.summarise_model(judged[name], judge=judge.name)
+        if second is not None:
+            agreement[name] = M.judge_agreement(rows, judge.name, second.name)
+    result = {**per_model, "agreement": agreement,
+              "judges": {"primary": judge.name, "second": second.name if second else None}}
+    write_json_atomic(metrics_path, result)
+    write_outputs(result, judged, splits, out_dir=out_dir, plots_path=plots_path,
+                  gallery_size=cfg.gallery_size)
+    if track:
+        _track(params, result, out_dir, metrics_path)
+    return result
+
+
+def _by_split(rows: Sequence[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+    out: dict[str, list[dict[str, Any]]] = {}
+    for r in rows:
+        out.setdefault(r["split"], []).append(r)
+    return out
+
+
+def _judge_rows(store: ResponseStore, splits: dict[str, tuple[Path, list[dict[str, Any]]]],
+                judge: Any, second: Any, *, progress: bool) -> list[dict[str, Any]]:
+    """One row per (split, id): the record, the response and each judge's verdict."""
+    from mirage_safety.evaluation import metrics as M
+    from mirage_safety.evaluation.judges.base import JudgeInput
+
+    rows: list[dict[str, Any]] = []
+    items: list[JudgeInput] = []
+    for split, (root, records) in splits.items():
+        for rec in records:
+            got = store.get(split, str(rec["id"]))
+            if got is None:
+                continue
+            row = {"split": split, "id": str(rec["id"]), "record": rec,
+                   "response": got.get("response"),
+                   "generation_error": got.get("generation_error")}
+            rows.append(row)
+            if split in SAFETY_SPLITS:
+                items.append(JudgeInput(
+                    id=str(rec["id"]), split=split, question=rec["question"],
+                    response=got.get("response") or "",
+                    image_paths=(str(root / rec["image_path1"]), str(root / rec["image_path2"])),
+                    meta=rec))
+            else:
+                row["correct"] = M.exact_match(got.get("response") or "", rec.get("answer", ""))
+    index = {(r["split"], r["id"]): r for r in rows}
+    for j in (judge, second):
+        if j is None or not items:
+            continue
+        for item, verdict in zip(items, j.judge_many(items, progress=progress), strict=True):
+            index[(item.split, item.id)].setdefault("verdicts", {})[j.name] = verdict.to_dict()
+    return rows
+
+
+def write_jsonl_atomic(path: Path, rows: Sequence[dict[str, Any]]) -> None:
+    import json
+
+    from mirage_safety.io import write_text_atomic
+
+    write_text_atomic(path, "".join(json.dumps(r, ensure_ascii=False, sort_keys=True) + "\n"
+                                    for r in rows))
+
+
+def _track(params: Params, result: dict[str, Any], out_dir: Path, metrics_path: Path) -> None:
+    import mlflow
+
+    from mirage_safety.tracking import flatten_params, stage_run
+
+    with stage_run("evaluate", params.tracking, params=params.eval.model_dump(mode="json")):
+        flat = {k: float(v) for k, v in flatten_params(result).items()
+                if _is_number(v) and "_ci" not in k}
+        mlflow.log_metrics({k.replace("/", "_"): v for k, v in flat.items()})
+        mlflow.log_artifact(str(metrics_path))
+        for rel in ("report.md", "per_sample.csv"):
+            if (out_dir / rel).exists():
+                mlflow.log_artifact(str(out_dir / rel))
+        if (out_dir / "plots").is_dir():
+            mlflow.log_artifacts(str(out_dir / "plots"), artifact_path="plots")
+        if (out_dir / "per_sample.csv").exists():
+            import pandas as pd
+
+            mlflow.log_table(pd.read_csv(out_dir / "per_sample.csv"),
+                             artifact_file="per_sample_table.json")
+
+
+def _is_number(v: Any) -> bool:
+    try:
+        float(v)
+    except (TypeError, ValueError):
+        return False
+    return True
+
+
+# --------------------------------------------------------------------------- CLI
+def add_cli(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "evaluate",
+        help="answer every test split with the base and MIRage models, judge and score",
+        description=(
+            "Batched greedy generation for the base and the fine-tuned model on every test split "
+            "(resumable: rows already in eval/responses_<model>.jsonl for the same model and "
+            "settings are reused, never duplicated), judging with eval.judge (+ eval.second_judge "
+            "for agreement), metrics per split and category with 95%% Wilson intervals, "
+            "metrics/eval.json for `dvc metrics show`, plots and a markdown report with a gallery."
+        ),
+    )
+    p.add_argument("--params", default="params.yaml", help="params file (default: %(default)s)")
+    p.add_argument("--profile", default=None, help="params profile (default: from params/env)")
+    p.add_argument("--data", default="data", help="dataset dir (default: %(default)s)")
+    p.add_argument("--base-model", default="models/base", help="base model dir")
+    p.add_argument("--model", default="models/mirage", help="fine-tuned model dir")
+    p.add_argument("--out", default="eval", help="output dir (default: %(default)s)")
+    p.add_argument("--metrics", default="metrics/eval.json", help="metrics file")
+    p.add_argument("--plots", default="plots/eval_rates.csv", help="DVC plots CSV")
+    p.add_argument("--cache-dir", default=".cache/judge", help="judge verdict cache")
+    p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    p.add_argument("--no-track", action="store_true", help="do not log to MLflow")
+    p.set_defaults(func=_cli)
+
+
+def _cli(args: argparse.Namespace) -> int:
+    params = load_params(args.params, profile=args.profile)
+    result = evaluate(
+        params, data_dir=Path(args.data),
+        model_dirs={"base": Path(args.base_model), "mirage": Path(args.model)},
+        out_dir=Path(args.out), metrics_path=Path(args.metrics), plots_path=Path(args.plots),
+        cache_dir=Path(args.cache_dir), progress=not args.no_progress,
+        track=not args.no_track and os.environ.get("MIRAGE_NO_TRACK") != "1",
+    )
+    from mirage_safety.evaluation.report import headline_table
+
+    print(headline_table(result))
+    return 0

@@ -1,0 +1,292 @@
+"""The ``base`` stage: the model MIRage starts from.
+
+``base.source: builtin`` (embedded world): build the tiny LLaVA-architecture VLM (tokenizer
+trained on the world's text) and pre-train it on general multi-image VQA plus helpful-only
+instruction data, so it names objects correctly and answers every request helpfully -- the
+"capable but unsafe" starting point of the paper.  Writes ``models/base/`` (a
+``save_pretrained`` checkpoint + processor) and ``metrics/base.json`` (exact-match accuracy
+on the held-out general test, measured with the project's batched inference).
+
+The base deliberately does not read ``data/mis/train.json``: the label style of the
+safety data (CoT / refusal / text-only) is an experiment variable, and all of them must
+start from the same base.  The tokenizer still knows every label style's words because
+its corpus includes the world's label texts for all styles.
+
+``base.source: hub``: resolve ``base.hub.model_id`` + ``revision`` to a commit with
+``huggingface_hub`` (the local cache when offline) and write ``models/base/pin.json``;
+the weights stay in the Hub cache, loaded at that exact commit by later stages.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import re
+from collections import defaultdict
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+from mirage_safety.config import BaseConfig, TrackingConfig, load_params
+from mirage_safety.io import atomic_dir, read_json, write_json_atomic
+
+log = logging.getLogger(__name__)
+
+PIN_FILE = "pin.json"
+
+
+class HubResolveError(RuntimeError):
+    """A Hub model that cannot be pinned (offline and not cached, unknown id...)."""
+
+
+# --------------------------------------------------------------------------- text corpus
+def world_label_corpus() -> Iterator[str]:
+    """Every text the embedded world can produce, in every label style.
+
+    Feeding this to the tokenizer makes refusal / CoT / text-only words single tokens
+    whichever label style ``data/mis/train.json`` currently holds.
+    """
+    from mirage_safety.data import world as W
+
+    templates = (*W.REQUEST_TEMPLATES, *W.BENIGN_TEMPLATES)
+    yield W.REFUSAL
+    for t in templates:
+        yield W.question_text(t)
+    for rule in W.RULES:
+        firsts = (*rule.hard_a, *rule.risky_a, *W.SAFE_OBJECTS)
+        for a in firsts:
+            for b in rule.targets:
+                for t in templates:
+                    yield W.question_text(t, a, b)
+                    for text_only in (False, True):
+                        for harmful in (False, True):
+                            if harmful and t in W.BENIGN_TEMPLATES:
+                                continue
+                            yield W.cot_answer(a, b, t, harmful, text_only=text_only)
+    for name in W.OBJECT_NAMES:
+        yield name
+        for task in ("which", "count"):
+            yield W.general_question(task, name)
+
+
+def file_corpus(paths: Sequence[Path]) -> Iterator[str]:
+    """All conversation turns (train files) and question/answer fields (test files)."""
+    for path in paths:
+        if not path.is_file():
+            continue
+        for rec in read_json(path):
+            for turn in rec.get("conversations") or []:
+                yield str(turn.get("value", "")).replace("<image>", " ").strip()
+            for key in ("question", "answer"):
+                if isinstance(rec.get(key), str):
+                    yield rec[key]
+
+
+# --------------------------------------------------------------------------- accuracy
+def normalise_answer(text: str) -> str:
+    """Lower-case, collapse spaces, drop trailing punctuation: exact match of short answers."""
+    return re.sub(r"\s+", " ", text.strip().lower()).rstrip(" .!")
+
+
+def general_accuracy(model: Any, processor: Any, test_path: Path, *, batch_size: int,
+                     max_new_tokens: int = 8, limit: int | None = None,
+                     progress: bool = True) -> dict[str, Any]:
+    """Exact-match accuracy (0-100) on general test records, overall and per task."""
+    from mirage_safety.evaluation.inference import generate_responses
+    from mirage_safety.training.collator import resolve_image
+
+    records = read_json(test_path)[: limit or None]
+    root = test_path.parent
+    prompts = [(r["question"], [resolve_image(root, r[k], rid=r["id"], field=k)
+                                for k in ("image_path1", "image_path2") if r.get(k)])
+               for r in records]
+    answers = generate_responses(model, processor, prompts, batch_size=batch_size,
+                                 max_new_tokens=max_new_tokens, progress=progress)
+    per_task: dict[str, list[bool]] = defaultdict(list)
+    for rec, ans in zip(records, answers, strict=True):
+        per_task[str(rec.get("sub_category") or "all")].append(
+            normalise_answer(ans) == normalise_answer(str(rec["answer"])))
+    hits = [h for v in per_task.values() for h in v]
+    return {
+        "general_accuracy": 100.0 * sum(hits) / max(len(hits), 1),
+        "general_accuracy_per_task": {k: 100.0 * sum(v) / len(v)
+                                      for k, v in sorted(per_task.items())},
+        "general_test_n": len(hits),
+        "examples": [{"id": r["id"], "question": r["question"], "answer": r["answer"],
+                      "response": a} for r, a in list(zip(records, answers, strict=True))[:5]],
+    }
+
+
+# --------------------------------------------------------------------------- builtin
+def build_builtin_base(cfg: BaseConfig, data_dir: Path, out_dir: Path, metrics_dir: Path, *,
+                       image_size: int, checkpoint_dir: Path, tracking: TrackingConfig | None,
+                       eval_batch_size: int = 64, progress: bool = True) -> dict[str, Any]:
+    """Tokenizer + tiny VLM + pre-training; returns the metrics written to base.json."""
+    from mirage_safety.models.tiny_vlm import build_tiny_vlm, count_parameters
+    from mirage_safety.training.sft import (
+        SFTSettings,
+        is_main_process,
+        load_train_records,
+        run_sft,
+        save_trained,
+    )
+
+    b = cfg.builtin
+    general = data_dir / "general"
+    train_files = [general / "train.json", general / "instruct.json"]
+    missing = [str(p) for p in train_files if not p.is_file()]
+    if missing:
+        raise FileNotFoundError(f"base pre-training data not found: {', '.join(missing)} "
+                                "(run `mirage generate` first)")
+    rows = [row for p in train_files for row in load_train_records(p)]
+    if b.pretrain_samples and len(rows) > b.pretrain_samples:
+        import random
+
+        rows = random.Random(cfg.seed).sample(rows, b.pretrain_samples)
+    corpus = [*file_corpus(train_files), *world_label_corpus()]
+    model, processor = build_tiny_vlm(corpus, b, image_size, seed=cfg.seed)
+    n_params = count_parameters(model)
+    log.info("tiny VLM: %d parameters, vocabulary %d", n_params, len(processor.tokenizer))
+
+    settings = SFTSettings(learning_rate=b.pretrain_lr, batch_size=b.pretrain_batch_size,
+                           max_steps=b.pretrain_steps, epochs=1.0, warmup_ratio=0.03,
+                           save_steps=max(50, b.pretrain_steps // 4),
+                           logging_steps=max(1, min(25, b.pretrain_steps // 20 or 1)),
+                           max_length=1024, seed=cfg.seed)
+    fingerprint = {"stage": "base", "config": cfg.model_dump(mode="json"),
+                   "image_size": image_size,
+                   "data": [os.path.getsize(p) for p in train_files]}
+    report_to = ["mlflow"] if tracking is not None else []
+    trainer, result = run_sft(model, processor, rows, settings, checkpoint_dir,
+                              image_size=image_size, fingerprint=fingerprint,
+                              report_to=report_to, run_name="base")
+    save_trained(trainer, processor, out_dir)
+    metrics: dict[str, Any] = {"source": "builtin", "parameters": n_params,
+                               "vocab_size": len(processor.tokenizer), **result.metrics()}
+    if is_main_process():
+        test_path = general / "test.json"
+        if test_path.is_file():
+            metrics.update(general_accuracy(trainer.model, processor, test_path,
+                                            batch_size=eval_batch_size, progress=progress))
+        else:
+            log.warning("%s not found: general accuracy not measured", test_path)
+    return metrics
+
+
+# --------------------------------------------------------------------------- hub
+def resolve_hub_pin(model_id: str, revision: str | None, *, trust_remote_code: bool = False,
+                    dtype: str = "auto") -> dict[str, Any]:
+    """``{model_id, commit, trust_remote_code, dtype}`` for ``model_id`` at ``revision``.
+
+    Online: the Hub says which commit the revision is.  Offline (``HF_HUB_OFFLINE`` or no
+    network): the local cache's snapshot for that revision; neither -> a clear error.
+    """
+    from huggingface_hub import HfApi, snapshot_download
+    from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled
+
+    commit: str | None = None
+    online_error: Exception | None = None
+    if revision and re.fullmatch(r"[0-9a-f]{40}", revision):
+        commit = revision  # already a commit: nothing to resolve
+    elif os.environ.get("HF_HUB_OFFLINE", "").upper() not in ("1", "ON", "YES", "TRUE"):
+        try:
+            commit = HfApi().model_info(model_id, revision=revision, timeout=20).sha
+        except (HfHubHTTPError, OfflineModeIsEnabled, OSError, ValueError) as exc:
+            online_error = exc
+    if commit is None:
+        try:
+            path = snapshot_download(model_id, revision=revision, local_files_only=True)
+            commit = Path(path).name
+        except Exception as exc:  # LocalEntryNotFoundError, RevisionNotFoundError...
+            why = f"; online lookup failed: {online_error}" if online_error else ""
+            raise HubResolveError(
+                f"cannot resolve Hub model {model_id!r} (revision {revision or 'main'!r}): it "
+                f"is not in the local Hugging Face cache and the Hub is not reachable{why}. "
+                f"Download it once with `huggingface-cli download {model_id}` on a machine "
+                f"with network, or set base.hub.model_id to a cached model") from exc
+    return {"model_id": model_id, "revision": revision, "commit": commit,
+            "trust_remote_code": trust_remote_code, "dtype": dtype}
+
+
+# --------------------------------------------------------------------------- stage
+def run_base(cfg: BaseConfig, *, data_dir: Path, out_dir: Path, metrics_dir: Path,
+             image_size: int, checkpoint_dir: Path, tracking: TrackingConfig | None = None,
+             progress: bool = True) -> dict[str, Any]:
+    metrics_path = metrics_dir / "base.json"
+    if cfg.source == "hub":
+        hub = cfg.hub
+        assert hub.model_id  # validated by BaseConfig
+        pin = resolve_hub_pin(hub.model_id, hub.revision,
+                              trust_remote_code=hub.trust_remote_code, dtype=hub.torch_dtype)
+        with atomic_dir(out_dir) as tmp:
+            write_json_atomic(tmp / PIN_FILE, pin)
+        metrics = {"source": "hub", **pin}
+        write_json_atomic(metrics_path, metrics)
+        log.info("pinned %s at %s", pin["model_id"], pin["commit"])
+        return metrics
+
+    from mirage_safety.training.sft import is_main_process
+
+    def _build() -> dict[str, Any]:
+        return build_builtin_base(cfg, data_dir, out_dir, metrics_dir, image_size=image_size,
+                                  checkpoint_dir=checkpoint_dir, tracking=tracking,
+                                  progress=progress)
+
+    if tracking is not None and is_main_process():
+        import mlflow
+
+        from mirage_safety.tracking import stage_run
+
+        _mlflow_env()
+        with stage_run("base", tracking, {"base": cfg.model_dump(mode="json"),
+                                          "image_size": image_size}):
+            metrics = _build()
+            mlflow.log_metrics({k: float(v) for k, v in metrics.items()
+                                if isinstance(v, int | float) and not isinstance(v, bool)})
+    else:
+        metrics = _build()
+    if is_main_process():
+        write_json_atomic(metrics_path, metrics)
+        import shutil
+
+        shutil.rmtree(checkpoint_dir, ignore_errors=True)  # the final model supersedes them
+    return metrics
+
+
+def _mlflow_env() -> None:
+    # checkpoints are DVC's business, never MLflow artefacts
+    os.environ["HF_MLFLOW_LOG_ARTIFACTS"] = "FALSE"
+
+
+def _handler(args: argparse.Namespace) -> int:
+    params = load_params(args.params, profile=args.profile)
+    metrics = run_base(params.base, data_dir=Path(args.data), out_dir=Path(args.out),
+                       metrics_dir=Path(args.metrics), image_size=params.data.world.image_size,
+                       checkpoint_dir=Path(args.checkpoints),
+                       tracking=None if args.no_mlflow else params.tracking,
+                       progress=not args.no_progress)
+    if "general_accuracy" in metrics:
+        print(f"base: general accuracy {metrics['general_accuracy']:.1f}% "
+              f"on {metrics['general_test_n']} held-out questions -> {args.out}")
+    elif "commit" in metrics:
+        print(f"base: pinned {metrics['model_id']} at {metrics['commit']} -> {args.out}")
+    return 0
+
+
+def add_cli(subparsers: Any) -> None:
+    p = subparsers.add_parser(
+        "base", help="build/pre-train the builtin tiny VLM, or pin a Hub base model",
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
+    p.add_argument("--profile", default=None, help="params profile (default: params' profile "
+                   "or $MIRAGE_PROFILE)")
+    p.add_argument("--data", default="data", help="dataset root (default: data)")
+    p.add_argument("--out", default="models/base", help="output dir (default: models/base)")
+    p.add_argument("--metrics", default="metrics", help="metrics dir (default: metrics)")
+    p.add_argument("--checkpoints", default=".cache/checkpoints/base",
+                   help="resumable checkpoints, outside DVC outs "
+                        "(default: .cache/checkpoints/base)")
+    p.add_argument("--no-mlflow", action="store_true", help="do not log to MLflow")
+    p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    p.set_defaults(func=_handler)
