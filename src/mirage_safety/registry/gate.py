@@ -1,0 +1,193 @@
+"""The promotion gate: a candidate becomes ``champion`` only if it is no worse on
+harmlessness AND helpfulness than the champion it would replace.
+
+Input: the MIRage summary of ``metrics/eval.json`` (its ``mirage`` part)::
+
+    {"test_easy": {"asr": pct, "rsr": pct, "n": int, ...}, "test_hard": {...},
+     "test_real": {...}, "test_benign": {"asr": pct, "over_refusal": pct,
+     "helpfulness": pct, ...}, "general": {"accuracy": pct}, "categories": {...}}
+
+All rates are percentages (0-100); tolerances are percentage points (``registry``
+params).  Checks, each reported with both numbers:
+
+* ASR on every safety split -- a ``test_*`` split with an ``asr``, except ``test_benign``
+  (benign requests; its refusals are what over-refusal measures):
+  ``candidate <= champion + asr_tolerance``;
+* over-refusal (``test_benign.over_refusal``):
+  ``candidate <= champion + over_refusal_tolerance``;
+* general accuracy (``general.accuracy``):
+  ``candidate >= champion - general_accuracy_tolerance``.
+
+With no champion yet the first candidate becomes champion; it is still compared with the
+base model of the same evaluation, for information only (the comparison is in the reasons
+and in ``metrics/registry.json``).
+
+Missing values: a safety split only one side was evaluated on is skipped (``test_real``
+exists only with real data); a candidate that lacks over-refusal or general accuracy the
+champion has (or has a non-numeric value) FAILS -- they are the helpfulness half of the
+gate.  Every skip is listed in the reasons, and a comparison in which no check ran refuses.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from mirage_safety.config import RegistryConfig
+
+_EPS = 1e-9  # equality at the tolerance edge passes despite float rounding
+BENIGN_SPLIT = "test_benign"
+GENERAL_SPLIT = "general"
+#: summary sections whose numeric scalars are gate metrics (stored as version tags)
+_SKIP_SECTIONS = ("categories",)
+
+
+@dataclass(frozen=True)
+class Check:
+    name: str  # e.g. "test_hard ASR"
+    split: str
+    metric: str
+    candidate: float | None
+    reference: float | None
+    limit: float | None
+    passed: bool | None  # None = skipped
+    reason: str
+
+    def as_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        for key in ("candidate", "reference", "limit"):
+            if isinstance(d[key], float) and not math.isfinite(d[key]):
+                d[key] = None  # JSON has no NaN
+        return d
+
+
+@dataclass(frozen=True)
+class Decision:
+    promote: bool
+    reasons: list[str]
+    compared_to: str = "champion"  # "champion vN" or "none"
+    checks: list[Check] = field(default_factory=list)
+    binding: bool = True  # False: checks are informational (first candidate vs base)
+
+    @property
+    def failed(self) -> list[Check]:
+        return [c for c in self.checks if c.passed is False]
+
+
+def gate_metrics(summary: Mapping[str, Any]) -> dict[str, dict[str, float]]:
+    """The numeric per-split scalars of a MIRage summary (``{split: {metric: value}}``).
+
+    These are what the gate compares and what is stored as version tags so that a later
+    gate reads the champion's numbers from the registry itself.
+    """
+    out: dict[str, dict[str, float]] = {}
+    for split, section in summary.items():
+        if split in _SKIP_SECTIONS or not isinstance(section, Mapping):
+            continue
+        values = {m: float(v) for m, v in section.items()
+                  if isinstance(v, int | float) and not isinstance(v, bool)
+                  and math.isfinite(v)}
+        if values:
+            out[str(split)] = values
+    return out
+
+
+def safety_splits(*summaries: Mapping[str, Any]) -> list[str]:
+    """``test_*`` splits (not ``test_benign``) with an ``asr`` in any of ``summaries``."""
+    found = {s for summary in summaries for s, sec in summary.items()
+             if s.startswith("test_") and s != BENIGN_SPLIT
+             and isinstance(sec, Mapping) and "asr" in sec}
+    return sorted(found)
+
+
+def _value(summary: Mapping[str, Any], split: str, metric: str) -> float | None:
+    section = summary.get(split)
+    if not isinstance(section, Mapping) or metric not in section:
+        return None
+    value = section[metric]
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return math.nan  # present but unusable: fails the check instead of skipping
+    return float(value)
+
+
+def _check(split: str, metric: str, label: str, cand: float | None, ref: float | None,
+           tol: float, *, lower_is_better: bool, ref_name: str) -> Check:
+    name = f"{split} {label}"
+    if ref is None or math.isnan(ref):
+        return Check(name, split, metric, cand, ref, None, None,
+                     f"{name}: skipped ({ref_name} has no value)")
+    limit = ref + tol if lower_is_better else ref - tol
+    if cand is None or math.isnan(cand):
+        return Check(name, split, metric, cand, ref, limit, False,
+                     f"{name}: FAIL, the candidate has no valid value ({ref_name} {ref:.2f})")
+    ok = cand <= limit + _EPS if lower_is_better else cand >= limit - _EPS
+    op = "<=" if lower_is_better else ">="
+    sign = "+" if lower_is_better else "-"
+    if ok:
+        text = (f"{name}: ok, candidate {cand:.2f} {op} {ref_name} {ref:.2f} {sign} {tol:g} "
+                f"= {limit:.2f}")
+    else:
+        worse = "higher" if lower_is_better else "lower"
+        text = (f"{name}: FAIL, candidate {cand:.2f} is {worse} than {ref_name} {ref:.2f} "
+                f"{sign} {tol:g} = {limit:.2f}")
+    return Check(name, split, metric, cand, ref, limit, ok, text)
+
+
+def compare(candidate: Mapping[str, Any], reference: Mapping[str, Any], cfg: RegistryConfig,
+            *, ref_name: str) -> list[Check]:
+    """Every gate check of ``candidate`` against ``reference`` (both MIRage summaries)."""
+    checks: list[Check] = []
+    for split in safety_splits(candidate, reference):
+        c, r = _value(candidate, split, "asr"), _value(reference, split, "asr")
+        if c is None and r is not None:
+            checks.append(Check(f"{split} ASR", split, "asr", None, r, None, None,
+                                f"{split} ASR: skipped (the candidate was not evaluated on "
+                                "it)"))
+            continue
+        checks.append(_check(split, "asr", "ASR", c, r, cfg.asr_tolerance,
+                             lower_is_better=True, ref_name=ref_name))
+    checks.append(_check(BENIGN_SPLIT, "over_refusal", "over-refusal",
+                         _value(candidate, BENIGN_SPLIT, "over_refusal"),
+                         _value(reference, BENIGN_SPLIT, "over_refusal"),
+                         cfg.over_refusal_tolerance, lower_is_better=True, ref_name=ref_name))
+    checks.append(_check(GENERAL_SPLIT, "accuracy", "accuracy",
+                         _value(candidate, GENERAL_SPLIT, "accuracy"),
+                         _value(reference, GENERAL_SPLIT, "accuracy"),
+                         cfg.general_accuracy_tolerance, lower_is_better=False,
+                         ref_name=ref_name))
+    return checks
+
+
+def decide(candidate: Mapping[str, Any], champion: Mapping[str, Any] | None,
+           cfg: RegistryConfig, *, champion_label: str = "champion",
+           base: Mapping[str, Any] | None = None) -> Decision:
+    """Promote ``candidate`` over ``champion`` (MIRage summaries), or decline.
+
+    ``champion`` None means there is no champion yet: the candidate is promoted, and if
+    ``base`` (the base model's summary from the same eval.json) is given the checks
+    against it are attached for information.
+    """
+    if champion is None:
+        reasons = ["no champion yet: the first candidate becomes champion"]
+        checks = compare(candidate, base, cfg, ref_name="base model") if base else []
+        reasons += [f"for information, {c.reason}" for c in checks]
+        return Decision(True, reasons, compared_to="none", checks=checks, binding=False)
+
+    checks = compare(candidate, champion, cfg, ref_name=champion_label)
+    ran = [c for c in checks if c.passed is not None]
+    failed = [c for c in ran if not c.passed]
+    if not ran:
+        reasons = [c.reason for c in checks]
+        reasons.append(f"no metric in common with the {champion_label}: refusing")
+        return Decision(False, reasons, compared_to=champion_label, checks=checks)
+    if failed:
+        head = (f"not promoted: worse than the {champion_label} on "
+                + ", ".join(c.name for c in failed))
+    else:
+        head = f"promoted: no worse than the {champion_label} on any gate metric"
+    # failures first: the reason a human needs is the first line
+    ordered = failed + [c for c in checks if c not in failed]
+    return Decision(not failed, [head, *(c.reason for c in ordered)],
+                    compared_to=champion_label, checks=checks)

@@ -1,0 +1,342 @@
+"""The registered MIRage model: an ``mlflow.pyfunc`` wrapper around a trained VLM directory.
+
+What the registry stores is the final model only -- the ``models/mirage`` directory
+(full weights, or a LoRA adapter plus the base it applies to), minus trainer checkpoints
+and optimizer state -- so ``mlflow.pyfunc.load_model("models:/mirage@champion")`` is
+self-contained (the ``mirage_safety`` package travels with it as ``code_paths``).
+
+Input (a DataFrame, one row per query):
+
+* ``question`` (str) -- the text turn;
+* ``images`` (list of str) -- one entry per image, in order; each a file path,
+  base64-encoded PNG/JPEG bytes, or a data URL (``data:image/png;base64,...``).
+
+Params: ``max_new_tokens`` (long), ``batch_size`` (long).  Output: a DataFrame with one
+string column ``response``.  Decoding is :func:`mirage_safety.evaluation.inference.
+generate_responses` (batched greedy), the one decoding path ``mirage evaluate`` uses, so a
+served answer equals the evaluated one.
+
+Model directory layout (written by the train stage; the conventions of
+:mod:`mirage_safety.models.loading`, which does the loading): ``mirage_model.json`` =
+``{"base_path": ..., "method": "full" | "lora", ...}``.  ``method: lora`` means the
+directory holds a PEFT adapter for the model at ``base_path`` (a checkpoint or a Hub pin
+dir); that base directory is packaged as a second artefact (a pin dir is tiny: its weights
+come from the Hub at load time) and the adapter is merged at load time.  Without
+``mirage_model.json`` the directory is a full checkpoint that
+``AutoModelForImageTextToText`` / ``AutoProcessor`` load.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import io
+import os
+import shutil
+import tempfile
+import warnings
+from collections.abc import Sequence
+from importlib import metadata
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import mlflow.pyfunc
+
+from mirage_safety.io import read_json
+from mirage_safety.models.loading import MODEL_META_FILE, PIN_FILE
+
+if TYPE_CHECKING:
+    import pandas as pd
+    from mlflow.models import ModelSignature
+    from mlflow.models.model import ModelInfo
+    from PIL import Image
+
+MODEL_ARTIFACT = "model_dir"
+BASE_ARTIFACT = "base_dir"
+QUESTION_COLUMN = "question"
+IMAGES_COLUMN = "images"
+INPUT_COLUMNS = (QUESTION_COLUMN, IMAGES_COLUMN)
+OUTPUT_COLUMN = "response"
+DEFAULT_MAX_NEW_TOKENS = 96
+DEFAULT_BATCH_SIZE = 8
+# Never copied into the registry: trainer checkpoints and their optimizer/scheduler/RNG
+# state, TensorBoard logs, temp/hidden files.  DVC versions those; the registry holds
+# only what serving needs.
+EXCLUDE_PATTERNS = ("checkpoint-*", "checkpoints", "runs", "optimizer.pt", "optimizer.bin",
+                    "scheduler.pt", "rng_state*.pth", "trainer_state.json",
+                    "training_args.bin", "*.tmp", ".*", "__pycache__")
+_PROCESSOR_FILES = ("processor_config.json", "preprocessor_config.json", "tokenizer.json",
+                    "tokenizer_config.json")
+# Distributions the served model needs, pinned to the versions it was logged with.
+_RUNTIME_DISTS = ("mlflow", "torch", "transformers", "tokenizers", "safetensors", "peft",
+                  "accelerate", "pillow", "numpy", "pandas", "pydantic", "pyyaml", "tqdm")
+_MAX_PATH_LEN = 4096  # longer strings cannot be paths: treat as base64 without a stat
+
+
+class ModelDirError(ValueError):
+    """A model directory that cannot be packaged or loaded; the message names the path."""
+
+
+# --------------------------------------------------------------------------- model dir
+def read_model_meta(model_dir: str | os.PathLike[str]) -> dict[str, Any] | None:
+    """``mirage_model.json`` of a trained model dir, or None for a plain full checkpoint."""
+    path = Path(model_dir) / MODEL_META_FILE
+    if not path.is_file():
+        return None
+    try:
+        meta = read_json(path)
+    except ValueError as exc:
+        raise ModelDirError(f"{path}: not valid JSON: {exc}") from None
+    if not isinstance(meta, dict):
+        raise ModelDirError(f"{path}: expected a JSON object")
+    method = meta.get("method", "full")
+    if method not in ("full", "lora"):
+        raise ModelDirError(f"{path}: field 'method' must be 'full' or 'lora' (got {method!r})")
+    if method == "lora" and not (meta.get("base_path") or meta.get("base_model_id")):
+        raise ModelDirError(f"{path}: method is 'lora' but neither field 'base_path' nor "
+                            "'base_model_id' is set")
+    return {**meta, "method": method}
+
+
+def resolve_base(meta: dict[str, Any], model_dir: Path) -> Path | str:
+    """The LoRA base of a model dir, for packaging: ``base_path`` as an existing base dir
+    (a checkpoint or a Hub pin; tried as given, against the repo root -- ``$DVC_ROOT`` or
+    cwd -- and against the model dir and its parent, like
+    :mod:`mirage_safety.models.loading`), else ``base_model_id`` (a Hub id)."""
+    raw = str(meta.get("base_path") or "")
+    root = Path(os.environ.get("DVC_ROOT") or os.getcwd())
+    if raw:
+        for cand in (Path(raw), root / raw, model_dir / raw, model_dir.parent / raw):
+            if (cand / "config.json").is_file() or (cand / PIN_FILE).is_file():
+                return cand.resolve()
+    if meta.get("base_model_id"):
+        return str(meta["base_model_id"])
+    raise ModelDirError(f"{model_dir / MODEL_META_FILE}: base_path {raw!r} is not a model "
+                        "directory (config.json or pin.json; relative paths are tried against "
+                        "the repo root and the model dir) and no base_model_id is given")
+
+
+def _has_processor(path: Path) -> bool:
+    return any((path / f).is_file() for f in _PROCESSOR_FILES)
+
+
+def load_model_dir(model_dir: str | os.PathLike[str],
+                   base_dir: str | os.PathLike[str] | None = None,
+                   *, device: str | None = None) -> tuple[Any, Any]:
+    """Load ``(model, processor)`` for inference, merging a LoRA adapter.
+
+    Without ``base_dir`` this is :func:`mirage_safety.models.loading.load_for_inference`
+    (the code path ``mirage evaluate`` uses).  ``base_dir`` is the base packaged next to the
+    adapter: it replaces ``mirage_model.json``'s ``base_path``, which points into the
+    training workspace and does not exist where the registered model is served.
+    """
+    from mirage_safety.models.loading import load_for_inference, load_pretrained, resolve_source
+
+    model_dir = Path(model_dir)
+    if not model_dir.is_dir():
+        raise ModelDirError(f"{model_dir}: model directory not found")
+    meta = read_model_meta(model_dir)
+    if base_dir is None or meta is None or meta["method"] != "lora":
+        return load_for_inference(model_dir, device=device)
+    import torch
+    from peft import PeftModel
+    from transformers import AutoProcessor
+
+    source = resolve_source(base_dir)  # a checkpoint, or a pin.json of a Hub commit
+    model, processor = load_pretrained(source)
+    # merged weights run as fast as a full checkpoint and need no peft at predict time
+    model = PeftModel.from_pretrained(model, str(model_dir)).merge_and_unload()
+    if _has_processor(model_dir):
+        processor = AutoProcessor.from_pretrained(model_dir,
+                                                  trust_remote_code=source.trust_remote_code)
+    model.to(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    model.eval()
+    return model, processor
+
+
+# --------------------------------------------------------------------------- inputs
+def decode_image(value: Any, *, row: int, index: int = 0) -> Image.Image:
+    """A file path, base64 PNG/JPEG or data URL -> RGB PIL image (errors name row + image)."""
+    from PIL import Image, UnidentifiedImageError
+
+    where = f"row {row}, images[{index}]"
+    if not isinstance(value, str) or not value.strip():
+        raise ValueError(f"{where}: expected a file path or base64 image string, "
+                         f"got {type(value).__name__}")
+    text = value.strip()
+    if text.startswith("data:"):
+        header, _, payload = text.partition(",")
+        if ";base64" not in header or not payload:
+            raise ValueError(f"{where}: data URL must be 'data:image/...;base64,<data>'")
+        text = payload
+    elif len(text) < _MAX_PATH_LEN and Path(text).is_file():
+        try:
+            with Image.open(text) as img:
+                return img.convert("RGB")
+        except (UnidentifiedImageError, OSError) as exc:
+            raise ValueError(f"{where}: {text!r} is not a readable image: {exc}") from None
+    try:
+        data = base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError):
+        shown = text if len(text) <= 80 else text[:77] + "..."
+        raise ValueError(f"{where}: {shown!r} is neither an existing file nor base64 image "
+                         "data") from None
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            return img.convert("RGB")
+    except (UnidentifiedImageError, OSError) as exc:
+        raise ValueError(f"{where}: base64 data is not a PNG/JPEG image: {exc}") from None
+
+
+def encode_image(path: str | os.PathLike[str]) -> str:
+    """Base64 text of an image file (what a remote client sends)."""
+    return base64.b64encode(Path(path).read_bytes()).decode("ascii")
+
+
+def _image_list(value: Any, row: int) -> list[Any]:
+    """The ``images`` cell: a list / array / tuple of strings (a lone string = one image)."""
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, Sequence) or hasattr(value, "tolist"):
+        items = value.tolist() if hasattr(value, "tolist") else list(value)
+        if items:
+            return items
+    raise ValueError(f"row {row}, column {IMAGES_COLUMN!r}: expected a non-empty list of image "
+                     f"paths or base64 strings, got {type(value).__name__}")
+
+
+def parse_queries(model_input: pd.DataFrame) -> list[tuple[str, list[Image.Image]]]:
+    """DataFrame rows -> ``(question, [PIL images])`` prompts for ``generate_responses``."""
+    missing = [c for c in INPUT_COLUMNS if c not in model_input.columns]
+    if missing:
+        raise ValueError(f"model input lacks column(s) {missing}; expected {list(INPUT_COLUMNS)}")
+    prompts = []
+    for i, row in enumerate(model_input.to_dict("records")):
+        question = row.get(QUESTION_COLUMN)
+        if not isinstance(question, str) or not question.strip():
+            raise ValueError(f"row {i}, column {QUESTION_COLUMN!r}: expected a non-empty string")
+        images = [decode_image(v, row=i, index=k)
+                  for k, v in enumerate(_image_list(row.get(IMAGES_COLUMN), i))]
+        prompts.append((question, images))
+    return prompts
+
+
+# --------------------------------------------------------------------------- pyfunc
+class MiragePyfuncModel(mlflow.pyfunc.PythonModel):
+    """Answers multi-image safety queries with the packaged VLM (greedy decoding)."""
+
+    def __init__(self, default_max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
+                 default_batch_size: int = DEFAULT_BATCH_SIZE) -> None:
+        # only plain settings here: the instance is pickled into the model artefact
+        self.default_max_new_tokens = default_max_new_tokens
+        self.default_batch_size = default_batch_size
+
+    def load_context(self, context: mlflow.pyfunc.PythonModelContext) -> None:
+        artifacts = context.artifacts
+        self.model, self.processor = load_model_dir(artifacts[MODEL_ARTIFACT],
+                                                    artifacts.get(BASE_ARTIFACT))
+
+    def predict(self, context: mlflow.pyfunc.PythonModelContext, model_input: pd.DataFrame,
+                params: dict[str, Any] | None = None) -> pd.DataFrame:
+        import pandas as pd
+
+        from mirage_safety.evaluation.inference import generate_responses
+
+        params = params or {}
+        max_new = int(params.get("max_new_tokens") or self.default_max_new_tokens)
+        batch_size = int(params.get("batch_size") or self.default_batch_size)
+        prompts = parse_queries(model_input)
+        responses = generate_responses(self.model, self.processor, prompts,
+                                       batch_size=batch_size, max_new_tokens=max_new,
+                                       progress=False)
+        return pd.DataFrame({OUTPUT_COLUMN: [str(r) for r in responses]})
+
+
+def build_signature(max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
+                    batch_size: int = DEFAULT_BATCH_SIZE) -> ModelSignature:
+    from mlflow.models import ModelSignature
+    from mlflow.types.schema import Array, ColSpec, DataType, ParamSchema, ParamSpec, Schema
+
+    return ModelSignature(
+        inputs=Schema([ColSpec(DataType.string, QUESTION_COLUMN),
+                       ColSpec(Array(DataType.string), IMAGES_COLUMN)]),
+        outputs=Schema([ColSpec(DataType.string, OUTPUT_COLUMN)]),
+        params=ParamSchema([ParamSpec("max_new_tokens", DataType.long, max_new_tokens),
+                            ParamSpec("batch_size", DataType.long, batch_size)]),
+    )
+
+
+def pip_requirements() -> list[str]:
+    """The runtime dists pinned to this environment's versions (reproducible serving)."""
+    reqs = []
+    for dist in _RUNTIME_DISTS:
+        try:
+            reqs.append(f"{dist}=={metadata.version(dist)}")
+        except metadata.PackageNotFoundError:
+            continue
+    return reqs
+
+
+def stage_model_dir(src: Path, dst: Path) -> Path:
+    """Copy ``src`` to ``dst`` without checkpoints, optimizer state and hidden/temp files."""
+    shutil.copytree(src, dst, ignore=shutil.ignore_patterns(*EXCLUDE_PATTERNS))
+    return dst
+
+
+def check_model_dir(model_dir: str | os.PathLike[str]) -> dict[str, Any] | None:
+    """Fail early (before any MLflow run) on a directory that cannot be packaged."""
+    model_dir = Path(model_dir)
+    if not model_dir.is_dir():
+        raise ModelDirError(f"{model_dir}: model directory not found (run `mirage train` first)")
+    meta = read_model_meta(model_dir)
+    if meta is None and not (model_dir / "config.json").is_file():
+        raise ModelDirError(f"{model_dir}: neither {MODEL_META_FILE} nor a full checkpoint "
+                            "(config.json) found")
+    if meta is not None and meta["method"] == "lora":
+        resolve_base(meta, model_dir)
+    return meta
+
+
+def log_pyfunc_model(model_dir: str | os.PathLike[str], *, name: str = "model",
+                     max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
+                     batch_size: int = DEFAULT_BATCH_SIZE,
+                     registered_model_name: str | None = None,
+                     tags: dict[str, Any] | None = None) -> ModelInfo:
+    """Log ``model_dir`` as a pyfunc model in the active run (checkpoints excluded).
+
+    With ``registered_model_name`` MLflow also registers a new version.  Returns the
+    ``ModelInfo`` (``.model_uri`` is what :func:`mlflow.register_model` takes).
+    """
+
+    model_dir = Path(model_dir)
+    meta = check_model_dir(model_dir)
+    package_dir = Path(__file__).resolve().parents[1]  # src/mirage_safety
+    with tempfile.TemporaryDirectory(prefix="mirage-pyfunc-") as tmp:
+        code = Path(tmp) / "code" / package_dir.name
+        shutil.copytree(package_dir, code, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+        artifacts = {MODEL_ARTIFACT: str(stage_model_dir(model_dir, Path(tmp) / "model"))}
+        if meta is not None and meta["method"] == "lora":
+            base = resolve_base(meta, model_dir)
+            if isinstance(base, Path):  # a Hub id (no local base) is fetched at load time
+                artifacts[BASE_ARTIFACT] = str(stage_model_dir(base, Path(tmp) / "base"))
+        with warnings.catch_warnings():
+            # an input example would make MLflow load and run the whole model once more at
+            # logging time; the explicit signature documents the input instead
+            warnings.filterwarnings("ignore", message=".*input example was not provided")
+            return _log(name, max_new_tokens, batch_size, artifacts, code,
+                        registered_model_name, tags)
+
+
+def _log(name: str, max_new_tokens: int, batch_size: int, artifacts: dict[str, str], code: Path,
+         registered_model_name: str | None, tags: dict[str, Any] | None) -> ModelInfo:
+    return mlflow.pyfunc.log_model(
+        name=name,
+        python_model=MiragePyfuncModel(max_new_tokens, batch_size),
+        artifacts=artifacts,
+        signature=build_signature(max_new_tokens, batch_size),
+        # the package travels with the model so load_model works outside this repo
+        code_paths=[str(code)],
+        pip_requirements=pip_requirements(),
+        registered_model_name=registered_model_name,
+        tags=tags,
+    )

@@ -1,0 +1,327 @@
+"""``mirage register``: package the trained model, register it, and let the gate decide.
+
+Every candidate (each run of this stage) becomes a new version of
+``registry.model_name``, logged as an MLflow pyfunc model
+(:mod:`mirage_safety.registry.pyfunc_model`; no checkpoints, no optimizer state).  The
+version is tagged with
+
+* the gate's verdict: ``gate.decision`` (promote | reject), ``gate.compared_to``,
+  ``gate.reasons``;
+* its gate metrics, ``metric.<split>.<metric>`` (e.g. ``metric.test_hard.asr``), so a
+  later gate reads the champion's numbers from the registry itself, never from files in
+  the workspace;
+* its lineage: git commit, profile, sha256 of eval.json, the model's md5 in dvc.lock.
+
+Only a promoted candidate moves the ``champion`` alias; a refused one gets
+``challenger``.  The gate is :mod:`mirage_safety.registry.gate`.
+
+Writes ``metrics/registry.json`` atomically (temp file + rename), only once the version
+is registered and its alias set::
+
+    {"model_name": "mirage", "version": 3, "decision": "promote" | "reject",
+     "alias": "champion" | "challenger", "reasons": [...],
+     "compared_to": "champion v2" | "none",
+     "champion_version": 3,            # the champion after this decision
+     "previous_champion_version": 2,   # the champion before it (null for the first)
+     "metrics": {"candidate": {split: {metric: pct}}, "champion": {...} | null,
+                 "base": {...} | null},
+     "checks": [{"name", "split", "metric", "candidate", "reference", "limit",
+                 "passed"}, ...],
+     "tolerances": {"asr", "over_refusal", "general_accuracy"},
+     "model_uri": "models:/mirage/3", "run_id": ..., "tracking_uri": ...}
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import math
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import yaml
+
+from mirage_safety.config import ConfigError, Params, load_params
+from mirage_safety.io import read_json, sha256_file, write_json_atomic
+
+if TYPE_CHECKING:
+    from mlflow import MlflowClient
+
+log = logging.getLogger(__name__)
+SUMMARY_KEYS = ("base", "mirage")
+METRIC_TAG_PREFIX = "metric."
+REGISTERED_BY = "mirage register"
+_TAG_MAX = 5000  # MLflow's limit on a tag value
+
+
+class EvalMetricsError(ConfigError):
+    """metrics/eval.json missing or not in the expected layout (exit code 2 from the CLI)."""
+
+
+# --------------------------------------------------------------------------- eval.json
+def load_eval_metrics(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Read and check ``metrics/eval.json``: a ``mirage`` summary of per-split mappings."""
+    path = Path(path)
+    if not path.is_file():
+        raise EvalMetricsError(f"{path}: eval metrics not found (run `mirage evaluate` first)")
+    try:
+        data = read_json(path)
+    except ValueError as exc:
+        raise EvalMetricsError(f"{path}: not valid JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise EvalMetricsError(f"{path}: expected a JSON object with 'base' and 'mirage'")
+    if not isinstance(data.get("mirage"), Mapping):
+        raise EvalMetricsError(f"{path}: field 'mirage' (the candidate's summary) is missing "
+                               "or not an object")
+    for which in SUMMARY_KEYS:
+        summary = data.get(which)
+        if summary is None:
+            continue
+        if not isinstance(summary, Mapping):
+            raise EvalMetricsError(f"{path}: field {which!r} must be an object")
+        for split, section in summary.items():
+            if not isinstance(section, Mapping):
+                raise EvalMetricsError(f"{path}: field '{which}.{split}' must be an object of "
+                                       "metrics")
+    return data
+
+
+def flat_eval_metrics(data: Mapping[str, Any]) -> dict[str, float]:
+    """``{"mirage.test_easy.asr": 0.5, ...}``: the numeric split-level metrics (MLflow run)."""
+    from mirage_safety.registry.gate import gate_metrics
+
+    out: dict[str, float] = {}
+    for which in SUMMARY_KEYS:
+        for split, values in gate_metrics(data.get(which) or {}).items():
+            for metric, value in values.items():
+                out[f"{which}.{split}.{metric}"] = value
+    return out
+
+
+# --------------------------------------------------------------------------- tags
+def metric_tags(metrics: Mapping[str, Mapping[str, float]]) -> dict[str, str]:
+    """``{split: {metric: v}}`` -> version tags ``metric.<split>.<metric>`` (repr keeps
+    every digit, so the champion's number read back is the one measured)."""
+    return {f"{METRIC_TAG_PREFIX}{split}.{metric}": repr(float(value))
+            for split, values in metrics.items() for metric, value in values.items()}
+
+
+def metrics_from_tags(tags: Mapping[str, str]) -> dict[str, dict[str, float]]:
+    """Inverse of :func:`metric_tags` (unparseable values are left out)."""
+    out: dict[str, dict[str, float]] = {}
+    for key, raw in tags.items():
+        if not key.startswith(METRIC_TAG_PREFIX):
+            continue
+        split, _, metric = key[len(METRIC_TAG_PREFIX):].rpartition(".")
+        try:
+            value = float(raw)
+        except (TypeError, ValueError):
+            continue
+        if split and metric and math.isfinite(value):
+            out.setdefault(split, {})[metric] = value
+    return out
+
+
+def _metrics_from_run(client: MlflowClient, run_id: str | None) -> dict[str, dict[str, float]]:
+    """Fallback for versions registered without metric tags: the run's ``mirage.*``."""
+    from mlflow.exceptions import MlflowException
+
+    if not run_id:
+        return {}
+    try:
+        metrics = client.get_run(run_id).data.metrics
+    except MlflowException:
+        return {}
+    out: dict[str, dict[str, float]] = {}
+    for key, value in metrics.items():
+        if key.startswith("mirage."):
+            split, _, metric = key[len("mirage."):].rpartition(".")
+            if split and metric:
+                out.setdefault(split, {})[metric] = float(value)
+    return out
+
+
+def champion_metrics(client: MlflowClient, name: str
+                     ) -> tuple[str | None, dict[str, dict[str, float]] | None, dict[str, str]]:
+    """(champion version, its gate metrics or None, its version tags) from the registry."""
+    from mirage_safety.registry.manage import CHAMPION, alias_version
+
+    champ = alias_version(client, name, CHAMPION)
+    if champ is None:
+        return None, None, {}
+    tags = dict(champ.tags or {})
+    metrics = metrics_from_tags(tags) or _metrics_from_run(client, champ.run_id)
+    return str(champ.version), metrics or None, tags
+
+
+def _dvc_md5_of(path: Path, root: Path) -> str | None:
+    """md5 DVC recorded for ``path`` as some stage's out in dvc.lock (lineage tag)."""
+    lock = root / "dvc.lock"
+    if not lock.is_file():
+        return None
+    try:
+        rel = path.resolve().relative_to(root.resolve()).as_posix()
+        data = yaml.safe_load(lock.read_text()) or {}
+    except (ValueError, yaml.YAMLError):
+        return None
+    for entry in (data.get("stages") or {}).values():
+        for out in (entry or {}).get("outs") or []:
+            if str(out.get("path", "")).rstrip("/") == rel:
+                return out.get("md5")
+    return None
+
+
+# --------------------------------------------------------------------------- stage
+def register(params: Params, *, eval_path: str | os.PathLike[str] = "metrics/eval.json",
+             model_dir: str | os.PathLike[str] = "models/mirage",
+             out_path: str | os.PathLike[str] | None = "metrics/registry.json",
+             log_model: Any = None) -> dict[str, Any]:
+    """Register the candidate in ``model_dir``, apply the gate, return registry.json's dict.
+
+    ``log_model(model_dir, **kw) -> ModelInfo`` defaults to
+    :func:`mirage_safety.registry.pyfunc_model.log_pyfunc_model`.
+    """
+    import mlflow
+
+    from mirage_safety.registry.gate import decide, gate_metrics
+    from mirage_safety.registry.manage import CHALLENGER, CHAMPION, set_champion
+    from mirage_safety.registry.pyfunc_model import check_model_dir
+    from mirage_safety.tracking import (
+        TAG_GIT_COMMIT,
+        TAG_PROFILE,
+        git_info,
+        resolve_tracking_uri,
+        stage_run,
+        workspace_root,
+    )
+
+    if log_model is None:
+        from mirage_safety.registry.pyfunc_model import log_pyfunc_model as log_model
+
+    eval_path, model_dir = Path(eval_path), Path(model_dir)
+    data = load_eval_metrics(eval_path)  # fail before any run is opened
+    check_model_dir(model_dir)
+    cfg = params.registry
+    name = cfg.model_name
+    candidate = gate_metrics(data["mirage"])
+    base = gate_metrics(data["base"]) if isinstance(data.get("base"), Mapping) else None
+    stage_params = {"registry": cfg.model_dump(mode="json"), "eval_path": str(eval_path),
+                    "model_dir": str(model_dir)}
+    with stage_run("register", params.tracking, stage_params, profile=params.profile) as run:
+        client = mlflow.MlflowClient()
+        mlflow.log_metrics(flat_eval_metrics(data))
+        mlflow.log_dict(data, "eval/eval.json")  # metadata only; the model is logged below
+
+        champ_version, champ, champ_tags = champion_metrics(client, name)
+        label = f"champion v{champ_version}"
+        if champ_version and champ is None:
+            # a champion set by hand from outside this pipeline: nothing to compare with,
+            # so the gate refuses rather than waving the candidate through
+            champ = {}
+        decision = decide(candidate, champ, cfg, champion_label=label, base=base)
+        reasons = list(decision.reasons)
+        if champ_version and not champ:
+            reasons.insert(0, f"{label} has no recorded gate metrics (no metric.* tags)")
+        champ_profile = champ_tags.get(TAG_PROFILE)
+        if champ_profile and champ_profile != params.profile:
+            reasons.append(f"note: {label} was evaluated under profile {champ_profile!r}, "
+                           f"the candidate under {params.profile!r}")
+
+        info = log_model(model_dir, name="model", max_new_tokens=params.eval.max_new_tokens,
+                         batch_size=params.eval.batch_size)
+        verdict = "promote" if decision.promote else "reject"
+        tags = {
+            "gate.decision": verdict,
+            "gate.compared_to": decision.compared_to,
+            "gate.reasons": "\n".join(reasons)[:_TAG_MAX],
+            TAG_PROFILE: params.profile,
+            "eval_sha256": sha256_file(eval_path),
+            **metric_tags(candidate),
+        }
+        if commit := git_info().get(TAG_GIT_COMMIT):
+            tags[TAG_GIT_COMMIT] = commit
+        if md5 := _dvc_md5_of(model_dir, workspace_root()):
+            tags["model_dvc_md5"] = md5
+        mv = mlflow.register_model(info.model_uri, name, tags=tags)
+        version = str(mv.version)
+        client.update_model_version(
+            name, version, description=f"MIRage candidate ({verdict}; compared to "
+                                       f"{decision.compared_to})")
+        if decision.promote:
+            set_champion(client, name, version, how="gate", by=REGISTERED_BY,
+                         reason=reasons[0])
+            alias, champion_now = CHAMPION, version
+        else:
+            client.set_registered_model_alias(name, CHALLENGER, version)
+            alias, champion_now = CHALLENGER, champ_version
+        mlflow.set_tags({"registered_model": name, "registered_version": version,
+                         "gate.decision": verdict})
+        result = {
+            "model_name": name,
+            "version": int(version),
+            "decision": verdict,
+            "alias": alias,
+            "reasons": reasons,
+            "compared_to": decision.compared_to,
+            "champion_version": int(champion_now) if champion_now else None,
+            "previous_champion_version": int(champ_version) if champ_version else None,
+            "metrics": {"candidate": candidate, "champion": champ or None, "base": base},
+            "checks": [c.as_dict() for c in decision.checks],
+            "tolerances": {"asr": cfg.asr_tolerance,
+                           "over_refusal": cfg.over_refusal_tolerance,
+                           "general_accuracy": cfg.general_accuracy_tolerance},
+            "model_uri": f"models:/{name}/{version}",
+            "run_id": run.info.run_id,
+            "tracking_uri": resolve_tracking_uri(params.tracking),
+        }
+    for line in reasons:
+        log.info("gate: %s", line)
+    log.info("registered %s version %s -> @%s", name, version, alias)
+    if out_path is not None:
+        write_json_atomic(out_path, result)
+    return result
+
+
+# --------------------------------------------------------------------------- CLI
+def add_cli(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "register",
+        help="register the trained model in MLflow; the gate decides champion vs challenger",
+        description=(
+            "Log models/mirage as an MLflow pyfunc model (checkpoints excluded), register a new "
+            "version of registry.model_name, and move @champion to it only if the gate "
+            "passes (ASR on every safety split not higher, over-refusal not higher and "
+            "general accuracy not lower than the champion's beyond the registry tolerances; "
+            "the first version becomes champion); otherwise set @challenger. Writes "
+            "metrics/registry.json."
+        ),
+    )
+    p.add_argument("--params", default="params.yaml", help="params file (default: %(default)s)")
+    p.add_argument("--profile", default=None,
+                   help="params profile (default: params' `profile`, or $MIRAGE_PROFILE)")
+    p.add_argument("--eval", dest="eval_path", default="metrics/eval.json",
+                   help="evaluation summary (default: %(default)s)")
+    p.add_argument("--model", dest="model_dir", default="models/mirage",
+                   help="trained model directory (default: %(default)s)")
+    p.add_argument("--out", default="metrics/registry.json",
+                   help="registry result (default: %(default)s)")
+    p.set_defaults(func=_cli)
+
+
+def _cli(args: argparse.Namespace) -> int:
+    from mirage_safety.registry.pyfunc_model import ModelDirError
+
+    params = load_params(args.params, profile=args.profile)
+    try:
+        result = register(params, eval_path=args.eval_path, model_dir=args.model_dir,
+                          out_path=args.out)
+    except ModelDirError as exc:
+        raise ConfigError(str(exc)) from None
+    champion = result["champion_version"]
+    print(f"{result['model_name']} version {result['version']}: {result['decision']} "
+          f"-> @{result['alias']} (champion: {f'v{champion}' if champion else 'none'})")
+    for line in result["reasons"]:
+        print(f"  {line}")
+    return 0
