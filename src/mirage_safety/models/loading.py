@@ -1,0 +1,206 @@
+"""Load a model directory for training or inference, builtin or Hub, full or LoRA.
+
+Directory kinds this understands:
+
+* a ``save_pretrained`` checkpoint (``config.json`` + weights + processor files):
+  ``models/base`` of the builtin world, or a full fine-tune in ``models/mirage``;
+* a Hub pin (``pin.json`` = ``{model_id, commit, trust_remote_code, dtype}``), written by
+  ``mirage base`` with ``base.source: hub``: the weights come from the Hub cache at exactly
+  that commit;
+* a trained dir with ``mirage_model.json`` (written by ``mirage train``):
+  ``{"method": "full" | "lora", "base_path", "base_model_id", "base_revision", ...}``;
+  for ``lora`` the dir holds a PEFT adapter applied to the base (merged for inference).
+
+The same conventions are read by :mod:`mirage_safety.registry.pyfunc_model`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from mirage_safety.io import read_json
+
+log = logging.getLogger(__name__)
+
+PIN_FILE = "pin.json"
+MODEL_META_FILE = "mirage_model.json"
+
+# Parameter-name fragments of vision encoders across VLM families (LLaVA/InternVL-hf:
+# vision_tower, Qwen2-VL: visual, InternVL remote code: vision_model) ...
+VISION_KEYS = ("vision_tower", "visual", "vision_model", "vision_encoder", "image_encoder")
+# ... and of the projectors that sit inside/next to them and stay trainable
+# (Qwen2-VL's projector is visual.merger; InternVL remote code calls it mlp1).
+PROJECTOR_KEYS = ("multi_modal_projector", "merger", "mlp1", "projector")
+
+
+class ModelLoadError(RuntimeError):
+    """A model directory or Hub pin that cannot be loaded; the message names it."""
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """Where weights come from: a local dir, or a Hub id at a pinned commit."""
+
+    path: str  # local dir or Hub model id
+    revision: str | None = None
+    trust_remote_code: bool = False
+    dtype: str = "auto"
+    is_hub: bool = False
+
+    def describe(self) -> str:
+        return f"{self.path}@{self.revision}" if self.revision else self.path
+
+
+def resolve_source(model_dir: str | os.PathLike[str]) -> ModelSource:
+    """A base dir (checkpoint or ``pin.json``) -> where to load its weights from."""
+    d = Path(model_dir)
+    pin_path = d / PIN_FILE
+    if pin_path.is_file():
+        pin = read_json(pin_path)
+        for key in ("model_id", "commit"):
+            if not pin.get(key):
+                raise ModelLoadError(f"{pin_path}: field {key!r} is missing")
+        return ModelSource(pin["model_id"], pin["commit"], bool(pin.get("trust_remote_code")),
+                           str(pin.get("dtype") or "auto"), is_hub=True)
+    if (d / "config.json").is_file():
+        return ModelSource(str(d))
+    raise ModelLoadError(f"{d}: neither a checkpoint (config.json) nor a Hub pin ({PIN_FILE}); "
+                         "run `mirage base` first")
+
+
+def _torch_dtype(name: str) -> Any:
+    import torch
+
+    return {"auto": "auto", "float32": torch.float32, "bfloat16": torch.bfloat16,
+            "float16": torch.float16}[name]
+
+
+def load_pretrained(source: ModelSource, *, dtype: str | None = None,
+                    device_map: Any = None) -> tuple[Any, Any]:
+    """``(model, processor)`` from a local dir or a pinned Hub commit."""
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    kwargs: dict[str, Any] = {"revision": source.revision,
+                              "trust_remote_code": source.trust_remote_code,
+                              "dtype": _torch_dtype(dtype or source.dtype)}
+    if device_map is not None:
+        kwargs["device_map"] = device_map
+    try:
+        model = AutoModelForImageTextToText.from_pretrained(source.path, **kwargs)
+    except ValueError as exc:
+        # remote-code VLMs (e.g. the original InternVL2.5 repos) register only AutoModel /
+        # AutoModelForCausalLM
+        if not source.trust_remote_code:
+            raise ModelLoadError(f"{source.describe()}: not loadable as an image-text-to-text "
+                                 f"model ({exc}); set base.hub.trust_remote_code if the "
+                                 "repo ships its own modelling code") from exc
+        from transformers import AutoModelForCausalLM
+
+        model = AutoModelForCausalLM.from_pretrained(source.path, **kwargs)
+    except OSError as exc:
+        raise ModelLoadError(f"{source.describe()}: cannot load weights: {exc}") from exc
+    processor = AutoProcessor.from_pretrained(source.path, revision=source.revision,
+                                              trust_remote_code=source.trust_remote_code)
+    return model, processor
+
+
+# --------------------------------------------------------------------------- training
+def freeze_vision_tower(model: Any) -> tuple[int, int]:
+    """Freeze the vision encoder, keep the projector and language model trainable.
+
+    Returns (frozen, trainable) parameter counts.  This is the paper's set-up for full
+    fine-tuning (LLM + projector updated, vision tower frozen).
+    """
+    frozen = trainable = 0
+    for name, param in model.named_parameters():
+        parts = name.split(".")
+        in_vision = any(k in parts for k in VISION_KEYS)
+        is_projector = any(k in parts for k in PROJECTOR_KEYS)
+        if in_vision and not is_projector:
+            param.requires_grad_(False)
+            frozen += param.numel()
+        elif param.requires_grad:
+            trainable += param.numel()
+    if frozen == 0:
+        log.warning("freeze_vision: no vision-tower parameters found (looked for %s)",
+                    ", ".join(VISION_KEYS))
+    return frozen, trainable
+
+
+def lora_target_regex(modules: list[str]) -> str:
+    """PEFT ``target_modules`` regex: the named linear layers of the language model only.
+
+    A plain list would also wrap the CLIP/ViT attention projections (same names), which
+    must stay frozen.
+    """
+    vision = "|".join(VISION_KEYS)
+    names = "|".join(re.escape(m) for m in modules)
+    return rf"^(?!.*\b(?:{vision})\b).*\.(?:{names})$"
+
+
+def apply_lora(model: Any, *, r: int, alpha: int, dropout: float,
+               target_modules: list[str]) -> Any:
+    from peft import LoraConfig, get_peft_model
+
+    config = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout,
+                        target_modules=lora_target_regex(target_modules), bias="none",
+                        task_type="CAUSAL_LM")
+    try:
+        return get_peft_model(model, config)
+    except ValueError as exc:
+        raise ModelLoadError(f"LoRA target modules {target_modules} match no language-model "
+                             f"layer: {exc}") from exc
+
+
+# --------------------------------------------------------------------------- inference
+def _meta_base(meta: dict[str, Any], model_dir: Path) -> ModelSource:
+    raw = str(meta.get("base_path") or "")
+    root = Path(os.environ.get("DVC_ROOT") or os.getcwd())
+    for cand in (Path(raw), root / raw, model_dir / raw, model_dir.parent / raw):
+        if raw and cand.is_dir() and ((cand / "config.json").is_file()
+                                      or (cand / PIN_FILE).is_file()):
+            return resolve_source(cand)
+    if meta.get("base_model_id"):
+        return ModelSource(meta["base_model_id"], meta.get("base_revision"),
+                           bool(meta.get("trust_remote_code")), is_hub=True)
+    raise ModelLoadError(f"{model_dir / MODEL_META_FILE}: base {raw!r} not found")
+
+
+def load_for_inference(model_dir: str | os.PathLike[str], *, device: str | None = None,
+                       dtype: str | None = None) -> tuple[Any, Any]:
+    """``(model, processor)`` ready for :func:`generate_responses`, LoRA merged.
+
+    ``model_dir`` is a base dir (checkpoint or pin) or a trained dir with
+    ``mirage_model.json``.
+    """
+    import torch
+
+    d = Path(model_dir)
+    if not d.is_dir():
+        raise ModelLoadError(f"{d}: model directory not found")
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    meta_path = d / MODEL_META_FILE
+    meta = read_json(meta_path) if meta_path.is_file() else None
+    if meta and meta.get("method") == "lora":
+        from peft import PeftModel
+
+        base = _meta_base(meta, d)
+        model, processor = load_pretrained(base, dtype=dtype)
+        model = PeftModel.from_pretrained(model, str(d)).merge_and_unload()
+        if (d / "processor_config.json").is_file() or (d / "tokenizer_config.json").is_file():
+            from transformers import AutoProcessor
+
+            processor = AutoProcessor.from_pretrained(
+                d, trust_remote_code=base.trust_remote_code)
+    else:
+        source = resolve_source(d) if meta is None else ModelSource(
+            str(d), trust_remote_code=bool(meta.get("trust_remote_code")))
+        model, processor = load_pretrained(source, dtype=dtype)
+    model.to(device)
+    model.eval()
+    return model, processor

@@ -1,0 +1,486 @@
+"""Supervised fine-tuning set-up shared by base pre-training and the MIRage ``train`` stage.
+
+The work is done by ``transformers.Trainer``; this module only decides *how*:
+
+* data: canonical train records from one or more JSON files (each with its own image
+  root), validated up front (errors name file, record and field), mixed at a seeded ratio;
+* batches: :class:`~mirage_safety.training.collator.ChatCollator` (assistant-only labels,
+  dynamic right padding) fed by a length-grouped sampler, so a batch of 1-word general
+  answers is not padded to a 60-word safety answer;
+* checkpoints every ``save_steps`` in a checkpoint dir *outside* the DVC output (DVC wipes
+  outs before re-running a stage); a later run with the same fingerprint (params, data,
+  base) resumes from the last checkpoint, a changed one starts fresh;
+* CPU speed: torch threads = cores (per process), no evaluation during training.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import random
+import shutil
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from transformers import TrainerCallback
+
+from mirage_safety.data.schema import Validator, normalise_conversation
+from mirage_safety.io import read_json, write_json_atomic
+from mirage_safety.training.collator import ChatCollator, tokens_per_image
+
+log = logging.getLogger(__name__)
+
+FINGERPRINT_FILE = "fingerprint.json"
+
+
+# --------------------------------------------------------------------------- settings
+@dataclass(frozen=True)
+class SFTSettings:
+    """Optimisation settings (from ``TrainConfig`` or the builtin pre-training config)."""
+
+    learning_rate: float = 1e-3
+    batch_size: int = 16
+    grad_accum: int = 1
+    epochs: float = 1.0
+    max_steps: int = -1
+    warmup_ratio: float = 0.03
+    weight_decay: float = 0.0
+    lr_scheduler: str = "cosine"
+    save_steps: int = 100
+    logging_steps: int = 10
+    max_length: int = 512
+    bf16: bool = False
+    gradient_checkpointing: bool = False
+    dataloader_workers: int = 0
+    seed: int = 1234
+    group_by_length: bool = True
+    save_total_limit: int = 2
+
+    @classmethod
+    def from_train(cls, cfg: Any) -> SFTSettings:
+        return cls(learning_rate=cfg.learning_rate, batch_size=cfg.batch_size,
+                   grad_accum=cfg.grad_accum, epochs=cfg.epochs, max_steps=cfg.max_steps,
+                   warmup_ratio=cfg.warmup_ratio, weight_decay=cfg.weight_decay,
+                   save_steps=cfg.save_steps, logging_steps=cfg.logging_steps,
+                   max_length=cfg.max_length, bf16=cfg.bf16,
+                   gradient_checkpointing=cfg.gradient_checkpointing,
+                   dataloader_workers=cfg.dataloader_workers, seed=cfg.seed)
+
+
+# --------------------------------------------------------------------------- data
+@dataclass(frozen=True)
+class Row:
+    """One training sample: a canonical record and the directory its image paths are under."""
+
+    record: dict[str, Any]
+    root: Path
+
+
+def load_train_records(path: str | os.PathLike[str], *, check_images: bool = False,
+                       max_errors_shown: int = 20) -> list[Row]:
+    """Read + validate a canonical train JSON file; image paths are relative to its dir."""
+    from mirage_safety.data.schema import DataValidationError, Problem
+
+    p = Path(path)
+    if not p.is_file():
+        raise DataValidationError([Problem(str(p), "-", "<file>", "file not found")])
+    try:
+        records = read_json(p)
+    except ValueError as exc:
+        raise DataValidationError([Problem(str(p), "-", "<file>", f"not valid JSON: {exc}")]
+                                  ) from None
+    if not isinstance(records, list):
+        raise DataValidationError([Problem(str(p), "-", "<file>", "expected a JSON list")])
+    records = [normalise_conversation(r) if isinstance(r, dict) else r for r in records]
+    validator = Validator(root=p.parent, check_images=check_images)
+    validator.train_records(str(p), records, require_category=False)
+    validator.raise_if_any(max_errors_shown)
+    return [Row(r, p.parent) for r in records]
+
+
+def mix_general(safety: Sequence[Row], general: Sequence[Row], ratio: float,
+                seed: int) -> list[Row]:
+    """``safety`` plus general rows making up ``ratio`` of the final mix, seeded.
+
+    General rows are drawn without replacement while they last (cycled in a fresh seeded
+    order beyond that), so the mix is reproducible from ``seed`` alone.
+    """
+    if not 0 <= ratio < 1:
+        raise ValueError(f"general_ratio must be in [0, 1) (got {ratio})")
+    n_general = round(ratio * len(safety) / (1 - ratio)) if ratio else 0
+    if n_general and not general:
+        raise ValueError(f"general_ratio {ratio} needs general records but none were given")
+    rng = random.Random(seed)
+    picked: list[Row] = []
+    while len(picked) < n_general:
+        order = list(general)
+        rng.shuffle(order)
+        picked.extend(order[: n_general - len(picked)])
+    mix = [*safety, *picked]
+    rng.shuffle(mix)
+    return mix
+
+
+def build_dataset(rows: Sequence[Row], collator: ChatCollator, image_size: int) -> Any:
+    """A ``datasets.Dataset`` of ``{record (JSON), root, length}`` for the Trainer.
+
+    ``length`` (text tokens + image expansion) drives length-grouped batching; computing it
+    also fills the collator's per-record text cache, so epochs only load images and pad.
+    """
+    from datasets import Dataset
+
+    if not rows:
+        raise ValueError("no training records")
+    per_image = tokens_per_image(collator.processor, image_size)
+    return Dataset.from_dict({
+        "record": [json.dumps(r.record, ensure_ascii=False) for r in rows],
+        "root": [str(r.root) for r in rows],
+        "length": [collator.estimate_length(r.record, r.root, per_image) for r in rows],
+    })
+
+
+# --------------------------------------------------------------------------- callbacks
+class ThroughputCallback(TrainerCallback):
+    """Samples/s and non-padding tokens/s of *this* session's optimisation steps.
+
+    Timing starts at the first step (model load, dataset build and a resumed checkpoint's
+    restore are excluded), so the figure is what the trainer sustains.
+    """
+
+    def __init__(self) -> None:
+        self.t0: float | None = None
+        self.step0 = 0
+        self.tokens0 = 0
+        self.elapsed = 0.0
+        self.steps = 0
+        self.tokens = 0
+
+    def on_step_begin(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
+        if self.t0 is None:
+            self.t0 = time.perf_counter()
+            self.step0 = state.global_step
+            self.tokens0 = state.num_input_tokens_seen
+
+    def on_train_end(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
+        if self.t0 is not None:
+            self.elapsed = time.perf_counter() - self.t0
+            self.steps = state.global_step - self.step0
+            self.tokens = state.num_input_tokens_seen - self.tokens0
+
+
+class LogLastStep(TrainerCallback):
+    """Log the final optimisation step too, so ``final_loss`` is the last step's window
+    and the logged windows cover every step (``train_loss`` is computed from them)."""
+
+    def on_step_end(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
+        if state.max_steps and state.global_step >= state.max_steps:
+            control.should_log = True
+
+
+class StopAfterSteps(TrainerCallback):
+    """Simulate an interruption: raise once ``global_step`` reaches ``steps``."""
+
+    def __init__(self, steps: int) -> None:
+        self.steps = steps
+
+    def on_step_end(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
+        if state.global_step >= self.steps:
+            raise KeyboardInterrupt(f"simulated interruption at step {state.global_step}")
+
+
+# --------------------------------------------------------------------------- resume
+def checkpoint_key_renamer(model: Any) -> Callable[[str], str] | None:
+    """Saved (original-format) weight name -> the model's own parameter name, or None.
+
+    ``save_pretrained`` writes checkpoints in the original Hub layout (LLaVA:
+    ``language_model.model.layers...``) while the live model says
+    ``model.language_model.layers...``; ``from_pretrained`` renames on load, but the
+    Trainer's resume loads the raw state dict, so without this every weight of a
+    resumed run would be silently skipped (the run would continue from the base).
+    """
+    from transformers.conversion_mapping import get_model_conversion_mapping
+    from transformers.core_model_loading import WeightRenaming, rename_source_key
+
+    if not hasattr(model, "base_model_prefix"):
+        return None
+    conversions = getattr(model, "_weight_conversions", None)
+    if conversions is None:
+        conversions = get_model_conversion_mapping(model)
+    renamings = [c for c in conversions or [] if isinstance(c, WeightRenaming)]
+    if not renamings:
+        return None
+    native = model.state_dict()
+
+    def rename(key: str) -> str:
+        if key in native:
+            return key
+        return rename_source_key(key, renamings, [], model.base_model_prefix, native)[0]
+
+    return rename
+
+
+def make_trainer_class() -> type:
+    """``Trainer`` whose checkpoint resume maps saved weight names to the model's."""
+    from transformers import Trainer
+
+    class ResumableTrainer(Trainer):
+        def _load_from_checkpoint(self, resume_from_checkpoint: str, model: Any = None) -> None:
+            target = self.model if model is None else model
+            rename = None if self.is_fsdp_enabled else checkpoint_key_renamer(target)
+            if rename is None:  # PEFT adapters, FSDP shards: already in the model's names
+                return super()._load_from_checkpoint(resume_from_checkpoint, model)
+            original = target.load_state_dict
+            aliases: dict[int, list[str]] = {}  # tied weights: one tensor, several names
+            for name, param in target.named_parameters(remove_duplicate=False):
+                aliases.setdefault(id(param), []).append(name)
+
+            def load_renamed(state_dict: Any, strict: bool = True, **kw: Any) -> Any:
+                renamed = {rename(k): v for k, v in state_dict.items()}
+                result = original(renamed, strict, **kw)
+                # a resume that loads nothing must never pass silently
+                if renamed and len(result.unexpected_keys) == len(renamed):
+                    raise RuntimeError(f"{resume_from_checkpoint}: no checkpoint weight "
+                                       "matches the model; cannot resume")
+                # a tied weight (lm_head = embeddings) is saved once: loaded via its alias
+                tied = {n for names in aliases.values() if len(names) > 1
+                        and any(a in renamed for a in names) for n in names}
+                return result._replace(
+                    missing_keys=[k for k in result.missing_keys if k not in tied])
+
+            target.load_state_dict = load_renamed
+            try:
+                return super()._load_from_checkpoint(resume_from_checkpoint, model)
+            finally:
+                del target.load_state_dict
+
+    return ResumableTrainer
+
+
+# --------------------------------------------------------------------------- runtime
+def world_size() -> int:
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def is_main_process() -> bool:
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def set_cpu_threads() -> int:
+    """torch threads = cores / processes on this node (DDP on CPU shares the cores).
+
+    An explicit ``OMP_NUM_THREADS`` wins (shared CI machines, tests, benchmarks).
+    """
+    import torch
+
+    explicit = os.environ.get("OMP_NUM_THREADS", "")
+    if explicit.isdigit() and int(explicit) > 0:
+        threads = int(explicit)
+    else:
+        local = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+        threads = max(1, (os.cpu_count() or 1) // max(local, 1))
+    torch.set_num_threads(threads)
+    return threads
+
+
+def history_mean_loss(history: Sequence[dict[str, float]]) -> float:
+    """Mean per-step loss over all logged windows (each window weighted by its steps).
+
+    Unlike the Trainer's ``training_loss`` this also covers the steps of an interrupted
+    session that a resumed run restored from its checkpoint's log history.
+    """
+    total = 0.0
+    prev = 0
+    for h in history:
+        step = int(h["step"])
+        total += h["loss"] * (step - prev)
+        prev = step
+    return total / prev if prev else float("nan")
+
+
+def prepare_checkpoint_dir(checkpoint_dir: Path, fingerprint: dict[str, Any]) -> str | None:
+    """Last checkpoint to resume from, or None; a stale dir (other fingerprint) is cleared."""
+    from transformers.trainer_utils import get_last_checkpoint
+
+    fp_path = checkpoint_dir / FINGERPRINT_FILE
+    if checkpoint_dir.is_dir():
+        old = read_json(fp_path) if fp_path.is_file() else None
+        if old != fingerprint:
+            if is_main_process():
+                log.info("checkpoints in %s belong to other params/data: starting fresh",
+                         checkpoint_dir)
+                shutil.rmtree(checkpoint_dir)
+        else:
+            last = get_last_checkpoint(str(checkpoint_dir))
+            if last:
+                log.info("resuming from %s", last)
+            return last
+    return None
+
+
+@dataclass
+class SFTResult:
+    global_step: int
+    final_loss: float
+    train_loss: float
+    wall_s: float
+    train_s: float
+    samples_per_s: float
+    tokens_per_s: float
+    resumed_from: str | None
+    loss_history: list[dict[str, float]] = field(default_factory=list)
+
+    def metrics(self) -> dict[str, Any]:
+        out = asdict(self)
+        out.pop("loss_history")
+        return out
+
+
+def run_sft(model: Any, processor: Any, rows: Sequence[Row], settings: SFTSettings,
+            checkpoint_dir: str | os.PathLike[str], *, image_size: int,
+            fingerprint: dict[str, Any] | None = None, report_to: Sequence[str] = (),
+            callbacks: Sequence[Any] = (), run_name: str | None = None,
+            on_trainer: Callable[[Any], None] | None = None,
+            progress: bool | None = None) -> tuple[Any, SFTResult]:
+    """Train ``model`` on ``rows`` with the Trainer; resume from ``checkpoint_dir`` if valid.
+
+    ``fingerprint`` identifies what is trained (params, data, base); checkpoints made under
+    another fingerprint are discarded.  ``progress`` None = a bar when stderr is a terminal.
+    Returns the trainer (whose ``model`` is trained; save it with :func:`save_trained`)
+    and a summary.
+    """
+    import torch
+    from transformers import TrainingArguments
+
+    t_start = time.perf_counter()
+    set_cpu_threads()
+    ckpt = Path(checkpoint_dir)
+    # JSON round trip: the comparison with the stored file must not trip on tuples
+    fp = json.loads(json.dumps({"settings": asdict(settings), **(fingerprint or {})},
+                               sort_keys=True, default=str))
+    resume = prepare_checkpoint_dir(ckpt, fp)
+    if is_main_process():
+        ckpt.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(ckpt / FINGERPRINT_FILE, fp)
+
+    collator = ChatCollator(processor, max_length=settings.max_length,
+                            pad_to_multiple_of=8 if torch.cuda.is_available() else None)
+    dataset = build_dataset(rows, collator, image_size)
+    text_only = any(not r.record.get("images") for r in rows)
+    cuda = torch.cuda.is_available()
+    use_bf16 = settings.bf16 and cuda and torch.cuda.is_bf16_supported()
+    if settings.bf16 and not use_bf16:
+        log.warning("bf16 requested but not supported here: training in float32")
+
+    args = TrainingArguments(
+        output_dir=str(ckpt),
+        run_name=run_name,
+        per_device_train_batch_size=settings.batch_size,
+        gradient_accumulation_steps=settings.grad_accum,
+        num_train_epochs=settings.epochs,
+        max_steps=settings.max_steps,
+        learning_rate=settings.learning_rate,
+        lr_scheduler_type=settings.lr_scheduler,
+        warmup_steps=settings.warmup_ratio,  # a float < 1 is a ratio of total steps
+        weight_decay=settings.weight_decay,
+        logging_steps=settings.logging_steps,
+        logging_first_step=True,
+        save_strategy="steps",
+        save_steps=settings.save_steps,
+        save_total_limit=settings.save_total_limit,
+        eval_strategy="no",
+        report_to=list(report_to) or "none",
+        seed=settings.seed,
+        data_seed=settings.seed,
+        bf16=use_bf16,
+        activation_checkpointing=settings.gradient_checkpointing,
+        activation_checkpointing_kwargs={"use_reentrant": False},
+        dataloader_num_workers=settings.dataloader_workers,
+        dataloader_persistent_workers=settings.dataloader_workers > 0,
+        dataloader_pin_memory=cuda,
+        remove_unused_columns=False,  # the collator needs record/root
+        train_sampling_strategy="group_by_length" if settings.group_by_length else "random",
+        length_column_name="length",
+        include_num_input_tokens_seen="non_padding",
+        # images-free batches leave the projector/vision tower without gradients
+        ddp_find_unused_parameters=text_only,
+        disable_tqdm=not is_main_process() or not (os.isatty(2) if progress is None
+                                                   else progress),
+        # `accelerate launch` (torchrun) without GPUs: gloo DDP on CPU processes; the
+        # Trainer only picks the CPU backend when told so
+        use_cpu=not cuda and world_size() > 1,
+        save_only_model=False,  # optimizer + scheduler + RNG states: exact resume
+    )
+    throughput = ThroughputCallback()
+    trainer = make_trainer_class()(
+        model=model, args=args, train_dataset=dataset, data_collator=collator,
+        processing_class=processor, callbacks=[throughput, LogLastStep(), *callbacks])
+    if on_trainer:
+        on_trainer(trainer)
+    train_out = trainer.train(resume_from_checkpoint=resume)
+
+    history = [{"step": int(e["step"]), "loss": float(e["loss"])}
+               for e in trainer.state.log_history if "loss" in e and "step" in e]
+    final_loss = history[-1]["loss"] if history else float("nan")
+    per_step = settings.batch_size * settings.grad_accum * world_size()
+    elapsed = throughput.elapsed or float("nan")
+    result = SFTResult(
+        global_step=int(trainer.state.global_step),
+        final_loss=final_loss,
+        train_loss=history_mean_loss(history) if history else float(train_out.training_loss),
+        wall_s=time.perf_counter() - t_start,
+        train_s=throughput.elapsed,
+        samples_per_s=throughput.steps * per_step / elapsed if throughput.steps else 0.0,
+        tokens_per_s=throughput.tokens / elapsed if throughput.steps else 0.0,
+        resumed_from=resume,
+        loss_history=history,
+    )
+    if not math.isfinite(final_loss):
+        raise RuntimeError(f"training ended with a non-finite loss ({final_loss})")
+    return trainer, result
+
+
+def save_trained(trainer: Any, processor: Any, out_dir: str | os.PathLike[str],
+                 extra_files: dict[str, Any] | None = None) -> None:
+    """Atomically publish the trained model (+ processor, + JSON side files) at ``out_dir``.
+
+    Every process calls this (a sharded FSDP model is gathered collectively); the main
+    process builds ``out_dir`` in a sibling temp dir and swaps it in, so a crash never
+    leaves a half-written model for DVC to cache.
+    """
+    out = Path(out_dir)
+    tmp = out.with_name(f".{out.name}.tmp-final")
+    if trainer.is_world_process_zero() and tmp.exists():
+        shutil.rmtree(tmp)
+    trainer.accelerator.wait_for_everyone()
+    if getattr(trainer, "is_fsdp_enabled", False):
+        # checkpoints may be sharded (fast, per rank); the published model must be one
+        # standard safetensors checkpoint that from_pretrained loads
+        trainer.accelerator.state.fsdp_plugin.set_state_dict_type("FULL_STATE_DICT")
+    trainer.save_model(str(tmp))
+    if trainer.is_world_process_zero():
+        processor.save_pretrained(tmp)
+        for name, obj in (extra_files or {}).items():
+            write_json_atomic(tmp / name, obj)
+        for junk in ("training_args.bin",):  # the run's args: not part of the model
+            (tmp / junk).unlink(missing_ok=True)
+        old = out.with_name(f".{out.name}.old")
+        if old.exists():
+            shutil.rmtree(old)
+        if out.exists():
+            os.replace(out, old)
+        os.replace(tmp, out)
+        shutil.rmtree(old, ignore_errors=True)
+    trainer.accelerator.wait_for_everyone()
+
+
+def write_loss_curve(path: str | os.PathLike[str], history: Sequence[dict[str, float]]) -> None:
+    """``step,loss`` CSV for ``dvc plots`` (atomic)."""
+    from mirage_safety.io import write_text_atomic
+
+    lines = ["step,loss"] + [f"{int(h['step'])},{h['loss']:.6f}" for h in history]
+    write_text_atomic(path, "\n".join(lines) + "\n")

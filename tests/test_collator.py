@@ -1,0 +1,130 @@
+"""ChatCollator: only assistant answers (+ their end-of-turn token) carry loss."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from mirage_safety.config import BuiltinModelConfig, parse_params
+from mirage_safety.data.generate import generate
+from mirage_safety.training.collator import IGNORE_INDEX, ChatCollator, RecordError
+
+TINY = BuiltinModelConfig(vision_hidden=16, vision_layers=1, vision_heads=2, patch_size=8,
+                          text_hidden=32, text_layers=1, text_heads=2, intermediate_size=64,
+                          vocab_size=400)
+IMAGE_SIZE = 32
+WORLD = {"image_size": IMAGE_SIZE, "n_train": 24, "n_test_per_split": 4, "n_general_train": 12,
+         "n_general_test": 4, "n_instruct": 4}
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("collator") / "data"
+    generate(parse_params({"data": {"world": WORLD}}).data, out, workers=1, progress=False)
+    return out
+
+
+def _records(path: Path) -> list[dict]:
+    return json.loads(path.read_text())
+
+
+@pytest.fixture(scope="module")
+def processor(data_dir):
+    from mirage_safety.models.tiny_vlm import build_processor, train_tokenizer
+
+    torch.set_num_threads(1)
+    corpus = [turn["value"].replace("<image>", " ")
+              for name in ("mis/train.json", "general/train.json")
+              for rec in _records(data_dir / name) for turn in rec["conversations"]]
+    return build_processor(train_tokenizer(corpus, TINY.vocab_size), TINY, IMAGE_SIZE)
+
+
+def _answers(rec: dict) -> list[str]:
+    return [t["value"] for t in rec["conversations"] if t["from"] == "gpt"]
+
+
+def _labelled(processor, batch, b: int) -> str:
+    ids, labels = batch["input_ids"][b], batch["labels"][b]
+    keep = labels != IGNORE_INDEX
+    assert torch.equal(labels[keep], ids[keep])  # labelled positions predict their own token
+    return processor.tokenizer.decode(ids[keep], skip_special_tokens=False)
+
+
+def test_only_answer_and_end_of_turn_carry_loss(processor, data_dir):
+    safety = _records(data_dir / "mis/train.json")[:2]
+    general = _records(data_dir / "general/train.json")[:1]  # a short answer: padded row
+    features = [{"record": r, "root": str(data_dir / "mis")} for r in safety]
+    features += [{"record": json.dumps(r), "root": str(data_dir / "general")} for r in general]
+    batch = ChatCollator(processor)(features)
+
+    image_id = processor.tokenizer.convert_tokens_to_ids("<image>")
+    per_image = (IMAGE_SIZE // TINY.patch_size) ** 2
+    assert batch["pixel_values"].shape[0] == 6  # two images per record, in order
+    for b, rec in enumerate([*safety, *general]):
+        (answer,) = _answers(rec)
+        assert _labelled(processor, batch, b) == answer + "</s>"
+        ids, labels, mask = batch["input_ids"][b], batch["labels"][b], batch["attention_mask"][b]
+        is_image = ids == image_id
+        assert int(is_image.sum()) == 2 * per_image
+        assert (labels[is_image] == IGNORE_INDEX).all()
+        assert (labels[mask == 0] == IGNORE_INDEX).all()  # right padding never trains
+        # the prompt (bos, role markers, question) before the answer is masked
+        first = int((labels != IGNORE_INDEX).nonzero()[0])
+        prompt = processor.tokenizer.decode(ids[:first])
+        assert prompt.startswith("<s><|user|><image>") and prompt.endswith("<|assistant|>")
+    # dynamic padding: the batch is as long as its longest row, not a fixed max length
+    assert batch["input_ids"].shape[1] == int(batch["attention_mask"].sum(1).max())
+    assert int(batch["attention_mask"][2].sum()) < batch["input_ids"].shape[1]
+
+
+def test_multi_turn_labels_every_answer(processor, data_dir):
+    rec = _records(data_dir / "mis/train.json")[0]
+    first_q, first_a = rec["conversations"][0]["value"], rec["conversations"][1]["value"]
+    rec = {**rec, "conversations": [
+        {"from": "human", "value": first_q},
+        {"from": "gpt", "value": first_a},
+        {"from": "human", "value": "What is in the second image?"},
+        {"from": "gpt", "value": "A bike lock."},
+    ]}
+    batch = ChatCollator(processor, root=data_dir / "mis")([rec])
+    assert _labelled(processor, batch, 0) == first_a + "</s>" + "A bike lock." + "</s>"
+    text = processor.tokenizer.decode(batch["input_ids"][0])
+    assert "What is in the second image?" in text  # present, but not labelled (above)
+
+
+def test_template_with_newline_after_end_of_turn(processor, data_dir):
+    """A ChatML-like template (newline after the end-of-turn token): the newline and the
+    role header never carry loss."""
+    from mirage_safety.models.tiny_vlm import build_processor
+
+    chatml = build_processor(processor.tokenizer, TINY, IMAGE_SIZE)
+    chatml.chat_template = (
+        "{% for m in messages %}{{ '<|' + m['role'] + '|>' + '\n' }}"
+        "{% for p in m['content'] %}{% if p['type'] == 'image' %}{{ '<image>' }}"
+        "{% else %}{{ p['text'] }}{% endif %}{% endfor %}{{ '</s>' + '\n' }}{% endfor %}"
+        "{% if add_generation_prompt %}{{ '<|assistant|>' + '\n' }}{% endif %}")
+    rec = _records(data_dir / "mis/train.json")[1]
+    batch = ChatCollator(chatml, root=data_dir / "mis")([rec])
+    assert _labelled(chatml, batch, 0) == _answers(rec)[0] + "</s>"
+
+
+def test_image_count_mismatch_names_the_record(processor, data_dir):
+    rec = _records(data_dir / "mis/train.json")[0]
+    bad = {**rec, "id": "bad-count", "images": rec["images"][:1]}
+    with pytest.raises(RecordError, match=r"bad-count.*1 image\(s\) but 2 <image>"):
+        ChatCollator(processor, root=data_dir / "mis")([bad])
+
+
+@pytest.mark.parametrize("path", ["../general/images/x.png", "/etc/passwd"])
+def test_image_path_escaping_the_root_is_refused(processor, data_dir, path):
+    rec = _records(data_dir / "mis/train.json")[0]
+    bad = {**rec, "id": "escape", "images": [rec["images"][0], path]}
+    with pytest.raises(RecordError, match=r"escape.*images\[1\].*escapes the dataset root"):
+        ChatCollator(processor, root=data_dir / "mis")([bad])
+
+
+def test_max_length_never_cuts_image_tokens(processor, data_dir):
+    rec = _records(data_dir / "mis/train.json")[0]
+    with pytest.raises(RecordError, match="max_length 20 would cut image tokens"):
+        ChatCollator(processor, root=data_dir / "mis", max_length=20)([rec])

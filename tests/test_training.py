@@ -1,0 +1,283 @@
+"""The `train` stage: full and LoRA SFT, general mixing, resume, reload, 2-process DDP."""
+
+import json
+import math
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from mirage_safety.config import BuiltinModelConfig, ConfigError, load_params, parse_params
+from mirage_safety.data.generate import generate
+from mirage_safety.training.sft import StopAfterSteps
+from mirage_safety.training.train import load_mix, run_train
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = BuiltinModelConfig(vision_hidden=16, vision_layers=1, vision_heads=2, patch_size=8,
+                          text_hidden=32, text_layers=1, text_heads=2, intermediate_size=64,
+                          vocab_size=400)
+IMAGE_SIZE = 32
+WORLD = {"image_size": IMAGE_SIZE, "n_train": 48, "n_test_per_split": 4, "n_general_train": 24,
+         "n_general_test": 4, "n_instruct": 4}
+FAST = {"batch_size": 4, "max_steps": 4, "save_steps": 2, "logging_steps": 1,
+        "general_ratio": 0.2, "learning_rate": 5e-3}
+
+
+@pytest.fixture(autouse=True)
+def _one_thread(monkeypatch):
+    # run_sft honours OMP_NUM_THREADS: one thread on the shared 2-core machine
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory) -> dict[str, Path]:
+    """A tiny generated MIS world and a tiny LLaVA base saved as a standard checkpoint."""
+    from mirage_safety.models.tiny_vlm import build_tiny_vlm, save_tiny_vlm
+
+    root = tmp_path_factory.mktemp("train")
+    data = root / "data"
+    generate(parse_params({"data": {"world": WORLD}}).data, data, workers=1, progress=False)
+    corpus = [turn["value"].replace("<image>", " ")
+              for name in ("mis/train.json", "general/train.json")
+              for rec in json.loads((data / name).read_text()) for turn in rec["conversations"]]
+    model, processor = build_tiny_vlm(corpus, TINY, IMAGE_SIZE, seed=0)
+    base = save_tiny_vlm(model, processor, root / "base")
+    return {"data": data, "base": base}
+
+
+def _cfg(**train):
+    return parse_params({"data": {"world": {"image_size": IMAGE_SIZE}},
+                         "train": {**FAST, **train}}).train
+
+
+def _run(world, out: Path, cfg, **kw):
+    return run_train(cfg, data_dir=world["data"], base_dir=world["base"], out_dir=out / "model",
+                     metrics_dir=out / "metrics", plots_dir=out / "plots",
+                     checkpoint_dir=out / "ckpt", image_size=IMAGE_SIZE, progress=False, **kw)
+
+
+def _curve(out: Path) -> list[tuple[int, float]]:
+    lines = (out / "plots" / "train_loss.csv").read_text().splitlines()
+    assert lines[0] == "step,loss"
+    return [(int(s), float(v)) for s, v in (line.split(",") for line in lines[1:])]
+
+
+def _state(path: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    return load_file(str(path / "model.safetensors"))
+
+
+# --------------------------------------------------------------------------- full
+def test_full_sft_with_mlflow_frozen_vision_and_reload(world, tmp_path, monkeypatch):
+    import mlflow
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    from mirage_safety.models.loading import load_for_inference
+
+    monkeypatch.chdir(tmp_path)  # mlruns/ and mlflow.db stay in the test dir
+    for var in ("MLFLOW_TRACKING_URI", "MIRAGE_PARENT_RUN_ID", "MIRAGE_PIPELINE_ID",
+                "DVC_EXP_NAME", "DVC_ROOT", "MLFLOW_RUN_ID", "HF_MLFLOW_LOG_ARTIFACTS"):
+        monkeypatch.delenv(var, raising=False)
+    tracking = parse_params({"tracking": {"tracking_uri": "sqlite:///mlflow.db",
+                                          "experiment": "t"}}).tracking
+    out = tmp_path / "full"
+    metrics = _run(world, out, _cfg(method="full"), tracking=tracking, profile="test")
+
+    assert metrics["global_step"] == 4 and metrics["method"] == "full"
+    assert math.isfinite(metrics["final_loss"]) and math.isfinite(metrics["train_loss"])
+    assert metrics["tokens_per_s"] > 0 and metrics["samples_per_s"] > 0
+    assert 0 < metrics["trainable_params"] < metrics["total_params"]  # vision frozen
+    assert (metrics["n_safety"], metrics["n_general"], metrics["n_train"]) == (48, 12, 60)
+    assert json.loads((out / "metrics" / "train.json").read_text()) == metrics
+    curve = _curve(out)
+    assert [s for s, _ in curve] == [1, 2, 3, 4]
+    assert curve[-1][1] == pytest.approx(metrics["final_loss"], abs=1e-5)
+    assert not (out / "ckpt").exists()  # superseded by the published model
+
+    # MLflow: a `train` child run with per-step losses, the summary, and no artefacts
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    client = mlflow.MlflowClient()
+    (run,) = client.search_runs([client.get_experiment_by_name("t").experiment_id],
+                                filter_string="tags.stage = 'train'")
+    assert run.info.status == "FINISHED"
+    assert run.data.params["train.method"] == "full"
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "loss")] == [1, 2, 3, 4]
+    assert run.data.metrics["global_step"] == 4
+    assert client.list_artifacts(run.info.run_id) == []
+
+    # a standard checkpoint: Auto* classes load it; the vision tower is bit-identical
+    model_dir = out / "model"
+    meta = json.loads((model_dir / "mirage_model.json").read_text())
+    assert meta["method"] == "full" and meta["base_path"] == str(world["base"])
+    model = AutoModelForImageTextToText.from_pretrained(model_dir)
+    AutoProcessor.from_pretrained(model_dir)
+    assert type(model).__name__ == "LlavaForConditionalGeneration"
+    before, after = _state(world["base"]), _state(model_dir)
+    vision = [k for k in before if "vision_tower" in k]
+    trained = [k for k in before if "language_model" in k or "multi_modal_projector" in k]
+    assert vision and all(torch.equal(before[k], after[k]) for k in vision)
+    assert any(not torch.equal(before[k], after[k]) for k in trained)
+    loaded, _ = load_for_inference(model_dir, device="cpu")
+    assert not loaded.training
+
+
+# --------------------------------------------------------------------------- LoRA
+def test_lora_sft_saves_adapter_that_merges(world, tmp_path):
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    from mirage_safety.models.loading import load_for_inference
+
+    out = tmp_path / "lora"
+    metrics = _run(world, out, _cfg(method="lora", lora={"r": 4, "alpha": 8}))
+    assert metrics["global_step"] == 4 and math.isfinite(metrics["final_loss"])
+    # r=4 on q/k/v/o of one 32-wide decoder layer: 4 * (32*4 + 4*32) parameters
+    assert metrics["trainable_params"] == 4 * 2 * 32 * 4
+
+    model_dir = out / "model"
+    assert (model_dir / "adapter_model.safetensors").is_file()
+    assert not (model_dir / "model.safetensors").exists()  # an adapter, not full weights
+    meta = json.loads((model_dir / "mirage_model.json").read_text())
+    assert meta["method"] == "lora" and meta["lora"]["r"] == 4
+    AutoProcessor.from_pretrained(model_dir)
+
+    merged, _ = load_for_inference(model_dir, device="cpu")
+    assert type(merged).__name__ == "LlavaForConditionalGeneration"  # PEFT unwrapped
+    assert not any("lora_" in name for name, _ in merged.named_parameters())
+    state = merged.state_dict()
+    base = AutoModelForImageTextToText.from_pretrained(world["base"]).state_dict()
+    q_keys = [k for k in base if "language_model" in k and k.endswith("q_proj.weight")]
+    v_keys = [k for k in base if "vision_tower" in k and k.endswith("q_proj.weight")]
+    assert q_keys and v_keys
+    assert all(not torch.equal(base[k], state[k]) for k in q_keys)  # adapter merged in
+    assert all(torch.equal(base[k], state[k]) for k in v_keys)  # vision untouched
+
+
+# --------------------------------------------------------------------------- mixing
+def test_general_mix_ratio_is_exact_and_seeded(world):
+    data = world["data"]
+    for ratio, n_general in ((0.0, 0), (0.2, 12), (0.11, 6)):
+        rows, n_safety, got = load_mix(_cfg(general_ratio=ratio), data)
+        kinds = [r.record["kind"] for r in rows]
+        assert (n_safety, got, kinds.count("general")) == (48, n_general, n_general)
+        assert got == round(ratio * 48 / (1 - ratio))
+    ids = lambda seed: [r.record["id"] for r in load_mix(_cfg(seed=seed), data)[0]]  # noqa: E731
+    assert ids(1) == ids(1) and ids(1) != ids(2)
+    # more general records than exist: cycled, still the exact share
+    rows, _, got = load_mix(_cfg(general_ratio=0.5), data)
+    assert got == 48 and len({r.record["id"] for r in rows if r.record["kind"] == "general"}) == 24
+
+
+def test_general_ratio_without_general_data_fails_naming_the_key(world, tmp_path):
+    data = tmp_path / "data"
+    (data / "general").mkdir(parents=True)
+    (data / "general" / "train.json").write_text("[]")
+    (data / "mis").symlink_to(world["data"] / "mis")
+    with pytest.raises(ConfigError, match=r"train\.general_ratio"):
+        load_mix(_cfg(general_ratio=0.11), data)
+    assert load_mix(_cfg(general_ratio=0.0), data)[2] == 0
+
+
+# --------------------------------------------------------------------------- resume
+@pytest.mark.parametrize("method", ["full", "lora"])
+def test_interrupted_run_resumes_to_the_same_result(world, tmp_path, method, caplog):
+    """Weights, optimizer, scheduler, RNG and data order come back from the checkpoint:
+    the resumed run's losses equal the uninterrupted run's."""
+    cfg = _cfg(max_steps=6, method=method)
+    straight = _run(world, tmp_path / "straight", cfg)
+
+    out = tmp_path / "resumed"
+    with pytest.raises(KeyboardInterrupt):
+        _run(world, out, cfg, callbacks=[StopAfterSteps(3)])
+    assert sorted(p.name for p in (out / "ckpt").glob("checkpoint-*")) == ["checkpoint-2"]
+    assert not (out / "model").exists() and not (out / "metrics").exists()  # nothing published
+
+    resumed = _run(world, out, cfg)
+    assert "missing keys" not in caplog.text  # every checkpoint weight was restored
+    assert resumed["resumed_from"] is not None and resumed["resumed_from"].endswith("checkpoint-2")
+    assert resumed["global_step"] == straight["global_step"] == 6
+    assert math.isfinite(resumed["final_loss"])
+    # same data order, RNG and optimizer state: the same losses as the uninterrupted run
+    assert resumed["final_loss"] == pytest.approx(straight["final_loss"], rel=1e-4)
+    assert resumed["train_loss"] == pytest.approx(straight["train_loss"], rel=1e-4)
+    assert [s for s, _ in _curve(out)] == [1, 2, 3, 4, 5, 6]
+
+    # checkpoints made under other params are discarded, not resumed
+    with pytest.raises(KeyboardInterrupt):
+        _run(world, out, cfg, callbacks=[StopAfterSteps(3)])
+    fresh = _run(world, out, _cfg(max_steps=6, method=method, learning_rate=1e-3))
+    assert fresh["resumed_from"] is None and fresh["global_step"] == 6
+
+
+# --------------------------------------------------------------------------- DDP
+def test_two_process_accelerate_launch(world, tmp_path):
+    params = tmp_path / "params.yaml"
+    params.write_text(yaml.safe_dump({"data": {"world": {"image_size": IMAGE_SIZE}},
+                                      "train": {**FAST, "max_steps": 3}}))
+    out = tmp_path / "ddp"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    cmd = [str(Path(sys.executable).with_name("accelerate")), "launch", "--config_file",
+           str(REPO / "infra/accelerate/cpu_2proc.yaml"), "-m", "mirage_safety.cli", "train",
+           "--params", str(params), "--data", str(world["data"]), "--base", str(world["base"]),
+           "--out", str(out / "model"), "--metrics", str(out / "metrics"),
+           "--plots", str(out / "plots"), "--checkpoints", str(out / "ckpt"),
+           "--no-mlflow", "--no-progress"]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300,
+                          cwd=tmp_path)
+    log = proc.stdout + proc.stderr
+    assert proc.returncode == 0, log[-4000:]
+    # both ranks loaded the data; only rank 0 reported and wrote outputs
+    assert len(re.findall(r"train: 48 safety \+ 12 general records", log)) == 2
+    assert len(re.findall(r"^train: full SFT, 3 steps", proc.stdout, re.M)) == 1
+    metrics = json.loads((out / "metrics" / "train.json").read_text())
+    assert metrics["world_size"] == 2 and metrics["global_step"] == 3
+    assert math.isfinite(metrics["final_loss"])
+    assert [s for s, _ in _curve(out)] == [1, 2, 3]
+    assert sorted(p.name for p in (out / "metrics").iterdir()) == ["train.json"]
+    assert (out / "model" / "model.safetensors").is_file() and not (out / "ckpt").exists()
+
+
+# --------------------------------------------------------------------------- CLI, configs
+def test_cli_help_documents_every_option():
+    from mirage_safety.cli import build_parser
+
+    parser = build_parser()
+    sub = next(a for a in parser._actions if a.dest == "command")
+    help_text = sub.choices["train"].format_help()
+    for option in ("--params", "--profile", "--data", "--base", "--out", "--metrics",
+                   "--plots", "--checkpoints", "--no-mlflow", "--no-progress"):
+        assert option in help_text
+    assert "models/mirage" in help_text and ".cache/checkpoints/train" in help_text
+
+
+def test_real_params_profile_validates():
+    params = load_params(REPO / "infra" / "params.real.yaml")
+    assert params.base.source == "hub" and params.data.source == "mis"
+    assert re.fullmatch(r"[0-9a-f]{40}", params.base.hub.revision or "")
+    t = params.train
+    assert (t.method, t.freeze_vision, t.bf16, t.gradient_checkpointing) == ("full", True, True,
+                                                                             True)
+    assert (t.learning_rate, t.epochs, t.warmup_ratio) == (5e-6, 2.0, 0.03)
+    assert params.eval.judge == "openai"
+
+
+def test_accelerate_configs_parse():
+    from accelerate.commands.config.config_args import load_config_from_file
+
+    cfg_dir = REPO / "infra" / "accelerate"
+    expected = {"cpu_2proc.yaml": "MULTI_GPU", "single_gpu.yaml": "NO",
+                "multi_gpu_ddp.yaml": "MULTI_GPU", "fsdp.yaml": "FSDP"}
+    for name, kind in expected.items():
+        cfg = load_config_from_file(str(cfg_dir / name))
+        assert str(cfg.distributed_type).endswith(kind), name
+    fsdp = load_config_from_file(str(cfg_dir / "fsdp.yaml"))
+    assert fsdp.mixed_precision == "bf16"
+    assert fsdp.fsdp_config["fsdp_auto_wrap_policy"] == "TRANSFORMER_BASED_WRAP"
+    assert fsdp.fsdp_config["fsdp_state_dict_type"] == "SHARDED_STATE_DICT"
+    assert fsdp.fsdp_config["fsdp_version"] == 2
