@@ -25,6 +25,7 @@ _STAGE_MODULES = (
     "mirage_safety.registry.register",
     "mirage_safety.registry.manage",
     "mirage_safety.report",
+    "mirage_safety.summary",
 )
 
 

@@ -57,7 +57,11 @@ def alias_version(client: MlflowClient, name: str, alias: str) -> ModelVersion |
     try:
         return client.get_model_version_by_alias(name, alias)
     except MlflowException as exc:
-        if _not_found(exc) or "alias" in str(exc).lower():
+        # no such model: RESOURCE_DOES_NOT_EXIST; no such alias: INVALID_PARAMETER_VALUE
+        # "Registered model alias ... not found" (connection errors must propagate)
+        unset_alias = (exc.error_code == "INVALID_PARAMETER_VALUE"
+                       and "not found" in str(exc).lower())
+        if _not_found(exc) or unset_alias:
             return None
         raise
 
