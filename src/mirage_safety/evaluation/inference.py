@@ -1,0 +1,118 @@
+"""Batched greedy generation for multi-image prompts (the one decoding path of the project).
+
+Every consumer -- base accuracy in ``mirage base``, ``mirage evaluate``, the registered
+pyfunc model -- calls :func:`generate_responses`, so the numbers they report come from the
+same decoding.  Batches are left-padded (so each prompt's last token is the last column and
+new tokens append cleanly) and use the KV cache; prompts are sorted by length so a batch
+pads little, then answers are put back in input order.  Greedy decoding makes the output
+deterministic; :func:`generate_one` is the unbatched reference the tests compare with.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from mirage_safety.training.collator import load_image, prompt_messages
+
+Prompt = tuple[str, Sequence[Any]]  # (question, [PIL image or path, ...])
+
+
+def _render_prompts(processor: Any, prompts: Sequence[Prompt]) -> list[str]:
+    return [processor.apply_chat_template(prompt_messages(q, len(imgs)), tokenize=False,
+                                          add_generation_prompt=True)
+            for q, imgs in prompts]
+
+
+def _greedy_kwargs(model: Any, processor: Any, max_new_tokens: int) -> dict[str, Any]:
+    tok = getattr(processor, "tokenizer", processor)
+    gen = getattr(model, "generation_config", None)
+    eos = getattr(gen, "eos_token_id", None) if gen is not None else None
+    pad = tok.pad_token_id if tok.pad_token_id is not None else (
+        eos[0] if isinstance(eos, list) else eos)
+    # explicit None for sampling knobs: Hub generation configs often ship temperature/top_p,
+    # which would only produce warnings under greedy decoding
+    return {"max_new_tokens": max_new_tokens, "do_sample": False, "num_beams": 1,
+            "temperature": None, "top_p": None, "top_k": None, "pad_token_id": pad,
+            "use_cache": True}
+
+
+def _to_device(batch: Any, model: Any) -> dict[str, Any]:
+    import torch
+
+    dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), None)
+    out = {}
+    for key, value in batch.items():
+        if torch.is_tensor(value):
+            value = value.to(model.device)
+            if value.is_floating_point() and dtype is not None:
+                value = value.to(dtype)  # pixel_values follow the model (bf16 on GPU)
+        out[key] = value
+    return out
+
+
+def _generate_batch(model: Any, processor: Any, texts: list[str], images: list[Any],
+                    max_new_tokens: int) -> list[str]:
+    import torch
+
+    batch = processor(text=texts, images=images or None, padding=True, padding_side="left",
+                      add_special_tokens=False, return_tensors="pt")
+    inputs = _to_device(batch, model)
+    with torch.inference_mode():
+        out = model.generate(**inputs, **_greedy_kwargs(model, processor, max_new_tokens))
+    new_tokens = out[:, inputs["input_ids"].shape[1]:]
+    return [t.strip() for t in processor.batch_decode(new_tokens, skip_special_tokens=True)]
+
+
+def _load_images(images: Sequence[Any]) -> list[Any]:
+    return [load_image(Path(i) if isinstance(i, str | os.PathLike) else i) for i in images]
+
+
+def generate_responses(model: Any, processor: Any, prompts: Sequence[Prompt], *,
+                       batch_size: int = 32, max_new_tokens: int = 96,
+                       progress: bool = True) -> list[str]:
+    """Greedy answers for ``(question, [images])`` prompts, in input order.
+
+    Images are PIL images or file paths; the question gets one image part per image before
+    its text (or its own ``<image>`` placeholders mark where they go).
+    """
+    from tqdm.auto import tqdm
+
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1 (got {batch_size})")
+    if not prompts:
+        return []
+    was_training = model.training
+    model.eval()
+    texts = _render_prompts(processor, prompts)
+    tok = getattr(processor, "tokenizer", processor)
+    # sort by (text tokens, image count): neighbours pad to nearly the same length
+    lengths = [len(tok(t, add_special_tokens=False)["input_ids"]) for t in texts]
+    order = sorted(range(len(prompts)), key=lambda i: (len(prompts[i][1]), lengths[i]))
+    answers: list[str | None] = [None] * len(prompts)
+    try:
+        for start in tqdm(range(0, len(order), batch_size), disable=not progress,
+                          desc="generate", unit="batch"):
+            idx = order[start:start + batch_size]
+            images = [img for i in idx for img in _load_images(prompts[i][1])]
+            outs = _generate_batch(model, processor, [texts[i] for i in idx], images,
+                                   max_new_tokens)
+            for i, text in zip(idx, outs, strict=True):
+                answers[i] = text
+    finally:
+        model.train(was_training)
+    return [a or "" for a in answers]
+
+
+def generate_one(model: Any, processor: Any, question: str, images: Sequence[Any], *,
+                 max_new_tokens: int = 96) -> str:
+    """The unbatched reference: one prompt, no padding."""
+    was_training = model.training
+    model.eval()
+    try:
+        text = _render_prompts(processor, [(question, images)])
+        return _generate_batch(model, processor, text, _load_images(images), max_new_tokens)[0]
+    finally:
+        model.train(was_training)
