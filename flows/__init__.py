@@ -1,0 +1,1 @@
+"""Prefect flows that orchestrate the DVC pipeline (``retrain``) and its deployments."""
