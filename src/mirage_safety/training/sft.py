@@ -148,29 +148,40 @@ def build_dataset(rows: Sequence[Row], collator: ChatCollator, image_size: int) 
 class ThroughputCallback(TrainerCallback):
     """Samples/s and non-padding tokens/s of *this* session's optimisation steps.
 
-    Timing starts at the first step (model load, dataset build and a resumed checkpoint's
-    restore are excluded), so the figure is what the trainer sustains.
+    The window runs from the end of the session's first step to the end of its last one,
+    so it holds, for every step in it, the batch's loading + collation and its forward,
+    backward and optimizer step, and nothing else: model load, dataset build, a resumed
+    checkpoint's restore, the first step's warm-up and checkpoint saves after the last
+    step are outside.  A one-step session is timed over that step.
     """
 
     def __init__(self) -> None:
-        self.t0: float | None = None
-        self.step0 = 0
-        self.tokens0 = 0
+        self.t_first: float | None = None
+        self.first: tuple[float, int, int] | None = None  # (time, step, tokens) after step 1
         self.elapsed = 0.0
         self.steps = 0
         self.tokens = 0
+        self.tokens_first = 0
 
     def on_step_begin(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
-        if self.t0 is None:
-            self.t0 = time.perf_counter()
-            self.step0 = state.global_step
-            self.tokens0 = state.num_input_tokens_seen
+        if self.t_first is None:
+            self.t_first = time.perf_counter()
+            self.tokens_first = state.num_input_tokens_seen
 
-    def on_train_end(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
-        if self.t0 is not None:
-            self.elapsed = time.perf_counter() - self.t0
-            self.steps = state.global_step - self.step0
-            self.tokens = state.num_input_tokens_seen - self.tokens0
+    def on_step_end(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
+        now = time.perf_counter()
+        if self.first is None:
+            self.first = (now, state.global_step, state.num_input_tokens_seen)
+            assert self.t_first is not None
+            # fallback for a one-step session
+            self.elapsed = now - self.t_first
+            self.steps = 1
+            self.tokens = state.num_input_tokens_seen - self.tokens_first
+            return
+        t0, step0, tokens0 = self.first
+        self.elapsed = now - t0
+        self.steps = state.global_step - step0
+        self.tokens = state.num_input_tokens_seen - tokens0
 
 
 class LogLastStep(TrainerCallback):
