@@ -8,7 +8,8 @@ Directory kinds this understands:
   ``mirage base`` with ``base.source: hub``: the weights come from the Hub cache at exactly
   that commit;
 * a trained dir with ``mirage_model.json`` (written by ``mirage train``):
-  ``{"method": "full" | "lora", "base_path", "base_model_id", "base_revision", ...}``;
+  ``{"method": "full" | "lora", "base_path", "base_model_id", "base_revision",
+  "trust_remote_code", "dtype" (inference dtype, when trained in bf16), ...}``;
   for ``lora`` the dir holds a PEFT adapter applied to the base (merged for inference).
 
 The same conventions are read by :mod:`mirage_safety.registry.pyfunc_model`.
@@ -186,6 +187,8 @@ def load_for_inference(model_dir: str | os.PathLike[str], *, device: str | None 
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     meta_path = d / MODEL_META_FILE
     meta = read_json(meta_path) if meta_path.is_file() else None
+    # a bf16-trained model is saved from fp32 master weights; serve it in bf16
+    dtype = dtype or (meta or {}).get("dtype")
     if meta and meta.get("method") == "lora":
         from peft import PeftModel
 

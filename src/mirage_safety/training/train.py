@@ -125,6 +125,8 @@ def prepare_model(cfg: TrainConfig, base_dir: Path) -> tuple[Any, Any, dict[str,
     }
     if source.is_hub:
         meta.update(base_model_id=source.path, base_revision=source.revision)
+    if cfg.bf16:
+        meta["dtype"] = "bfloat16"  # weights are saved from fp32 masters; serve in bf16
     if cfg.method == "full":
         frozen = 0
         if cfg.freeze_vision:
@@ -173,8 +175,11 @@ def run_train(cfg: TrainConfig, *, data_dir: Path, base_dir: Path, out_dir: Path
             else:
                 # checkpoints are DVC's business, never MLflow artefacts
                 os.environ["HF_MLFLOW_LOG_ARTIFACTS"] = "FALSE"
-                run_params = {"train": cfg.model_dump(mode="json"), "image_size": image_size,
-                              "base_dir": str(base_dir), "data_dir": str(data_dir)}
+                # namespaced: the Trainer's MLflow callback logs TrainingArguments and the
+                # model config as top-level params, and MLflow refuses to overwrite one
+                run_params = {"train": cfg.model_dump(mode="json"),
+                              "stage": {"image_size": image_size, "base_dir": str(base_dir),
+                                        "data_dir": str(data_dir)}}
                 with stage_run("train", tracking, run_params, profile=profile):
                     metrics = _train(cfg, data_dir, base_dir, out_dir, metrics_dir, plots_dir,
                                      checkpoint_dir, image_size, ["mlflow"], progress,
