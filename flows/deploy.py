@@ -5,9 +5,18 @@
 
 ``flow.serve`` registers deployment ``mirage-retrain/nightly-retrain`` with a cron
 schedule and runs its flow runs in subprocesses of this process until it is stopped
-(Ctrl-C pauses the schedule).  For a work pool and workers (a GPU pool in production)
-use ``prefect.yaml`` instead: ``prefect deploy --all``.  Both carry the same schedule
-and parameters (:data:`NIGHTLY_CRON`, :data:`NIGHTLY_PARAMETERS`).
+(Ctrl-C pauses the schedule).
+
+For a work pool and its workers (a GPU pool in production) either
+
+    python flows/deploy.py --work-pool mirage-process     # register and exit
+    prefect deploy --all                                  # prefect.yaml
+
+All carry the same schedule and parameters (:data:`NIGHTLY_CRON`,
+:data:`NIGHTLY_PARAMETERS`).  (``prefect deploy`` of prefect 3.8.8 fails against a server
+running with fastapi 0.154 -- its worker lookup sends null paging values the server
+rejects -- after creating the first deployment; ``--work-pool`` here does not make
+that call.)
 
 One pipeline at a time: the deployment's concurrency limit is 1 (later runs queue), and
 the flow itself holds a workspace lock (see ``flows/retrain.py``).
@@ -21,12 +30,17 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+REPO = Path(__file__).resolve().parents[1]
+ENTRYPOINT = "flows/retrain.py:retrain"
 if __package__ in (None, ""):  # `python flows/deploy.py`: make `flows` importable
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    sys.path.insert(0, str(REPO))
 
-from prefect.client.schemas.objects import ConcurrencyLimitConfig, ConcurrencyLimitStrategy
+from prefect.client.schemas.objects import (  # noqa: E402
+    ConcurrencyLimitConfig,
+    ConcurrencyLimitStrategy,
+)
 
-from flows.retrain import retrain
+from flows.retrain import retrain  # noqa: E402
 
 DEPLOYMENT_NAME = "nightly-retrain"
 NIGHTLY_CRON = "0 3 * * *"  # 03:00 every day
@@ -39,12 +53,15 @@ NIGHTLY_PARAMETERS: dict[str, Any] = {
     "retry_delay_s": 60,
 }
 TAGS = ["mirage", "retrain"]
-ONE_AT_A_TIME = ConcurrencyLimitConfig(limit=1,
-                                       collision_strategy=ConcurrencyLimitStrategy.ENQUEUE)
+ONE_AT_A_TIME = ConcurrencyLimitConfig(limit=1, collision_strategy=ConcurrencyLimitStrategy.ENQUEUE)
 
 
-def deployment_kwargs(*, name: str = DEPLOYMENT_NAME, cron: str = NIGHTLY_CRON,
-                      parameters: dict[str, Any] | None = None) -> dict[str, Any]:
+def deployment_kwargs(
+    *,
+    name: str = DEPLOYMENT_NAME,
+    cron: str = NIGHTLY_CRON,
+    parameters: dict[str, Any] | None = None,
+) -> dict[str, Any]:
     """Arguments shared by ``retrain.serve`` and ``retrain.to_deployment``."""
     return {
         "name": name,
@@ -52,27 +69,44 @@ def deployment_kwargs(*, name: str = DEPLOYMENT_NAME, cron: str = NIGHTLY_CRON,
         "parameters": {**NIGHTLY_PARAMETERS, **(parameters or {})},
         "tags": TAGS,
         "description": "Nightly MIRage retrain: dvc repro stage by stage, recorded as a "
-                       "DVC experiment, registered through the gate.",
+        "DVC experiment, registered through the gate.",
     }
 
 
-def build_deployment(**kwargs: Any) -> Any:
-    """The deployment :func:`main` serves, as an object (for inspection and tests)."""
-    return retrain.to_deployment(**deployment_kwargs(**kwargs), concurrency_limit=ONE_AT_A_TIME)
+def build_deployment(*, work_pool: str | None = None, **kwargs: Any) -> Any:
+    """The deployment as an object: served by this process (no ``work_pool``) or, with
+    ``work_pool``, run by that pool's workers from this checkout."""
+    source = retrain
+    if work_pool:
+        # flow code from this checkout: the pull step sets the workers' working directory
+        source = retrain.from_source(source=str(REPO), entrypoint=ENTRYPOINT)
+    return source.to_deployment(
+        **deployment_kwargs(**kwargs), work_pool_name=work_pool, concurrency_limit=ONE_AT_A_TIME
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--name", default=DEPLOYMENT_NAME)
     p.add_argument("--cron", default=NIGHTLY_CRON)
     p.add_argument("--profile", default=NIGHTLY_PARAMETERS["profile"])
+    p.add_argument(
+        "--work-pool",
+        metavar="POOL",
+        help="register the deployment on this work pool and exit, instead of "
+        "serving it from this process",
+    )
     a = p.parse_args(argv)
+    kwargs = {"name": a.name, "cron": a.cron, "parameters": {"profile": a.profile}}
+    if a.work_pool:
+        deployment_id = build_deployment(work_pool=a.work_pool, **kwargs).apply()
+        print(f"deployment mirage-retrain/{a.name} ({deployment_id}) on pool {a.work_pool}")
+        return 0
     # global_limit: the deployment's concurrency limit on the server (later runs queue);
     # limit: this runner starts at most one flow run at a time.
-    retrain.serve(**deployment_kwargs(name=a.name, cron=a.cron,
-                                      parameters={"profile": a.profile}),
-                  global_limit=ONE_AT_A_TIME, limit=1)
+    retrain.serve(**deployment_kwargs(**kwargs), global_limit=ONE_AT_A_TIME, limit=1)
     return 0
 
 

@@ -99,11 +99,20 @@ class PipelineBusyError(RuntimeError):
 class StageFailed(RuntimeError):
     """``dvc repro <stage>`` failed; ``transient`` says whether a retry may help."""
 
-    def __init__(self, stage: str, returncode: int, stage_exit: int | None,
-                 transient: bool, reason: str, tail: str) -> None:
+    def __init__(
+        self,
+        stage: str,
+        returncode: int,
+        stage_exit: int | None,
+        transient: bool,
+        reason: str,
+        tail: str,
+    ) -> None:
         kind = "transient" if transient else "permanent"
-        super().__init__(f"stage {stage!r} failed ({kind}: {reason}); dvc exited "
-                         f"{returncode}.  Last output:\n{tail}")
+        super().__init__(
+            f"stage {stage!r} failed ({kind}: {reason}); dvc exited "
+            f"{returncode}.  Last output:\n{tail}"
+        )
         self.stage = stage
         self.returncode = returncode
         self.stage_exit = stage_exit
@@ -111,12 +120,15 @@ class StageFailed(RuntimeError):
         self.reason = reason
 
     def __reduce__(self) -> tuple[Any, ...]:  # picklable for Prefect's state storage
-        return (_rebuild_stage_failed, (self.stage, self.returncode, self.stage_exit,
-                                        self.transient, self.reason, str(self)))
+        return (
+            _rebuild_stage_failed,
+            (self.stage, self.returncode, self.stage_exit, self.transient, self.reason, str(self)),
+        )
 
 
-def _rebuild_stage_failed(stage: str, returncode: int, stage_exit: int | None,
-                          transient: bool, reason: str, message: str) -> StageFailed:
+def _rebuild_stage_failed(
+    stage: str, returncode: int, stage_exit: int | None, transient: bool, reason: str, message: str
+) -> StageFailed:
     exc = StageFailed.__new__(StageFailed)
     RuntimeError.__init__(exc, message)
     exc.stage, exc.returncode, exc.stage_exit = stage, returncode, stage_exit
@@ -144,13 +156,15 @@ def classify_failure(returncode: int, output: str) -> tuple[bool, str, int | Non
     if stage_exit == CONFIG_ERROR_EXIT:
         return False, "configuration or data error (stage exited 2)", stage_exit
     if stage_exit in TRANSIENT_EXITS:
-        return True, f"stage command exited {stage_exit} (temporary failure or killed)", \
-            stage_exit
+        return True, f"stage command exited {stage_exit} (temporary failure or killed)", stage_exit
     tail = "\n".join(output.splitlines()[-_CLASSIFY_LINES:])
     if match := TRANSIENT_PATTERN.search(tail):
         return True, f"transient error in output: {match.group(0)!r}", stage_exit
-    what = f"stage command exited {stage_exit}" if stage_exit is not None else \
-        f"dvc exited {returncode}"
+    what = (
+        f"stage command exited {stage_exit}"
+        if stage_exit is not None
+        else f"dvc exited {returncode}"
+    )
     return False, f"{what}; not a known transient failure", stage_exit
 
 
@@ -179,8 +193,9 @@ def _read_holder(path: Path) -> str:
 
 
 @contextlib.contextmanager
-def pipeline_lock(repo: Path, *, wait_s: float = 0.0,
-                  holder: Mapping[str, Any] | None = None) -> Iterator[Path]:
+def pipeline_lock(
+    repo: Path, *, wait_s: float = 0.0, holder: Mapping[str, Any] | None = None
+) -> Iterator[Path]:
     """Hold the repo's pipeline lock; raise :class:`PipelineBusyError` if it stays busy.
 
     ``flock`` locks belong to an open file description, so this excludes other threads
@@ -207,15 +222,23 @@ def pipeline_lock(repo: Path, *, wait_s: float = 0.0,
                         f"workspace (lock: {path}; waited {wait_s:g}s)"
                     ) from None
                 if not announced:
-                    _log().info("pipeline lock busy (%s); waiting up to %gs",
-                                _read_holder(path), wait_s)
+                    _log().info(
+                        "pipeline lock busy (%s); waiting up to %gs", _read_holder(path), wait_s
+                    )
                     announced = True
                 time.sleep(min(0.5, max(0.0, deadline - time.monotonic())))
         fh.seek(0)
         fh.truncate()
-        fh.write(json.dumps({**(holder or {}), "pid": os.getpid(),
-                             "host": socket.gethostname(),
-                             "since": datetime.now(UTC).isoformat(timespec="seconds")}))
+        fh.write(
+            json.dumps(
+                {
+                    **(holder or {}),
+                    "pid": os.getpid(),
+                    "host": socket.gethostname(),
+                    "since": datetime.now(UTC).isoformat(timespec="seconds"),
+                }
+            )
+        )
         fh.flush()
         yield path
     finally:
@@ -243,8 +266,7 @@ def default_repo() -> Path:
 
 
 def _git(repo: Path, *args: str, check: bool = True) -> str:
-    out = subprocess.run(["git", *args], cwd=repo, capture_output=True, text=True,
-                         check=False)
+    out = subprocess.run(["git", *args], cwd=repo, capture_output=True, text=True, check=False)
     if check and out.returncode != 0:
         raise RuntimeError(f"git {' '.join(args)} failed in {repo}: {out.stderr.strip()}")
     return out.stdout.strip() if out.returncode == 0 else ""
@@ -267,16 +289,22 @@ def _base_env(overrides: Mapping[str, str]) -> dict[str, str]:
 
 def validate_exp_name(repo: Path, name: str) -> None:
     """Fail before any work if ``name`` is not a valid, unused experiment name."""
-    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}", name) or ".." in name \
-            or name.endswith((".lock", ".")):
-        raise ConfigError(f"exp_name {name!r}: use letters, digits, '.', '_', '-' "
-                          "(a git ref name component)")
+    if (
+        not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}", name)
+        or ".." in name
+        or name.endswith((".lock", "."))
+    ):
+        raise ConfigError(
+            f"exp_name {name!r}: use letters, digits, '.', '_', '-' (a git ref name component)"
+        )
     head = _git(repo, "rev-parse", "HEAD")
     ref = f"refs/exps/{head[:2]}/{head[2:]}/{name}"
     if _git(repo, "rev-parse", "--verify", "--quiet", ref, check=False):
-        raise ConfigError(f"DVC experiment {name!r} already exists for baseline "
-                          f"{head[:7]}; choose another exp_name or remove it with "
-                          f"`dvc exp remove {name}`")
+        raise ConfigError(
+            f"DVC experiment {name!r} already exists for baseline "
+            f"{head[:7]}; choose another exp_name or remove it with "
+            f"`dvc exp remove {name}`"
+        )
 
 
 def _quote(value: str) -> str:
@@ -285,8 +313,9 @@ def _quote(value: str) -> str:
     return f"'{value}'"
 
 
-def prepare_params(repo: Path, *, profile: str, data_seed: int | None,
-                   data_revision: str | None) -> Params:
+def prepare_params(
+    repo: Path, *, profile: str, data_seed: int | None, data_revision: str | None
+) -> Params:
     """Reset ``params.yaml`` to HEAD, apply this run's overrides, return the parsed config.
 
     The overrides go through DVC's ``--set-param`` implementation (Hydra override
@@ -304,8 +333,10 @@ def prepare_params(repo: Path, *, profile: str, data_seed: int | None,
         if not applied.is_file() or applied.read_text() != before:  # someone's edits
             backup = repo / LOCK_RELPATH.parent / "params.yaml.before-retrain"
             backup.write_text(before)
-            _log().warning("params.yaml had uncommitted changes; reset to HEAD (previous "
-                           "content saved to %s)", backup)
+            _log().warning(
+                "params.yaml had uncommitted changes; reset to HEAD (previous content saved to %s)",
+                backup,
+            )
         path.write_text(committed + "\n")
     try:
         overrides = [f"++profile={_quote(profile)}"]
@@ -314,17 +345,23 @@ def prepare_params(repo: Path, *, profile: str, data_seed: int | None,
         if data_revision:
             source = load_params(path, profile=profile).data.source
             if source == "world":
-                raise ConfigError("data_revision is set but data.source is 'world' "
-                                  "(the embedded world has no revisions)")
+                raise ConfigError(
+                    "data_revision is set but data.source is 'world' "
+                    "(the embedded world has no revisions)"
+                )
             overrides.append(f"++data.{source}.revision={_quote(data_revision)}")
         apply_overrides(path, overrides)
         cfg = load_params(path, profile=profile)
         if data_seed is not None and cfg.data.seed != data_seed:
-            raise ConfigError(f"profile {profile!r} sets data.seed itself; the data_seed "
-                              f"override ({data_seed}) would not apply")
+            raise ConfigError(
+                f"profile {profile!r} sets data.seed itself; the data_seed "
+                f"override ({data_seed}) would not apply"
+            )
         if data_revision and getattr(cfg.data, cfg.data.source).revision != data_revision:
-            raise ConfigError(f"profile {profile!r} overrides data.{cfg.data.source}."
-                              "revision; the data_revision override would not apply")
+            raise ConfigError(
+                f"profile {profile!r} overrides data.{cfg.data.source}."
+                "revision; the data_revision override would not apply"
+            )
     except Exception:
         path.write_text(before)  # leave the workspace as we found it
         raise
@@ -343,20 +380,31 @@ def _cache_false_paths(repo: Path) -> list[str]:
         for section in ("outs", "metrics", "plots"):
             for item in stage.get(section) or []:
                 if isinstance(item, dict):
-                    paths += [p for p, opts in item.items()
-                              if isinstance(opts, dict) and opts.get("cache") is False]
+                    paths += [
+                        p
+                        for p, opts in item.items()
+                        if isinstance(opts, dict) and opts.get("cache") is False
+                    ]
     return [p for p in dict.fromkeys(paths) if (repo / p).exists()]
 
 
 # --------------------------------------------------------------------------- tasks
-def _stream(cmd: Sequence[str], cwd: Path, env: Mapping[str, str],
-            timeout_s: float | None) -> tuple[int, str, bool]:
+def _stream(
+    cmd: Sequence[str], cwd: Path, env: Mapping[str, str], timeout_s: float | None
+) -> tuple[int, str, bool]:
     """Run ``cmd``, log its output line by line; return (returncode, tail, timed_out)."""
     log = _log()
     tail: deque[str] = deque(maxlen=_TAIL_LINES)
-    proc = subprocess.Popen(list(cmd), cwd=cwd, env=dict(env), stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, errors="replace",
-                            start_new_session=True)
+    proc = subprocess.Popen(
+        list(cmd),
+        cwd=cwd,
+        env=dict(env),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        errors="replace",
+        start_new_session=True,
+    )
     timed_out = threading.Event()
 
     def _kill() -> None:
@@ -385,29 +433,42 @@ def _stream(cmd: Sequence[str], cwd: Path, env: Mapping[str, str],
     return returncode, "\n".join(tail), timed_out.is_set()
 
 
-@task(name="dvc-repro", task_run_name="dvc repro {stage}", cache_policy=NO_CACHE,
-      retries=2, retry_delay_seconds=exponential_backoff(backoff_factor=30),
-      retry_jitter_factor=0.2, retry_condition_fn=retry_if_transient)
-def repro_stage(stage: str, repo: str, env: dict[str, str],
-                timeout_s: float | None = None) -> dict[str, Any]:
+@task(
+    name="dvc-repro",
+    task_run_name="dvc repro {stage}",
+    cache_policy=NO_CACHE,
+    retries=2,
+    retry_delay_seconds=exponential_backoff(backoff_factor=30),
+    retry_jitter_factor=0.2,
+    retry_condition_fn=retry_if_transient,
+)
+def repro_stage(
+    stage: str, repo: str, env: dict[str, str], timeout_s: float | None = None
+) -> dict[str, Any]:
     """``dvc repro <stage>`` in the repo root; DVC's cache decides what actually runs.
 
     ``env`` holds only this pipeline's variables (merged over the worker's environment
     here, so secrets in the environment never become task parameters).
     """
     start = time.monotonic()
-    returncode, tail, timed_out = _stream(_dvc_cmd("repro", stage), Path(repo),
-                                          _base_env(env), timeout_s)
+    returncode, tail, timed_out = _stream(
+        _dvc_cmd("repro", stage), Path(repo), _base_env(env), timeout_s
+    )
     if timed_out:
-        raise StageFailed(stage, returncode, None, True,
-                          f"timed out after {timeout_s:g}s", tail[-4000:])
+        raise StageFailed(
+            stage, returncode, None, True, f"timed out after {timeout_s:g}s", tail[-4000:]
+        )
     if returncode != 0:
         transient, reason, stage_exit = classify_failure(returncode, tail)
         raise StageFailed(stage, returncode, stage_exit, transient, reason, tail[-4000:])
     ran = list(dict.fromkeys(_RAN.findall(tail)))
-    return {"stage": stage, "ran": ran, "reran": stage in ran,
-            "seconds": round(time.monotonic() - start, 2),
-            "attempts": runtime_task_run.get_run_count() or 1}
+    return {
+        "stage": stage,
+        "ran": ran,
+        "reran": stage in ran,
+        "seconds": round(time.monotonic() - start, 2),
+        "attempts": runtime_task_run.get_run_count() or 1,
+    }
 
 
 @task(name="dvc-exp-save", cache_policy=NO_CACHE)
@@ -417,8 +478,9 @@ def save_experiment(repo: str, name: str, env: dict[str, str]) -> dict[str, str]
     cmd = ["exp", "save", "-n", name]
     for path in _cache_false_paths(root):  # git-ignored here; force them into the exp
         cmd += ["-I", path]
-    out = subprocess.run(_dvc_cmd(*cmd), cwd=root, env=_base_env(env), capture_output=True,
-                         text=True, check=False)
+    out = subprocess.run(
+        _dvc_cmd(*cmd), cwd=root, env=_base_env(env), capture_output=True, text=True, check=False
+    )
     if out.returncode != 0:
         raise RuntimeError(f"dvc exp save failed: {(out.stdout + out.stderr).strip()}")
     head = _git(root, "rev-parse", "HEAD")
@@ -426,6 +488,25 @@ def save_experiment(repo: str, name: str, env: dict[str, str]) -> dict[str, str]
     rev = _git(root, "rev-parse", ref)
     _log().info("recorded DVC experiment %s (%s, baseline %s)", name, rev[:7], head[:7])
     return {"name": name, "rev": rev, "ref": ref, "baseline": head}
+
+
+@task(
+    name="dvc-push",
+    cache_policy=NO_CACHE,
+    retries=3,
+    retry_delay_seconds=exponential_backoff(backoff_factor=10),
+    retry_jitter_factor=0.2,
+)
+def push_outputs(repo: str, env: dict[str, str]) -> str:
+    """``dvc push``: upload this run's outs to the default DVC remote (network: retried)."""
+    out = subprocess.run(
+        _dvc_cmd("push"), cwd=repo, env=_base_env(env), capture_output=True, text=True, check=False
+    )
+    text = (out.stdout + out.stderr).strip()
+    if out.returncode != 0:
+        raise RuntimeError(f"dvc push failed: {text}")
+    _log().info("dvc push: %s", text.splitlines()[-1] if text else "done")
+    return text
 
 
 # --------------------------------------------------------------------------- tracking
@@ -436,8 +517,9 @@ def _tracking_uri(repo: Path, params: Params) -> str:
 
 
 @contextlib.contextmanager
-def parent_run(repo: Path, params: Params, *, name: str,
-               tags: Mapping[str, str]) -> Iterator[tuple[Any, str, str]]:
+def parent_run(
+    repo: Path, params: Params, *, name: str, tags: Mapping[str, str]
+) -> Iterator[tuple[Any, str, str]]:
     """The pipeline's MLflow parent run: yields ``(client, run_id, tracking_uri)``.
 
     Made here rather than with ``mirage_safety.tracking.pipeline_run`` because that
@@ -459,8 +541,9 @@ def parent_run(repo: Path, params: Params, *, name: str,
         local = uri.startswith(("sqlite:", "file:")) or "://" not in uri
         location = (repo / "mlruns").as_uri() if local else None
         try:
-            exp_id = client.create_experiment(params.tracking.experiment,
-                                              artifact_location=location)
+            exp_id = client.create_experiment(
+                params.tracking.experiment, artifact_location=location
+            )
         except mlflow.exceptions.MlflowException:  # created concurrently
             exp_id = client.get_experiment_by_name(params.tracking.experiment).experiment_id
     git = T.git_info(repo)
@@ -505,14 +588,14 @@ def metrics_rows(eval_metrics: Mapping[str, Any] | None) -> list[dict[str, Any]]
         for split, values in splits.items():
             if not isinstance(values, Mapping):
                 continue
-            nums = {k: round(v, 3) for k, raw in values.items()
-                    if (v := _number(raw)) is not None}
+            nums = {k: round(v, 3) for k, raw in values.items() if (v := _number(raw)) is not None}
             if nums:
                 rows.append({"model": model, "split": split, **nums})
     seen = {k for row in rows for k in row} - {"model", "split"}
     columns = [c for c in METRIC_ORDER if c in seen] + sorted(seen - set(METRIC_ORDER))
-    return [{"model": r["model"], "split": r["split"], **{c: r.get(c) for c in columns}}
-            for r in rows]
+    return [
+        {"model": r["model"], "split": r["split"], **{c: r.get(c) for c in columns}} for r in rows
+    ]
 
 
 def _md_table(rows: Sequence[Mapping[str, Any]]) -> str:
@@ -521,15 +604,21 @@ def _md_table(rows: Sequence[Mapping[str, Any]]) -> str:
     cols = list(rows[0])
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for row in rows:
-        cells = ["" if row.get(c) is None else
-                 (f"{row[c]:.2f}" if isinstance(row[c], float) else str(row[c]))
-                 for c in cols]
+        cells = [
+            ""
+            if row.get(c) is None
+            else (f"{row[c]:.2f}" if isinstance(row[c], float) else str(row[c]))
+            for c in cols
+        ]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
-def report_markdown(summary: Mapping[str, Any], rows: Sequence[Mapping[str, Any]],
-                    registry: Mapping[str, Any] | None) -> str:
+def report_markdown(
+    summary: Mapping[str, Any],
+    rows: Sequence[Mapping[str, Any]],
+    registry: Mapping[str, Any] | None,
+) -> str:
     """The run's markdown report: parameters, stages, metrics, registry decision."""
     exp = summary.get("experiment") or {}
     head = [
@@ -540,14 +629,22 @@ def report_markdown(summary: Mapping[str, Any], rows: Sequence[Mapping[str, Any]
         f"- DVC experiment: `{exp.get('name', summary['exp_name'])}` "
         f"(`{str(exp.get('rev', 'not saved'))[:12]}`, baseline "
         f"`{str(exp.get('baseline', ''))[:12]}`)",
-        f"- MLflow parent run: `{summary.get('parent_run_id')}` at "
-        f"`{summary.get('tracking_uri')}`",
+        f"- MLflow parent run: `{summary.get('parent_run_id')}` at `{summary.get('tracking_uri')}`",
         "",
         "## Stages",
         "",
-        _md_table([{"stage": s["stage"], "reran": "yes" if s["reran"] else "cached",
-                    "dvc ran": ", ".join(s["ran"]) or "-", "seconds": s["seconds"],
-                    "attempts": s["attempts"]} for s in summary["stages"]]),
+        _md_table(
+            [
+                {
+                    "stage": s["stage"],
+                    "reran": "yes" if s["reran"] else "cached",
+                    "dvc ran": ", ".join(s["ran"]) or "-",
+                    "seconds": s["seconds"],
+                    "attempts": s["attempts"],
+                }
+                for s in summary["stages"]
+            ]
+        ),
         "## Metrics (percent)",
         "",
         _md_table(rows),
@@ -557,10 +654,12 @@ def report_markdown(summary: Mapping[str, Any], rows: Sequence[Mapping[str, Any]
     if not registry:
         head.append("_metrics/registry.json not found_\n")
     else:
-        head.append(f"**{registry.get('decision', '?')}**: `{registry.get('model_name')}` "
-                    f"version {registry.get('version')} -> `@{registry.get('alias')}` "
-                    f"(compared to {registry.get('compared_to')}; champion now "
-                    f"v{registry.get('champion_version')})\n")
+        head.append(
+            f"**{registry.get('decision', '?')}**: `{registry.get('model_name')}` "
+            f"version {registry.get('version')} -> `@{registry.get('alias')}` "
+            f"(compared to {registry.get('compared_to')}; champion now "
+            f"v{registry.get('champion_version')})\n"
+        )
         head += [f"- {r}" for r in registry.get("reasons") or []]
     return "\n".join(head) + "\n"
 
@@ -572,21 +671,33 @@ def publish_report(repo: str, summary: dict[str, Any]) -> dict[str, Any]:
     rows = metrics_rows(_read_json(root / "metrics" / "eval.json"))
     registry = _read_json(root / "metrics" / "registry.json")
     markdown = report_markdown(summary, rows, registry)
-    create_markdown_artifact(markdown=markdown, key="mirage-retrain-report",
-                             description=f"MIRage retrain {summary['exp_name']}")
+    create_markdown_artifact(
+        markdown=markdown,
+        key="mirage-retrain-report",
+        description=f"MIRage retrain {summary['exp_name']}",
+    )
     if rows:
-        create_table_artifact(table=rows, key="mirage-eval-metrics",
-                              description="metrics/eval.json: rates in percent per model "
-                                          "and split")
+        create_table_artifact(
+            table=rows,
+            key="mirage-eval-metrics",
+            description="metrics/eval.json: rates in percent per model and split",
+        )
     if registry:
         create_table_artifact(
-            table=[{"model_name": registry.get("model_name"),
+            table=[
+                {
+                    "model_name": registry.get("model_name"),
                     "version": registry.get("version"),
-                    "decision": registry.get("decision"), "alias": registry.get("alias"),
+                    "decision": registry.get("decision"),
+                    "alias": registry.get("alias"),
                     "compared_to": registry.get("compared_to"),
                     "champion_version": registry.get("champion_version"),
-                    "reasons": "; ".join(registry.get("reasons") or [])}],
-            key="mirage-registry-decision", description="metrics/registry.json")
+                    "reasons": "; ".join(registry.get("reasons") or []),
+                }
+            ],
+            key="mirage-registry-decision",
+            description="metrics/registry.json",
+        )
     return {"rows": rows, "registry": registry, "markdown": markdown}
 
 
@@ -604,6 +715,7 @@ def retrain(
     stage_timeout_s: float | None = None,
     save_experiment_ref: bool = True,
     track: bool = True,
+    dvc_push: bool = False,
 ) -> dict[str, Any]:
     """Run generate -> base -> train -> evaluate -> register and record the result.
 
@@ -622,6 +734,8 @@ def retrain(
         track: open the MLflow parent run here.  Without it the stages still track:
             ``$MIRAGE_PIPELINE_ID`` (the experiment name) groups them under one parent
             that the first stage creates.
+        dvc_push: ``dvc push`` the outs to the default DVC remote at the end (shared
+            cache for other machines; see infra/dvc-remote.md).
     """
     log = get_run_logger()
     repo = Path(repo_dir).resolve() if repo_dir else default_repo()
@@ -633,56 +747,82 @@ def retrain(
     with pipeline_lock(repo, wait_s=wait_for_lock_s, holder=holder):
         if save_experiment_ref:
             validate_exp_name(repo, name)
-        params = prepare_params(repo, profile=profile, data_seed=data_seed,
-                                data_revision=data_revision)
+        params = prepare_params(
+            repo, profile=profile, data_seed=data_seed, data_revision=data_revision
+        )
         baseline = _git(repo, "rev-parse", "HEAD", check=False)
-        run_tags = {"dvc_exp_name": name, "prefect_flow_run_id": flow_run_id,
-                    "pipeline_id": name}
-        tracker = (parent_run(repo, params, name=name, tags=run_tags) if track
-                   else contextlib.nullcontext((None, None, _tracking_uri(repo, params))))
+        run_tags = {"dvc_exp_name": name, "prefect_flow_run_id": flow_run_id, "pipeline_id": name}
+        tracker = (
+            parent_run(repo, params, name=name, tags=run_tags)
+            if track
+            else contextlib.nullcontext((None, None, _tracking_uri(repo, params)))
+        )
         with tracker as (client, run_id, uri):
-            env = {"MIRAGE_PIPELINE_ID": name, "MLFLOW_TRACKING_URI": uri,
-                   "MIRAGE_PROFILE": params.profile, "DVC_EXP_NAME": name,
-                   "DVC_EXP_BASELINE_REV": baseline}
+            env = {
+                "MIRAGE_PIPELINE_ID": name,
+                "MLFLOW_TRACKING_URI": uri,
+                "MIRAGE_PROFILE": params.profile,
+                "DVC_EXP_NAME": name,
+                "DVC_EXP_BASELINE_REV": baseline,
+            }
             if run_id:
                 env["MIRAGE_PARENT_RUN_ID"] = run_id
             stage_task = repro_stage.with_options(
-                retries=retries, retry_delay_seconds=exponential_backoff(retry_delay_s))
+                retries=retries, retry_delay_seconds=exponential_backoff(retry_delay_s)
+            )
             stages = [stage_task(stage, str(repo), env, stage_timeout_s) for stage in STAGES]
-            experiment = (save_experiment(str(repo), name, env)
-                          if save_experiment_ref else None)
+            experiment = save_experiment(str(repo), name, env) if save_experiment_ref else None
+            if dvc_push:
+                push_outputs(str(repo), env)
             summary: dict[str, Any] = {
-                "exp_name": name, "profile": params.profile, "data_seed": data_seed,
-                "data_revision": data_revision, "experiment": experiment,
-                "parent_run_id": run_id, "tracking_uri": uri, "stages": stages,
+                "exp_name": name,
+                "profile": params.profile,
+                "data_seed": data_seed,
+                "data_revision": data_revision,
+                "experiment": experiment,
+                "parent_run_id": run_id,
+                "tracking_uri": uri,
+                "stages": stages,
                 "repo": str(repo),
             }
             report = publish_report(str(repo), summary)
             if client is not None:
-                _log_to_parent(client, run_id, report["rows"], report["registry"],
-                               experiment)
+                _log_to_parent(client, run_id, report["rows"], report["registry"], experiment)
     summary["metrics"] = report["rows"]
     summary["registry"] = report["registry"]
     reran = [s["stage"] for s in stages if s["reran"]]
-    log.info("retrain %s done: reran %s; registry: %s", name, reran or "nothing",
-             (report["registry"] or {}).get("decision", "n/a"))
+    log.info(
+        "retrain %s done: reran %s; registry: %s",
+        name,
+        reran or "nothing",
+        (report["registry"] or {}).get("decision", "n/a"),
+    )
     return summary
 
 
-def _log_to_parent(client: Any, run_id: str, rows: Sequence[Mapping[str, Any]],
-                   registry: Mapping[str, Any] | None,
-                   experiment: Mapping[str, str] | None) -> None:
+def _log_to_parent(
+    client: Any,
+    run_id: str,
+    rows: Sequence[Mapping[str, Any]],
+    registry: Mapping[str, Any] | None,
+    experiment: Mapping[str, str] | None,
+) -> None:
     """Headline numbers and the decision on the parent run, for pipeline-level views."""
     from mlflow.entities import Metric, RunTag
 
     now = int(time.time() * 1000)
-    metrics = [Metric(f"{r['model']}.{r['split']}.{k}", float(v), now, 0)
-               for r in rows for k, v in r.items() if k not in ("model", "split")
-               and v is not None]
+    metrics = [
+        Metric(f"{r['model']}.{r['split']}.{k}", float(v), now, 0)
+        for r in rows
+        for k, v in r.items()
+        if k not in ("model", "split") and v is not None
+    ]
     tags = []
     if registry:
-        tags += [RunTag("registered_version", str(registry.get("version"))),
-                 RunTag("gate.decision", str(registry.get("decision")))]
+        tags += [
+            RunTag("registered_version", str(registry.get("version"))),
+            RunTag("gate.decision", str(registry.get("decision"))),
+        ]
     if experiment:
         tags.append(RunTag("dvc_exp_rev", experiment["rev"]))
     client.log_batch(run_id, metrics=metrics, tags=tags)
@@ -691,8 +831,11 @@ def _log_to_parent(client: Any, run_id: str, rows: Sequence[Mapping[str, Any]],
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m flows.retrain``: one run now (without a server Prefect starts a
     temporary one)."""
-    p = argparse.ArgumentParser(prog="python -m flows.retrain", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="python -m flows.retrain",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("--profile", default="default")
     p.add_argument("--data-seed", type=int)
     p.add_argument("--data-revision")
@@ -700,10 +843,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--repo-dir")
     p.add_argument("--wait-for-lock", type=float, default=0.0, metavar="SECONDS")
     p.add_argument("--no-exp", action="store_true", help="do not record a DVC experiment")
+    p.add_argument("--push", action="store_true", help="dvc push the outs at the end")
     a = p.parse_args(argv)
-    retrain(profile=a.profile, data_seed=a.data_seed, data_revision=a.data_revision,
-            exp_name=a.exp_name, repo_dir=a.repo_dir, wait_for_lock_s=a.wait_for_lock,
-            save_experiment_ref=not a.no_exp)
+    retrain(
+        profile=a.profile,
+        data_seed=a.data_seed,
+        data_revision=a.data_revision,
+        exp_name=a.exp_name,
+        repo_dir=a.repo_dir,
+        wait_for_lock_s=a.wait_for_lock,
+        save_experiment_ref=not a.no_exp,
+        dvc_push=a.push,
+    )
     return 0
 
 

@@ -202,12 +202,18 @@ def _flow_run(state: Any) -> tuple[Any, list[Any], list[Any]]:
             flow_run = await client.read_flow_run(run_id)
             tasks = await client.read_task_runs(
                 flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[run_id])),
-                sort=TaskRunSort.EXPECTED_START_TIME_ASC, limit=200, offset=0)
+                sort=TaskRunSort.EXPECTED_START_TIME_ASC,
+                limit=200,
+                offset=0,
+            )
             artifacts = await client.read_artifacts(
-                artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(
-                    any_=[run_id])), flow_run_filter=FlowRunFilter(),
-                task_run_filter=TaskRunFilter(), sort=ArtifactSort.ID_DESC, limit=200,
-                offset=0)
+                artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[run_id])),
+                flow_run_filter=FlowRunFilter(),
+                task_run_filter=TaskRunFilter(),
+                sort=ArtifactSort.ID_DESC,
+                limit=200,
+                offset=0,
+            )
         return flow_run, tasks, artifacts
 
     return asyncio.run(read())
@@ -244,16 +250,28 @@ def test_stage_failed_survives_pickling() -> None:
 
 
 def test_metrics_rows_and_report() -> None:
-    rows = R.metrics_rows({"base": {"test_easy": {"asr": 80, "n": 10, "by_category": {}}},
-                           "mirage": {"test_easy": {"asr": 0.5, "rsr": 99.5},
-                                      "general": {"accuracy": 61.0}},
-                           "agreement": {"mirage": {"kappa": 0.9}}, "judges": {"p": "w"}})
+    rows = R.metrics_rows(
+        {
+            "base": {"test_easy": {"asr": 80, "n": 10, "by_category": {}}},
+            "mirage": {"test_easy": {"asr": 0.5, "rsr": 99.5}, "general": {"accuracy": 61.0}},
+            "agreement": {"mirage": {"kappa": 0.9}},
+            "judges": {"p": "w"},
+        }
+    )
     assert [list(r) for r in rows] == [["model", "split", "asr", "rsr", "accuracy", "n"]] * 3
-    assert rows[0] == {"model": "base", "split": "test_easy", "asr": 80.0, "rsr": None,
-                       "accuracy": None, "n": 10.0}
-    md = R.report_markdown({"exp_name": "e1", "profile": "smoke", "stages": []}, rows,
-                           {"decision": "reject", "version": 3, "alias": "challenger",
-                            "reasons": ["asr 5.00 > 0.50"]})
+    assert rows[0] == {
+        "model": "base",
+        "split": "test_easy",
+        "asr": 80.0,
+        "rsr": None,
+        "accuracy": None,
+        "n": 10.0,
+    }
+    md = R.report_markdown(
+        {"exp_name": "e1", "profile": "smoke", "stages": []},
+        rows,
+        {"decision": "reject", "version": 3, "alias": "challenger", "reasons": ["asr 5.00 > 0.50"]},
+    )
     assert "**reject**" in md and "- asr 5.00 > 0.50" in md and "| mirage | general |" in md
 
 
@@ -268,8 +286,7 @@ def test_prepare_params_resets_to_head_and_refuses_shadowed_override(tmp_path: P
     backup = repo / ".dvc/tmp/params.yaml.before-retrain"
     assert "seed: 99" in backup.read_text()
     backup.unlink()  # the next run finds only its predecessor's overrides: no backup
-    assert R.prepare_params(repo, profile="default", data_seed=7,
-                            data_revision=None).data.seed == 7
+    assert R.prepare_params(repo, profile="default", data_seed=7, data_revision=None).data.seed == 7
     assert not backup.exists()
 
     shadowing = PARAMS_YAML + "  fixed:\n    data:\n      seed: 5\n"
@@ -287,8 +304,10 @@ def test_prepare_params_resets_to_head_and_refuses_shadowed_override(tmp_path: P
 def test_pipeline_lock_excludes_threads_and_names_holder(tmp_path: Path) -> None:
     repo = tmp_path
     with R.pipeline_lock(repo, holder={"flow_run": "run-A"}):
-        with pytest.raises(R.PipelineBusyError, match="flow_run=run-A"), \
-                R.pipeline_lock(repo, wait_s=0.3):
+        with (
+            pytest.raises(R.PipelineBusyError, match="flow_run=run-A"),
+            R.pipeline_lock(repo, wait_s=0.3),
+        ):
             pass
         got: list[str] = []
         t = threading.Thread(target=lambda: got.append(_try_lock(repo)))
@@ -309,7 +328,8 @@ def _try_lock(repo: Path) -> str:
 
 # --------------------------------------------------------------------------- flow runs
 def test_retrain_flow_retries_records_and_reruns_only_changes(
-        prefect_server: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    prefect_server: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     import mlflow
 
     repo = make_fake_repo(tmp_path)
@@ -317,8 +337,14 @@ def test_retrain_flow_retries_records_and_reruns_only_changes(
     monkeypatch.delenv("MIRAGE_PROFILE", raising=False)
     (repo / "fail-once-train").touch()  # transient failure on the first attempt
 
-    state = R.retrain(repo_dir=str(repo), profile="smoke", data_seed=7, exp_name="first",
-                      retry_delay_s=0.1, return_state=True)
+    state = R.retrain(
+        repo_dir=str(repo),
+        profile="smoke",
+        data_seed=7,
+        exp_name="first",
+        retry_delay_s=0.1,
+        return_state=True,
+    )
     assert state.is_completed(), state.message
     result = state.result()
     assert [s["stage"] for s in result["stages"]] == list(R.STAGES)
@@ -330,12 +356,21 @@ def test_retrain_flow_retries_records_and_reruns_only_changes(
     assert _task(tasks, "dvc repro train").run_count == 2
     assert _task(tasks, "dvc repro generate").run_count == 1
     by_key = {a.key: a for a in artifacts}
-    assert {"mirage-retrain-report", "mirage-eval-metrics",
-            "mirage-registry-decision"} <= set(by_key)
+    assert {"mirage-retrain-report", "mirage-eval-metrics", "mirage-registry-decision"} <= set(
+        by_key
+    )
     table = by_key["mirage-eval-metrics"].data
     table = json.loads(table) if isinstance(table, str) else table
-    assert {"model": "mirage", "split": "test_easy", "asr": 0.5, "rsr": 90.0, "rr": 5.0,
-            "hr": 4.5, "over_refusal": None, "accuracy": None} in table
+    assert {
+        "model": "mirage",
+        "split": "test_easy",
+        "asr": 0.5,
+        "rsr": 90.0,
+        "rr": 5.0,
+        "hr": 4.5,
+        "over_refusal": None,
+        "accuracy": None,
+    } in table
     report = by_key["mirage-retrain-report"].data
     assert "**promote**" in report and "`first`" in report and "| train | yes |" in report
 
@@ -352,8 +387,11 @@ def test_retrain_flow_retries_records_and_reruns_only_changes(
 
     # DVC experiment with the run's params and metrics
     exps = json.loads(_run([sys.executable, "-m", "dvc", "exp", "show", "--json"], repo))
-    saved = {exp["name"]: exp["revs"][0]["data"] for base in exps
-             for exp in base.get("experiments") or []}
+    saved = {
+        exp["name"]: exp["revs"][0]["data"]
+        for base in exps
+        for exp in base.get("experiments") or []
+    }
     assert set(saved) == {"first"}
     assert saved["first"]["params"]["params.yaml"]["data"]["data"]["seed"] == 7
     assert saved["first"]["params"]["params.yaml"]["data"]["profile"] == "smoke"
@@ -362,26 +400,49 @@ def test_retrain_flow_retries_records_and_reruns_only_changes(
 
     # second run: only train's own input changed -> train, evaluate, register rerun
     (repo / "train_input.txt").write_text("v2\n")
-    result2 = R.retrain(repo_dir=str(repo), profile="smoke", data_seed=7, exp_name="second",
-                        retry_delay_s=0.1)
+    remote = tmp_path / "dvc-remote"  # a local-directory DVC remote stands in for S3
+    _run(
+        [sys.executable, "-m", "dvc", "remote", "add", "-d", "--local", "store", str(remote)], repo
+    )
+    result2 = R.retrain(
+        repo_dir=str(repo),
+        profile="smoke",
+        data_seed=7,
+        exp_name="second",
+        retry_delay_s=0.1,
+        dvc_push=True,
+    )
     reran = {s["stage"]: s["reran"] for s in result2["stages"]}
-    assert reran == {"generate": False, "base": False, "train": True, "evaluate": True,
-                     "register": True}
+    assert reran == {
+        "generate": False,
+        "base": False,
+        "train": True,
+        "evaluate": True,
+        "register": True,
+    }
     assert result2["experiment"]["name"] == "second"
     assert result2["parent_run_id"] != result["parent_run_id"]
+    pushed = [p for p in remote.rglob("*") if p.is_file()]
+    assert len(pushed) == len(R.STAGES) - 1  # one cached out per stage but register
 
     # an existing experiment name is refused before any work
     with pytest.raises(R.ConfigError, match="already exists"):
         R.retrain(repo_dir=str(repo), profile="smoke", exp_name="first")
 
 
-def test_config_error_is_not_retried(prefect_server: None, tmp_path: Path,
-                                     monkeypatch: pytest.MonkeyPatch) -> None:
+def test_config_error_is_not_retried(
+    prefect_server: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     repo = make_fake_repo(tmp_path)
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     (repo / "fail-config-base").touch()
-    state = R.retrain(repo_dir=str(repo), exp_name="bad", retry_delay_s=0.1,
-                      save_experiment_ref=False, return_state=True)
+    state = R.retrain(
+        repo_dir=str(repo),
+        exp_name="bad",
+        retry_delay_s=0.1,
+        save_experiment_ref=False,
+        return_state=True,
+    )
     assert state.is_failed()
     _, tasks, artifacts = _flow_run(state)
     base = _task(tasks, "dvc repro base")
@@ -391,8 +452,9 @@ def test_config_error_is_not_retried(prefect_server: None, tmp_path: Path,
     assert not artifacts
 
 
-def test_two_concurrent_runs_never_overlap(prefect_server: None, tmp_path: Path,
-                                           monkeypatch: pytest.MonkeyPatch) -> None:
+def test_two_concurrent_runs_never_overlap(
+    prefect_server: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     repo = make_fake_repo(tmp_path)
     timeline = tmp_path / "timeline.jsonl"
     monkeypatch.setenv("FAKE_TIMELINE", str(timeline))
@@ -402,9 +464,16 @@ def test_two_concurrent_runs_never_overlap(prefect_server: None, tmp_path: Path,
 
     def run(seed: int) -> None:
         # lean runs (no MLflow parent, no exp save): only the workspace lock is under test
-        results[seed] = R.retrain(repo_dir=str(repo), data_seed=seed, exp_name=f"seed-{seed}",
-                                  wait_for_lock_s=300, retry_delay_s=0.1, track=False,
-                                  save_experiment_ref=False, return_state=True)
+        results[seed] = R.retrain(
+            repo_dir=str(repo),
+            data_seed=seed,
+            exp_name=f"seed-{seed}",
+            wait_for_lock_s=300,
+            retry_delay_s=0.1,
+            track=False,
+            save_experiment_ref=False,
+            return_state=True,
+        )
 
     threads = [threading.Thread(target=run, args=(seed,)) for seed in (11, 12)]
     for t in threads:
@@ -438,6 +507,15 @@ def test_served_deployment_schedule_parameters_and_limit() -> None:
     assert dep.parameters == NIGHTLY_PARAMETERS
     assert dep.concurrency_limit == 1
     assert dep.concurrency_options.collision_strategy == "ENQUEUE"
+    assert dep.work_pool_name is None  # served: runs in the serving process
+
+    pooled = build_deployment(work_pool="mirage-process")
+    assert pooled.work_pool_name == "mirage-process"
+    assert pooled.entrypoint == "flows/retrain.py:retrain"
+    pull = pooled.storage.to_pull_step()  # workers run flows from this checkout
+    assert pull["prefect.deployments.steps.set_working_directory"]["directory"] == str(REPO)
+    assert [s.schedule.cron for s in pooled.schedules] == [NIGHTLY_CRON]
+    assert pooled.parameters == NIGHTLY_PARAMETERS
 
 
 def test_prefect_yaml_deployments_load_the_flow() -> None:
@@ -464,17 +542,28 @@ def test_prefect_yaml_deployments_load_the_flow() -> None:
 
 # --------------------------------------------------------------------------- e2e
 def _pipeline_ready() -> str | None:
-    out = subprocess.run([str(Path(sys.executable).parent / "mirage"), "--help"],
-                         capture_output=True, text=True, check=False)
+    out = subprocess.run(
+        [str(Path(sys.executable).parent / "mirage"), "--help"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     missing = [s for s in R.STAGES if s not in out.stdout]
     return f"mirage CLI lacks stage(s) {missing}" if missing else None
 
 
 def copy_worktree(src: Path, dst: Path) -> Path:
     """Tracked + untracked-not-ignored files of ``src`` into a fresh git repo ``dst``."""
-    listing = subprocess.run(["git", "ls-files", "-z", "--cached", "--others",
-                              "--exclude-standard"], cwd=src, capture_output=True,
-                             check=True).stdout.decode().split("\0")
+    listing = (
+        subprocess.run(
+            ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+            cwd=src,
+            capture_output=True,
+            check=True,
+        )
+        .stdout.decode()
+        .split("\0")
+    )
     for rel in filter(None, listing):
         if (src / rel).is_file():
             (dst / rel).parent.mkdir(parents=True, exist_ok=True)
@@ -486,8 +575,9 @@ def copy_worktree(src: Path, dst: Path) -> Path:
 
 @pytest.mark.slow
 @pytest.mark.e2e
-def test_real_pipeline_smoke_end_to_end(prefect_server: None, tmp_path: Path,
-                                        monkeypatch: pytest.MonkeyPatch) -> None:
+def test_real_pipeline_smoke_end_to_end(
+    prefect_server: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """The real five stages with the smoke profile: a registered version in SQLite MLflow."""
     if reason := _pipeline_ready():
         pytest.skip(reason)
@@ -497,8 +587,9 @@ def test_real_pipeline_smoke_end_to_end(prefect_server: None, tmp_path: Path,
     for var in ("MLFLOW_TRACKING_URI", "MIRAGE_PROFILE", "MIRAGE_PARENT_RUN_ID"):
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
-    state = R.retrain(repo_dir=str(repo), profile="smoke", exp_name="e2e-smoke",
-                      retries=0, return_state=True)
+    state = R.retrain(
+        repo_dir=str(repo), profile="smoke", exp_name="e2e-smoke", retries=0, return_state=True
+    )
     assert state.is_completed(), state.message
     result = state.result()
     assert all(s["reran"] for s in result["stages"])
@@ -509,6 +600,7 @@ def test_real_pipeline_smoke_end_to_end(prefect_server: None, tmp_path: Path,
     assert version.tags["gate.decision"] == registry["decision"]
     children = client.search_runs(
         [client.get_run(result["parent_run_id"]).info.experiment_id],
-        filter_string=f"tags.mlflow.parentRunId = '{result['parent_run_id']}'")
+        filter_string=f"tags.mlflow.parentRunId = '{result['parent_run_id']}'",
+    )
     assert {r.data.tags.get("stage") for r in children} >= {"train", "evaluate", "register"}
     assert any(row["model"] == "mirage" for row in result["metrics"])
