@@ -51,13 +51,37 @@ def load_splits(data_dir: Path, cfg: EvalConfig) -> dict[str, tuple[Path, list[d
 
 
 # --------------------------------------------------------------------------- generation
+def input_sha(root: Path, rec: dict[str, Any]) -> str:
+    """Hash of what a response answers: the question and both images' bytes.
+
+    Ids alone are not enough: regenerated data reuses ids (``test_easy-00000``) for other
+    questions and images, and ``eval/`` persists across DVC runs.
+    """
+    import hashlib
+
+    from mirage_safety.io import sha256_file
+
+    h = hashlib.sha256(str(rec["question"]).encode())
+    for key in ("image_path1", "image_path2"):
+        path = root / rec[key]
+        h.update(b"\0" + (sha256_file(path).encode() if path.is_file() else b"missing"))
+    return h.hexdigest()[:16]
+
+
 def _generate_missing(model_dir: Path, store: ResponseStore,
                       splits: dict[str, tuple[Path, list[dict[str, Any]]]], cfg: EvalConfig,
                       *, progress: bool) -> int:
-    """Answer every (split, id) not yet in ``store``; returns how many rows were added."""
+    """Answer every (split, id) not yet in ``store`` (or stored for another input); returns
+    how many rows were added."""
     from mirage_safety.evaluation.inference import generate_responses
     from mirage_safety.models.loading import load_for_inference
 
+    shas = {(split, str(rec["id"])): input_sha(root, rec)
+            for split, (root, records) in splits.items() for rec in records}
+    stale = [k for k, sha in shas.items() if k in store and store.get(*k).get("input_sha") != sha]
+    if stale:
+        log.info("%s: %d stored answer(s) are for an older input, answering again", store.path,
+                 store.discard(stale))
     todo = [(split, root, rec) for split, (root, records) in splits.items()
             for rec in records if (split, str(rec["id"])) not in store]
     if not todo:
@@ -90,7 +114,8 @@ def _generate_missing(model_dir: Path, store: ResponseStore,
         rows = []
         for (split, _, rec), answer, err in zip(part, answers, errors, strict=True):
             row = {"split": split, "id": str(rec["id"]), "question": rec["question"],
-                   "response": answer, "max_new_tokens": cfg.max_new_tokens}
+                   "response": answer, "max_new_tokens": cfg.max_new_tokens,
+                   "input_sha": shas[(split, str(rec["id"]))]}
             if err:
                 row["generation_error"] = err
             rows.append(row)
@@ -171,6 +196,8 @@ def _judge_rows(store: ResponseStore, splits: dict[str, tuple[Path, list[dict[st
                    "response": got.get("response"),
                    "generation_error": got.get("generation_error")}
             rows.append(row)
+            if got.get("generation_error"):
+                continue  # nothing to judge: counted as a judge error by the metrics
             if split in SAFETY_SPLITS:
                 items.append(JudgeInput(
                     id=str(rec["id"]), split=split, question=rec["question"],

@@ -152,6 +152,8 @@ def _charts(result: dict[str, Any], out: Path) -> list[Path]:
 
 
 def _label(row: dict[str, Any], judge: str) -> str:
+    if row.get("generation_error"):  # no answer: the metrics count it as a judge error
+        return "generation_error"
     v = (row.get("verdicts") or {}).get(judge)
     if v:
         return str(v.get("label"))

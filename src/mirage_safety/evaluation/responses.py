@@ -4,7 +4,10 @@ Each row is one (split, id) answer of one model.  Rows are appended batch by bat
 fsync'ed, so an interrupted evaluation resumes where it stopped; re-running never writes a
 second row for the same (split, id).  Every row carries the *fingerprint* of what produced
 it (model content hash + decoding settings): rows from another model or other settings are
-dropped on open, so a resumed run never mixes two models' answers.
+dropped on open, so a resumed run never mixes two models' answers.  Rows also carry the
+hash of their input (``input_sha``: question + image bytes); the evaluator discards a row
+whose input has changed since (data regenerated under the same ids), see
+:meth:`ResponseStore.discard`.
 """
 
 from __future__ import annotations
@@ -91,6 +94,15 @@ class ResponseStore:
                 fh.flush()
                 os.fsync(fh.fileno())
         return len(new)
+
+    def discard(self, keys: Iterable[tuple[str, str]]) -> int:
+        """Forget rows (answers to inputs that have changed since); rewrites the file."""
+        gone = [k for k in set(keys) if self._rows.pop(k, None) is not None]
+        if gone:
+            write_text_atomic(self.path, "".join(
+                json.dumps(r, ensure_ascii=False, sort_keys=True) + "\n"
+                for r in self._rows.values()))
+        return len(gone)
 
     def rows(self) -> list[dict[str, Any]]:
         return list(self._rows.values())
