@@ -80,8 +80,9 @@ def _generate_missing(model_dir: Path, store: ResponseStore,
             for split, (root, records) in splits.items() for rec in records}
     stale = [k for k, sha in shas.items() if k in store and store.get(*k).get("input_sha") != sha]
     if stale:
-        log.info("%s: %d stored answer(s) are for an older input, answering again", store.path,
-                 store.discard(stale))
+        dropped = store.discard(stale)
+        log.info("%s: %d stored answer(s) are for an older input, answering again",
+                 store.path, dropped)
     todo = [(split, root, rec) for split, (root, records) in splits.items()
             for rec in records if (split, str(rec["id"])) not in store]
     if not todo:
