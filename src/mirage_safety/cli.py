@@ -55,9 +55,12 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    from mirage_safety.models.base import HubResolveError
+    from mirage_safety.models.loading import ModelLoadError
+
     try:
         return int(args.func(args) or 0)
-    except (ConfigError, DataValidationError) as exc:
+    except (ConfigError, DataValidationError, HubResolveError, ModelLoadError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

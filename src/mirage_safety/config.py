@@ -42,7 +42,7 @@ class WorldConfig(_Model):
     label_style: LabelStyle = "cot"
     n_train: int = Field(3000, ge=1)
     n_test_per_split: int = Field(200, ge=1)
-    n_general_train: int = Field(4000, ge=0)
+    n_general_train: int = Field(6000, ge=0)
     n_general_test: int = Field(300, ge=1)
     n_instruct: int = Field(2000, ge=0)
     benign_fraction: float = Field(0.35, ge=0.0, le=1.0)
@@ -113,16 +113,23 @@ class BuiltinModelConfig(_Model):
     vision_hidden: int = Field(64, ge=8)
     vision_layers: int = Field(2, ge=1)
     vision_heads: int = Field(4, ge=1)
-    patch_size: int = Field(8, ge=2)
+    patch_size: int = Field(16, ge=2)
     text_hidden: int = Field(128, ge=8)
     text_layers: int = Field(2, ge=1)
     text_heads: int = Field(4, ge=1)
     intermediate_size: int = Field(256, ge=8)
     vocab_size: int = Field(2048, ge=64)
-    pretrain_steps: int = Field(600, ge=0)
+    pretrain_steps: int = Field(1200, ge=0)
     pretrain_batch_size: int = Field(16, ge=1)
     pretrain_lr: float = Field(2e-3, gt=0)
-    pretrain_samples: int = Field(6000, ge=1)
+    pretrain_samples: int = Field(8000, ge=1)
+    # phase 1: the vision tower learns to tell the world's objects apart (a linear probe on
+    # its mean patch feature), standing in for the CLIP pre-training a Hub VLM brings along
+    vision_pretrain_steps: int = Field(3000, ge=0)
+    vision_pretrain_batch_size: int = Field(64, ge=1)
+    vision_pretrain_lr: float = Field(3e-3, gt=0)
+    # phase 2 trains projector + language model on top of the frozen tower (as LLaVA does)
+    freeze_vision_in_pretrain: bool = True
 
 
 class HubModelConfig(_Model):

@@ -230,7 +230,8 @@ def _track(params: Params, result: dict[str, Any], out_dir: Path, metrics_path: 
 
     from mirage_safety.tracking import flatten_params, stage_run
 
-    with stage_run("evaluate", params.tracking, params=params.eval.model_dump(mode="json")):
+    with stage_run("evaluate", params.tracking, params=params.eval.model_dump(mode="json"),
+                   profile=params.profile):
         flat = {k: float(v) for k, v in flatten_params(result).items()
                 if _is_number(v) and "_ci" not in k}
         mlflow.log_metrics({k.replace("/", "_"): v for k, v in flat.items()})

@@ -28,7 +28,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from mirage_safety.config import BaseConfig, TrackingConfig, load_params
+from mirage_safety.config import BaseConfig, BuiltinModelConfig, TrackingConfig, load_params
 from mirage_safety.io import atomic_dir, read_json, write_json_atomic
 
 log = logging.getLogger(__name__)
@@ -118,6 +118,117 @@ def general_accuracy(model: Any, processor: Any, test_path: Path, *, batch_size:
     }
 
 
+# --------------------------------------------------------------------------- vision
+def labelled_images(paths: Sequence[Path]) -> tuple[list[Path], list[str]]:
+    """(image path, object name) pairs from records that list their ``objects`` per image."""
+    images: list[Path] = []
+    names: list[str] = []
+    for path in paths:
+        for rec in read_json(path):
+            objects = rec.get("objects") or []
+            rels = rec.get("images") or [rec.get(k) for k in ("image_path1", "image_path2")
+                                         if rec.get(k)]
+            if len(objects) != len(rels):
+                continue
+            for rel, name in zip(rels, objects, strict=True):
+                images.append(path.parent / rel)
+                names.append(str(name))
+    return images, names
+
+
+def _pixels(paths: Sequence[Path], processor: Any) -> Any:
+    """Images -> normalised float tensor, exactly as the CLIP image processor prepares them."""
+    import numpy as np
+    import torch
+
+    from mirage_safety.training.collator import load_image
+
+    ip = processor.image_processor
+    arr = np.stack([np.asarray(load_image(p)) for p in paths])
+    x = torch.from_numpy(arr).permute(0, 3, 1, 2).float() / 255.0
+    mean = torch.tensor(ip.image_mean).view(1, 3, 1, 1)
+    std = torch.tensor(ip.image_std).view(1, 3, 1, 1)
+    return (x - mean) / std
+
+
+def _augment(x: Any, gen: Any) -> Any:
+    """Dihedral augmentation (flips, 90-degree turns): an object stays itself under it, the
+    hazard frame too, and the probe stops memorising the 12k training views."""
+    import torch
+
+    k = int(torch.randint(0, 4, (1,), generator=gen))
+    x = torch.rot90(x, k, dims=(2, 3))
+    if int(torch.randint(0, 2, (1,), generator=gen)):
+        x = torch.flip(x, dims=(3,))
+    return x
+
+
+def pretrain_vision(model: Any, processor: Any, train_files: Sequence[Path],
+                    test_files: Sequence[Path], cfg: BuiltinModelConfig, *, seed: int,
+                    progress: bool = True) -> dict[str, Any]:
+    """Phase 1: teach the vision tower the world's objects.
+
+    A linear probe on the mean of the patch features the projector will read (the tower's
+    last hidden state, CLS dropped) is trained with the tower on every labelled image of the
+    general data; the probe is then thrown away.  This stands in for the contrastive
+    pre-training a Hub VLM's vision encoder brings along, and makes the LLM's job in phase 2
+    (turning features into names) learnable in minutes.  Returns probe accuracy on the
+    held-out general test images.
+    """
+    import torch
+    from tqdm.auto import tqdm
+
+    tower = model.model.vision_tower if hasattr(model, "model") else model.vision_tower
+    paths, names = labelled_images(train_files)
+    if not paths:
+        raise ValueError("no labelled images for vision pre-training "
+                         f"(records with 'objects' in {', '.join(map(str, train_files))})")
+    classes = sorted(set(names))
+    index = {n: i for i, n in enumerate(classes)}
+    x = _pixels(paths, processor)
+    y = torch.tensor([index[n] for n in names])
+    t_paths, t_names = labelled_images(test_files)
+    keep = [i for i, n in enumerate(t_names) if n in index]
+    tx = _pixels([t_paths[i] for i in keep], processor) if keep else None
+    ty = torch.tensor([index[t_names[i]] for i in keep])
+
+    gen = torch.Generator().manual_seed(seed)
+    head = torch.nn.Linear(tower.config.hidden_size, len(classes))
+    params = [*tower.parameters(), *head.parameters()]
+    opt = torch.optim.AdamW(params, lr=cfg.vision_pretrain_lr, weight_decay=0.01)
+    steps = cfg.vision_pretrain_steps
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, cfg.vision_pretrain_lr, total_steps=steps,
+                                                pct_start=0.1)
+
+    def features(pixels: Any) -> Any:
+        return tower(pixel_values=pixels).last_hidden_state[:, 1:].mean(dim=1)
+
+    tower.train()
+    loss_value = float("nan")
+    bar = tqdm(range(steps), desc="vision pre-training", disable=not progress, unit="step")
+    for _ in bar:
+        idx = torch.randint(0, len(y), (cfg.vision_pretrain_batch_size,), generator=gen)
+        loss = torch.nn.functional.cross_entropy(head(features(_augment(x[idx], gen))), y[idx])
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        loss_value = loss.item()
+        bar.set_postfix(loss=f"{loss_value:.3f}", refresh=False)
+    tower.eval()
+    accuracy = None
+    if tx is not None:
+        with torch.no_grad():
+            pred = torch.cat([head(features(tx[i:i + 256])).argmax(-1)
+                              for i in range(0, len(ty), 256)])
+        accuracy = 100.0 * float((pred == ty).float().mean())
+    log.info("vision pre-training: %d steps, final loss %.3f, probe accuracy %s%%", steps,
+             loss_value, "n/a" if accuracy is None else f"{accuracy:.1f}")
+    return {"vision_pretrain_steps": steps, "vision_pretrain_loss": loss_value,
+            "vision_probe_accuracy": accuracy, "vision_train_images": len(y),
+            "vision_classes": len(classes)}
+
+
 # --------------------------------------------------------------------------- builtin
 def build_builtin_base(cfg: BaseConfig, data_dir: Path, out_dir: Path, metrics_dir: Path, *,
                        image_size: int, checkpoint_dir: Path, tracking: TrackingConfig | None,
@@ -148,6 +259,14 @@ def build_builtin_base(cfg: BaseConfig, data_dir: Path, out_dir: Path, metrics_d
     model, processor = build_tiny_vlm(corpus, b, image_size, seed=cfg.seed)
     n_params = count_parameters(model)
     log.info("tiny VLM: %d parameters, vocabulary %d", n_params, len(processor.tokenizer))
+    vision_metrics: dict[str, Any] = {}
+    if b.vision_pretrain_steps:
+        vision_metrics = pretrain_vision(model, processor, train_files, [general / "test.json"],
+                                         b, seed=cfg.seed, progress=progress)
+    if b.freeze_vision_in_pretrain:
+        from mirage_safety.models.loading import freeze_vision_tower
+
+        freeze_vision_tower(model)
 
     settings = SFTSettings(learning_rate=b.pretrain_lr, batch_size=b.pretrain_batch_size,
                            max_steps=b.pretrain_steps, epochs=1.0, warmup_ratio=0.03,
@@ -160,10 +279,11 @@ def build_builtin_base(cfg: BaseConfig, data_dir: Path, out_dir: Path, metrics_d
     report_to = ["mlflow"] if tracking is not None else []
     trainer, result = run_sft(model, processor, rows, settings, checkpoint_dir,
                               image_size=image_size, fingerprint=fingerprint,
-                              report_to=report_to, run_name="base")
+                              report_to=report_to, run_name="base", progress=progress)
     save_trained(trainer, processor, out_dir)
     metrics: dict[str, Any] = {"source": "builtin", "parameters": n_params,
-                               "vocab_size": len(processor.tokenizer), **result.metrics()}
+                               "vocab_size": len(processor.tokenizer), **vision_metrics,
+                               **result.metrics()}
     if is_main_process():
         test_path = general / "test.json"
         if test_path.is_file():
@@ -203,7 +323,7 @@ def resolve_hub_pin(model_id: str, revision: str | None, *, trust_remote_code: b
             raise HubResolveError(
                 f"cannot resolve Hub model {model_id!r} (revision {revision or 'main'!r}): it "
                 f"is not in the local Hugging Face cache and the Hub is not reachable{why}. "
-                f"Download it once with `huggingface-cli download {model_id}` on a machine "
+                f"Download it once with `hf download {model_id}` on a machine "
                 f"with network, or set base.hub.model_id to a cached model") from exc
     return {"model_id": model_id, "revision": revision, "commit": commit,
             "trust_remote_code": trust_remote_code, "dtype": dtype}
@@ -212,7 +332,7 @@ def resolve_hub_pin(model_id: str, revision: str | None, *, trust_remote_code: b
 # --------------------------------------------------------------------------- stage
 def run_base(cfg: BaseConfig, *, data_dir: Path, out_dir: Path, metrics_dir: Path,
              image_size: int, checkpoint_dir: Path, tracking: TrackingConfig | None = None,
-             progress: bool = True) -> dict[str, Any]:
+             progress: bool = True, profile: str | None = None) -> dict[str, Any]:
     metrics_path = metrics_dir / "base.json"
     if cfg.source == "hub":
         hub = cfg.hub
@@ -240,7 +360,7 @@ def run_base(cfg: BaseConfig, *, data_dir: Path, out_dir: Path, metrics_dir: Pat
 
         _mlflow_env()
         with stage_run("base", tracking, {"base": cfg.model_dump(mode="json"),
-                                          "image_size": image_size}):
+                                          "image_size": image_size}, profile=profile):
             metrics = _build()
             mlflow.log_metrics({k: float(v) for k, v in metrics.items()
                                 if isinstance(v, int | float) and not isinstance(v, bool)})
@@ -265,7 +385,7 @@ def _handler(args: argparse.Namespace) -> int:
                        metrics_dir=Path(args.metrics), image_size=params.data.world.image_size,
                        checkpoint_dir=Path(args.checkpoints),
                        tracking=None if args.no_mlflow else params.tracking,
-                       progress=not args.no_progress)
+                       progress=not args.no_progress, profile=params.profile)
     if "general_accuracy" in metrics:
         print(f"base: general accuracy {metrics['general_accuracy']:.1f}% "
               f"on {metrics['general_test_n']} held-out questions -> {args.out}")

@@ -5,8 +5,8 @@ The work is done by ``transformers.Trainer``; this module only decides *how*:
 * data: canonical train records from one or more JSON files (each with its own image
   root), validated up front (errors name file, record and field), mixed at a seeded ratio;
 * batches: :class:`~mirage_safety.training.collator.ChatCollator` (assistant-only labels,
-  dynamic right padding) fed by a length-grouped sampler, so a batch of 1-word general
-  answers is not padded to a 60-word safety answer;
+  dynamic right padding) fed by a random sampler (length grouping is available but off:
+  see ``SFTSettings.group_by_length``);
 * checkpoints every ``save_steps`` in a checkpoint dir *outside* the DVC output (DVC wipes
   outs before re-running a stage); a later run with the same fingerprint (params, data,
   base) resumes from the last checkpoint, a changed one starts fresh;
@@ -58,7 +58,11 @@ class SFTSettings:
     gradient_checkpointing: bool = False
     dataloader_workers: int = 0
     seed: int = 1234
-    group_by_length: bool = True
+    # Off by default: in templated data length tracks the task (every "same object?"
+    # question has the same length), so length-grouped batches hold one task each and the
+    # model learns a per-batch answer prior instead of reading the question.  Dynamic
+    # padding already keeps padding low.
+    group_by_length: bool = False
     save_total_limit: int = 2
 
     @classmethod
