@@ -56,8 +56,9 @@ def _mirage_base(tmp_path: Path, hub: dict, *, offline: bool = True
 def test_hub_model_not_cached_offline_fails_naming_it(tmp_path):
     _fake_cache(tmp_path / "hf" / "hub", "org/other", {"main": COMMIT})  # a different model
     proc = _mirage_base(tmp_path, {"model_id": "org/not-cached"})
-    assert proc.returncode != 0
-    assert "HubResolveError" in proc.stderr
+    assert proc.returncode == 2  # a clear one-line error, not a traceback
+    assert proc.stderr.startswith("error: cannot resolve Hub model")
+    assert "Traceback" not in proc.stderr
     assert "'org/not-cached'" in proc.stderr and "not in the local Hugging Face cache" in \
         proc.stderr
     assert not (tmp_path / "models").exists()  # nothing half-written for DVC to cache
