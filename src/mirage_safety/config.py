@@ -296,3 +296,13 @@ def load_params(path: str | os.PathLike[str] = DEFAULT_PARAMS, *,
     if not isinstance(raw, dict):
         raise ConfigError(f"{p}: top level must be a mapping")
     return parse_params(raw, profile=profile, source=str(p))
+
+
+def add_params_arguments(parser: Any, section: str | None = None) -> None:
+    """``--params`` and ``--profile``, the same for every ``mirage`` subcommand."""
+    used = f"; the `{section}` section is used" if section else ""
+    parser.add_argument("--params", default=str(DEFAULT_PARAMS),
+                        help=f"params file (default: %(default)s){used}")
+    parser.add_argument("--profile", default=None,
+                        help="params profile (default: $MIRAGE_PROFILE, else the params' "
+                             "`profile` key)")

@@ -26,7 +26,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from mirage_safety.config import Params, TrackingConfig, load_params
+from mirage_safety.config import Params, TrackingConfig, add_params_arguments, load_params
 from mirage_safety.io import read_json
 
 METRICS_DIR = Path("metrics")
@@ -211,8 +211,7 @@ def add_cli(sub: argparse._SubParsersAction) -> None:
         description="Print `dvc metrics show` (or metrics/*.json), the command that opens the "
                     "MLflow UI on the configured store, and the registered model's champion.",
     )
-    p.add_argument("--params", default="params.yaml", help="params file (default: %(default)s)")
-    p.add_argument("--profile", default=None, help="params profile (default: params' profile)")
+    add_params_arguments(p)
     p.add_argument("--no-dvc", action="store_true",
                    help="read metrics/*.json instead of running `dvc metrics show`")
     p.set_defaults(func=_cli)

@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
-from mirage_safety.config import DataConfig, WorldConfig, load_params
+from mirage_safety.config import DataConfig, WorldConfig, add_params_arguments, load_params
 from mirage_safety.data import world as W
 from mirage_safety.data.schema import GENERAL_CATEGORY, IMAGE_TOKEN, Validator
 from mirage_safety.io import (
@@ -473,10 +473,7 @@ def add_cli(sub: argparse._SubParsersAction) -> None:
             "command lists each offending record id and field and exits 2, leaving data/ as it was."
         ),
     )
-    p.add_argument("--params", default="params.yaml",
-                   help="params file (default: %(default)s); the `data` section is used")
-    p.add_argument("--profile", default=None,
-                   help="params profile to apply (default: params' `profile`, or $MIRAGE_PROFILE)")
+    add_params_arguments(p, "data")
     p.add_argument("--out", default="data", help="output directory (default: %(default)s)")
     p.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1),
                    help="image rendering processes (default: %(default)s); output bytes do not "

@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from mirage_safety.config import EvalConfig, Params, load_params
+from mirage_safety.config import EvalConfig, Params, add_params_arguments, load_params
 from mirage_safety.data.schema import GENERAL_TEST_SPLIT, SAFETY_SPLITS
 from mirage_safety.evaluation.responses import ResponseStore, model_fingerprint
 from mirage_safety.io import read_json, write_json_atomic
@@ -269,8 +269,7 @@ def add_cli(sub: argparse._SubParsersAction) -> None:
             "metrics/eval.json for `dvc metrics show`, plots and a markdown report with a gallery."
         ),
     )
-    p.add_argument("--params", default="params.yaml", help="params file (default: %(default)s)")
-    p.add_argument("--profile", default=None, help="params profile (default: from params/env)")
+    add_params_arguments(p, "eval")
     p.add_argument("--data", default="data", help="dataset dir (default: %(default)s)")
     p.add_argument("--base-model", default="models/base", help="base model dir")
     p.add_argument("--model", default="models/mirage", help="fine-tuned model dir")

@@ -28,7 +28,13 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from mirage_safety.config import BaseConfig, BuiltinModelConfig, TrackingConfig, load_params
+from mirage_safety.config import (
+    BaseConfig,
+    BuiltinModelConfig,
+    TrackingConfig,
+    add_params_arguments,
+    load_params,
+)
 from mirage_safety.io import atomic_dir, read_json, write_json_atomic
 
 log = logging.getLogger(__name__)
@@ -398,9 +404,7 @@ def add_cli(subparsers: Any) -> None:
     p = subparsers.add_parser(
         "base", help="build/pre-train the builtin tiny VLM, or pin a Hub base model",
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
-    p.add_argument("--profile", default=None, help="params profile (default: params' profile "
-                   "or $MIRAGE_PROFILE)")
+    add_params_arguments(p, "base")
     p.add_argument("--data", default="data", help="dataset root (default: data)")
     p.add_argument("--out", default="models/base", help="output dir (default: models/base)")
     p.add_argument("--metrics", default="metrics", help="metrics dir (default: metrics)")

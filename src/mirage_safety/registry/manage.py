@@ -25,6 +25,8 @@ import sys
 import time
 from typing import TYPE_CHECKING, Any
 
+from mirage_safety.config import add_params_arguments
+
 if TYPE_CHECKING:
     from mlflow import MlflowClient
     from mlflow.entities.model_registry import ModelVersion
@@ -331,8 +333,7 @@ def add_cli(sub: argparse._SubParsersAction) -> None:
             "$MLFLOW_TRACKING_URI or params' tracking.tracking_uri."
         ),
     )
-    p.add_argument("--params", default="params.yaml", help="params file (default: %(default)s)")
-    p.add_argument("--profile", default=None, help="params profile (default: params' profile)")
+    add_params_arguments(p, "registry")
     p.add_argument("--model-name", default=None,
                    help="registered model (default: params' registry.model_name)")
     rsub = p.add_subparsers(dest="registry_command", metavar="ACTION", required=True)

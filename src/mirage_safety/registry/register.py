@@ -43,7 +43,7 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from mirage_safety.config import ConfigError, Params, load_params
+from mirage_safety.config import ConfigError, Params, add_params_arguments, load_params
 from mirage_safety.io import read_json, sha256_file, write_json_atomic
 
 if TYPE_CHECKING:
@@ -298,9 +298,7 @@ def add_cli(sub: argparse._SubParsersAction) -> None:
             "metrics/registry.json."
         ),
     )
-    p.add_argument("--params", default="params.yaml", help="params file (default: %(default)s)")
-    p.add_argument("--profile", default=None,
-                   help="params profile (default: params' `profile`, or $MIRAGE_PROFILE)")
+    add_params_arguments(p, "registry")
     p.add_argument("--eval", dest="eval_path", default="metrics/eval.json",
                    help="evaluation summary (default: %(default)s)")
     p.add_argument("--model", dest="model_dir", default="models/mirage",

@@ -40,7 +40,13 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from mirage_safety.config import ConfigError, TrackingConfig, TrainConfig, load_params
+from mirage_safety.config import (
+    ConfigError,
+    TrackingConfig,
+    TrainConfig,
+    add_params_arguments,
+    load_params,
+)
 from mirage_safety.io import sha256_file, write_json_atomic
 
 log = logging.getLogger(__name__)
@@ -280,10 +286,7 @@ def add_cli(subparsers: Any) -> None:
     p = subparsers.add_parser(
         "train", help="MIRage SFT of the base model on safety-CoT data (+ general mix)",
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--params", default="params.yaml",
-                   help="params file (default: %(default)s); the `train` section is used")
-    p.add_argument("--profile", default=None,
-                   help="params profile (default: params' `profile`, or $MIRAGE_PROFILE)")
+    add_params_arguments(p, "train")
     p.add_argument("--data", default="data",
                    help="dataset root holding mis/train.json and general/train.json "
                         "(default: %(default)s)")
