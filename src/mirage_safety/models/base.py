@@ -36,10 +36,10 @@ from mirage_safety.config import (
     load_params,
 )
 from mirage_safety.io import atomic_dir, read_json, write_json_atomic
+from mirage_safety.models.loading import PIN_FILE
 
 log = logging.getLogger(__name__)
 
-PIN_FILE = "pin.json"
 
 
 class HubResolveError(RuntimeError):
@@ -90,16 +90,12 @@ def file_corpus(paths: Sequence[Path]) -> Iterator[str]:
 
 
 # --------------------------------------------------------------------------- accuracy
-def normalise_answer(text: str) -> str:
-    """Lower-case, collapse spaces, drop trailing punctuation: exact match of short answers."""
-    return re.sub(r"\s+", " ", text.strip().lower()).rstrip(" .!")
-
-
 def general_accuracy(model: Any, processor: Any, test_path: Path, *, batch_size: int,
                      max_new_tokens: int = 8, limit: int | None = None,
                      progress: bool = True) -> dict[str, Any]:
     """Exact-match accuracy (0-100) on general test records, overall and per task."""
     from mirage_safety.evaluation.inference import generate_responses
+    from mirage_safety.evaluation.metrics import exact_match
     from mirage_safety.training.collator import resolve_image
 
     records = read_json(test_path)[: limit or None]
@@ -112,7 +108,7 @@ def general_accuracy(model: Any, processor: Any, test_path: Path, *, batch_size:
     per_task: dict[str, list[bool]] = defaultdict(list)
     for rec, ans in zip(records, answers, strict=True):
         per_task[str(rec.get("sub_category") or "all")].append(
-            normalise_answer(ans) == normalise_answer(str(rec["answer"])))
+            exact_match(ans, str(rec["answer"])))
     hits = [h for v in per_task.values() for h in v]
     return {
         "general_accuracy": 100.0 * sum(hits) / max(len(hits), 1),
