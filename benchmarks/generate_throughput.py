@@ -29,6 +29,9 @@ def main() -> None:
     cfg = load_params(args.params, profile="default").data
     rates = []
     for _ in range(args.repeat):
+        # start every repeat with the previous one's files flushed: otherwise a repeat pays
+        # for the writeback (and deletion) of the last one's ~24k images
+        os.sync()
         # inside the repo, like the stage itself (/tmp may sit on a slower path)
         with tempfile.TemporaryDirectory(dir=".", prefix=".bench-") as tmp:
             t0 = time.perf_counter()

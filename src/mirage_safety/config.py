@@ -42,12 +42,12 @@ class WorldConfig(_Model):
     label_style: LabelStyle = "cot"
     n_train: int = Field(3000, ge=1)
     n_test_per_split: int = Field(200, ge=1)
-    n_general_train: int = Field(6000, ge=0)
+    n_general_train: int = Field(24000, ge=0)
     n_general_test: int = Field(300, ge=1)
     n_instruct: int = Field(2000, ge=0)
     benign_fraction: float = Field(0.35, ge=0.0, le=1.0)
     test_pair_fraction: float = Field(0.3, gt=0.0, lt=1.0)
-    jitter: float = Field(1.0, ge=0.0, le=2.0)
+    jitter: float = Field(0.5, ge=0.0, le=2.0)
 
 
 class HubDataConfig(_Model):
@@ -119,13 +119,13 @@ class BuiltinModelConfig(_Model):
     text_heads: int = Field(4, ge=1)
     intermediate_size: int = Field(256, ge=8)
     vocab_size: int = Field(2048, ge=64)
-    pretrain_steps: int = Field(1200, ge=0)
-    pretrain_batch_size: int = Field(16, ge=1)
+    pretrain_steps: int = Field(1500, ge=0)
+    pretrain_batch_size: int = Field(32, ge=1)
     pretrain_lr: float = Field(2e-3, gt=0)
-    pretrain_samples: int = Field(8000, ge=1)
+    pretrain_samples: int = Field(26000, ge=1)
     # phase 1: the vision tower learns to tell the world's objects apart (a linear probe on
     # its mean patch feature), standing in for the CLIP pre-training a Hub VLM brings along
-    vision_pretrain_steps: int = Field(3000, ge=0)
+    vision_pretrain_steps: int = Field(6000, ge=0)
     vision_pretrain_batch_size: int = Field(64, ge=1)
     vision_pretrain_lr: float = Field(3e-3, gt=0)
     # phase 2 trains projector + language model on top of the frozen tower (as LLaVA does)

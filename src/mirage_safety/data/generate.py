@@ -16,7 +16,7 @@ import logging
 import os
 import shutil
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from itertools import product
@@ -291,26 +291,42 @@ def _render_chunk(args: tuple[str, int, int, float, list[Plan]]) -> list[tuple[s
     return hashes
 
 
-def render_images(plans: Iterable[Plan], root: Path, cfg: WorldConfig, seed: int, *,
-                  workers: int, progress: bool) -> dict[str, str]:
-    """Render every plan's two images under ``root``; returns {relative path: sha256}."""
-    plans = list(plans)
-    for split in {p.split for p in plans}:
-        (root / "images" / split).mkdir(parents=True, exist_ok=True)
-    chunks = [plans[i:i + RENDER_CHUNK] for i in range(0, len(plans), RENDER_CHUNK)]
-    jobs = [(str(root), seed, cfg.image_size, cfg.jitter, c) for c in chunks]
-    hashes: dict[str, str] = {}
-    bar = tqdm(total=len(plans), desc=f"render {root.name}", unit="sample", disable=not progress)
-    results: Iterable[list[tuple[str, str]]]
+def render_images(jobs: dict[str, tuple[Path, Sequence[Plan]]], cfg: WorldConfig, seed: int,
+                  *, workers: int, progress: bool,
+                  meanwhile: Callable[[], None] | None = None) -> dict[str, dict[str, str]]:
+    """Render every plan's two images under its job's root.
+
+    ``jobs`` maps a name (``mis``, ``general``) to (root, plans); returns {name: {relative
+    path: sha256}}.  All jobs share one worker pool, and ``meanwhile`` (text-only work such as
+    writing the JSON files) runs in this process while the workers render: on 2 cores the
+    serial tail would otherwise leave one core idle.
+    """
+    tasks: list[tuple[str, tuple[str, int, int, float, list[Plan]]]] = []
+    for name, (root, plans) in jobs.items():
+        plans = list(plans)
+        for split in {p.split for p in plans}:
+            (root / "images" / split).mkdir(parents=True, exist_ok=True)
+        tasks += [(name, (str(root), seed, cfg.image_size, cfg.jitter,
+                          plans[i:i + RENDER_CHUNK]))
+                  for i in range(0, len(plans), RENDER_CHUNK)]
+    total = sum(len(t[1][4]) for t in tasks)
+    hashes: dict[str, dict[str, str]] = {name: {} for name in jobs}
+    bar = tqdm(total=total, desc="render images", unit="sample", disable=not progress)
     if workers <= 1:
-        results = map(_render_chunk, jobs)
-        for res in results:
-            hashes.update(res)
+        if meanwhile is not None:
+            meanwhile()
+        results: Iterable[list[tuple[str, str]]] = map(_render_chunk, (t[1] for t in tasks))
+        for (name, _), res in zip(tasks, results, strict=True):
+            hashes[name].update(res)
             bar.update(len(res) // 2)
     else:
         with ProcessPoolExecutor(max_workers=workers) as pool:
-            for res in pool.map(_render_chunk, jobs):
-                hashes.update(res)
+            futures = [pool.submit(_render_chunk, job) for _, job in tasks]
+            if meanwhile is not None:
+                meanwhile()
+            for (name, _), fut in zip(tasks, futures, strict=True):
+                res = fut.result()
+                hashes[name].update(res)
                 bar.update(len(res) // 2)
     bar.close()
     return hashes
@@ -400,28 +416,29 @@ def _generate_world(cfg: DataConfig, tmp: Path, *, workers: int,
     # text-only SFT data carries no pictures (the paper's textual-SFT baseline)
     mis_splits = ("test_easy", "test_hard", "test_benign") if wc.label_style == "text_only" \
         else ("train", "test_easy", "test_hard", "test_benign")
-    hashes = {
-        "mis": render_images([p for s in mis_splits for p in plans[s]], tmp / "mis", wc,
-                             cfg.seed, workers=workers, progress=progress),
-        "general": render_images(plans["general_train"] + plans["general_test"]
-                                 + plans["instruct"], tmp / "general", wc, cfg.seed,
-                                 workers=workers, progress=progress),
-    }
-    files: Files = {
-        "mis": {
+    files: Files = {}
+
+    def write_files() -> None:  # runs while the workers render
+        files["mis"] = {
             "train.json": [train_record(p, wc.label_style) for p in plans["train"]],
             **{f"{s}.json": [test_record(p) for p in plans[s]]
                for s in ("test_easy", "test_hard", "test_benign")},
-        },
-        "general": {
+        }
+        files["general"] = {
             "train.json": [general_records(p) for p in plans["general_train"]],
             "instruct.json": [instruct_record(p) for p in plans["instruct"]],
             "test.json": [general_records(p) for p in plans["general_test"]],
-        },
-    }
-    for sub, by_name in files.items():
-        for name, records in by_name.items():
-            _write_json(tmp / sub / name, records)
+        }
+        for sub, by_name in files.items():
+            (tmp / sub).mkdir(parents=True, exist_ok=True)
+            for name, records in by_name.items():
+                _write_json(tmp / sub / name, records)
+
+    hashes = render_images(
+        {"mis": (tmp / "mis", [p for s in mis_splits for p in plans[s]]),
+         "general": (tmp / "general",
+                     plans["general_train"] + plans["general_test"] + plans["instruct"])},
+        wc, cfg.seed, workers=workers, progress=progress, meanwhile=write_files)
     return files, hashes
 
 
