@@ -56,9 +56,36 @@ def _registry_with_champion(tmp_path: Path, factory: pytest.TempPathFactory) -> 
     client.set_registered_model_alias("mirage", "challenger", "2")
 
 
+def test_summary_headline_table(project, capsys):
+    (project / "metrics" / "eval.json").write_text(json.dumps({
+        "base": {"test_easy": {"asr": 100.0}, "test_hard": {"asr": 98.5, "rsr": 0.0},
+                 "general": {"accuracy": 80.25}},
+        "mirage": {"test_easy": {"asr": 2.0}, "test_hard": {"asr": 1.25, "rsr": 91.0},
+                   "test_benign": {"over_refusal": 3.5}, "general": {"accuracy": 79.0}},
+        "judges": {"primary": "world"}}))
+    (project / "metrics" / "base.json").write_text(json.dumps(
+        {"general_accuracy_per_task": {"same": 85.0, "which": 55.5}}))
+    out = _summary(capsys)
+    assert "== Results (metrics/eval.json, rates in %)" in out
+    header = next(line for line in out.splitlines() if "ASR easy" in line)
+    assert header.split() == ["model", "ASR", "easy", "ASR", "hard", "RSR", "hard", "RR",
+                              "hard", "HR", "hard", "over-refusal", "general", "acc."]
+    assert re.search(r"\n  base +100\.0 +98\.5 +0\.0 +- +- +- +80\.2\n", out)
+    assert re.search(r"\n  mirage +2\.0 +1\.2 +91\.0 +- +- +3\.5 +79\.0\n", out)
+    assert "base general accuracy per task: same 85.0, which 55.5" in out
+    assert "judge: world" in out
+    assert "every metric: `dvc metrics show`" in out
+    assert "mirage.test_hard.asr" not in out  # the flat list is for --all only
+
+
+def test_summary_without_an_evaluation(project, capsys):
+    (project / "metrics" / "eval.json").unlink()
+    assert "no evaluation yet (run `dvc repro`)" in _summary(capsys)
+
+
 def test_summary_from_files_with_a_champion(project, capsys, tmp_path_factory):
     _registry_with_champion(project, tmp_path_factory)
-    out = _summary(capsys, "--no-dvc")
+    out = _summary(capsys, "--all", "--no-dvc")
     assert "== Metrics (metrics/*.json)" in out
     assert "\nmetrics/eval.json\n" in out
     assert re.search(r"\n  mirage\.test_hard\.asr +1\.25\n", out)
@@ -90,7 +117,7 @@ def test_summary_runs_dvc_metrics_show(project, capsys):
     subprocess.run([dvc, "init", "-q"], cwd=project, check=True)
     (project / "dvc.yaml").write_text(yaml.safe_dump({"stages": {"evaluate": {
         "cmd": "true", "metrics": [{"metrics/eval.json": {"cache": False}}]}}}))
-    out = _summary(capsys)
+    out = _summary(capsys, "--all")
     assert "== Metrics (dvc metrics show)" in out
     assert "metrics/eval.json" in out and "1.25" in out and "61.5" in out
 

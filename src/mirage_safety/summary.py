@@ -2,8 +2,10 @@
 
 Prints three things:
 
-1. the metrics -- ``dvc metrics show`` when DVC is available, else the numbers of
-   ``metrics/*.json`` read directly;
+1. the headline results -- one row per model (ASR per split, RSR, RR, HR, over-refusal,
+   general accuracy) from ``metrics/eval.json``; with ``--all``, every metric: ``dvc metrics
+   show`` when DVC is available, else the numbers of ``metrics/*.json`` read directly
+   (hundreds of per-category values: too wide to be the default);
 2. the command that opens the MLflow UI on the right backend store
    (``mlflow ui --backend-store-uri sqlite:///mlflow.db`` for the default local store), or
    the server's address when ``$MLFLOW_TRACKING_URI`` points at one;
@@ -82,6 +84,59 @@ def metrics_from_files(metrics_dir: Path) -> str | None:
         lines.append(shown)
         lines += [f"  {key:<{width}}  {value:g}" for key, value in leaves]
     return "\n".join(lines) or None
+
+
+HEADLINE: tuple[tuple[str, str], ...] = (
+    ("ASR easy", "test_easy.asr"),
+    ("ASR hard", "test_hard.asr"),
+    ("RSR hard", "test_hard.rsr"),
+    ("RR hard", "test_hard.rr"),
+    ("HR hard", "test_hard.hr"),
+    ("over-refusal", "test_benign.over_refusal"),
+    ("general acc.", "general.accuracy"),
+)
+
+
+def _dotted(tree: Any, dotted: str) -> Any:
+    for key in dotted.split("."):
+        if not isinstance(tree, Mapping) or key not in tree:
+            return None
+        tree = tree[key]
+    return tree
+
+
+def headline_table(metrics_dir: Path) -> str | None:
+    """One aligned row per evaluated model (rates in %), from ``metrics/eval.json``."""
+    try:
+        data = read_json(metrics_dir / "eval.json")
+    except (OSError, ValueError):
+        return None
+    models = [m for m in ("base", "mirage") if isinstance(data.get(m), Mapping)]
+    if not models:
+        return None
+    head = ["model", *(name for name, _ in HEADLINE)]
+    rows = [head]
+    for model in models:
+        cells = [_dotted(data[model], key) for _, key in HEADLINE]
+        rows.append([model, *("-" if not isinstance(v, int | float) else f"{v:.1f}"
+                              for v in cells)])
+    widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
+    lines = ["  " + "  ".join(c.ljust(w) if i == 0 else c.rjust(w)
+                              for i, (c, w) in enumerate(zip(r, widths, strict=True)))
+             for r in rows]
+    try:
+        base = read_json(metrics_dir / "base.json")
+    except (OSError, ValueError):
+        base = {}
+    tasks = base.get("general_accuracy_per_task") if isinstance(base, Mapping) else None
+    if isinstance(tasks, Mapping) and tasks:
+        lines.append("  base general accuracy per task: " + ", ".join(
+            f"{k} {v:.1f}" for k, v in tasks.items() if isinstance(v, int | float)))
+    judge = _dotted(data, "judges.primary")
+    if judge:
+        lines.append(f"  judge: {judge}; Wilson 95% intervals and per-category rates in "
+                     "eval/report.md")
+    return "\n".join(lines)
 
 
 # --------------------------------------------------------------------------- mlflow
@@ -184,15 +239,23 @@ def last_decision(metrics_dir: Path) -> str | None:
 
 
 # --------------------------------------------------------------------------- output
-def summary_text(params: Params, *, root: Path | None = None, use_dvc: bool = True) -> str:
+def summary_text(params: Params, *, root: Path | None = None, use_dvc: bool = True,
+                 show_all: bool = False) -> str:
     root = (root or Path.cwd()).resolve()
     metrics_dir = root / METRICS_DIR
-    shown = dvc_metrics_show(root) if use_dvc else None
-    source = "dvc metrics show"
-    if shown is None:
-        shown = metrics_from_files(metrics_dir)
-        source = f"{METRICS_DIR.as_posix()}/*.json"
-    out = [f"== Metrics ({source})", shown or "no metrics yet (run `dvc repro`)", ""]
+    if show_all:
+        shown = dvc_metrics_show(root) if use_dvc else None
+        source = "dvc metrics show"
+        if shown is None:
+            shown = metrics_from_files(metrics_dir)
+            source = f"{METRICS_DIR.as_posix()}/*.json"
+        out = [f"== Metrics ({source})", shown or "no metrics yet (run `dvc repro`)", ""]
+    else:
+        table = headline_table(metrics_dir)
+        out = [f"== Results ({METRICS_DIR.as_posix()}/eval.json, rates in %)",
+               table or "no evaluation yet (run `dvc repro`)",
+               "  every metric: `dvc metrics show` (or `mirage summary --all`); "
+               "experiments side by side: `mirage report`", ""]
     out += ["== MLflow (runs, params, metrics, registered models)",
             f"  {ui_command(params.tracking, root)}", ""]
     out += [f"== Registered model {params.registry.model_name!r}"]
@@ -208,17 +271,21 @@ def add_cli(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "summary",
         help="where to look after a run: metrics, the MLflow UI command, the champion",
-        description="Print `dvc metrics show` (or metrics/*.json), the command that opens the "
-                    "MLflow UI on the configured store, and the registered model's champion.",
+        description="Print the headline results per model (metrics/eval.json), the command "
+                    "that opens the MLflow UI on the configured store, and the registered "
+                    "model's champion.",
     )
     add_params_arguments(p)
+    p.add_argument("--all", action="store_true", dest="show_all",
+                   help="print every metric (`dvc metrics show`) instead of the headline table")
     p.add_argument("--no-dvc", action="store_true",
-                   help="read metrics/*.json instead of running `dvc metrics show`")
+                   help="with --all: read metrics/*.json instead of running `dvc metrics show`")
     p.set_defaults(func=_cli)
 
 
 def _cli(args: argparse.Namespace) -> int:
     params = load_params(args.params, profile=args.profile)
     root = Path(args.params).resolve().parent
-    sys.stdout.write(summary_text(params, root=root, use_dvc=not args.no_dvc))
+    sys.stdout.write(summary_text(params, root=root, use_dvc=not args.no_dvc,
+                                  show_all=args.show_all))
     return 0
