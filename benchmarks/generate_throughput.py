@@ -5,6 +5,8 @@ instruct records all count).  The figure is end to end: planning, rendering, PNG
 encoding, JSON writing, validation, hashing and the atomic swap.
 
     .venv/bin/python benchmarks/generate_throughput.py [--workers 2] [--repeat 3]
+
+Writes ``benchmarks/results/generate_throughput.json`` (every repeat's rate, best, median).
 """
 
 from __future__ import annotations
@@ -18,6 +20,9 @@ from pathlib import Path
 
 from mirage_safety.config import load_params
 from mirage_safety.data.generate import generate
+from mirage_safety.io import write_json_atomic
+
+RESULTS = Path(__file__).parent / "results" / "generate_throughput.json"
 
 
 def main() -> None:
@@ -40,10 +45,13 @@ def main() -> None:
         n = sum(f["count"] for f in manifest["files"].values())
         rates.append(n / dt)
         print(f"{n} samples in {dt:.2f} s -> {n / dt:,.0f} samples/s")
-    best = max(rates)
-    print(json.dumps({"samples_per_s_best": round(best), "samples_per_s_median":
-                      round(sorted(rates)[len(rates) // 2]), "workers": args.workers,
-                      "cpu_count": os.cpu_count()}))
+    result = {"samples": n, "samples_per_s": [round(r) for r in rates],
+              "samples_per_s_best": round(max(rates)),
+              "samples_per_s_median": round(sorted(rates)[len(rates) // 2]),
+              "workers": args.workers, "cpu_count": os.cpu_count(),
+              "image_size": cfg.world.image_size}
+    write_json_atomic(RESULTS, result)
+    print(json.dumps(result))
 
 
 if __name__ == "__main__":
