@@ -24,7 +24,7 @@ import logging
 import os
 import re
 from collections import defaultdict
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -76,17 +76,14 @@ def world_label_corpus() -> Iterator[str]:
             yield W.general_question(task, name)
 
 
-def file_corpus(paths: Sequence[Path]) -> Iterator[str]:
-    """All conversation turns (train files) and question/answer fields (test files)."""
-    for path in paths:
-        if not path.is_file():
-            continue
-        for rec in read_json(path):
-            for turn in rec.get("conversations") or []:
-                yield str(turn.get("value", "")).replace("<image>", " ").strip()
-            for key in ("question", "answer"):
-                if isinstance(rec.get(key), str):
-                    yield rec[key]
+def file_corpus(records: Iterable[Mapping[str, Any]]) -> Iterator[str]:
+    """All conversation turns (train records) and question/answer fields (test records)."""
+    for rec in records:
+        for turn in rec.get("conversations") or []:
+            yield str(turn.get("value", "")).replace("<image>", " ").strip()
+        for key in ("question", "answer"):
+            if isinstance(rec.get(key), str):
+                yield rec[key]
 
 
 # --------------------------------------------------------------------------- accuracy
@@ -121,20 +118,21 @@ def general_accuracy(model: Any, processor: Any, test_path: Path, *, batch_size:
 
 
 # --------------------------------------------------------------------------- vision
-def labelled_images(paths: Sequence[Path]) -> tuple[list[Path], list[str]]:
-    """(image path, object name) pairs from records that list their ``objects`` per image."""
+def labelled_images(records: Iterable[tuple[Mapping[str, Any], Path]]
+                    ) -> tuple[list[Path], list[str]]:
+    """(image path, object name) pairs from (record, image root) pairs whose records list
+    their ``objects`` per image."""
     images: list[Path] = []
     names: list[str] = []
-    for path in paths:
-        for rec in read_json(path):
-            objects = rec.get("objects") or []
-            rels = rec.get("images") or [rec.get(k) for k in ("image_path1", "image_path2")
-                                         if rec.get(k)]
-            if len(objects) != len(rels):
-                continue
-            for rel, name in zip(rels, objects, strict=True):
-                images.append(path.parent / rel)
-                names.append(str(name))
+    for rec, root in records:
+        objects = rec.get("objects") or []
+        rels = rec.get("images") or [rec.get(k) for k in ("image_path1", "image_path2")
+                                     if rec.get(k)]
+        if len(objects) != len(rels):
+            continue
+        for rel, name in zip(rels, objects, strict=True):
+            images.append(root / rel)
+            names.append(str(name))
     return images, names
 
 
@@ -171,9 +169,10 @@ def _augment(x: Any, gen: Any) -> Any:
     return x
 
 
-def pretrain_vision(model: Any, processor: Any, train_files: Sequence[Path],
-                    test_files: Sequence[Path], cfg: BuiltinModelConfig, *, seed: int,
-                    progress: bool = True) -> dict[str, Any]:
+def pretrain_vision(model: Any, processor: Any,
+                    train: Sequence[tuple[Mapping[str, Any], Path]],
+                    test: Sequence[tuple[Mapping[str, Any], Path]], cfg: BuiltinModelConfig,
+                    *, seed: int, progress: bool = True) -> dict[str, Any]:
     """Phase 1: teach the vision tower the world's objects.
 
     A linear probe on the mean of the patch features the projector will read (the tower's
@@ -187,15 +186,15 @@ def pretrain_vision(model: Any, processor: Any, train_files: Sequence[Path],
     from tqdm.auto import tqdm
 
     tower = model.model.vision_tower if hasattr(model, "model") else model.vision_tower
-    paths, names = labelled_images(train_files)
+    paths, names = labelled_images(train)
     if not paths:
         raise ValueError("no labelled images for vision pre-training "
-                         f"(records with 'objects' in {', '.join(map(str, train_files))})")
+                         "(no general record lists its 'objects')")
     classes = sorted(set(names))
     index = {n: i for i, n in enumerate(classes)}
     x = _pixels(paths)
     y = torch.tensor([index[n] for n in names])
-    t_paths, t_names = labelled_images(test_files)
+    t_paths, t_names = labelled_images(test)
     keep = [i for i, n in enumerate(t_names) if n in index]
     tx = _pixels([t_paths[i] for i in keep]) if keep else None
     ty = torch.tensor([index[t_names[i]] for i in keep])
@@ -259,19 +258,24 @@ def build_builtin_base(cfg: BaseConfig, data_dir: Path, out_dir: Path, metrics_d
     if missing:
         raise FileNotFoundError(f"base pre-training data not found: {', '.join(missing)} "
                                 "(run `mirage generate` first)")
-    rows = [row for p in train_files for row in load_train_records(p)]
+    # read once: the records feed the tokenizer corpus, the vision labels and the LM phase
+    all_rows = [row for p in train_files for row in load_train_records(p)]
+    rows = all_rows
     if b.pretrain_samples and len(rows) > b.pretrain_samples:
         import random
 
         rows = random.Random(cfg.seed).sample(rows, b.pretrain_samples)
-    corpus = [*file_corpus(train_files), *world_label_corpus()]
+    corpus = [*file_corpus(r.record for r in all_rows), *world_label_corpus()]
     model, processor = build_tiny_vlm(corpus, b, image_size, seed=cfg.seed)
     n_params = count_parameters(model)
     log.info("tiny VLM: %d parameters, vocabulary %d", n_params, len(processor.tokenizer))
     vision_metrics: dict[str, Any] = {}
     if b.vision_pretrain_steps:
-        vision_metrics = pretrain_vision(model, processor, train_files, [general / "test.json"],
-                                         b, seed=cfg.seed, progress=progress)
+        test_path = general / "test.json"
+        test = [(rec, general) for rec in read_json(test_path)] if test_path.is_file() else []
+        vision_metrics = pretrain_vision(model, processor,
+                                         [(r.record, r.root) for r in all_rows], test, b,
+                                         seed=cfg.seed, progress=progress)
     if b.freeze_vision_in_pretrain:
         from mirage_safety.models.loading import freeze_vision_tower
 
