@@ -34,8 +34,9 @@ def main() -> None:
     cfg = load_params(args.params, profile="default").data
     rates = []
     for _ in range(args.repeat):
-        # start every repeat with the previous one's files flushed: otherwise a repeat pays
-        # for the writeback (and deletion) of the last one's ~24k images
+        # every repeat starts with the previous one's ~60k images written back and deleted
+        # (measured: later repeats are still slower, and so are separate processes run one
+        # after another, so the slow-down is the file system's, not this process's)
         os.sync()
         # inside the repo, like the stage itself (/tmp may sit on a slower path)
         with tempfile.TemporaryDirectory(dir=".", prefix=".bench-") as tmp:

@@ -18,6 +18,7 @@ import shutil
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ProcessPoolExecutor
+from contextlib import ExitStack
 from dataclasses import dataclass
 from itertools import product
 from pathlib import Path
@@ -301,33 +302,31 @@ def render_images(jobs: dict[str, tuple[Path, Sequence[Plan]]], cfg: WorldConfig
     writing the JSON files) runs in this process while the workers render: on 2 cores the
     serial tail would otherwise leave one core idle.
     """
-    tasks: list[tuple[str, tuple[str, int, int, float, list[Plan]]]] = []
+    names: list[str] = []  # the job each chunk belongs to, in submission order
+    chunks: list[tuple[str, int, int, float, list[Plan]]] = []
     for name, (root, plans) in jobs.items():
         plans = list(plans)
         for split in {p.split for p in plans}:
             (root / "images" / split).mkdir(parents=True, exist_ok=True)
-        tasks += [(name, (str(root), seed, cfg.image_size, cfg.jitter,
-                          plans[i:i + RENDER_CHUNK]))
-                  for i in range(0, len(plans), RENDER_CHUNK)]
-    total = sum(len(t[1][4]) for t in tasks)
+        for i in range(0, len(plans), RENDER_CHUNK):
+            names.append(name)
+            chunks.append((str(root), seed, cfg.image_size, cfg.jitter, plans[i:i + RENDER_CHUNK]))
     hashes: dict[str, dict[str, str]] = {name: {} for name in jobs}
-    bar = tqdm(total=total, desc="render images", unit="sample", disable=not progress)
-    if workers <= 1:
+    bar = tqdm(total=sum(len(c[4]) for c in chunks), desc="render images", unit="sample",
+               disable=not progress)
+    with ExitStack() as stack:
+        results: Iterable[list[tuple[str, str]]]
+        if workers <= 1:
+            results = map(_render_chunk, chunks)  # lazy: renders after `meanwhile`
+        else:
+            pool = stack.enter_context(ProcessPoolExecutor(max_workers=workers))
+            futures = [pool.submit(_render_chunk, chunk) for chunk in chunks]
+            results = (f.result() for f in futures)
         if meanwhile is not None:
             meanwhile()
-        results: Iterable[list[tuple[str, str]]] = map(_render_chunk, (t[1] for t in tasks))
-        for (name, _), res in zip(tasks, results, strict=True):
+        for name, res in zip(names, results, strict=True):
             hashes[name].update(res)
             bar.update(len(res) // 2)
-    else:
-        with ProcessPoolExecutor(max_workers=workers) as pool:
-            futures = [pool.submit(_render_chunk, job) for _, job in tasks]
-            if meanwhile is not None:
-                meanwhile()
-            for (name, _), fut in zip(tasks, futures, strict=True):
-                res = fut.result()
-                hashes[name].update(res)
-                bar.update(len(res) // 2)
     bar.close()
     return hashes
 
