@@ -15,11 +15,14 @@ from __future__ import annotations
 
 import argparse
 import io
+import logging
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from mirage_safety.io import read_json, write_bytes_atomic, write_text_atomic
+
+log = logging.getLogger(__name__)
 
 COLUMNS: tuple[tuple[str, str], ...] = (
     ("base ASR easy", "base.test_easy.asr"),
@@ -34,7 +37,8 @@ COLUMNS: tuple[tuple[str, str], ...] = (
 )
 
 
-def _get(tree: dict[str, Any], dotted: str) -> Any:
+def get_dotted(tree: Any, dotted: str) -> Any:
+    """``tree["a"]["b"]`` for ``"a.b"``; None where a key is missing."""
     node: Any = tree
     for key in dotted.split("."):
         if not isinstance(node, dict) or key not in node:
@@ -55,16 +59,20 @@ def experiment_rows(repo: str | None = None, *, include_workspace: bool = True,
     for exps in names.values():
         for exp in exps:
             revs.append(exp[0] if isinstance(exp, tuple | list) else exp)
+    # dvc.api resolves a relative target against the working directory, not ``repo``
+    target = str(Path(repo or ".").resolve() / metrics_file)
     rows = []
     for rev in revs:
         try:
-            metrics = dvc.api.metrics_show(metrics_file, repo=repo, rev=rev)
+            metrics = dvc.api.metrics_show(target, repo=repo, rev=rev)
             params = dvc.api.params_show(repo=repo, rev=rev)
-        except Exception:
+        except Exception as exc:  # a failed or metric-less experiment: skip, say so
+            log.warning("skipping %s: no readable %s (%s)", rev or "workspace", metrics_file,
+                        exc)
             continue
         eval_metrics = metrics.get(metrics_file, metrics)
         rows.append({"name": rev or "workspace", "metrics": eval_metrics,
-                     "label_style": _get(params, "data.world.label_style"),
+                     "label_style": get_dotted(params, "data.world.label_style"),
                      "profile": params.get("profile")})
     return rows
 
@@ -73,7 +81,7 @@ def markdown_table(rows: Sequence[dict[str, Any]]) -> str:
     head = ["experiment", "labels", *(c for c, _ in COLUMNS)]
     lines = ["| " + " | ".join(head) + " |", "|---|---|" + "---:|" * len(COLUMNS)]
     for row in rows:
-        vals = [_get(row["metrics"], key) for _, key in COLUMNS]
+        vals = [get_dotted(row["metrics"], key) for _, key in COLUMNS]
         cells = ["–" if v is None else f"{v:.1f}" for v in vals]
         lines.append(f"| {row['name']} | {row.get('label_style') or '–'} | "
                      + " | ".join(cells) + " |")
@@ -96,7 +104,7 @@ def plot(rows: Sequence[dict[str, Any]]) -> bytes:
     fig, ax = plt.subplots(figsize=(max(6.0, 1.8 * len(rows) + 2), 4))
     for k, (label, key, colour) in enumerate(shown):
         xs = [i + (k - (len(shown) - 1) / 2) * width for i in range(len(rows))]
-        ax.bar(xs, [_get(r["metrics"], key) or 0.0 for r in rows], width, label=label,
+        ax.bar(xs, [get_dotted(r["metrics"], key) or 0.0 for r in rows], width, label=label,
                color=colour)
     ax.set_xticks(range(len(rows)))
     ax.set_xticklabels([f"{r['name']}\n({r.get('label_style') or '?'})" for r in rows])

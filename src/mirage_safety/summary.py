@@ -30,6 +30,7 @@ from typing import Any
 
 from mirage_safety.config import Params, TrackingConfig, add_params_arguments, load_params
 from mirage_safety.io import read_json
+from mirage_safety.report import get_dotted
 
 METRICS_DIR = Path("metrics")
 _DVC_TIMEOUT_S = 120
@@ -97,14 +98,6 @@ HEADLINE: tuple[tuple[str, str], ...] = (
 )
 
 
-def _dotted(tree: Any, dotted: str) -> Any:
-    for key in dotted.split("."):
-        if not isinstance(tree, Mapping) or key not in tree:
-            return None
-        tree = tree[key]
-    return tree
-
-
 def headline_table(metrics_dir: Path) -> str | None:
     """One aligned row per evaluated model (rates in %), from ``metrics/eval.json``."""
     try:
@@ -117,7 +110,7 @@ def headline_table(metrics_dir: Path) -> str | None:
     head = ["model", *(name for name, _ in HEADLINE)]
     rows = [head]
     for model in models:
-        cells = [_dotted(data[model], key) for _, key in HEADLINE]
+        cells = [get_dotted(data[model], key) for _, key in HEADLINE]
         rows.append([model, *("-" if not isinstance(v, int | float) else f"{v:.1f}"
                               for v in cells)])
     widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
@@ -132,7 +125,7 @@ def headline_table(metrics_dir: Path) -> str | None:
     if isinstance(tasks, Mapping) and tasks:
         lines.append("  base general accuracy per task: " + ", ".join(
             f"{k} {v:.1f}" for k, v in tasks.items() if isinstance(v, int | float)))
-    judge = _dotted(data, "judges.primary")
+    judge = get_dotted(data, "judges.primary")
     if judge:
         lines.append(f"  judge: {judge}; Wilson 95% intervals and per-category rates in "
                      "eval/report.md")
