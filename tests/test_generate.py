@@ -141,6 +141,36 @@ def test_failure_leaves_previous_output_untouched(tmp_path, monkeypatch):
     assert [p.name for p in tmp_path.iterdir()] == ["data"]  # no temp dirs left behind
 
 
+@pytest.mark.parametrize("workers", [1, 2])
+def test_world_record_with_an_unrendered_image_fails_while_rendering(tmp_path, monkeypatch,
+                                                                      workers):
+    """World records are validated while the workers render, against the paths they write:
+    a record pointing elsewhere is reported by id and field, and nothing is published."""
+    from mirage_safety.data import generate as G
+    from mirage_safety.data.schema import DataValidationError
+
+    out = tmp_path / "data"
+    generate(_cfg(), out, workers=1, progress=False)
+    before = tree_hash(out)
+    original = G.test_record
+
+    def broken(plan):
+        rec = original(plan)
+        if plan.split == "test_hard" and plan.index == 3:
+            rec["image_path2"] = "images/test_hard/never-rendered.png"
+        return rec
+
+    monkeypatch.setattr(G, "test_record", broken)
+    with pytest.raises(DataValidationError) as err:
+        generate(_cfg(), out, workers=workers, progress=False)
+    message = str(err.value)
+    assert "mis/test_hard.json" in message and "image_path2" in message
+    assert "never-rendered.png" in message and "test_hard-00003" in message
+    assert message.startswith("1 invalid record field")
+    assert tree_hash(out) == before
+    assert [p.name for p in tmp_path.iterdir()] == ["data"]
+
+
 def test_general_answers_are_consistent(world_dir):
     for r in _load(world_dir, "general/test.json"):
         a, b = r["objects"]

