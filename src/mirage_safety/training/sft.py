@@ -239,67 +239,11 @@ def checkpoint_key_renamer(model: Any) -> Callable[[str], str] | None:
     return rename
 
 
-def accepts_logits_to_keep(model: Any) -> bool:
-    """Whether ``model`` (already unwrapped from DDP/FSDP; a PEFT model is looked through)
-    takes transformers' ``logits_to_keep`` argument."""
-    import inspect
-
-    if hasattr(model, "get_base_model"):  # PEFT passes unknown keyword arguments through
-        model = model.get_base_model()
-    fwd = getattr(type(model), "forward", None)
-    return fwd is not None and "logits_to_keep" in inspect.signature(fwd).parameters
-
-
-def labelled_token_loss(model: Any, inputs: dict[str, Any], *,
-                        num_items_in_batch: Any = None) -> Any:
-    """The causal-LM loss with logits computed only where a label follows.
-
-    Same value as the model's own loss (sum of token cross-entropies over
-    ``num_items_in_batch``, or their mean), but the vocabulary projection runs on the few
-    assistant positions instead of every image, prompt and pad position: in SFT data most
-    positions are masked, and the projection is ~40 % of the tiny model's compute.  Goes
-    through the (possibly DDP/PEFT-wrapped) model's own forward with transformers'
-    boolean ``logits_to_keep`` mask, so gradient sync and adapters are untouched.
-    """
-    import torch
-
-    from mirage_safety.training.collator import IGNORE_INDEX
-
-    inputs = dict(inputs)
-    labels = inputs.pop("labels")
-    target = labels[:, 1:]
-    keep = torch.zeros_like(labels, dtype=torch.bool)
-    keep[:, :-1] = target != IGNORE_INDEX  # position t predicts token t + 1
-    outputs = model(**inputs, logits_to_keep=keep)
-    logits = outputs.logits.float()  # (kept positions, vocab)
-    loss = torch.nn.functional.cross_entropy(logits, target[keep[:, :-1]], reduction="sum")
-    if num_items_in_batch is None:
-        return loss / keep.sum().clamp(min=1)
-    if torch.is_tensor(num_items_in_batch):
-        num_items_in_batch = num_items_in_batch.to(loss.device)
-    return loss / num_items_in_batch
-
-
 def make_trainer_class() -> type:
-    """``Trainer`` whose checkpoint resume maps saved weight names to the model's, and
-    whose loss projects onto the vocabulary only at labelled positions."""
+    """``Trainer`` whose checkpoint resume maps saved weight names to the model's."""
     from transformers import Trainer
 
     class ResumableTrainer(Trainer):
-        def compute_loss(self, model: Any, inputs: dict[str, Any], return_outputs: bool = False,
-                         num_items_in_batch: Any = None) -> Any:
-            if (return_outputs or "labels" not in inputs or self.label_smoother is not None
-                    or self.compute_loss_func is not None
-                    or not accepts_logits_to_keep(self.accelerator.unwrap_model(model))):
-                return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
-            if not self.model_accepts_loss_kwargs:
-                num_items_in_batch = None  # the Trainer then scales a per-batch mean itself
-            loss = labelled_token_loss(model, inputs, num_items_in_batch=num_items_in_batch)
-            if self.args.average_tokens_across_devices and num_items_in_batch is not None:
-                # the Trainer's own rule: num_items_in_batch counts every process's tokens
-                loss = loss * self.accelerator.num_processes
-            return loss
-
         def _load_from_checkpoint(self, resume_from_checkpoint: str, model: Any = None) -> None:
             target = self.model if model is None else model
             rename = None if self.is_fsdp_enabled else checkpoint_key_renamer(target)
