@@ -378,10 +378,9 @@ def sprite(name: str) -> Image.Image:
 
 @cache
 def _scaled_sprite(name: str, side: int) -> Image.Image:
-    # premultiplied alpha ("RGBa"): Pillow rotates RGBA by converting to RGBa and back on
-    # every call; keeping the cached sprite premultiplied skips both conversions, and
-    # pasting with an RGBa mask blends premultiplied colours correctly
-    return sprite(name).resize((side, side), Image.Resampling.BILINEAR).convert("RGBa")
+    # kept RGBA: a premultiplied (RGBa) cache rotates ~20 % faster but moves edge pixels by
+    # one level, and that alone moved the tuned MIRage results by several points
+    return sprite(name).resize((side, side), Image.Resampling.BILINEAR)
 
 
 @cache
