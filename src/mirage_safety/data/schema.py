@@ -98,10 +98,8 @@ class Validator:
     """Collects problems across files; call :meth:`raise_if_any` once at the end."""
 
     root: Path
+    #: open and verify every referenced image
     check_images: bool = True
-    #: open and verify every image (imports); False only checks that the file exists
-    #: (images this process has just encoded itself)
-    verify_images: bool = True
     #: relative paths of the images this process writes itself (world generation validates
     #: while its workers render): existence is membership, no file-system calls
     written_images: Collection[str] | None = None
@@ -179,10 +177,7 @@ class Validator:
         if not self.check_images:
             return
         if value not in self._image_ok:
-            if self.verify_images:
-                self._image_ok[value] = _image_error(full)
-            else:
-                self._image_ok[value] = None if full.is_file() else "file not found"
+            self._image_ok[value] = _image_error(full)
         err = self._image_ok[value]
         if err:
             self.add(file, rid, fld, f"image {value!r}: {err}")
