@@ -87,16 +87,16 @@ def file_corpus(records: Iterable[Mapping[str, Any]]) -> Iterator[str]:
 
 
 # --------------------------------------------------------------------------- accuracy
-def general_accuracy(model: Any, processor: Any, test_path: Path, *, batch_size: int,
-                     max_new_tokens: int = 8, limit: int | None = None,
-                     progress: bool = True) -> dict[str, Any]:
-    """Exact-match accuracy (0-100) on general test records, overall and per task."""
+def general_accuracy(model: Any, processor: Any, records: Sequence[Mapping[str, Any]],
+                     root: Path, *, batch_size: int, max_new_tokens: int = 8,
+                     limit: int | None = None, progress: bool = True) -> dict[str, Any]:
+    """Exact-match accuracy (0-100) on general test records (images under ``root``),
+    overall and per task."""
     from mirage_safety.evaluation.inference import generate_responses
     from mirage_safety.evaluation.metrics import exact_match
     from mirage_safety.training.collator import resolve_image
 
-    records = read_json(test_path)[: limit or None]
-    root = test_path.parent
+    records = records[: limit or None]
     prompts = [(r["question"], [resolve_image(root, r[k], rid=r["id"], field=k)
                                 for k in ("image_path1", "image_path2") if r.get(k)])
                for r in records]
@@ -265,16 +265,17 @@ def build_builtin_base(cfg: BaseConfig, data_dir: Path, out_dir: Path, metrics_d
         import random
 
         rows = random.Random(cfg.seed).sample(rows, b.pretrain_samples)
+    test_path = general / "test.json"  # held out: the vision probe's test and general accuracy
+    test_records = read_json(test_path) if test_path.is_file() else None
     corpus = [*file_corpus(r.record for r in all_rows), *world_label_corpus()]
     model, processor = build_tiny_vlm(corpus, b, image_size, seed=cfg.seed)
     n_params = count_parameters(model)
     log.info("tiny VLM: %d parameters, vocabulary %d", n_params, len(processor.tokenizer))
     vision_metrics: dict[str, Any] = {}
     if b.vision_pretrain_steps:
-        test_path = general / "test.json"
-        test = [(rec, general) for rec in read_json(test_path)] if test_path.is_file() else []
         vision_metrics = pretrain_vision(model, processor,
-                                         [(r.record, r.root) for r in all_rows], test, b,
+                                         [(r.record, r.root) for r in all_rows],
+                                         [(rec, general) for rec in test_records or []], b,
                                          seed=cfg.seed, progress=progress)
     if b.freeze_vision_in_pretrain:
         from mirage_safety.models.loading import freeze_vision_tower
@@ -298,9 +299,8 @@ def build_builtin_base(cfg: BaseConfig, data_dir: Path, out_dir: Path, metrics_d
                                "vocab_size": len(processor.tokenizer), **vision_metrics,
                                **result.metrics()}
     if is_main_process():
-        test_path = general / "test.json"
-        if test_path.is_file():
-            metrics.update(general_accuracy(trainer.model, processor, test_path,
+        if test_records is not None:
+            metrics.update(general_accuracy(trainer.model, processor, test_records, general,
                                             batch_size=eval_batch_size, progress=progress))
         else:
             log.warning("%s not found: general accuracy not measured", test_path)
