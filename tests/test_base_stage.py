@@ -12,6 +12,7 @@ import pytest
 import torch
 import yaml
 
+from mirage_safety.data.image_packs import image_at
 from tiny_world import IMAGE_SIZE, TINY, world_data
 
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
@@ -134,7 +135,7 @@ def test_builtin_base_builds_a_loadable_checkpoint_with_metrics(tmp_path, tmp_pa
     assert model.config.text_config.hidden_size == TINY.text_hidden
     assert model.config.vision_config.image_size == IMAGE_SIZE
     rec = json.loads((data / "general" / "test.json").read_text())[0]
-    images = [data / "general" / rec["image_path1"], data / "general" / rec["image_path2"]]
+    images = [image_at(data / "general", rec[k]) for k in ("image_path1", "image_path2")]
     assert isinstance(generate_one(model, processor, rec["question"], images,
                                    max_new_tokens=4), str)
 

@@ -178,3 +178,24 @@ def test_general_answers_are_consistent(world_dir):
             assert r["answer"] == a
         elif r["sub_category"] == "same":
             assert r["answer"] == ("yes" if a == b else "no")
+
+
+def test_general_images_are_packed_and_every_record_resolves(world_dir):
+    """General data: one zip per 256 samples of a split, not one file per image; the MIS
+    data keeps the public layout of one file per image."""
+    from mirage_safety.training.collator import load_image, resolve_image
+
+    general = world_dir / "general"
+    packs = sorted(p.relative_to(general).as_posix() for p in (general / "images").rglob("*")
+                   if p.is_file())
+    assert packs == ["images/general_test/pack-00000.zip", "images/general_train/pack-00000.zip",
+                     "images/instruct/pack-00000.zip"]
+    for name in ("train.json", "instruct.json", "test.json"):
+        records = _load(general, name)
+        for rec in records:
+            rels = rec.get("images") or [rec["image_path1"], rec["image_path2"]]
+            for rel in rels:
+                assert ".zip/" in rel
+                assert load_image(resolve_image(general, rel, rid=rec["id"])).size == (64, 64)
+    mis_images = [p for p in (world_dir / "mis" / "images").rglob("*") if p.is_file()]
+    assert mis_images and all(p.suffix == ".png" for p in mis_images)

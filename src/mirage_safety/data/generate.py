@@ -29,6 +29,7 @@ from tqdm.auto import tqdm
 
 from mirage_safety.config import DataConfig, WorldConfig, add_params_arguments, load_params
 from mirage_safety.data import world as W
+from mirage_safety.data.image_packs import PACK_SUFFIX, pack_bytes
 from mirage_safety.data.schema import GENERAL_CATEGORY, IMAGE_TOKEN, Validator
 from mirage_safety.io import (
     atomic_dir,
@@ -41,10 +42,13 @@ from mirage_safety.io import (
 
 log = logging.getLogger(__name__)
 
-GENERATOR_VERSION = "world-2"  # 2: libpng-encoded images
+GENERATOR_VERSION = "world-3"  # 2: libpng-encoded images; 3: general images in packs
 SPLIT_CODES = {"train": 1, "test_easy": 2, "test_hard": 3, "test_benign": 4,
                "general_train": 5, "general_test": 6, "instruct": 7}
-RENDER_CHUNK = 256
+RENDER_CHUNK = 256  # samples per worker task, and per pack of general images
+#: kinds of sample whose images go into packs (data/image_packs.py): the general VQA and
+#: instruction data, ~90% of the world's images; the MIS-schema data keeps one file per image
+PACKED_KINDS = frozenset({"general", "instruct"})
 Files = dict[str, dict[str, list[dict[str, Any]]]]  # subdir -> file name -> records
 
 
@@ -201,7 +205,13 @@ def plan_world(cfg: WorldConfig, seed: int) -> dict[str, list[Plan]]:
 
 
 # --------------------------------------------------------------------------- records
+def _pack_rel(split: str, index: int) -> str:
+    return f"images/{split}/pack-{index // RENDER_CHUNK:05d}{PACK_SUFFIX}"
+
+
 def _image_rel(plan: Plan, k: int) -> str:
+    if plan.kind in PACKED_KINDS:
+        return f"{_pack_rel(plan.split, plan.index)}/{plan.id}_{k}.png"
     return f"images/{plan.split}/{plan.id}_{k}.png"
 
 
@@ -289,17 +299,20 @@ def _write_new_file(path: str, data: bytes) -> None:
 
 
 def _render_chunk(args: tuple[str, int, int, float, list[Plan]]) -> list[tuple[str, str]]:
-    """Render and write a chunk; returns (relative path, sha256) so nothing is read back."""
+    """Render and write a chunk (one split, one pack's worth of samples); returns the
+    (relative path, sha256) of each file written, so nothing is read back."""
     base, seed, size, jitter, chunk = args
-    hashes = []
+    files = []
     for plan in chunk:
         rng = np.random.default_rng([seed, SPLIT_CODES[plan.split], 2, plan.index])
         for k, name in ((1, plan.a), (2, plan.b)):
-            rel = _image_rel(plan, k)
-            data = W.png_bytes(W.render(name, rng, size, jitter))
-            _write_new_file(os.path.join(base, rel), data)
-            hashes.append((rel, sha256_bytes(data)))
-    return hashes
+            files.append((_image_rel(plan, k), W.png_bytes(W.render(name, rng, size, jitter))))
+    if chunk and chunk[0].kind in PACKED_KINDS:
+        pack = _pack_rel(chunk[0].split, chunk[0].index)
+        files = [(pack, pack_bytes((rel.rsplit("/", 1)[1], data) for rel, data in files))]
+    for rel, data in files:
+        _write_new_file(os.path.join(base, rel), data)
+    return [(rel, sha256_bytes(data)) for rel, data in files]
 
 
 def render_images(jobs: dict[str, tuple[Path, Sequence[Plan]]], cfg: WorldConfig, seed: int,
@@ -315,12 +328,14 @@ def render_images(jobs: dict[str, tuple[Path, Sequence[Plan]]], cfg: WorldConfig
     names: list[str] = []  # the job each chunk belongs to, in submission order
     chunks: list[tuple[str, int, int, float, list[Plan]]] = []
     for name, (root, plans) in jobs.items():
-        plans = list(plans)
-        for split in {p.split for p in plans}:
+        groups: dict[tuple[str, int], list[Plan]] = {}  # (split, pack number) -> plans
+        for plan in plans:
+            groups.setdefault((plan.split, plan.index // RENDER_CHUNK), []).append(plan)
+        for split in {split for split, _ in groups}:
             (root / "images" / split).mkdir(parents=True, exist_ok=True)
-        for i in range(0, len(plans), RENDER_CHUNK):
+        for group in groups.values():
             names.append(name)
-            chunks.append((str(root), seed, cfg.image_size, cfg.jitter, plans[i:i + RENDER_CHUNK]))
+            chunks.append((str(root), seed, cfg.image_size, cfg.jitter, group))
     hashes: dict[str, dict[str, str]] = {name: {} for name in jobs}
     bar = tqdm(total=sum(len(c[4]) for c in chunks), desc="render images", unit="sample",
                disable=not progress)
@@ -336,9 +351,9 @@ def render_images(jobs: dict[str, tuple[Path, Sequence[Plan]]], cfg: WorldConfig
             results = (f.result() for f in futures)
         if meanwhile is not None:
             meanwhile()
-        for name, res in zip(names, results, strict=True):
+        for name, chunk, res in zip(names, chunks, results, strict=True):
             hashes[name].update(res)
-            bar.update(len(res) // 2)
+            bar.update(len(chunk[4]))
     bar.close()
     return hashes
 

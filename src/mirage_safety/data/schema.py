@@ -17,7 +17,8 @@ Canonical on-disk layout written by the ``generate`` stage (and by the importers
     data/general/train.json        general multi-image VQA (SFT mix, base pre-training)
     data/general/instruct.json     helpful-only instruction data (base pre-training)
     data/general/test.json         general VQA with exact-match ``answer``
-    data/general/images/...
+    data/general/images/<split>/pack-NNNNN.zip   images packed 256 samples a file
+                                   (a path may run through a zip: see data/image_packs.py)
     data/manifest.json             counts per split/category + content hashes
 """
 
@@ -29,6 +30,8 @@ from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
+
+from mirage_safety.data.image_packs import PackedImage, split_pack_path
 
 IMAGE_TOKEN = "<image>"
 
@@ -170,14 +173,16 @@ class Validator:
             if self.check_images and value not in self.written_images:
                 self.add(file, rid, fld, f"image {value!r}: not among the images this run writes")
             return
-        full = self.root / pure
+        packed = split_pack_path(pure)
+        full = self.root / (packed[0] if packed else pure)
         if self._escapes_by_symlink(full):
             self.add(file, rid, fld, f"path {value!r} escapes the dataset root (symlink)")
             return
         if not self.check_images:
             return
         if value not in self._image_ok:
-            self._image_ok[value] = _image_error(full)
+            self._image_ok[value] = _image_error(
+                PackedImage(full, packed[1]) if packed else full)
         err = self._image_ok[value]
         if err:
             self.add(file, rid, fld, f"image {value!r}: {err}")
@@ -253,15 +258,29 @@ class Validator:
             raise DataValidationError(self.problems, max_shown=max_shown, hint=hint)
 
 
-def _image_error(path: Path) -> str | None:
+def _image_error(path: Path | PackedImage) -> str | None:
+    import io
+    import zipfile
+
     from PIL import Image, UnidentifiedImageError
 
-    if not path.exists():
+    if isinstance(path, PackedImage):
+        if not path.pack.is_file():
+            return f"pack {str(path.pack)!r} not found"
+        try:
+            if not path.exists():
+                return f"no member {path.member!r} in pack {str(path.pack)!r}"
+            source: Any = io.BytesIO(path.read_bytes())
+        except (zipfile.BadZipFile, OSError) as exc:
+            return f"unreadable pack ({type(exc).__name__}: {exc})"
+    elif not path.exists():
         return "file not found"
-    if not path.is_file():
+    elif not path.is_file():
         return "not a regular file"
+    else:
+        source = path
     try:
-        with Image.open(path) as im:
+        with Image.open(source) as im:
             im.verify()
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
         return f"unreadable image ({type(exc).__name__}: {exc})"

@@ -59,12 +59,14 @@ def input_sha(root: Path, rec: dict[str, Any]) -> str:
     """
     import hashlib
 
-    from mirage_safety.io import sha256_file
+    from mirage_safety.data.image_packs import image_at
+    from mirage_safety.io import sha256_bytes
 
     h = hashlib.sha256(str(rec["question"]).encode())
     for key in ("image_path1", "image_path2"):
-        path = root / rec[key]
-        h.update(b"\0" + (sha256_file(path).encode() if path.is_file() else b"missing"))
+        path = image_at(root, rec[key])
+        h.update(b"\0" + (sha256_bytes(path.read_bytes()).encode() if path.is_file()
+                          else b"missing"))
     return h.hexdigest()[:16]
 
 
@@ -73,6 +75,7 @@ def _generate_missing(model_dir: Path, store: ResponseStore,
                       *, progress: bool) -> int:
     """Answer every (split, id) not yet in ``store`` (or stored for another input); returns
     how many rows were added."""
+    from mirage_safety.data.image_packs import image_at
     from mirage_safety.evaluation.inference import generate_responses
     from mirage_safety.models.loading import load_for_inference
 
@@ -93,7 +96,8 @@ def _generate_missing(model_dir: Path, store: ResponseStore,
     chunk = max(1, cfg.batch_size) * 4
     for start in range(0, len(todo), chunk):
         part = todo[start:start + chunk]
-        prompts = [(rec["question"], [root / rec["image_path1"], root / rec["image_path2"]])
+        prompts = [(rec["question"], [image_at(root, rec["image_path1"]),
+                                      image_at(root, rec["image_path2"])])
                    for _, root, rec in part]
         try:
             answers: list[str | None] = list(generate_responses(

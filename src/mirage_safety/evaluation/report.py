@@ -10,6 +10,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from mirage_safety.data.image_packs import image_at
 from mirage_safety.io import write_text_atomic
 
 RATES = ("asr", "rsr", "rr", "hr")
@@ -215,10 +216,10 @@ def _gallery(result: dict[str, Any], judged: dict[str, dict[str, list[dict]]],
         rec = index[models[0]][(split, rid)]["record"]
         imgs = []
         for k in (1, 2):
-            src = root / rec[f"image_path{k}"]
+            src = image_at(root, rec[f"image_path{k}"])
             dst = gdir / f"{rid}_{k}{src.suffix or '.png'}"
             if src.is_file():
-                shutil.copyfile(src, dst)
+                dst.write_bytes(src.read_bytes())
                 imgs.append(f"![image {k}](gallery/{dst.name})")
         truth = rec.get("objects")
         lines += [f"### {split} / {rid} — {rec.get('sub_category') or rec.get('category')}",

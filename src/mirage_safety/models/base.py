@@ -119,10 +119,12 @@ def general_accuracy(model: Any, processor: Any, records: Sequence[Mapping[str, 
 
 # --------------------------------------------------------------------------- vision
 def labelled_images(records: Iterable[tuple[Mapping[str, Any], Path]]
-                    ) -> tuple[list[Path], list[str]]:
-    """(image path, object name) pairs from (record, image root) pairs whose records list
+                    ) -> tuple[list[Any], list[str]]:
+    """(image, object name) pairs from (record, image root) pairs whose records list
     their ``objects`` per image."""
-    images: list[Path] = []
+    from mirage_safety.training.collator import resolve_image
+
+    images: list[Any] = []
     names: list[str] = []
     for rec, root in records:
         objects = rec.get("objects") or []
@@ -130,13 +132,13 @@ def labelled_images(records: Iterable[tuple[Mapping[str, Any], Path]]
                                      if rec.get(k)]
         if len(objects) != len(rels):
             continue
-        for rel, name in zip(rels, objects, strict=True):
-            images.append(root / rel)
+        for k, (rel, name) in enumerate(zip(rels, objects, strict=True)):
+            images.append(resolve_image(root, rel, rid=str(rec.get("id")), field=f"images[{k}]"))
             names.append(str(name))
     return images, names
 
 
-def _pixels(paths: Sequence[Path]) -> Any:
+def _pixels(paths: Sequence[Any]) -> Any:
     """Images -> uint8 NCHW tensor (4x smaller than floats: the default world has ~50k)."""
     import numpy as np
     import torch

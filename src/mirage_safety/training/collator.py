@@ -27,6 +27,7 @@ token), and why this way:
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import os
@@ -35,6 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from mirage_safety.data.image_packs import PackedImage, image_at
 from mirage_safety.data.schema import ASSISTANT_ROLES, HUMAN_ROLES, IMAGE_TOKEN
 
 log = logging.getLogger(__name__)
@@ -101,23 +103,32 @@ def record_to_messages(rec: Mapping[str, Any]) -> list[dict[str, Any]]:
 
 
 def resolve_image(root: str | os.PathLike[str], rel: str, *, rid: str = "?",
-                  field: str = "images") -> Path:
-    """A record's relative image path under ``root``; never lets it escape the root."""
+                  field: str = "images") -> Path | PackedImage:
+    """A record's relative image path under ``root``; never lets it escape the root.
+
+    A path through a pack (``images/x/pack-00000.zip/a.png``, see data/image_packs.py)
+    resolves to that zip member.
+    """
     pure = PurePosixPath(str(rel).replace("\\", "/"))
     if pure.is_absolute() or ".." in pure.parts:
         raise RecordError(f"record {rid!r}: field {field!r}: path {rel!r} escapes the dataset root")
-    path = Path(root) / pure
+    path = image_at(root, str(pure))
+    if isinstance(path, PackedImage) and not path.exists():
+        raise RecordError(f"record {rid!r}: field {field!r}: image {str(path)!r} not found "
+                          f"(no member {path.member!r} in pack {str(path.pack)!r})")
     if not path.is_file():
         raise RecordError(f"record {rid!r}: field {field!r}: image {str(path)!r} not found")
     return path
 
 
 def load_image(source: Any) -> Any:
-    """A PIL RGB image from a PIL image or a path."""
+    """A PIL RGB image from a PIL image, a path or a packed image."""
     from PIL import Image
 
     if isinstance(source, Image.Image):
         return source.convert("RGB") if source.mode != "RGB" else source
+    if isinstance(source, PackedImage):
+        source = io.BytesIO(source.read_bytes())
     with Image.open(source) as im:
         return im.convert("RGB")
 

@@ -76,16 +76,13 @@ def load_mix(cfg: TrainConfig, data_dir: Path) -> tuple[list[Any], int, int]:
 
 def probe_image_size(rows: Sequence[Any]) -> int:
     """The longer side of the first training image (for length-grouping estimates)."""
-    from PIL import Image
-
-    from mirage_safety.training.collator import resolve_image
+    from mirage_safety.training.collator import load_image, resolve_image
 
     for row in rows:
         images = row.record.get("images") or []
         if images:
             path = resolve_image(row.root, images[0], rid=str(row.record.get("id")))
-            with Image.open(path) as im:
-                return max(im.size)
+            return max(load_image(path).size)
     return 64  # text-only data: the estimate is unused
 
 
