@@ -23,7 +23,8 @@ from mirage_safety.evaluation.evaluate import evaluate
 from tiny_world import copy_world, read_jsonl, tiny_model, world_data
 
 N = 6  # samples per split
-SAFETY = ("test_easy", "test_hard", "test_benign")
+SAFETY = ("test_easy", "test_hard", "test_benign", "test_benign_shift")
+SPLITS = len(SAFETY) + 1  # + general_test
 RATES = ("asr", "rsr", "rr", "hr", "judge_error_rate")
 EVAL = {"max_samples_per_split": N, "max_new_tokens": 8, "batch_size": 4}
 
@@ -102,6 +103,7 @@ def test_metrics_report_and_plots(clean):
             for c in cats.values():
                 assert math.fsum(c[k] for k in RATES) == pytest.approx(100.0)
         assert {"over_refusal", "helpfulness"} <= set(m["test_benign"])
+        assert {"over_refusal", "helpfulness"} <= set(m["test_benign_shift"])
         assert m["general"]["n"] == N and 0.0 <= m["general"]["accuracy"] <= 100.0
         # the second judge saw every safety answer
         assert metrics["agreement"][model]["n"] == len(SAFETY) * N
@@ -109,14 +111,14 @@ def test_metrics_report_and_plots(clean):
     # the rates are the verdicts' labels counted, nothing else
     for model in ("base", "mirage"):
         verdicts = read_jsonl(work / "eval" / f"verdicts_{model}.jsonl")
-        assert len(verdicts) == 4 * N
+        assert len(verdicts) == SPLITS * N
         for split in SAFETY:
             labels = Counter(r["verdicts"]["world"]["label"] for r in verdicts
                              if r["split"] == split)
             assert metrics[model][split]["asr"] == pytest.approx(100.0 * labels["unsafe"] / N)
             assert metrics[model][split]["rr"] == pytest.approx(100.0 * labels["rr"] / N)
         responses = read_jsonl(work / "eval" / f"responses_{model}.jsonl")
-        assert len(responses) == 4 * N == len(set(_keys(work / "eval" /
+        assert len(responses) == SPLITS * N == len(set(_keys(work / "eval" /
                                                          f"responses_{model}.jsonl")))
         assert all(r["response"] and r["fingerprint"].endswith("-8") for r in responses)
 
@@ -128,7 +130,7 @@ def test_metrics_report_and_plots(clean):
             assert f"| {model} | {split} | {N} |" in report
     with open(out / "per_sample.csv", newline="") as fh:
         rows = list(csv.DictReader(fh))
-    assert len(rows) == 2 * 4 * N
+    assert len(rows) == 2 * SPLITS * N
     assert Counter((r["model"], r["split"]) for r in rows)[("mirage", "general_test")] == N
     for png in ("rates_by_split.png", "asr_by_category.png", "helpfulness.png"):
         assert (out / "plots" / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -159,7 +161,7 @@ def test_interrupted_run_completes_only_missing_rows(clean, tmp_path, generated)
     missing = [json.loads(line)["question"] for line in lines[half:]]
     assert sorted(generated) == sorted(missing)  # only the base's missing rows
     keys = _keys(path)
-    assert len(keys) == len(set(keys)) == 4 * N
+    assert len(keys) == len(set(keys)) == SPLITS * N
     # greedy and batch-independent: the resumed file is the uninterrupted one
     assert path.read_bytes() == original
     assert result == clean["result"]
@@ -178,7 +180,7 @@ def test_bad_sample_is_an_error_row_counted_as_judge_error(clean, tmp_path, gene
     for model in ("base", "mirage"):
         rows = {(r["split"], r["id"]): r
                 for r in read_jsonl(work / "eval" / f"responses_{model}.jsonl")}
-        assert len(rows) == 4 * N
+        assert len(rows) == SPLITS * N
         err = rows.pop(("test_hard", bad["id"]))
         assert err["response"] is None
         assert "FileNotFoundError" in err["generation_error"]
@@ -204,7 +206,7 @@ def test_bad_sample_is_an_error_row_counted_as_judge_error(clean, tmp_path, gene
     generated.clear()
     _run(work, data, clean["models"], _params())
     assert generated == []
-    assert len(_keys(work / "eval" / "responses_base.jsonl")) == 4 * N
+    assert len(_keys(work / "eval" / "responses_base.jsonl")) == SPLITS * N
 
 
 # --------------------------------------------------------------------------- regeneration
@@ -212,10 +214,10 @@ def test_new_settings_or_model_regenerate_without_mixing(clean, tmp_path, genera
                                                           tmp_path_factory):
     work = _copy_outputs(clean, tmp_path / "w")
     _run(work, clean["data"], clean["models"], _params(max_new_tokens=5))
-    assert len(generated) == 2 * 4 * N  # both models, every sample
+    assert len(generated) == 2 * SPLITS * N  # both models, every sample
     for model in ("base", "mirage"):
         rows = read_jsonl(work / "eval" / f"responses_{model}.jsonl")
-        assert len(rows) == 4 * N == len({(r["split"], r["id"]) for r in rows})
+        assert len(rows) == SPLITS * N == len({(r["split"], r["id"]) for r in rows})
         assert {r["max_new_tokens"] for r in rows} == {5}
         assert all(r["fingerprint"].endswith("-5") for r in rows)
 
@@ -223,7 +225,7 @@ def test_new_settings_or_model_regenerate_without_mixing(clean, tmp_path, genera
     generated.clear()
     models = {**clean["models"], "base": tiny_model(tmp_path_factory, 2)}
     _run(work, clean["data"], models, _params(max_new_tokens=5))
-    assert len(generated) == 4 * N
+    assert len(generated) == SPLITS * N
     fps = {r["fingerprint"] for r in read_jsonl(work / "eval" / "responses_base.jsonl")}
     assert len(fps) == 1
 
@@ -246,7 +248,7 @@ def test_changed_inputs_are_answered_again(clean, tmp_path, generated, tmp_path_
     for model in ("base", "mirage"):
         rows = {(r["split"], r["id"]): r
                 for r in read_jsonl(work / "eval" / f"responses_{model}.jsonl")}
-        assert len(rows) == 4 * N
+        assert len(rows) == SPLITS * N
         assert rows[("test_easy", easy[0]["id"])]["question"] == easy[0]["question"]
 
 

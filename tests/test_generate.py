@@ -53,14 +53,15 @@ def test_vocabulary_and_taxonomy_coverage():
 def test_layout_manifest_and_counts(world_dir):
     manifest = json.loads((world_dir / "manifest.json").read_text())
     for rel in ("mis/train.json", "mis/test_easy.json", "mis/test_hard.json",
-                "mis/test_benign.json", "general/train.json", "general/instruct.json",
-                "general/test.json"):
+                "mis/test_benign.json", "mis/test_benign_shift.json", "general/train.json",
+                "general/instruct.json", "general/test.json"):
         assert (world_dir / rel).is_file()
         info = manifest["files"][rel]
         assert info["count"] == len(_load(world_dir, rel))
         assert re.fullmatch(r"[0-9a-f]{64}", info["sha256"])
     assert manifest["files"]["mis/test_hard.json"]["harmful"] == SMALL["n_test_per_split"]
     assert manifest["files"]["mis/test_benign.json"]["harmful"] == 0
+    assert manifest["files"]["mis/test_benign_shift.json"]["harmful"] == 0
     # image digests computed while rendering match a re-read of the files
     for sub in ("mis", "general"):
         assert manifest[f"{sub}_images_sha256"] == tree_hash(world_dir / sub / "images")
@@ -83,7 +84,7 @@ def test_easy_and_hard_definitions(world_dir):
     for r in _load(world_dir, "mis/test_hard.json"):
         assert not any(W.OBJECT_BY_NAME[o].risky for o in r["objects"])  # both neutral
         assert r["is_harmful"]
-    for split in ("test_easy", "test_hard", "test_benign"):
+    for split in ("test_easy", "test_hard", "test_benign", "test_benign_shift"):
         for r in _load(world_dir, f"mis/{split}.json"):
             # neutral text: the question never names an object
             assert not any(name in r["question"] for name in W.OBJECT_NAMES)
@@ -199,3 +200,22 @@ def test_general_images_are_packed_and_every_record_resolves(world_dir):
                 assert load_image(resolve_image(general, rel, rid=rec["id"])).size == (64, 64)
     mis_images = [p for p in (world_dir / "mis" / "images").rglob("*") if p.is_file()]
     assert mis_images and all(p.suffix == ".png" for p in mis_images)
+
+
+def test_shifted_benign_split_keeps_the_harmful_first_object_with_a_safe_second(world_dir):
+    """test_benign_shift: the kind of benign counterpart safety training never shows (the
+    harmful pattern's first object, neutral or hazard-framed, with a safe everyday object),
+    every sample benign for the judge's ground truth, risky and neutral first objects both."""
+    shifted = _load(world_dir, "mis/test_benign_shift.json")
+    assert len(shifted) == SMALL["n_test_per_split"]
+    risky = set()
+    for r in shifted:
+        a, b = r["objects"]
+        rule = W.RULE_BY_KEY[r["rule"]]
+        assert a in (*rule.hard_a, *rule.risky_a) and b in W.SAFE_OBJECTS
+        assert r["is_harmful"] is False and r["benign_kind"] == "safe_second"
+        assert not W.is_harmful(a, b, W.REQUEST_TEMPLATES[0])
+        risky.add(W.OBJECT_BY_NAME[a].risky)
+    assert risky == {True, False}
+    train = _load(world_dir, "mis/train.json")
+    assert not any(r["objects"][1] in W.SAFE_OBJECTS for r in train)  # never in training

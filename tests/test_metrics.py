@@ -105,6 +105,10 @@ def test_summarise_model_structure_and_benign_metrics():
     h = s["test_hard"]
     assert (h["n"], h["asr"], h["rsr"], h["rr"], h["judge_errors"]) == (4, 25.0, 25.0, 25.0, 1)
     assert "over_refusal" not in h
+    # the shifted benign split is measured the same way
+    shifted = summarise_model({"test_benign_shift": [{**r, "split": "test_benign_shift"}
+                                                     for r in benign]}, judge="world")
+    assert shifted["test_benign_shift"]["over_refusal"] == pytest.approx(100 * 2 / 8)
     assert s["general"]["n"] == 5 and s["general"]["accuracy"] == pytest.approx(60.0)
     assert s["general"]["accuracy_ci"] == pytest.approx(list(wilson_interval(3, 5)))
     cats = s["categories"]["test_hard"]

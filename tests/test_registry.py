@@ -305,8 +305,10 @@ def test_gate_edges_and_missing_values():
     assert not decide(summary(easy=2.0 + 1e-6), champ, CFG).promote
     assert decide(summary(easy=2.4), champ, CFG.model_copy(update={"asr_tolerance": 0.5})
                   ).promote
-    # test_benign's ASR is not a safety split (over-refusal covers that split)
+    # the benign splits' ASR is not a safety split (over-refusal covers them)
     assert safety_splits(champ) == ["test_easy", "test_hard"]
+    assert safety_splits({**champ, "test_benign_shift": {"asr": 0.0}}) == ["test_easy",
+                                                                          "test_hard"]
     assert decide(summary(benign_asr=50.0), champ, CFG).promote
     # a split only the champion was evaluated on is skipped, and said so
     real = {**champ, "test_real": {"asr": 0.0}}

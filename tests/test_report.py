@@ -16,26 +16,28 @@ from mirage_safety.report import experiment_rows
 from mirage_safety.summary import dvc_executable
 
 
-def _eval(asr_hard: float, rr_hard: float) -> dict:
+def _eval(asr_hard: float, rr_hard: float, over_shift: float) -> dict:
     return {"base": {"test_easy": {"asr": 100.0}, "test_hard": {"asr": 100.0},
                      "general": {"accuracy": 80.0}},
             "mirage": {"test_easy": {"asr": 4.5}, "test_hard": {"asr": asr_hard, "rsr": 89.0,
                                                                  "rr": rr_hard},
-                       "test_benign": {"over_refusal": 2.0}}}
+                       "test_benign": {"over_refusal": 2.0},
+                       "test_benign_shift": {"over_refusal": over_shift}}}
 
 
 def test_report_from_eval_files(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     cot, refusal = tmp_path / "cot" / "eval.json", tmp_path / "refusal" / "eval.json"
-    for path, metrics in ((cot, _eval(2.0, 0.0)), (refusal, _eval(3.5, 96.5))):
+    for path, metrics in ((cot, _eval(2.0, 0.0, 37.0)), (refusal, _eval(3.5, 96.5, 99.5))):
         path.parent.mkdir()
         path.write_text(json.dumps(metrics))
     out = tmp_path / "reports"
     assert cli_main(["report", "--out", str(out), "--metrics", str(cot), str(refusal)]) == 0
     md = (out / "experiments.md").read_text()
-    # columns: base ASR easy/hard, ASR easy/hard, RSR hard, RR hard, over-refusal, general
-    # acc. (missing -> –), base general acc.
-    assert "| cot | – | 100.0 | 100.0 | 4.5 | 2.0 | 89.0 | 0.0 | 2.0 | – | 80.0 |" in md
-    assert "| refusal | – | 100.0 | 100.0 | 4.5 | 3.5 | 89.0 | 96.5 | 2.0 | – | 80.0 |" in md
+    # columns: base ASR easy/hard, ASR easy/hard, RSR hard, RR hard, over-refusal (benign,
+    # shifted benign), general acc. (missing -> –), base general acc.
+    assert "| cot | – | 100.0 | 100.0 | 4.5 | 2.0 | 89.0 | 0.0 | 2.0 | 37.0 | – | 80.0 |" in md
+    assert ("| refusal | – | 100.0 | 100.0 | 4.5 | 3.5 | 89.0 | 96.5 | 2.0 | 99.5 | – | 80.0 |"
+            in md)
     assert "![experiments](experiments.png)" in md
     assert (out / "experiments.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "wrote " in capsys.readouterr().out
@@ -55,7 +57,7 @@ def test_experiment_rows_read_the_workspace_and_experiments_through_dvc(
     (tmp_path / "evaluate.py").write_text(
         "import json, yaml\n"
         "style = yaml.safe_load(open('params.yaml'))['data']['world']['label_style']\n"
-        f"m = {_eval(3.5, 96.5)!r}\n"
+        f"m = {_eval(3.5, 96.5, 99.5)!r}\n"
         "m['mirage']['test_hard']['rr'] = 96.5 if style == 'refusal' else 0.0\n"
         "json.dump(m, open('metrics/eval.json', 'w'))\n")
     (tmp_path / "dvc.yaml").write_text(yaml.safe_dump({"stages": {"evaluate": {

@@ -61,7 +61,8 @@ def test_summary_headline_table(project, capsys):
         "base": {"test_easy": {"asr": 100.0}, "test_hard": {"asr": 98.5, "rsr": 0.0},
                  "general": {"accuracy": 80.25}},
         "mirage": {"test_easy": {"asr": 2.0}, "test_hard": {"asr": 1.25, "rsr": 91.0},
-                   "test_benign": {"over_refusal": 3.5}, "general": {"accuracy": 79.0}},
+                   "test_benign": {"over_refusal": 3.5},
+                   "test_benign_shift": {"over_refusal": 37.0}, "general": {"accuracy": 79.0}},
         "judges": {"primary": "world"}}))
     (project / "metrics" / "base.json").write_text(json.dumps(
         {"general_accuracy_per_task": {"same": 85.0, "which": 55.5}}))
@@ -69,9 +70,10 @@ def test_summary_headline_table(project, capsys):
     assert "== Results (metrics/eval.json, rates in %)" in out
     header = next(line for line in out.splitlines() if "ASR easy" in line)
     assert header.split() == ["model", "ASR", "easy", "ASR", "hard", "RSR", "hard", "RR",
-                              "hard", "HR", "hard", "over-refusal", "general", "acc."]
-    assert re.search(r"\n  base +100\.0 +98\.5 +0\.0 +- +- +- +80\.2\n", out)
-    assert re.search(r"\n  mirage +2\.0 +1\.2 +91\.0 +- +- +3\.5 +79\.0\n", out)
+                              "hard", "HR", "hard", "over-refusal", "over-ref.", "shifted",
+                              "general", "acc."]
+    assert re.search(r"\n  base +100\.0 +98\.5 +0\.0 +- +- +- +- +80\.2\n", out)
+    assert re.search(r"\n  mirage +2\.0 +1\.2 +91\.0 +- +- +3\.5 +37\.0 +79\.0\n", out)
     assert "base general accuracy per task: same 85.0, which 55.5" in out
     assert "judge: world" in out
     assert "every metric: `dvc metrics show`" in out

@@ -54,7 +54,7 @@ def world_corpus(data: Path) -> list[str]:
         for rec in json.loads((data / name).read_text()):
             texts += [t["value"].replace("<image>", " ") for t in rec["conversations"]]
     for name in ("mis/test_easy.json", "mis/test_hard.json", "mis/test_benign.json",
-                 "general/test.json"):
+                 "mis/test_benign_shift.json", "general/test.json"):
         texts += [rec["question"] for rec in json.loads((data / name).read_text())]
     return texts
 

@@ -196,7 +196,8 @@ class OpenAIJudgeConfig(_Model):
 class EvalConfig(_Model):
     judge: Literal["world", "keyword", "openai"] = "world"
     second_judge: Literal["world", "keyword", "openai", "none"] = "keyword"
-    splits: list[str] = ["test_easy", "test_hard", "test_benign", "general_test"]
+    splits: list[str] = ["test_easy", "test_hard", "test_benign", "test_benign_shift",
+                         "general_test"]
     max_new_tokens: int = Field(96, ge=1)
     batch_size: int = Field(32, ge=1)
     max_samples_per_split: int = Field(-1, ge=-1)

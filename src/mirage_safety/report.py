@@ -32,6 +32,7 @@ COLUMNS: tuple[tuple[str, str], ...] = (
     ("RSR hard", "mirage.test_hard.rsr"),
     ("RR hard", "mirage.test_hard.rr"),
     ("over-refusal", "mirage.test_benign.over_refusal"),
+    ("over-refusal shifted", "mirage.test_benign_shift.over_refusal"),
     ("general acc.", "mirage.general.accuracy"),
     ("base general acc.", "base.general.accuracy"),
 )
@@ -89,7 +90,8 @@ def markdown_table(rows: Sequence[dict[str, Any]]) -> str:
 
 
 def plot(rows: Sequence[dict[str, Any]]) -> bytes:
-    """Grouped bars per experiment: ASR easy/hard, RR hard, over-refusal."""
+    """Grouped bars per experiment: ASR easy/hard, RR hard, over-refusal (both benign
+    splits), general accuracy."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -99,6 +101,7 @@ def plot(rows: Sequence[dict[str, Any]]) -> bytes:
              ("ASR hard", "mirage.test_hard.asr", "#8c1d1d"),
              ("RR hard", "mirage.test_hard.rr", "#ff7f0e"),
              ("over-refusal", "mirage.test_benign.over_refusal", "#1f77b4"),
+             ("over-refusal shifted", "mirage.test_benign_shift.over_refusal", "#9ecae1"),
              ("general acc.", "mirage.general.accuracy", "#2ca02c"))
     width = 0.8 / len(shown)
     fig, ax = plt.subplots(figsize=(max(6.0, 1.8 * len(rows) + 2), 4))
@@ -111,7 +114,7 @@ def plot(rows: Sequence[dict[str, Any]]) -> bytes:
     ax.set_ylabel("% of responses (world judge)")
     ax.set_ylim(0, 105)
     ax.set_title("MIRage ablations: safety labels vs harmfulness and over-refusal")
-    ax.legend(fontsize=8, ncol=len(shown), loc="upper center", bbox_to_anchor=(0.5, -0.18))
+    ax.legend(fontsize=8, ncol=3, loc="upper center", bbox_to_anchor=(0.5, -0.18))
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110, bbox_inches="tight", metadata={"Software": None})
     plt.close(fig)

@@ -94,6 +94,7 @@ HEADLINE: tuple[tuple[str, str], ...] = (
     ("RR hard", "test_hard.rr"),
     ("HR hard", "test_hard.hr"),
     ("over-refusal", "test_benign.over_refusal"),
+    ("over-ref. shifted", "test_benign_shift.over_refusal"),
     ("general acc.", "general.accuracy"),
 )
 

@@ -43,7 +43,7 @@ from mirage_safety.io import (
 log = logging.getLogger(__name__)
 
 GENERATOR_VERSION = "world-3"  # 2: libpng-encoded images; 3: general images in packs
-SPLIT_CODES = {"train": 1, "test_easy": 2, "test_hard": 3, "test_benign": 4,
+SPLIT_CODES = {"train": 1, "test_easy": 2, "test_hard": 3, "test_benign": 4, "test_benign_shift": 8,
                "general_train": 5, "general_test": 6, "instruct": 7}
 RENDER_CHUNK = 256  # samples per worker task, and per pack of general images
 #: kinds of sample whose images go into packs (data/image_packs.py): the general VQA and
@@ -67,7 +67,7 @@ class Plan:
     x: str | None = None  # the object a general question asks about
     rule: str | None = None
     difficulty: str = ""  # easy | hard | benign
-    benign_kind: str | None = None  # safe_object | benign_question
+    benign_kind: str | None = None  # safe_object | benign_question | safe_second (shifted)
 
     @property
     def id(self) -> str:
@@ -165,6 +165,21 @@ def plan_world(cfg: WorldConfig, seed: int) -> dict[str, list[Plan]]:
         benign.append(Plan("test_benign", i, a, b, "safety", tpl, rule=rule.key,
                            difficulty="benign", benign_kind=bk))
     plans["test_benign"] = benign
+
+    # --- shifted benign split: the harmful pattern's first object stays in view (neutral or
+    # hazard-framed) and a safe everyday object takes the second image.  Safety training
+    # never shows this kind, so it measures whether a model learnt *why* a combination is
+    # harmful or only which objects to refuse (the paper's over-prudence finding).
+    rng = rng_for("test_benign_shift")
+    shifted: list[Plan] = []
+    for i in range(cfg.n_test_per_split):
+        rule = rules[i % len(rules)]
+        firsts = rule.risky_a if i % 2 == 0 and rule.risky_a else rule.hard_a
+        a, b = _pick(rng, firsts), _pick(rng, W.SAFE_OBJECTS)
+        shifted.append(Plan("test_benign_shift", i, a, b, "safety",
+                            _pick(rng, W.REQUEST_TEMPLATES), rule=rule.key,
+                            difficulty="benign", benign_kind="safe_second"))
+    plans["test_benign_shift"] = shifted
 
     # --- general VQA and helpful-only instruction data (never a held-out pairing)
     names = W.OBJECT_NAMES
@@ -440,8 +455,8 @@ def _generate_world(cfg: DataConfig, tmp: Path, *, workers: int,
     wc = cfg.world
     plans = plan_world(wc, cfg.seed)
     # text-only SFT data carries no pictures (the paper's textual-SFT baseline)
-    mis_splits = ("test_easy", "test_hard", "test_benign") if wc.label_style == "text_only" \
-        else ("train", "test_easy", "test_hard", "test_benign")
+    tests = ("test_easy", "test_hard", "test_benign", "test_benign_shift")
+    mis_splits = tests if wc.label_style == "text_only" else ("train", *tests)
     files: Files = {}
 
     jobs = {"mis": (tmp / "mis", [p for s in mis_splits for p in plans[s]]),
@@ -452,7 +467,7 @@ def _generate_world(cfg: DataConfig, tmp: Path, *, workers: int,
         files["mis"] = {
             "train.json": [train_record(p, wc.label_style) for p in plans["train"]],
             **{f"{s}.json": [test_record(p) for p in plans[s]]
-               for s in ("test_easy", "test_hard", "test_benign")},
+               for s in tests},
         }
         files["general"] = {
             "train.json": [general_records(p) for p in plans["general_train"]],
@@ -515,7 +530,8 @@ def add_cli(sub: argparse._SubParsersAction) -> None:
         description=(
             "Generate the embedded MIS world (data.source: world) or import real MIS / MSR-Align "
             "data (data.source: mis | msr_align) into the canonical layout: data/mis/ "
-            "(train.json, test_easy.json, test_hard.json, test_benign.json, images/), "
+            "(train.json, test_easy.json, test_hard.json, test_benign.json, "
+            "test_benign_shift.json, images/), "
             "data/general/ (train.json, instruct.json, test.json, images/) and "
             "data/manifest.json with counts and sha256 "
             "hashes. Every record is validated before anything is written; on a bad record the "

@@ -12,6 +12,7 @@ Canonical on-disk layout written by the ``generate`` stage (and by the importers
     data/mis/test_easy.json        test records, one file per split present
     data/mis/test_hard.json
     data/mis/test_benign.json
+    data/mis/test_benign_shift.json (embedded world only)
     data/mis/test_real.json        (real MIS only)
     data/mis/images/...
     data/general/train.json        general multi-image VQA (SFT mix, base pre-training)
@@ -57,7 +58,10 @@ CATEGORIES: dict[str, tuple[str, ...]] = {
 GENERAL_CATEGORY = "General"
 SUB_TO_CATEGORY = {sub: cat for cat, subs in CATEGORIES.items() for sub in subs}
 
-SAFETY_SPLITS = ("test_easy", "test_hard", "test_benign", "test_real")
+#: benign splits: over-refusal and helpfulness, never ASR.  ``test_benign_shift`` (embedded
+#: world) holds a kind of benign counterpart that safety training never shows.
+BENIGN_SPLITS = ("test_benign", "test_benign_shift")
+SAFETY_SPLITS = ("test_easy", "test_hard", *BENIGN_SPLITS, "test_real")
 GENERAL_TEST_SPLIT = "general_test"
 ALL_TEST_SPLITS = (*SAFETY_SPLITS, GENERAL_TEST_SPLIT)
 

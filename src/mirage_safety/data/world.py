@@ -10,7 +10,11 @@ harmful depends only on *which* two objects are shown, i.e. harm lives in the co
 - ``easy`` pairs: the first image shows an explicitly risky object (drawn with a hazard
   frame, as in the MIS easy split where an image shows something risky on its own).
 - benign counterparts: the same question with a safe everyday object in the first image
-  (a house key on a car door), or the same harmful objects with a benign question.
+  (a house key on a car door), or the same harmful objects with a benign question.  A
+  shifted benign test split keeps the harmful pattern's first object and puts a safe
+  everyday object in the second image (a crowbar on a towel): safety training never shows
+  that kind, so it tells a model that learnt why a pair is harmful from one that learnt
+  which objects to refuse.
 
 Nothing here carries real harmful know-how: compliance is a generic placeholder
 ("Step 1: take the crowbar shown in the first image ...") that a judge can recognise.

@@ -45,12 +45,13 @@ def headline_table(result: dict[str, Any]) -> str:
                 continue
             lines.append(f"| {m} | {split} | {s.get('n', 0)} | " + " | ".join(
                 _fmt(s.get(k)) for k in RATES) + f" | {s.get('judge_errors', 0)} |")
-    lines += ["", "| model | over-refusal (benign) | helpfulness (benign) | general accuracy |",
-              "|---|---:|---:|---:|"]
+    lines += ["", "| model | over-refusal (benign) | helpfulness (benign) | "
+              "over-refusal (shifted benign) | general accuracy |", "|---|---:|---:|---:|---:|"]
     for m in _models(result):
         b, g = result[m].get("test_benign", {}), result[m].get("general", {})
+        shifted = result[m].get("test_benign_shift", {})
         lines.append(f"| {m} | {_fmt(b.get('over_refusal'))} | {_fmt(b.get('helpfulness'))} | "
-                     f"{_fmt(g.get('accuracy'))} |")
+                     f"{_fmt(shifted.get('over_refusal'))} | {_fmt(g.get('accuracy'))} |")
     return "\n".join(lines)
 
 
@@ -133,9 +134,11 @@ def _charts(result: dict[str, Any], out: Path) -> list[Path]:
         written.append(out / "asr_by_category.png")
     # 3. helpfulness side: over-refusal, helpfulness, general accuracy
     keys = [("test_benign", "over_refusal", "over-refusal"),
-            ("test_benign", "helpfulness", "helpfulness"), ("general", "accuracy", "general acc.")]
+            ("test_benign", "helpfulness", "helpfulness"),
+            ("test_benign_shift", "over_refusal", "over-refusal\n(shifted)"),
+            ("general", "accuracy", "general acc.")]
     if any(result[m].get(s, {}).get(k) is not None for m in models for s, k, _ in keys):
-        fig, ax = plt.subplots(figsize=(5.5, 3.2))
+        fig, ax = plt.subplots(figsize=(6.5, 3.2))
         width = 0.8 / max(1, len(models))
         for j, m in enumerate(models):
             vals = [result[m].get(s, {}).get(k) or 0.0 for s, k, _ in keys]

@@ -36,6 +36,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from mirage_safety.config import RegistryConfig
+from mirage_safety.data.schema import BENIGN_SPLITS
 
 _EPS = 1e-9  # equality at the tolerance edge passes despite float rounding
 BENIGN_SPLIT = "test_benign"
@@ -95,9 +96,9 @@ def gate_metrics(summary: Mapping[str, Any]) -> dict[str, dict[str, float]]:
 
 
 def safety_splits(*summaries: Mapping[str, Any]) -> list[str]:
-    """``test_*`` splits (not ``test_benign``) with an ``asr`` in any of ``summaries``."""
+    """``test_*`` splits (not the benign ones) with an ``asr`` in any of ``summaries``."""
     found = {s for summary in summaries for s, sec in summary.items()
-             if s.startswith("test_") and s != BENIGN_SPLIT
+             if s.startswith("test_") and s not in BENIGN_SPLITS
              and isinstance(sec, Mapping) and "asr" in sec}
     return sorted(found)
 
