@@ -4,7 +4,7 @@ Architecture (all standard ``transformers`` classes, so every loader, collator, 
 generation path is the one a Hub checkpoint goes through):
 
 * vision tower: ``CLIPVisionModel`` on ``image_size`` px images with ``patch_size`` patches
-  (64 px / 8 px -> 64 patch tokens per image, CLS dropped by the ``default`` feature strategy);
+  (64 px / 16 px -> 16 patch tokens per image, CLS dropped by the ``default`` feature strategy);
 * projector: LLaVA's two-layer MLP;
 * language model: a Llama-style decoder (``LlamaConfig``).
 
