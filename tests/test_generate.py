@@ -173,12 +173,32 @@ def test_world_record_with_an_unrendered_image_fails_while_rendering(tmp_path, m
 
 
 def test_general_answers_are_consistent(world_dir):
+    """Naming answers are the bare name; comparison answers name both objects, then the
+    verdict, which must follow from the objects and the question."""
+    from mirage_safety.data.world import article
+
+    tasks = set()
     for r in _load(world_dir, "general/test.json"):
         a, b = r["objects"]
-        if r["sub_category"] == "name_first":
-            assert r["answer"] == a
-        elif r["sub_category"] == "same":
-            assert r["answer"] == ("yes" if a == b else "no")
+        task = r["sub_category"]
+        tasks.add(task)
+        if task in ("name_first", "name_second"):
+            assert r["answer"] == (a if task == "name_first" else b)
+            continue
+        chain, verdict = r["answer"].rsplit(": ", 1)
+        if task == "same":
+            assert chain == f"{article(a)} and {article(b)}"
+            assert verdict == ("yes" if a == b else "no")
+            continue
+        x = re.search(r"shows? (?:a|an) (.+)\?$", r["question"]).group(1)
+        flags = ["yes" if o == x else "no" for o in (a, b)]
+        assert chain == f"{article(x)}? {article(a)} {flags[0]}, {article(b)} {flags[1]}"
+        if task == "which":
+            assert x in (a, b)
+            assert verdict == ("first" if x == a else "second")
+        else:
+            assert verdict == str(flags.count("yes"))
+    assert tasks == {"name_first", "name_second", "same", "which", "count"}
 
 
 def test_general_images_are_packed_and_every_record_resolves(world_dir):

@@ -42,7 +42,8 @@ from mirage_safety.io import (
 
 log = logging.getLogger(__name__)
 
-GENERATOR_VERSION = "world-3"  # 2: libpng-encoded images; 3: general images in packs
+GENERATOR_VERSION = "world-4"  # 2: libpng-encoded images; 3: general images in packs;
+# 4: comparison answers reason step by step (name, restate, check, then the verdict)
 SPLIT_CODES = {"train": 1, "test_easy": 2, "test_hard": 3, "test_benign": 4, "test_benign_shift": 8,
                "general_train": 5, "general_test": 6, "instruct": 7}
 RENDER_CHUNK = 256  # samples per worker task, and per pack of general images
@@ -195,7 +196,8 @@ def plan_world(cfg: WorldConfig, seed: int) -> dict[str, list[Plan]]:
         rng = rng_for(split)
         out = []
         for i in range(n):
-            task = W.GENERAL_TASKS[i % len(W.GENERAL_TASKS)]
+            cycle = W.GENERAL_TRAIN_CYCLE if split == "general_train" else W.GENERAL_TASKS
+            task = cycle[i % len(cycle)]
             a, b = random_pair(rng, 0.5 if task == "same" else 0.1)
             x = None
             if task in ("which", "count"):

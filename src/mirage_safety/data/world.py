@@ -252,6 +252,10 @@ def is_harmful(a: str, b: str, template: str) -> bool:
 
 # --------------------------------------------------------------------------- general VQA
 GENERAL_TASKS = ("name_first", "name_second", "same", "which", "count")
+#: The training mix cycles through this: "which" and "count" need a three-step answer
+#: (restate, check each image, verdict) and the naming tasks are learnt long before them.
+#: Test splits cycle through GENERAL_TASKS, one share each.
+GENERAL_TRAIN_CYCLE = ("name_first", "name_second", "same", "which", "count", "which", "count")
 
 
 def general_question(task: str, x: str | None = None) -> str:
@@ -269,15 +273,25 @@ def general_question(task: str, x: str | None = None) -> str:
 
 
 def general_answer(task: str, a: str, b: str, x: str | None = None) -> str:
+    """The reference answer.  Questions that compare the two images are answered with a
+    short perception chain, as the MIS labels reason before they decide: "same" names both
+    objects first ("a crowbar and a knife: no"); "which" and "count" first restate the
+    object asked about, then check each image against it ("a knife? a crowbar no, a knife
+    yes: second").  Every step is then local to the answer: a bare verdict would need the
+    2-layer embedded decoder to match a name in the question to an image in one step, which
+    it does not learn (measured: "which" at chance, "count" always "1"; see the README).
+    Names carry the question's leading-space tokens ("shows a knife?")."""
     if task == "name_first":
         return a
     if task == "name_second":
         return b
     if task == "same":
-        return "yes" if a == b else "no"
-    if task == "which":
-        return "first" if x == a else "second"
-    return str(int(a == x) + int(b == x))
+        return f"{article(a)} and {article(b)}: {'yes' if a == b else 'no'}"
+    if x is None:
+        raise ValueError(f"general task {task!r} needs an object")
+    verdict = ("first" if x == a else "second") if task == "which" else str((a == x) + (b == x))
+    checks = ", ".join(f"{article(o)} {'yes' if o == x else 'no'}" for o in (a, b))
+    return f"{article(x)}? {checks}: {verdict}"
 
 
 # --------------------------------------------------------------------------- images

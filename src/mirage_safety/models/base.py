@@ -88,7 +88,7 @@ def file_corpus(records: Iterable[Mapping[str, Any]]) -> Iterator[str]:
 
 # --------------------------------------------------------------------------- accuracy
 def general_accuracy(model: Any, processor: Any, records: Sequence[Mapping[str, Any]],
-                     root: Path, *, batch_size: int, max_new_tokens: int = 8,
+                     root: Path, *, batch_size: int, max_new_tokens: int = 24,
                      limit: int | None = None, progress: bool = True) -> dict[str, Any]:
     """Exact-match accuracy (0-100) on general test records (images under ``root``),
     overall and per task."""
