@@ -128,3 +128,88 @@ def test_max_length_never_cuts_image_tokens(processor, data_dir):
     rec = _records(data_dir / "mis/train.json")[0]
     with pytest.raises(RecordError, match="max_length 20 would cut image tokens"):
         ChatCollator(processor, root=data_dir / "mis", max_length=20)([rec])
+
+
+# The Qwen2-VL chat template as published with Qwen/Qwen2-VL-7B-Instruct: a system turn is
+# added, each image becomes <|vision_start|><|image_pad|><|vision_end|>, turns end with
+# <|im_end|> and a newline.
+QWEN2_VL_TEMPLATE = (
+    "{% set image_count = namespace(value=0) %}{% set video_count = namespace(value=0) %}"
+    "{% for message in messages %}{% if loop.first and message['role'] != 'system' %}"
+    "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n{% endif %}"
+    "<|im_start|>{{ message['role'] }}\n{% if message['content'] is string %}"
+    "{{ message['content'] }}<|im_end|>\n{% else %}{% for content in message['content'] %}"
+    "{% if content['type'] == 'image' or 'image' in content or 'image_url' in content %}"
+    "{% set image_count.value = image_count.value + 1 %}{% if add_vision_id %}Picture "
+    "{{ image_count.value }}: {% endif %}<|vision_start|><|image_pad|><|vision_end|>"
+    "{% elif 'text' in content %}{{ content['text'] }}{% endif %}{% endfor %}<|im_end|>\n"
+    "{% endif %}{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+
+
+def test_qwen2_vl_processor_expands_images_and_only_answers_carry_loss(data_dir):
+    """A Hub-style processor that expands each image into a grid-dependent number of
+    <|image_pad|> tokens (Qwen2-VL's, built locally: its PIL image processor, a tokenizer
+    with Qwen's special tokens and the published chat template): the same collator labels
+    exactly the answer + <|im_end|>, no image token, and a Qwen2-VL model trains on it."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import (
+        PreTrainedTokenizerFast,
+        Qwen2VLConfig,
+        Qwen2VLForConditionalGeneration,
+        Qwen2VLProcessor,
+    )
+    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import (
+        Qwen2VLImageProcessorPil,
+    )
+
+    class ImageOnlyQwen2VLProcessor(Qwen2VLProcessor):
+        # the video processor needs torchvision, which CPU installs here do not have
+        def __init__(self, image_processor=None, tokenizer=None, chat_template=None, **kw):
+            super().__init__(image_processor, tokenizer, None, chat_template=chat_template, **kw)
+
+    special = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>",
+               "<|vision_end|>", "<|image_pad|>", "<|video_pad|>"]
+    recs = _records(data_dir / "mis/train.json")[:3]
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    bpe.train_from_iterator(
+        [t["value"] for r in recs for t in r["conversations"]],
+        trainers.BpeTrainer(vocab_size=400, special_tokens=special, show_progress=False,
+                            initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    tok = PreTrainedTokenizerFast(tokenizer_object=bpe, pad_token="<|endoftext|>",
+                                  eos_token="<|im_end|>", additional_special_tokens=special[1:])
+    merge = 2
+    proc = ImageOnlyQwen2VLProcessor(
+        image_processor=Qwen2VLImageProcessorPil(min_pixels=56 * 56, max_pixels=56 * 56,
+                                                 merge_size=merge),
+        tokenizer=tok, chat_template=QWEN2_VL_TEMPLATE)
+
+    batch = ChatCollator(proc, root=data_dir / "mis")(recs[:2])
+    grids = batch["image_grid_thw"]
+    assert grids.shape == (4, 3)  # two images per record
+    per_record = [int(g.prod()) // merge**2 for g in grids]
+    for b, rec in enumerate(recs[:2]):
+        ids, labels = batch["input_ids"][b], batch["labels"][b]
+        is_image = ids == proc.image_token_id
+        assert int(is_image.sum()) == per_record[2 * b] + per_record[2 * b + 1] > 2
+        assert not (labels[is_image] != IGNORE_INDEX).any()
+        assert _labelled(proc, batch, b) == _answers(rec)[0] + "<|im_end|>"
+
+    config = Qwen2VLConfig(
+        text_config={"vocab_size": len(tok), "hidden_size": 32, "intermediate_size": 64,
+                     "num_hidden_layers": 1, "num_attention_heads": 2,
+                     "num_key_value_heads": 2, "bos_token_id": None,
+                     "eos_token_id": tok.eos_token_id, "pad_token_id": tok.pad_token_id,
+                     "rope_scaling": {"type": "mrope", "mrope_section": [2, 3, 3]}},
+        vision_config={"depth": 1, "embed_dim": 32, "hidden_size": 32, "num_heads": 2,
+                       "mlp_ratio": 2, "patch_size": 14, "spatial_merge_size": merge,
+                       "temporal_patch_size": 2, "in_chans": 3},
+        image_token_id=proc.image_token_id,
+        vision_start_token_id=tok.convert_tokens_to_ids("<|vision_start|>"))
+    torch.manual_seed(0)
+    model = Qwen2VLForConditionalGeneration(config)
+    loss = model(**batch).loss
+    loss.backward()
+    assert torch.isfinite(loss)
+    assert model.lm_head.weight.grad is not None
