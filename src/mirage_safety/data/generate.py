@@ -194,9 +194,9 @@ def plan_world(cfg: WorldConfig, seed: int) -> dict[str, list[Plan]]:
 
     for split, n in (("general_train", cfg.n_general_train), ("general_test", cfg.n_general_test)):
         rng = rng_for(split)
+        cycle = W.GENERAL_TRAIN_CYCLE if split == "general_train" else W.GENERAL_TASKS
         out = []
         for i in range(n):
-            cycle = W.GENERAL_TRAIN_CYCLE if split == "general_train" else W.GENERAL_TASKS
             task = cycle[i % len(cycle)]
             a, b = random_pair(rng, 0.5 if task == "same" else 0.1)
             x = None

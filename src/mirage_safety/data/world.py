@@ -255,7 +255,7 @@ GENERAL_TASKS = ("name_first", "name_second", "same", "which", "count")
 #: The training mix cycles through this: "which" and "count" need a three-step answer
 #: (restate, check each image, verdict) and the naming tasks are learnt long before them.
 #: Test splits cycle through GENERAL_TASKS, one share each.
-GENERAL_TRAIN_CYCLE = ("name_first", "name_second", "same", "which", "count", "which", "count")
+GENERAL_TRAIN_CYCLE = (*GENERAL_TASKS, "which", "count")
 
 
 def general_question(task: str, x: str | None = None) -> str:
@@ -289,8 +289,10 @@ def general_answer(task: str, a: str, b: str, x: str | None = None) -> str:
         return f"{article(a)} and {article(b)}: {'yes' if a == b else 'no'}"
     if x is None:
         raise ValueError(f"general task {task!r} needs an object")
-    verdict = ("first" if x == a else "second") if task == "which" else str((a == x) + (b == x))
-    checks = ", ".join(f"{article(o)} {'yes' if o == x else 'no'}" for o in (a, b))
+    hits = (a == x, b == x)
+    verdict = ("first" if hits[0] else "second") if task == "which" else str(sum(hits))
+    checks = ", ".join(f"{article(o)} {'yes' if hit else 'no'}"
+                       for o, hit in zip((a, b), hits, strict=True))
     return f"{article(x)}? {checks}: {verdict}"
 
 

@@ -88,15 +88,21 @@ def file_corpus(records: Iterable[Mapping[str, Any]]) -> Iterator[str]:
 
 # --------------------------------------------------------------------------- accuracy
 def general_accuracy(model: Any, processor: Any, records: Sequence[Mapping[str, Any]],
-                     root: Path, *, batch_size: int, max_new_tokens: int = 24,
+                     root: Path, *, batch_size: int, max_new_tokens: int | None = None,
                      limit: int | None = None, progress: bool = True) -> dict[str, Any]:
     """Exact-match accuracy (0-100) on general test records (images under ``root``),
-    overall and per task."""
+    overall and per task.  ``max_new_tokens`` defaults to the longest reference answer plus
+    its end-of-turn token and one more, so a response can always show that it runs on past
+    the reference, whatever the world's answer format."""
     from mirage_safety.evaluation.inference import generate_responses
     from mirage_safety.evaluation.metrics import exact_match
     from mirage_safety.training.collator import resolve_image
 
     records = records[: limit or None]
+    if max_new_tokens is None:
+        tok = getattr(processor, "tokenizer", processor)
+        max_new_tokens = 2 + max((len(tok(str(r["answer"]), add_special_tokens=False)
+                                      ["input_ids"]) for r in records), default=0)
     prompts = [(r["question"], [resolve_image(root, r[k], rid=r["id"], field=k)
                                 for k in ("image_path1", "image_path2") if r.get(k)])
                for r in records]
