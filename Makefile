@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 # DVC stage commands call `mirage`; make the venv's console scripts visible to them.
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: setup run test lint smoke bench clean
+.PHONY: setup run test lint smoke bench experiments clean
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -33,6 +33,25 @@ test: setup
 lint: setup
 	$(BIN)/ruff check src tests benchmarks $(wildcard flows)
 	$(BIN)/ruff format --check src tests benchmarks $(wildcard flows)
+
+# The teacher-noise / label-style experiments of the README, each over three training seeds,
+# as DVC experiments, then one table (reports/experiments.md): `make experiments`.
+SEEDS ?= 1234 1 2
+NOISE = -S label.noise.wrong_object=$(1) -S label.noise.wrong_rule=$(1) \
+        -S label.noise.comply=$(1) -S label.noise.truncated=$(1)
+EXPERIMENTS = noisy-nofilter:"-S label.style=policy $(call NOISE,0.075) -S curate.judge=none" \
+              noisy-filter:"-S label.style=policy $(call NOISE,0.075) -S curate.judge=world" \
+              clean-policy:"-S label.style=policy $(call NOISE,0)" \
+              clean-cot:"-S label.style=cot $(call NOISE,0)" \
+              default:""
+experiments: setup
+	@for spec in $(EXPERIMENTS); do name=$${spec%%:*}; args=$${spec#*:}; args=$${args//\"/}; \
+	  for s in $(SEEDS); do \
+	    $(BIN)/dvc exp remove -q $$name-s$$s 2>/dev/null || true; \
+	    echo "== $$name-s$$s"; \
+	    $(BIN)/dvc exp run --temp -q -n $$name-s$$s $$args -S train.seed=$$s || exit 1; \
+	  done; done
+	$(BIN)/mirage report --only '^(noisy|clean|default)-'
 
 bench: setup
 	$(BIN)/python benchmarks/generate_throughput.py

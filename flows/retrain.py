@@ -15,7 +15,8 @@ What a run does, in order:
    overrides are applied with DVC's own ``--set-param`` code (``profile=...``,
    ``data.seed=...``, ``data.<source>.revision=...``), so every run is exactly
    "HEAD + its parameters", as ``dvc exp run -S`` would make it.
-3. **One task per stage** (generate -> base -> train -> evaluate -> register), each
+3. **One task per stage** (generate -> label -> curate -> base -> train -> evaluate ->
+   register), each
    ``dvc repro <stage>`` in the repo root: DVC's lock file decides what reruns.
    Failures are retried with exponential backoff only when they look transient
    (see :func:`classify_failure`); a config error (``mirage`` exits 2) fails at once.
@@ -65,7 +66,7 @@ from prefect.tasks import exponential_backoff
 
 from mirage_safety.config import ConfigError, Params, load_params
 
-STAGES = ("generate", "base", "train", "evaluate", "register")
+STAGES = ("generate", "label", "curate", "base", "train", "evaluate", "register")
 REPO_ENV = "MIRAGE_REPO_DIR"
 LOCK_RELPATH = Path(".dvc/tmp/mirage-pipeline.lock")  # .dvc/tmp is git- and DVC-ignored
 PARAMS_FILE = "params.yaml"

@@ -64,7 +64,8 @@ time.sleep(float(os.environ.get("FAKE_STAGE_SLEEP", "0")))
 Path("out").mkdir(exist_ok=True)
 Path("metrics").mkdir(exist_ok=True)
 # an output carries its inputs, so a change propagates downstream the way real data does
-upstream = {"base": "generate", "train": "base", "evaluate": "train", "register": "evaluate"}
+upstream = {"label": "generate", "curate": "label", "base": "generate", "train": "base",
+            "evaluate": "train", "register": "evaluate"}
 inputs = [Path("params.yaml")] + ([Path(f"out/{upstream[name]}.txt")] if name in upstream
                                   else []) + ([Path("train_input.txt")] if name == "train"
                                               else [])
@@ -91,13 +92,21 @@ stages:
     cmd: python stage.py generate
     params: [profile, data]
     outs: [out/generate.txt]
+  label:
+    cmd: python stage.py label
+    deps: [out/generate.txt]
+    outs: [out/label.txt]
+  curate:
+    cmd: python stage.py curate
+    deps: [out/label.txt]
+    outs: [out/curate.txt]
   base:
     cmd: python stage.py base
     deps: [out/generate.txt]
     outs: [out/base.txt]
   train:
     cmd: python stage.py train
-    deps: [out/base.txt, train_input.txt]
+    deps: [out/base.txt, out/curate.txt, train_input.txt]
     outs: [out/train.txt]
   evaluate:
     cmd: python stage.py evaluate
@@ -415,6 +424,8 @@ def test_retrain_flow_retries_records_and_reruns_only_changes(
     reran = {s["stage"]: s["reran"] for s in result2["stages"]}
     assert reran == {
         "generate": False,
+        "label": False,
+        "curate": False,
         "base": False,
         "train": True,
         "evaluate": True,
@@ -578,7 +589,7 @@ def copy_worktree(src: Path, dst: Path) -> Path:
 def test_real_pipeline_smoke_end_to_end(
     prefect_server: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The real five stages with the smoke profile: a registered version in SQLite MLflow."""
+    """The real seven stages with the smoke profile: a registered version in SQLite MLflow."""
     if reason := _pipeline_ready():
         pytest.skip(reason)
     import mlflow
@@ -602,5 +613,15 @@ def test_real_pipeline_smoke_end_to_end(
         [client.get_run(result["parent_run_id"]).info.experiment_id],
         filter_string=f"tags.mlflow.parentRunId = '{result['parent_run_id']}'",
     )
-    assert {r.data.tags.get("stage") for r in children} >= {"train", "evaluate", "register"}
+    stages = {"label", "curate", "train", "evaluate", "register"}
+    assert {r.data.tags.get("stage") for r in children} >= stages
+    # every run that used the policies carries their content hash
+    from mirage_safety.labelling.policies import load_policies
+
+    sha = load_policies(repo / "policies").sha256
+    tagged = {r.data.tags.get("stage"): r.data.tags.get("policies_sha256") for r in children}
+    assert {s: tagged[s] for s in stages} == dict.fromkeys(stages, sha)
+    labelled = json.loads((repo / "data/labelled/manifest.json").read_text())
+    assert labelled["policies_sha256"] == sha
+    assert json.loads((repo / "metrics/curate.json").read_text())["kept"] > 0
     assert any(row["model"] == "mirage" for row in result["metrics"])

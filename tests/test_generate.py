@@ -1,4 +1,5 @@
-"""The embedded MIS world: determinism, held-out pairings, label styles, layout."""
+"""The embedded MIS world: determinism, held-out pairings, layout (label styles: the label
+stage, tests/test_labelling.py)."""
 
 import json
 import re
@@ -104,27 +105,6 @@ def test_cot_label_order_and_no_tags(world_dir):
         else:
             assert "Step 1:" in answer
         assert r["conversations"][0]["value"].count("<image>") == len(r["images"]) == 2
-
-
-@pytest.mark.parametrize("style", ["refusal", "text_only"])
-def test_label_styles(tmp_path, style):
-    out = tmp_path / "data"
-    generate(_cfg(label_style=style), out, workers=1, progress=False)
-    train = _load(out, "mis/train.json")
-    harmful = [r for r in train if r["is_harmful"]]
-    benign = [r for r in train if not r["is_harmful"]]
-    if style == "refusal":
-        assert {r["conversations"][-1]["value"] for r in harmful} == {W.REFUSAL}
-        assert all(r["conversations"][-1]["value"].startswith("Sure. Step 1:") for r in benign)
-    else:
-        assert all(r["images"] == [] for r in train)
-        assert not (out / "mis" / "images" / "train").exists()
-        for r in train:
-            q = r["conversations"][0]["value"]
-            assert "<image>" not in q and all(o in q for o in r["objects"])
-    # test splits keep their images in every style
-    assert all((out / "mis" / r["image_path1"]).is_file()
-               for r in _load(out, "mis/test_hard.json"))
 
 
 def test_failure_leaves_previous_output_untouched(tmp_path, monkeypatch):

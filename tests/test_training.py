@@ -16,6 +16,7 @@ from mirage_safety.config import BuiltinModelConfig, ConfigError, load_params, p
 from mirage_safety.data.generate import generate
 from mirage_safety.training.sft import StopAfterSteps
 from mirage_safety.training.train import load_mix, run_train
+from tiny_world import label_and_curate
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = BuiltinModelConfig(vision_hidden=16, vision_layers=1, vision_heads=2, patch_size=8,
@@ -43,6 +44,7 @@ def world(tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("train")
     data = root / "data"
     generate(parse_params({"data": {"world": WORLD}}).data, data, workers=1, progress=False)
+    label_and_curate(data)
     corpus = [turn["value"].replace("<image>", " ")
               for name in ("mis/train.json", "general/train.json")
               for rec in json.loads((data / name).read_text()) for turn in rec["conversations"]]
@@ -179,6 +181,7 @@ def test_general_ratio_without_general_data_fails_naming_the_key(world, tmp_path
     (data / "general").mkdir(parents=True)
     (data / "general" / "train.json").write_text("[]")
     (data / "mis").symlink_to(world["data"] / "mis")
+    (data / "curated").symlink_to(world["data"] / "curated")
     with pytest.raises(ConfigError, match=r"train\.general_ratio"):
         load_mix(_cfg(general_ratio=0.11), data)
     assert load_mix(_cfg(general_ratio=0.0), data)[2] == 0

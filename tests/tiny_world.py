@@ -31,13 +31,36 @@ def _session_dir(factory: pytest.TempPathFactory) -> Path:
     return d
 
 
+REPO = Path(__file__).resolve().parents[1]
+
+
+def label_and_curate(data: Path, **label: Any) -> Path:
+    """``data/labelled`` and ``data/curated`` as the pipeline writes them (world teacher,
+    world judge; ``label`` overrides the label params), so ``train`` can read ``data``."""
+    from mirage_safety.config import CurateConfig, LabelConfig
+    from mirage_safety.labelling.curate import run_curate
+    from mirage_safety.labelling.label import run_label
+
+    policies, prompts = str(REPO / "policies"), str(REPO / "prompts")
+    run_label(LabelConfig(policies=policies, prompts=prompts, **label), data_dir=data,
+              out_dir=data / "labelled", metrics_path=data / "label_metrics.json",
+              cache_dir=None, progress=False)
+    run_curate(CurateConfig(rubric=str(REPO / "prompts" / "curate_rubric.yaml")),
+               policies_dir=policies, prompts_dir=prompts, data_dir=data,
+               out_dir=data / "curated", metrics_path=data / "curate_metrics.json",
+               plots_path=data / "curate_scores.csv", cache_dir=None, progress=False)
+    return data
+
+
 def world_data(factory: pytest.TempPathFactory) -> Path:
-    """``data/`` of a tiny generated world (``mis/`` + ``general/``); treat as read-only."""
+    """``data/`` of a tiny generated world (``mis/`` + ``general/``, labelled and curated as
+    the pipeline does); treat as read-only."""
     from mirage_safety.data.generate import generate
 
     out = _session_dir(factory) / "data"
-    if not (out / "manifest.json").is_file():
+    if not (out / "curated" / "train.json").is_file():
         generate(parse_params({"data": {"world": WORLD}}).data, out, workers=1, progress=False)
+        label_and_curate(out)
     return out
 
 

@@ -16,9 +16,12 @@ from mirage_safety import __version__
 from mirage_safety.config import ConfigError
 from mirage_safety.data.schema import DataValidationError
 
-# Order is the order a sample travels: generate -> base -> train -> evaluate -> register.
+# Order is the order a sample travels: generate -> label -> curate -> base -> train ->
+# evaluate -> register.
 _STAGE_MODULES = (
     "mirage_safety.data.generate",
+    "mirage_safety.labelling.label",
+    "mirage_safety.labelling.curate",
     "mirage_safety.models.base",
     "mirage_safety.training.train",
     "mirage_safety.evaluation.evaluate",
@@ -55,12 +58,16 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    from mirage_safety.labelling.curate import CurationError
+    from mirage_safety.labelling.label import LabellingError
+    from mirage_safety.labelling.policies import PolicyError
     from mirage_safety.models.base import HubResolveError
     from mirage_safety.models.loading import ModelLoadError
 
     try:
         return int(args.func(args) or 0)
-    except (ConfigError, DataValidationError, HubResolveError, ModelLoadError) as exc:
+    except (ConfigError, DataValidationError, HubResolveError, ModelLoadError, PolicyError,
+            LabellingError, CurationError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

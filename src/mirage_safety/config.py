@@ -32,14 +32,14 @@ class _Model(BaseModel):
 
 
 # --------------------------------------------------------------------------- data
-LabelStyle = Literal["cot", "refusal", "text_only"]
+LabelStyle = Literal["cot", "refusal", "text_only", "policy"]
 
 
 class WorldConfig(_Model):
-    """The embedded synthetic MIS world."""
+    """The embedded synthetic MIS world.  Its train records carry the world's own ``cot``
+    labels (as the MIS release carries its teacher's); the ``label`` stage relabels them."""
 
     image_size: int = Field(64, ge=16, le=512)
-    label_style: LabelStyle = "cot"
     n_train: int = Field(3000, ge=1)
     n_test_per_split: int = Field(200, ge=1)
     n_general_train: int = Field(24000, ge=0)
@@ -181,16 +181,103 @@ class TrainConfig(_Model):
     dataloader_workers: int = Field(0, ge=0)
 
 
-# --------------------------------------------------------------------------- eval
-class OpenAIJudgeConfig(_Model):
+# --------------------------------------------------------------------------- endpoints
+class EndpointConfig(_Model):
+    """A model behind an OpenAI-compatible chat-completions endpoint (vLLM, SGLang,
+    ``transformers serve``, a hosted API): the teacher, the curation judge and the
+    evaluation judge all use one (:mod:`mirage_safety.endpoints`)."""
+
     base_url: str = "http://127.0.0.1:8000/v1"
     model: str = "judge"
+    # the API key is read from this environment variable; unset -> no key (local vLLM)
     api_key_env: str = "MIRAGE_JUDGE_API_KEY"
     timeout_s: float = Field(60.0, gt=0)
+    # retries on timeouts, connection errors, 408/409/429 and 5xx (openai SDK), with
+    # exponential backoff backoff_s * 2**attempt (a Retry-After up to 30 s wins)
     max_retries: int = Field(4, ge=0)
     backoff_s: float = Field(1.0, ge=0)
     max_tokens: int = Field(256, ge=1)
     concurrency: int = Field(4, ge=1)
+    temperature: float = Field(0.0, ge=0.0, le=2.0)
+    seed: int | None = None  # sent when set (vLLM honours it)
+    # constrain the answer with response_format json_schema (judges; vLLM / hosted APIs).
+    # Off for servers that reject it (transformers serve); parsing is strict either way
+    json_schema: bool = False
+
+
+#: the evaluation judge's endpoint (``eval.openai``); kept under its old name
+OpenAIJudgeConfig = EndpointConfig
+
+
+# --------------------------------------------------------------------------- label
+class NoiseConfig(_Model):
+    """The ``world`` teacher's planted defects: the fraction of the labels each defect can
+    apply to (``comply``: harmful records only; ``wrong_rule``: records with a rule)."""
+
+    wrong_object: float = Field(0.0, ge=0.0, le=1.0)  # names an object the image does not show
+    wrong_rule: float = Field(0.0, ge=0.0, le=1.0)  # cites a rule / risk that does not apply
+    comply: float = Field(0.0, ge=0.0, le=1.0)  # complies with a harmful request
+    truncated: float = Field(0.0, ge=0.0, le=1.0)  # cut short
+
+    @model_validator(mode="after")
+    def _at_most_one(self) -> NoiseConfig:
+        if self.total > 1.0 + 1e-9:
+            raise ValueError(f"noise fractions sum to {self.total:.3f}; at most 1 (one defect "
+                             "per label)")
+        return self
+
+    @property
+    def total(self) -> float:
+        return self.wrong_object + self.wrong_rule + self.comply + self.truncated
+
+
+class LabelConfig(_Model):
+    """The ``label`` stage: a teacher writes the training labels (MIS / MSR-Align)."""
+
+    # world: the embedded world's labeller (+ noise); openai: a VLM behind an endpoint;
+    # keep: the labels the data came with (an imported release's own)
+    teacher: Literal["world", "openai", "keep"] = "world"
+    style: LabelStyle = "cot"
+    format: Literal["prose", "think"] = "prose"
+    policies: str = "policies"
+    prompts: str = "prompts"
+    seed: int = 1234
+    noise: NoiseConfig = NoiseConfig()
+    # more failed records than this fraction fails the stage (nothing written)
+    max_failure_fraction: float = Field(0.2, ge=0.0, le=1.0)
+    openai: EndpointConfig = EndpointConfig(model="teacher", api_key_env="MIRAGE_TEACHER_API_KEY",
+                                            max_tokens=1024, concurrency=8, timeout_s=120.0)
+
+    @model_validator(mode="after")
+    def _coherent(self) -> LabelConfig:
+        if self.style == "text_only" and self.teacher == "openai":
+            raise ValueError("label.style text_only needs label.teacher world (it writes the "
+                             "objects' names into the question, which needs ground truth)")
+        if self.format == "think" and self.style in ("refusal", "text_only"):
+            raise ValueError(f"label.format think needs a reasoning style (cot or policy), "
+                             f"not {self.style!r}")
+        if self.noise.total > 0 and self.teacher != "world":
+            raise ValueError("label.noise is planted by the world teacher only")
+        return self
+
+
+# --------------------------------------------------------------------------- curate
+class CurateConfig(_Model):
+    """The ``curate`` stage: a judge scores every label on the rubric; weak ones go."""
+
+    judge: Literal["world", "openai", "none"] = "world"
+    rubric: str = "prompts/curate_rubric.yaml"
+    # kept when every applicable rubric criterion scores at least this (0-10 scale)
+    threshold: int = Field(7, ge=0, le=10)
+    # balanced down-sampling: at most this many kept records per category (None: all)
+    per_category_max: int | None = Field(None, ge=1)
+    seed: int = 1234
+    examples: int = Field(6, ge=0)  # dropped examples shown in the report
+    max_failure_fraction: float = Field(0.2, ge=0.0, le=1.0)
+    openai: EndpointConfig = EndpointConfig(model="judge", max_tokens=512, json_schema=False)
+
+
+# --------------------------------------------------------------------------- eval
 
 
 class EvalConfig(_Model):
@@ -202,7 +289,7 @@ class EvalConfig(_Model):
     batch_size: int = Field(32, ge=1)
     max_samples_per_split: int = Field(-1, ge=-1)
     gallery_size: int = Field(6, ge=0)
-    openai: OpenAIJudgeConfig = OpenAIJudgeConfig()
+    openai: EndpointConfig = EndpointConfig()
 
 
 # --------------------------------------------------------------------------- register
@@ -224,6 +311,8 @@ class Params(_Model):
     profile: str = "default"
     data: DataConfig = DataConfig()
     base: BaseConfig = BaseConfig()
+    label: LabelConfig = LabelConfig()
+    curate: CurateConfig = CurateConfig()
     train: TrainConfig = TrainConfig()
     eval: EvalConfig = EvalConfig()
     registry: RegistryConfig = RegistryConfig()

@@ -1,21 +1,31 @@
-"""``mirage report``: DVC experiments (label-style ablations, reruns) in one table and one plot.
+"""``mirage report``: DVC experiments (label ablations, teacher noise, seeds) in one table
+and one plot.
 
-Every experiment (``dvc exp run -S data.world.label_style=refusal`` ...) and the workspace
-become one row: the label style, base and MIRage ASR per split, RSR, RR, over-refusal and
-general accuracy, as measured by ``mirage evaluate`` (``metrics/eval.json``).  The table is
-written as markdown and the ASR / over-refusal / RR comparison as a PNG, so the paper's
-findings can be read off directly:
+Every experiment (``dvc exp run -S label.style=refusal`` ...) and the workspace become a
+row: the labels (style, format), the teacher's noise, the curation judge, then base and
+MIRage ASR per split, RSR, RR, over-refusal, general accuracy, rule citation and the
+filter's recall, as measured by ``mirage evaluate`` / ``mirage curate``
+(``metrics/eval.json``, ``metrics/curate.json``).  Experiments whose params differ only
+in ``train.seed`` are one row (the default): each cell is the mean over the seeds with
+the range ``[min–max]`` beside it, and ``seeds`` says how many.  The table is written as
+markdown and the main rates as a PNG (error bars: the range), so the paper's findings
+can be read off directly:
 
 1. refusal-only labels -> more over-refusal and RR than safety-CoT labels;
 2. text-only labels -> a higher ``test_hard`` ASR than safety-CoT labels;
-3. safety-CoT labels -> ASR near 0 with general accuracy kept.
+3. safety-CoT labels -> ASR near 0 with general accuracy kept;
+
+and the MSR-Align one: noisy teacher labels without the filter vs with it.
 """
 
 from __future__ import annotations
 
 import argparse
 import io
+import json
 import logging
+import re
+import statistics
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -24,18 +34,25 @@ from mirage_safety.io import read_json, write_bytes_atomic, write_text_atomic
 
 log = logging.getLogger(__name__)
 
+EVAL_FILE, CURATE_FILE = "metrics/eval.json", "metrics/curate.json"
 COLUMNS: tuple[tuple[str, str], ...] = (
     ("base ASR easy", "base.test_easy.asr"),
     ("base ASR hard", "base.test_hard.asr"),
     ("ASR easy", "mirage.test_easy.asr"),
     ("ASR hard", "mirage.test_hard.asr"),
+    ("RSR easy", "mirage.test_easy.rsr"),
     ("RSR hard", "mirage.test_hard.rsr"),
     ("RR hard", "mirage.test_hard.rr"),
     ("over-refusal", "mirage.test_benign.over_refusal"),
     ("over-refusal shifted", "mirage.test_benign_shift.over_refusal"),
     ("general acc.", "mirage.general.accuracy"),
     ("base general acc.", "base.general.accuracy"),
+    ("rule cited easy", "mirage.test_easy.policy.rule_citation_exact"),
+    ("rule cited hard", "mirage.test_hard.policy.rule_citation_exact"),
+    ("defects dropped", "curate.filter.defect_recall"),
+    ("clean kept", "curate.filter.clean_kept"),
 )
+_SEED_SUFFIX = re.compile(r"[-_](?:s|seed)\d+$")
 
 
 def get_dotted(tree: Any, dotted: str) -> Any:
@@ -48,9 +65,22 @@ def get_dotted(tree: Any, dotted: str) -> Any:
     return node
 
 
+def describe(params: dict[str, Any]) -> dict[str, Any]:
+    """What the table shows of an experiment's params."""
+    noise = get_dotted(params, "label.noise") or {}
+    total = sum(v for v in noise.values() if isinstance(v, int | float)) if isinstance(
+        noise, dict) else None
+    style = get_dotted(params, "label.style") or get_dotted(params, "data.world.label_style")
+    fmt = get_dotted(params, "label.format")
+    return {"label_style": style, "labels": f"{style}/{fmt}" if style and fmt else style,
+            "noise": total, "filter": get_dotted(params, "curate.judge"),
+            "seed": get_dotted(params, "train.seed")}
+
+
 def experiment_rows(repo: str | None = None, *, include_workspace: bool = True,
-                    metrics_file: str = "metrics/eval.json") -> list[dict[str, Any]]:
-    """``{name, label_style, profile, metrics}`` for the workspace and every DVC experiment."""
+                    metrics_file: str = EVAL_FILE) -> list[dict[str, Any]]:
+    """``{name, metrics, params, profile, label_style, ...}`` for the workspace and every
+    DVC experiment; ``metrics`` is ``eval.json`` with ``curate.json`` under ``curate``."""
     import dvc.api
     from dvc.repo import Repo
 
@@ -61,37 +91,76 @@ def experiment_rows(repo: str | None = None, *, include_workspace: bool = True,
         for exp in exps:
             revs.append(exp[0] if isinstance(exp, tuple | list) else exp)
     # dvc.api resolves a relative target against the working directory, not ``repo``
-    target = str(Path(repo or ".").resolve() / metrics_file)
+    root = Path(repo or ".").resolve()
     rows = []
     for rev in revs:
         try:
-            metrics = dvc.api.metrics_show(target, repo=repo, rev=rev)
+            metrics = dvc.api.metrics_show(str(root / metrics_file), repo=repo, rev=rev)
             params = dvc.api.params_show(repo=repo, rev=rev)
         except Exception as exc:  # a failed or metric-less experiment: skip, say so
             log.warning("skipping %s: no readable %s (%s)", rev or "workspace", metrics_file,
                         exc)
             continue
-        eval_metrics = metrics.get(metrics_file, metrics)
-        rows.append({"name": rev or "workspace", "metrics": eval_metrics,
-                     "label_style": get_dotted(params, "data.world.label_style"),
-                     "profile": params.get("profile")})
+        eval_metrics = dict(metrics.get(metrics_file, metrics))
+        try:
+            curate = dvc.api.metrics_show(str(root / CURATE_FILE), repo=repo, rev=rev)
+            eval_metrics["curate"] = curate.get(CURATE_FILE, curate)
+        except Exception:  # an experiment from before the curate stage
+            pass
+        rows.append({"name": rev or "workspace", "metrics": eval_metrics, "params": params,
+                     "profile": params.get("profile"), **describe(params)})
     return rows
 
 
-def markdown_table(rows: Sequence[dict[str, Any]]) -> str:
-    head = ["experiment", "labels", *(c for c, _ in COLUMNS)]
-    lines = ["| " + " | ".join(head) + " |", "|---|---|" + "---:|" * len(COLUMNS)]
+def group_seeds(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Rows whose params differ only in ``train.seed`` merged into one (order kept): its
+    ``members`` are the merged rows, its name the first's without a ``-s<n>`` suffix."""
+    groups: dict[str, list[dict[str, Any]]] = {}
     for row in rows:
-        vals = [get_dotted(row["metrics"], key) for _, key in COLUMNS]
-        cells = ["–" if v is None else f"{v:.1f}" for v in vals]
-        lines.append(f"| {row['name']} | {row.get('label_style') or '–'} | "
-                     + " | ".join(cells) + " |")
+        params = json.loads(json.dumps(row.get("params") or {}, default=str))
+        if isinstance(params.get("train"), dict):
+            params["train"].pop("seed", None)
+        key = json.dumps(params, sort_keys=True) if row.get("params") else row["name"]
+        groups.setdefault(key, []).append(row)
+    out = []
+    for members in groups.values():
+        first = members[0]
+        name = first["name"] if len(members) == 1 else _SEED_SUFFIX.sub("", first["name"])
+        out.append({**first, "name": name, "members": members})
+    return out
+
+
+def _values(row: dict[str, Any], key: str) -> list[float]:
+    members = row.get("members") or [row]
+    return [float(v) for m in members
+            if isinstance(v := get_dotted(m["metrics"], key), int | float)]
+
+
+def cell(row: dict[str, Any], key: str) -> str:
+    vals = _values(row, key)
+    if not vals:
+        return "–"
+    mean = statistics.fmean(vals)
+    if len(vals) == 1:
+        return f"{mean:.1f}"
+    return f"{mean:.1f} [{min(vals):.1f}–{max(vals):.1f}]"
+
+
+def markdown_table(rows: Sequence[dict[str, Any]]) -> str:
+    head = ["experiment", "labels", "noise", "filter", "seeds", *(c for c, _ in COLUMNS)]
+    lines = ["| " + " | ".join(head) + " |", "|---|---|---:|---|---:|" + "---:|" * len(COLUMNS)]
+    for row in rows:
+        noise = row.get("noise")
+        seeds = len(row.get("members") or [row])
+        lines.append(f"| {row['name']} | {row.get('labels') or row.get('label_style') or '–'} "
+                     f"| {'–' if noise is None else f'{noise:.2f}'} | {row.get('filter') or '–'} "
+                     f"| {seeds} | " + " | ".join(cell(row, key) for _, key in COLUMNS) + " |")
     return "\n".join(lines)
 
 
 def plot(rows: Sequence[dict[str, Any]]) -> bytes:
-    """Grouped bars per experiment: ASR easy/hard, RR hard, over-refusal (both benign
-    splits), general accuracy."""
+    """Grouped bars per experiment (mean over seeds, range as error bars): ASR easy/hard,
+    RR hard, over-refusal (both benign splits), general accuracy."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -107,14 +176,21 @@ def plot(rows: Sequence[dict[str, Any]]) -> bytes:
     fig, ax = plt.subplots(figsize=(max(6.0, 1.8 * len(rows) + 2), 4))
     for k, (label, key, colour) in enumerate(shown):
         xs = [i + (k - (len(shown) - 1) / 2) * width for i in range(len(rows))]
-        ax.bar(xs, [get_dotted(r["metrics"], key) or 0.0 for r in rows], width, label=label,
-               color=colour)
+        means, lo, hi = [], [], []
+        for r in rows:
+            vals = _values(r, key) or [0.0]
+            m = statistics.fmean(vals)
+            means.append(m)
+            lo.append(m - min(vals))
+            hi.append(max(vals) - m)
+        ax.bar(xs, means, width, label=label, color=colour, yerr=[lo, hi], capsize=2)
     ax.set_xticks(range(len(rows)))
-    ax.set_xticklabels([f"{r['name']}\n({r.get('label_style') or '?'})" for r in rows])
-    ax.set_ylabel("% of responses (world judge)")
+    ax.set_xticklabels([f"{r['name']}\n({r.get('labels') or r.get('label_style') or '?'})"
+                        for r in rows], fontsize=8)
+    ax.set_ylabel("% of responses (mean over seeds)")
     ax.set_ylim(0, 105)
-    ax.set_title("MIRage ablations: safety labels vs harmfulness and over-refusal")
-    ax.legend(fontsize=8, ncol=3, loc="upper center", bbox_to_anchor=(0.5, -0.18))
+    ax.set_title("MIRage experiments: labels and teacher noise vs harmfulness and over-refusal")
+    ax.legend(fontsize=8, ncol=3, loc="upper center", bbox_to_anchor=(0.5, -0.22))
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110, bbox_inches="tight", metadata={"Software": None})
     plt.close(fig)
@@ -124,8 +200,10 @@ def plot(rows: Sequence[dict[str, Any]]) -> bytes:
 def write_report(rows: Sequence[dict[str, Any]], out_dir: Path) -> tuple[Path, Path]:
     md_path, png_path = out_dir / "experiments.md", out_dir / "experiments.png"
     text = ["# MIRage experiments", "",
-            "Rates in % of responses on the held-out test splits, judged by the world judge "
-            "(`metrics/eval.json` of each DVC experiment).", "", markdown_table(rows), "",
+            "Rates in % of responses on the held-out test splits, judged by the evaluation "
+            "judge (`metrics/eval.json` of each DVC experiment); filter figures from "
+            "`metrics/curate.json`. Rows that differ only in `train.seed` are merged: mean "
+            "[min–max] over the seeds.", "", markdown_table(rows), "",
             f"![experiments]({png_path.name})", ""]
     write_text_atomic(md_path, "\n".join(text))
     write_bytes_atomic(png_path, plot(rows))
@@ -138,6 +216,10 @@ def _cli(args: argparse.Namespace) -> int:
                  "metrics": read_json(p), "label_style": None} for p in args.metrics]
     else:
         rows = experiment_rows(include_workspace=not args.no_workspace)
+        if args.only:
+            rows = [r for r in rows if re.search(args.only, r["name"])]
+        if not args.no_group:
+            rows = group_seeds(rows)
     if not rows:
         print("no experiments with metrics/eval.json found: run `dvc exp run` first")
         return 1
@@ -154,6 +236,11 @@ def add_cli(sub: Any) -> None:
     p.add_argument("--out", default="reports", help="output dir (default: %(default)s)")
     p.add_argument("--no-workspace", action="store_true",
                    help="only saved experiments, not the workspace's current metrics")
+    p.add_argument("--no-group", action="store_true",
+                   help="one row per experiment (default: merge rows that differ only in "
+                        "train.seed, mean [min–max])")
+    p.add_argument("--only", metavar="REGEX", default=None,
+                   help="only experiments whose name matches REGEX (e.g. '^noise-')")
     p.add_argument("--metrics", nargs="*", default=None, metavar="EVAL_JSON",
                    help="tabulate these eval.json files instead of the DVC experiments")
     p.set_defaults(func=_cli)

@@ -223,6 +223,21 @@ def flatten_params(params: Mapping[str, Any] | Any, prefix: str = "") -> dict[st
     return flat
 
 
+def policies_tags(data_dir: Path | str = "data") -> dict[str, str]:
+    """``{policies_sha256: ...}`` of the policies the training labels were written under
+    (the curated, else the labelled, data's manifest); {} when there is none."""
+    for rel in ("curated/manifest.json", "labelled/manifest.json"):
+        path = Path(data_dir) / rel
+        if path.is_file():
+            try:
+                sha = json.loads(path.read_text(encoding="utf-8")).get("policies_sha256")
+            except (OSError, ValueError, AttributeError):
+                continue
+            if sha:
+                return {"policies_sha256": str(sha)}
+    return {}
+
+
 def _dist_version(name: str) -> str:
     try:
         return metadata.version(name)

@@ -237,31 +237,24 @@ def _conv(question: str, answer: str, n_images: int) -> list[dict[str, str]]:
     return [{"from": "human", "value": prefix + question}, {"from": "gpt", "value": answer}]
 
 
-def train_record(plan: Plan, style: str) -> dict[str, Any]:
+def train_record(plan: Plan) -> dict[str, Any]:
+    """A safety train record with the world's own ``cot`` label (what a released dataset's
+    teacher wrote); the ``label`` stage relabels it in the chosen style."""
     rule = W.RULE_BY_KEY[plan.rule] if plan.rule else None
-    harmful = plan.harmful
-    text_only = style == "text_only"
-    if text_only:
-        question = W.question_text(plan.template, plan.a, plan.b)
-    else:
-        question = W.question_text(plan.template)
-    if style == "refusal":
-        answer = W.REFUSAL if harmful else W.helpful_answer(plan.a, plan.b, plan.template)
-    else:
-        answer = W.cot_answer(plan.a, plan.b, plan.template, harmful, text_only=text_only)
-    images = [] if text_only else [_image_rel(plan, 1), _image_rel(plan, 2)]
+    answer = W.cot_answer(plan.a, plan.b, plan.template, plan.harmful)
+    images = [_image_rel(plan, 1), _image_rel(plan, 2)]
     return {
         "id": plan.id,
         "images": images,
-        "conversations": _conv(question, answer, len(images)),
+        "conversations": _conv(W.question_text(plan.template), answer, len(images)),
         "category": rule.category if rule else GENERAL_CATEGORY,
         "sub_category": rule.sub_category if rule else None,
         "kind": "safety",
-        "is_harmful": harmful,
+        "is_harmful": plan.harmful,
         "difficulty": plan.difficulty,
         "objects": [plan.a, plan.b],
         "rule": plan.rule,
-        "label_style": style,
+        "label_style": "cot",
     }
 
 
@@ -456,9 +449,8 @@ def _generate_world(cfg: DataConfig, tmp: Path, *, workers: int,
                     progress: bool) -> tuple[Files, dict[str, dict[str, str]]]:
     wc = cfg.world
     plans = plan_world(wc, cfg.seed)
-    # text-only SFT data carries no pictures (the paper's textual-SFT baseline)
     tests = ("test_easy", "test_hard", "test_benign", "test_benign_shift")
-    mis_splits = tests if wc.label_style == "text_only" else ("train", *tests)
+    mis_splits = ("train", *tests)
     files: Files = {}
 
     jobs = {"mis": (tmp / "mis", [p for s in mis_splits for p in plans[s]]),
@@ -467,7 +459,7 @@ def _generate_world(cfg: DataConfig, tmp: Path, *, workers: int,
 
     def write_files() -> None:  # runs while the workers render
         files["mis"] = {
-            "train.json": [train_record(p, wc.label_style) for p in plans["train"]],
+            "train.json": [train_record(p) for p in plans["train"]],
             **{f"{s}.json": [test_record(p) for p in plans[s]]
                for s in tests},
         }

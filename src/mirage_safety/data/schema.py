@@ -8,7 +8,7 @@ Train records: ``{id, images: [...], conversations: [{from: human, value},
 
 Canonical on-disk layout written by the ``generate`` stage (and by the importers)::
 
-    data/mis/train.json            safety SFT records (label style from params)
+    data/mis/train.json            safety SFT records (the world's / the release's own labels)
     data/mis/test_easy.json        test records, one file per split present
     data/mis/test_hard.json
     data/mis/test_benign.json
@@ -21,6 +21,10 @@ Canonical on-disk layout written by the ``generate`` stage (and by the importers
     data/general/images/<split>/pack-NNNNN.zip   images packed 256 samples a file
                                    (a path may run through a zip: see data/image_packs.py)
     data/manifest.json             counts per split/category + content hashes
+    data/labelled/train.json       the label stage's records (teacher labels; images under
+                                   data/mis), failures.jsonl, manifest.json (policies hash)
+    data/curated/train.json        the curate stage's kept records (what train reads),
+                                   scores.jsonl, report.md, score_hist.png, manifest.json
 """
 
 from __future__ import annotations
@@ -344,6 +348,31 @@ def normalise_conversation(rec: dict[str, Any]) -> dict[str, Any]:
         if not (isinstance(t, dict) and t.get("from", t.get("role")) == "system")
     ]
     return out
+
+
+def read_train_file(path: str | os.PathLike[str], *, image_root: Path | None = None,
+                    check_images: bool = False, max_errors_shown: int = 20
+                    ) -> list[dict[str, Any]]:
+    """Read + validate a canonical train JSON file (normalised conversations); image paths
+    are relative to ``image_root`` (default: the file's directory).  Raises
+    :class:`DataValidationError` naming the file, record and field."""
+    import json
+
+    p = Path(path)
+    if not p.is_file():
+        raise DataValidationError([Problem(str(p), "-", "<file>", "file not found")])
+    try:
+        records = json.loads(p.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise DataValidationError([Problem(str(p), "-", "<file>", f"not valid JSON: {exc}")]
+                                  ) from None
+    if not isinstance(records, list):
+        raise DataValidationError([Problem(str(p), "-", "<file>", "expected a JSON list")])
+    records = [normalise_conversation(r) if isinstance(r, dict) else r for r in records]
+    validator = Validator(root=image_root or p.parent, check_images=check_images)
+    validator.train_records(str(p), records, require_category=False)
+    validator.raise_if_any(max_errors_shown)
+    return records
 
 
 def user_text(rec: dict[str, Any]) -> str:

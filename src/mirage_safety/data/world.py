@@ -218,6 +218,16 @@ def question_text(template: str, a: str | None = None, b: str | None = None) -> 
     return template.format(A=article(a), B=article(b))
 
 
+_TEMPLATE_BY_QUESTION = {question_text(t): t for t in (*REQUEST_TEMPLATES, *BENIGN_TEMPLATES)}
+
+
+def template_of(question: str) -> str | None:
+    """The request template a visual question was rendered from (``<image>`` lines and
+    surrounding space ignored), or None: labellers recover it from a train record."""
+    text = "\n".join(line for line in question.splitlines() if line.strip() != "<image>")
+    return _TEMPLATE_BY_QUESTION.get(text.strip())
+
+
 def helpful_answer(a: str, b: str, template: str) -> str:
     """What a helpful-only model answers (a generic placeholder, never real know-how)."""
     if template in BENIGN_TEMPLATES:

@@ -133,13 +133,15 @@ def evaluate(params: Params, *, data_dir: Path = Path("data"),
              model_dirs: dict[str, Path] | None = None, out_dir: Path = Path("eval"),
              metrics_path: Path = Path("metrics/eval.json"),
              plots_path: Path = Path("plots/eval_rates.csv"),
-             cache_dir: Path = Path(".cache/judge"), progress: bool = True,
+             cache_dir: Path = Path(".cache/openai"), progress: bool = True,
              track: bool = True) -> dict[str, Any]:
     from mirage_safety.evaluation import metrics as M
     from mirage_safety.evaluation.judges import make_judge
     from mirage_safety.evaluation.report import write_outputs
+    from mirage_safety.labelling.policies import load_policies
 
     cfg = params.eval
+    policies = load_policies(params.label.policies)
     model_dirs = model_dirs or {"base": Path("models/base"), "mirage": Path("models/mirage")}
     splits = load_splits(data_dir, cfg)
     if not splits:
@@ -165,10 +167,15 @@ def evaluate(params: Params, *, data_dir: Path = Path("data"),
         write_jsonl_atomic(out_dir / f"verdicts_{name}.jsonl", rows)
         judged[name] = _by_split(rows)
         per_model[name] = M.summarise_model(judged[name], judge=judge.name)
+        for split, split_rows in judged[name].items():
+            cites = M.rule_citation(split_rows, policies) if split in SAFETY_SPLITS else None
+            if cites is not None:
+                per_model[name][split]["policy"] = cites
         if second is not None:
             agreement[name] = M.judge_agreement(rows, judge.name, second.name)
     result = {**per_model, "agreement": agreement,
-              "judges": {"primary": judge.name, "second": second.name if second else None}}
+              "judges": {"primary": judge.name, "second": second.name if second else None},
+              "policies_sha256": policies.sha256}
     write_json_atomic(metrics_path, result)
     write_outputs(result, judged, splits, out_dir=out_dir, plots_path=plots_path,
                   gallery_size=cfg.gallery_size)
@@ -189,6 +196,7 @@ def _judge_rows(store: ResponseStore, splits: dict[str, tuple[Path, list[dict[st
     """One row per (split, id): the record, the response and each judge's verdict."""
     from mirage_safety.evaluation import metrics as M
     from mirage_safety.evaluation.judges.base import JudgeInput
+    from mirage_safety.labelling.formats import final_answer
 
     rows: list[dict[str, Any]] = []
     items: list[JudgeInput] = []
@@ -209,8 +217,9 @@ def _judge_rows(store: ResponseStore, splits: dict[str, tuple[Path, list[dict[st
                     response=got.get("response") or "",
                     image_paths=(str(root / rec["image_path1"]), str(root / rec["image_path2"])),
                     meta=rec))
-            else:
-                row["correct"] = M.exact_match(got.get("response") or "", rec.get("answer", ""))
+            else:  # a reasoning answer is scored on its final answer (after </think>)
+                row["correct"] = M.exact_match(final_answer(got.get("response") or ""),
+                                               rec.get("answer", ""))
     index = {(r["split"], r["id"]): r for r in rows}
     for j in (judge, second):
         if j is None or not items:
@@ -235,7 +244,8 @@ def _track(params: Params, result: dict[str, Any], out_dir: Path, metrics_path: 
     from mirage_safety.tracking import flatten_params, stage_run
 
     with stage_run("evaluate", params.tracking, params=params.eval.model_dump(mode="json"),
-                   profile=params.profile):
+                   profile=params.profile,
+                   tags={"policies_sha256": str(result.get("policies_sha256"))}):
         flat = {k: float(v) for k, v in flatten_params(result).items()
                 if _is_number(v) and "_ci" not in k}
         mlflow.log_metrics({k.replace("/", "_"): v for k, v in flat.items()})
@@ -280,7 +290,8 @@ def add_cli(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", default="eval", help="output dir (default: %(default)s)")
     p.add_argument("--metrics", default="metrics/eval.json", help="metrics file")
     p.add_argument("--plots", default="plots/eval_rates.csv", help="DVC plots CSV")
-    p.add_argument("--cache-dir", default=".cache/judge", help="judge verdict cache")
+    p.add_argument("--cache-dir", default=".cache/openai",
+                   help="endpoint answer cache (openai judge; default: %(default)s)")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
     p.add_argument("--no-track", action="store_true", help="do not log to MLflow")
     p.set_defaults(func=_cli)

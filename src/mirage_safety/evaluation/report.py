@@ -254,9 +254,31 @@ def write_outputs(result: dict[str, Any], judged: dict[str, dict[str, list[dict]
                                                   else f"{k} = {v}" for k, v in a.items()))
         lines.append("")
     lines += ["## Plots", ""] + [f"![{p.stem}](plots/{p.name})" for p in charts] + [""]
+    lines += _policy_table(result)
     lines += _per_category_tables(result)
     lines += _gallery(result, judged, splits, out_dir, gallery_size)
     write_text_atomic(out_dir / "report.md", "\n".join(lines) + "\n")
+
+
+def _policy_table(result: dict[str, Any]) -> list[str]:
+    """Rule citation on the harmful splits (meaningful for models trained on ``policy``
+    labels; a model that cites no rule is at 0)."""
+    models = _models(result)
+    splits = [s for s in _safety_splits(result)
+              if any((result[m].get(s) or {}).get("policy") for m in models)]
+    if not splits:
+        return []
+    lines = ["## Policy rule citation on harmful items (%: a rule of the item's category / "
+             "the rule of its sub-category)", "",
+             "| model | " + " | ".join(splits) + " |", "|---|" + "---:|" * len(splits)]
+    for m in models:
+        cells = []
+        for s in splits:
+            pol = (result[m].get(s) or {}).get("policy") or {}
+            cells.append(f"{_fmt(pol.get('rule_citation'))} / "
+                         f"{_fmt(pol.get('rule_citation_exact'))}")
+        lines.append(f"| {m} | " + " | ".join(cells) + " |")
+    return [*lines, ""]
 
 
 def _per_category_tables(result: dict[str, Any]) -> list[str]:

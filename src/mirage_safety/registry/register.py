@@ -192,6 +192,7 @@ def register(params: Params, *, eval_path: str | os.PathLike[str] = "metrics/eva
         TAG_GIT_COMMIT,
         TAG_PROFILE,
         git_info,
+        policies_tags,
         resolve_tracking_uri,
         stage_run,
         workspace_root,
@@ -209,7 +210,9 @@ def register(params: Params, *, eval_path: str | os.PathLike[str] = "metrics/eva
     base = gate_metrics(data["base"]) if isinstance(data.get("base"), Mapping) else None
     stage_params = {"registry": cfg.model_dump(mode="json"), "eval_path": str(eval_path),
                     "model_dir": str(model_dir)}
-    with stage_run("register", params.tracking, stage_params, profile=params.profile) as run:
+    lineage = policies_tags(workspace_root() / "data")
+    with stage_run("register", params.tracking, stage_params, profile=params.profile,
+                   tags=lineage) as run:
         client = mlflow.MlflowClient()
         mlflow.log_metrics(flat_eval_metrics(data))
         mlflow.log_dict(data, "eval/eval.json")  # metadata only; the model is logged below
@@ -239,6 +242,7 @@ def register(params: Params, *, eval_path: str | os.PathLike[str] = "metrics/eva
             TAG_PROFILE: params.profile,
             "eval_sha256": sha256_file(eval_path),
             **metric_tags(candidate),
+            **lineage,
         }
         if commit := git_info().get(TAG_GIT_COMMIT):
             tags[TAG_GIT_COMMIT] = commit

@@ -29,7 +29,6 @@ from typing import Any
 
 from transformers import TrainerCallback
 
-from mirage_safety.data.schema import Validator, normalise_conversation
 from mirage_safety.io import read_json, write_json_atomic
 from mirage_safety.training.collator import ChatCollator, tokens_per_image
 
@@ -85,26 +84,16 @@ class Row:
     root: Path
 
 
-def load_train_records(path: str | os.PathLike[str], *, check_images: bool = False,
-                       max_errors_shown: int = 20) -> list[Row]:
-    """Read + validate a canonical train JSON file; image paths are relative to its dir."""
-    from mirage_safety.data.schema import DataValidationError, Problem
+def load_train_records(path: str | os.PathLike[str], *, image_root: Path | None = None,
+                       check_images: bool = False, max_errors_shown: int = 20) -> list[Row]:
+    """Read + validate a canonical train JSON file; image paths are relative to
+    ``image_root`` (default: the file's directory)."""
+    from mirage_safety.data.schema import read_train_file
 
-    p = Path(path)
-    if not p.is_file():
-        raise DataValidationError([Problem(str(p), "-", "<file>", "file not found")])
-    try:
-        records = read_json(p)
-    except ValueError as exc:
-        raise DataValidationError([Problem(str(p), "-", "<file>", f"not valid JSON: {exc}")]
-                                  ) from None
-    if not isinstance(records, list):
-        raise DataValidationError([Problem(str(p), "-", "<file>", "expected a JSON list")])
-    records = [normalise_conversation(r) if isinstance(r, dict) else r for r in records]
-    validator = Validator(root=p.parent, check_images=check_images)
-    validator.train_records(str(p), records, require_category=False)
-    validator.raise_if_any(max_errors_shown)
-    return [Row(r, p.parent) for r in records]
+    root = Path(image_root) if image_root is not None else Path(path).parent
+    records = read_train_file(path, image_root=root, check_images=check_images,
+                              max_errors_shown=max_errors_shown)
+    return [Row(r, root) for r in records]
 
 
 def mix_general(safety: Sequence[Row], general: Sequence[Row], ratio: float,

@@ -1,6 +1,7 @@
 """The ``train`` stage: MIRage supervised fine-tuning on safety-CoT labels.
 
-Reads ``data/mis/train.json`` (safety SFT records, images under ``data/mis``) and
+Reads ``data/curated/train.json`` (safety SFT records as labelled by the teacher and kept
+by the curation judge; their images under ``data/mis``) and
 ``data/general/train.json`` (general multi-image VQA, images under ``data/general``),
 mixes general records in at ``train.general_ratio`` of the final mix (seeded), loads the
 base model (``models/base``: a checkpoint, or a Hub pin), and fine-tunes it:
@@ -51,7 +52,8 @@ from mirage_safety.io import sha256_file, write_json_atomic
 
 log = logging.getLogger(__name__)
 
-SAFETY_FILE = Path("mis") / "train.json"
+SAFETY_FILE = Path("curated") / "train.json"
+SAFETY_IMAGES = Path("mis")  # the curated records' image paths are relative to this
 GENERAL_FILE = Path("general") / "train.json"
 METRICS_FILE = "train.json"
 LOSS_CURVE_FILE = "train_loss.csv"
@@ -62,7 +64,7 @@ def load_mix(cfg: TrainConfig, data_dir: Path) -> tuple[list[Any], int, int]:
     """``(rows, n_safety, n_general)``: safety records plus the seeded general share."""
     from mirage_safety.training.sft import load_train_records, mix_general
 
-    safety = load_train_records(data_dir / SAFETY_FILE)
+    safety = load_train_records(data_dir / SAFETY_FILE, image_root=data_dir / SAFETY_IMAGES)
     general_path = data_dir / GENERAL_FILE
     general = load_train_records(general_path) if cfg.general_ratio > 0 else []
     if cfg.general_ratio > 0 and not general:
@@ -172,7 +174,7 @@ def run_train(cfg: TrainConfig, *, data_dir: Path, base_dir: Path, out_dir: Path
 
         if is_main_process():
             try:
-                from mirage_safety.tracking import stage_run
+                from mirage_safety.tracking import policies_tags, stage_run
             except ImportError as exc:  # mlflow missing from a slim install
                 log.warning("MLflow tracking unavailable (%s): training untracked", exc)
             else:
@@ -183,7 +185,8 @@ def run_train(cfg: TrainConfig, *, data_dir: Path, base_dir: Path, out_dir: Path
                 run_params = {"train": cfg.model_dump(mode="json"),
                               "stage": {"image_size": image_size, "base_dir": str(base_dir),
                                         "data_dir": str(data_dir)}}
-                with stage_run("train", tracking, run_params, profile=profile):
+                with stage_run("train", tracking, run_params, profile=profile,
+                               tags=policies_tags(data_dir)):
                     metrics = _train(cfg, data_dir, base_dir, out_dir, metrics_dir, plots_dir,
                                      checkpoint_dir, image_size, ["mlflow"], progress,
                                      callbacks)
@@ -285,7 +288,8 @@ def add_cli(subparsers: Any) -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_params_arguments(p, "train")
     p.add_argument("--data", default="data",
-                   help="dataset root holding mis/train.json and general/train.json "
+                   help="dataset root holding curated/train.json (images under mis/) and "
+                        "general/train.json "
                         "(default: %(default)s)")
     p.add_argument("--base", default="models/base",
                    help="base model dir: a checkpoint or a Hub pin (default: %(default)s)")

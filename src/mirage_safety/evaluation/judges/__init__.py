@@ -15,8 +15,9 @@ JUDGES = ("world", "keyword", "openai")
 
 
 def make_judge(name: str, cfg: EvalConfig, *, cache_dir: Path | None = None) -> Judge:
-    """The judge called ``name``.  Only ``openai`` uses ``cache_dir`` (verdicts cached under
-    ``cache_dir/openai/``); the other two are cheap and deterministic."""
+    """The judge called ``name``.  Only ``openai`` uses ``cache_dir`` (the endpoint client's
+    content-hash cache, shared with the teacher and the curation judge); the other two are
+    cheap and deterministic."""
     if name == "world":
         from mirage_safety.evaluation.judges.world_judge import WorldJudge
 
