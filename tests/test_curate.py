@@ -17,27 +17,21 @@ from mirage_safety.config import (
     EndpointConfig,
     LabelConfig,
     NoiseConfig,
-    parse_params,
 )
-from mirage_safety.data.generate import generate
 from mirage_safety.io import tree_hash
 from mirage_safety.labelling.curate import CurationError, run_curate
 from mirage_safety.labelling.label import run_label
 from mirage_safety.labelling.rubric import load_rubric
+from tiny_world import POLICIES, PROMPTS, label_world
 
 REPO = Path(__file__).resolve().parents[1]
-POLICIES, PROMPTS = str(REPO / "policies"), str(REPO / "prompts")
 RUBRIC = str(REPO / "prompts" / "curate_rubric.yaml")
 NOISY = NoiseConfig(wrong_object=0.1, wrong_rule=0.1, comply=0.1, truncated=0.1)
-SMALL = {"n_train": 140, "n_test_per_split": 4, "n_general_train": 4, "n_general_test": 4,
-         "n_instruct": 2, "image_size": 32}
 
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("curate") / "data"
-    generate(parse_params({"data": {"world": SMALL}}).data, out, workers=1, progress=False)
-    return out
+    return label_world(tmp_path_factory)
 
 
 def _labelled(world: Path, tmp: Path, **label) -> Path:

@@ -12,25 +12,20 @@ import pytest
 from mirage_safety.cli import main as cli_main
 from mirage_safety.config import ConfigError, LabelConfig, NoiseConfig, parse_params
 from mirage_safety.data import world as W
-from mirage_safety.data.generate import generate
 from mirage_safety.io import tree_hash
 from mirage_safety.labelling.formats import split_think
 from mirage_safety.labelling.label import LabellingError, run_label
 from mirage_safety.labelling.policies import PolicyError, load_policies
 from mirage_safety.labelling.teachers import WorldTeacher
+from tiny_world import POLICIES, label_world
 
 REPO = Path(__file__).resolve().parents[1]
-POLICIES = str(REPO / "policies")
 NOISY = NoiseConfig(wrong_object=0.1, wrong_rule=0.1, comply=0.1, truncated=0.1)
-SMALL = {"n_train": 140, "n_test_per_split": 4, "n_general_train": 4, "n_general_test": 4,
-         "n_instruct": 2, "image_size": 32}
 
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("label") / "data"
-    generate(parse_params({"data": {"world": SMALL}}).data, out, workers=1, progress=False)
-    return out
+    return label_world(tmp_path_factory)
 
 
 def _cfg(**kw) -> LabelConfig:

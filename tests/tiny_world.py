@@ -32,6 +32,11 @@ def _session_dir(factory: pytest.TempPathFactory) -> Path:
 
 
 REPO = Path(__file__).resolve().parents[1]
+POLICIES, PROMPTS = str(REPO / "policies"), str(REPO / "prompts")
+#: a world with enough train records (140: ten per rule) for the noise model to plant every
+#: kind of defect; generated (not labelled) once per session
+LABEL_WORLD = {"n_train": 140, "n_test_per_split": 4, "n_general_train": 4,
+               "n_general_test": 4, "n_instruct": 2, "image_size": 32}
 
 
 def label_and_curate(data: Path, **label: Any) -> Path:
@@ -41,7 +46,7 @@ def label_and_curate(data: Path, **label: Any) -> Path:
     from mirage_safety.labelling.curate import run_curate
     from mirage_safety.labelling.label import run_label
 
-    policies, prompts = str(REPO / "policies"), str(REPO / "prompts")
+    policies, prompts = POLICIES, PROMPTS
     run_label(LabelConfig(policies=policies, prompts=prompts, **label), data_dir=data,
               out_dir=data / "labelled", metrics_path=data / "label_metrics.json",
               cache_dir=None, progress=False)
@@ -50,6 +55,17 @@ def label_and_curate(data: Path, **label: Any) -> Path:
                out_dir=data / "curated", metrics_path=data / "curate_metrics.json",
                plots_path=data / "curate_scores.csv", cache_dir=None, progress=False)
     return data
+
+
+def label_world(factory: pytest.TempPathFactory) -> Path:
+    """``data/`` of :data:`LABEL_WORLD` as ``generate`` writes it; treat as read-only."""
+    from mirage_safety.data.generate import generate
+
+    out = _session_dir(factory) / "label-world"
+    if not (out / "manifest.json").is_file():
+        generate(parse_params({"data": {"world": LABEL_WORLD}}).data, out, workers=1,
+                 progress=False)
+    return out
 
 
 def world_data(factory: pytest.TempPathFactory) -> Path:

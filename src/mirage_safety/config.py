@@ -20,6 +20,9 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 PROFILE_ENV = "MIRAGE_PROFILE"
+NO_TRACK_ENV = "MIRAGE_NO_TRACK"  # "1": stages log nothing to MLflow (tests, dry runs)
+#: where answers of OpenAI-compatible endpoints are cached (teacher and judges share it)
+ENDPOINT_CACHE = ".cache/openai"
 DEFAULT_PARAMS = Path("params.yaml")
 
 
@@ -396,3 +399,18 @@ def add_params_arguments(parser: Any, section: str | None = None) -> None:
     parser.add_argument("--profile", default=None,
                         help="params profile (default: $MIRAGE_PROFILE, else the params' "
                              "`profile` key)")
+
+
+def add_run_arguments(parser: Any, *, cache_user: str | None = None) -> None:
+    """``--no-progress`` and ``--no-track`` (and ``--cache-dir`` for a stage whose
+    ``cache_user`` calls an OpenAI-compatible endpoint), the same for every stage."""
+    if cache_user:
+        parser.add_argument("--cache-dir", default=ENDPOINT_CACHE,
+                            help=f"endpoint answer cache ({cache_user}; default: %(default)s)")
+    parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    parser.add_argument("--no-track", action="store_true",
+                        help=f"do not log to MLflow (also: {NO_TRACK_ENV}=1)")
+
+
+def tracking_wanted(args: Any) -> bool:
+    return not getattr(args, "no_track", False) and os.environ.get(NO_TRACK_ENV) != "1"

@@ -280,6 +280,13 @@ class ChatClient:
                 self._sdk = _sdk_client(self.cfg, self._count)
             return self._sdk
 
+    def close(self) -> None:
+        """Release the connection pool (a later request opens a new one)."""
+        with self._lock:
+            sdk, self._sdk = self._sdk, None
+        if sdk is not None:
+            sdk.close()
+
     # ---------------------------------------------------------------- one request
     def complete(self, request: ChatRequest, parse: Parser) -> Completion:
         """Never raises: every failure is a :class:`Completion` with an error."""
@@ -375,12 +382,16 @@ class ChatClient:
                 log.exception("request %s failed", requests[i].tag or i)
                 return Completion(error=f"{type(exc).__name__}: {exc}", kind="malformed")
 
-        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix=self.purpose) as pool:
-            futures = {pool.submit(one, i): i for i in range(len(requests))}
-            for fut in tqdm(as_completed(futures), total=len(futures),
-                            desc=desc or f"{self.purpose} ({self.cfg.model})",
-                            disable=not progress):
-                results[futures[fut]] = fut.result()
+        try:
+            with ThreadPoolExecutor(max_workers=workers,
+                                    thread_name_prefix=self.purpose.split("/")[0]) as pool:
+                futures = {pool.submit(one, i): i for i in range(len(requests))}
+                for fut in tqdm(as_completed(futures), total=len(futures),
+                                desc=desc or f"{self.purpose} ({self.cfg.model})",
+                                disable=not progress):
+                    results[futures[fut]] = fut.result()
+        finally:
+            self.close()
         out = [r if r is not None else Completion(error="not sent", kind="transport")
                for r in results]
         s = summarise(out)

@@ -12,12 +12,18 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from mirage_safety.config import EvalConfig, Params, add_params_arguments, load_params
+from mirage_safety.config import (
+    EvalConfig,
+    Params,
+    add_params_arguments,
+    add_run_arguments,
+    load_params,
+    tracking_wanted,
+)
 from mirage_safety.data.schema import GENERAL_TEST_SPLIT, SAFETY_SPLITS
 from mirage_safety.evaluation.responses import ResponseStore, model_fingerprint
 from mirage_safety.io import read_json, write_json_atomic
@@ -290,10 +296,7 @@ def add_cli(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", default="eval", help="output dir (default: %(default)s)")
     p.add_argument("--metrics", default="metrics/eval.json", help="metrics file")
     p.add_argument("--plots", default="plots/eval_rates.csv", help="DVC plots CSV")
-    p.add_argument("--cache-dir", default=".cache/openai",
-                   help="endpoint answer cache (openai judge; default: %(default)s)")
-    p.add_argument("--no-progress", action="store_true", help="hide progress bars")
-    p.add_argument("--no-track", action="store_true", help="do not log to MLflow")
+    add_run_arguments(p, cache_user="openai judge")
     p.set_defaults(func=_cli)
 
 
@@ -304,7 +307,7 @@ def _cli(args: argparse.Namespace) -> int:
         model_dirs={"base": Path(args.base_model), "mirage": Path(args.model)},
         out_dir=Path(args.out), metrics_path=Path(args.metrics), plots_path=Path(args.plots),
         cache_dir=Path(args.cache_dir), progress=not args.no_progress,
-        track=not args.no_track and os.environ.get("MIRAGE_NO_TRACK") != "1",
+        track=tracking_wanted(args),
     )
     from mirage_safety.evaluation.report import headline_table
 

@@ -24,14 +24,20 @@ import argparse
 import io
 import json
 import logging
-import os
 import random
 from collections import Counter, defaultdict
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from mirage_safety.config import CurateConfig, Params, add_params_arguments, load_params
+from mirage_safety.config import (
+    CurateConfig,
+    Params,
+    add_params_arguments,
+    add_run_arguments,
+    load_params,
+    tracking_wanted,
+)
 from mirage_safety.data.schema import assistant_text, read_train_file
 from mirage_safety.io import (
     atomic_dir,
@@ -314,7 +320,7 @@ def _cli(args: argparse.Namespace) -> int:
                          out_dir=Path(args.out), metrics_path=Path(args.metrics),
                          plots_path=Path(args.plots), cache_dir=Path(args.cache_dir),
                          progress=not args.no_progress)
-    if not args.no_track and os.environ.get("MIRAGE_NO_TRACK") != "1":
+    if tracking_wanted(args):
         _track(params, metrics)
     q = metrics.get("filter")
     extra = (f"; planted defects dropped {_fmt(q['defect_recall'])}%, clean kept "
@@ -334,8 +340,5 @@ def add_cli(sub: Any) -> None:
     p.add_argument("--out", default="data/curated", help="output dir (default: %(default)s)")
     p.add_argument("--metrics", default="metrics/curate.json", help="metrics file")
     p.add_argument("--plots", default="plots/curate_scores.csv", help="DVC plots CSV")
-    p.add_argument("--cache-dir", default=".cache/openai",
-                   help="endpoint answer cache (openai judge; default: %(default)s)")
-    p.add_argument("--no-progress", action="store_true", help="hide progress bars")
-    p.add_argument("--no-track", action="store_true", help="do not log to MLflow")
+    add_run_arguments(p, cache_user="openai judge")
     p.set_defaults(func=_cli)

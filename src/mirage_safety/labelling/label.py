@@ -27,13 +27,19 @@ import argparse
 import copy
 import json
 import logging
-import os
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from mirage_safety.config import LabelConfig, Params, add_params_arguments, load_params
+from mirage_safety.config import (
+    LabelConfig,
+    Params,
+    add_params_arguments,
+    add_run_arguments,
+    load_params,
+    tracking_wanted,
+)
 from mirage_safety.data.schema import ASSISTANT_ROLES, HUMAN_ROLES, IMAGE_TOKEN, read_train_file
 from mirage_safety.io import (
     atomic_dir,
@@ -171,7 +177,7 @@ def _cli(args: argparse.Namespace) -> int:
     manifest = run_label(params.label, data_dir=Path(args.data), out_dir=Path(args.out),
                          metrics_path=Path(args.metrics), cache_dir=Path(args.cache_dir),
                          progress=not args.no_progress)
-    if not args.no_track and os.environ.get("MIRAGE_NO_TRACK") != "1":
+    if tracking_wanted(args):
         _track(params, manifest)
     planted = manifest.get("defects")
     extra = (f", planted defects {sum(planted.values())} ({planted})" if planted else "")
@@ -189,8 +195,5 @@ def add_cli(sub: Any) -> None:
                                                   "(default: %(default)s)")
     p.add_argument("--out", default="data/labelled", help="output dir (default: %(default)s)")
     p.add_argument("--metrics", default="metrics/label.json", help="metrics file")
-    p.add_argument("--cache-dir", default=".cache/openai",
-                   help="endpoint answer cache (openai teacher; default: %(default)s)")
-    p.add_argument("--no-progress", action="store_true", help="hide progress bars")
-    p.add_argument("--no-track", action="store_true", help="do not log to MLflow")
+    add_run_arguments(p, cache_user="openai teacher")
     p.set_defaults(func=_cli)
