@@ -183,14 +183,13 @@ class OpenAIRubricJudge:
         from mirage_safety.endpoints import ChatRequest, Image, Text, Untrusted, neutralise
 
         category = str(rec.get("category") or "unknown")
-        policy = self.policies.policy_for(category)
         parts: list[Any] = [Image(str(image_root / p), label=("First image:", "Second image:")[i]
                                   if i < 2 else f"Image {i + 1}:")
                             for i, p in enumerate(rec.get("images") or [])]
         question = neutralise(user_text(rec).replace(IMAGE_TOKEN, "").strip())
         parts.append(Text(f"User request: {question}\nSafety category: {category} / "
                           f"{rec.get('sub_category') or 'unspecified'}\n\nSafety policy:\n"
-                          f"{policy.render() if policy else '(none)'}\n\nLabel to score:"))
+                          f"{self.policies.render_for(category)}\n\nLabel to score:"))
         parts.append(Untrusted(assistant_text(rec), name="LABEL"))
         parts.append(Text("Return the JSON scores for the label between the markers."))
         return ChatRequest(system=self.system, parts=tuple(parts), schema=self.rubric.schema(),
