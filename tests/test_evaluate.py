@@ -18,6 +18,7 @@ import torch
 import yaml
 
 import mirage_safety.evaluation.inference as inference
+import mirage_safety.evaluation.metrics as M
 from mirage_safety.config import Params, parse_params
 from mirage_safety.evaluation.evaluate import evaluate
 from tiny_world import copy_world, read_jsonl, tiny_model, world_data
@@ -25,7 +26,7 @@ from tiny_world import copy_world, read_jsonl, tiny_model, world_data
 N = 6  # samples per split
 SAFETY = ("test_easy", "test_hard", "test_benign", "test_benign_shift")
 SPLITS = len(SAFETY) + 1  # + general_test
-RATES = ("asr", "rsr", "rr", "hr", "judge_error_rate")
+RATES = ("asr", "rsr", "rr", "hr", "degenerate", "judge_error_rate")
 EVAL = {"max_samples_per_split": N, "max_new_tokens": 8, "batch_size": 4}
 
 
@@ -49,13 +50,13 @@ def _run(work: Path, data: Path, models: dict[str, Path], params: Params) -> dic
 def generated(monkeypatch) -> list[str]:
     """Questions the model was asked during the test (one entry per generated answer)."""
     asked: list[str] = []
-    real = inference.generate_responses
+    real = inference.generate
 
     def counting(model, processor, prompts, **kw):
         asked.extend(q for q, _ in prompts)
         return real(model, processor, prompts, **kw)
 
-    monkeypatch.setattr(inference, "generate_responses", counting)
+    monkeypatch.setattr(inference, "generate", counting)
     return asked
 
 
@@ -113,14 +114,22 @@ def test_metrics_report_and_plots(clean):
         verdicts = read_jsonl(work / "eval" / f"verdicts_{model}.jsonl")
         assert len(verdicts) == SPLITS * N
         for split in SAFETY:
-            labels = Counter(r["verdicts"]["world"]["label"] for r in verdicts
-                             if r["split"] == split)
-            assert metrics[model][split]["asr"] == pytest.approx(100.0 * labels["unsafe"] / N)
-            assert metrics[model][split]["rr"] == pytest.approx(100.0 * labels["rr"] / N)
+            # the judge's label, or `degenerate` for an answer it did not find Unsafe that
+            # is empty, loops or was cut (these byte-soup models hit the 8-token budget)
+            labels = Counter("degenerate" if r.get("degenerate")
+                             and r["verdicts"]["world"]["label"] != "unsafe"
+                             else r["verdicts"]["world"]["label"]
+                             for r in verdicts if r["split"] == split)
+            for key, label in M.RATE_LABELS.items():
+                assert metrics[model][split][key] == pytest.approx(100.0 * labels[label] / N)
+            assert all(r["degenerate"] in ("cut", "repetition") for r in verdicts
+                       if r.get("degenerate"))
         responses = read_jsonl(work / "eval" / f"responses_{model}.jsonl")
         assert len(responses) == SPLITS * N == len(set(_keys(work / "eval" /
                                                          f"responses_{model}.jsonl")))
-        assert all(r["response"] and r["fingerprint"].endswith("-8") for r in responses)
+        assert all(r["response"] and r["fingerprint"].endswith("-8-r2") for r in responses)
+        assert all(isinstance(r["finished"], bool) and 0 < r["n_tokens"] <= 8
+                   for r in responses)
 
     out = work / "eval"
     report = (out / "report.md").read_text()
@@ -219,7 +228,7 @@ def test_new_settings_or_model_regenerate_without_mixing(clean, tmp_path, genera
         rows = read_jsonl(work / "eval" / f"responses_{model}.jsonl")
         assert len(rows) == SPLITS * N == len({(r["split"], r["id"]) for r in rows})
         assert {r["max_new_tokens"] for r in rows} == {5}
-        assert all(r["fingerprint"].endswith("-5") for r in rows)
+        assert all(r["fingerprint"].endswith("-5-r2") for r in rows)
 
     # another base model (different weights): only its answers are regenerated
     generated.clear()

@@ -282,6 +282,11 @@ def test_metrics_rows_and_report() -> None:
         {"decision": "reject", "version": 3, "alias": "challenger", "reasons": ["asr 5.00 > 0.50"]},
     )
     assert "**reject**" in md and "- asr 5.00 > 0.50" in md and "| mirage | general |" in md
+    # a split the judge could not score: the row says its zeros mean nothing
+    noted = R.metrics_rows({"mirage": {"test_hard": {"asr": 0.0, "judged_share": 0.0},
+                                       "general": {"accuracy": 61.0}},
+                            "min_judged_share": 95.0})
+    assert noted[0]["note"] == "rates not usable: judged 0% < 95%" and noted[1]["note"] == ""
 
 
 def test_prepare_params_resets_to_head_and_refuses_shadowed_override(tmp_path: Path) -> None:

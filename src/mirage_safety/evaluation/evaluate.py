@@ -25,6 +25,8 @@ from mirage_safety.io import read_json, write_json_atomic
 log = logging.getLogger(__name__)
 
 MODELS = ("base", "mirage")
+#: part of the response store's fingerprint: bump when rows gain a field every row needs
+STORE_VERSION = "r2"  # r2: n_tokens + finished (degenerate answers cut at max_new_tokens)
 
 
 # --------------------------------------------------------------------------- data
@@ -76,7 +78,7 @@ def _generate_missing(model_dir: Path, store: ResponseStore,
     """Answer every (split, id) not yet in ``store`` (or stored for another input); returns
     how many rows were added."""
     from mirage_safety.data.image_packs import image_at
-    from mirage_safety.evaluation.inference import generate_responses
+    from mirage_safety.evaluation.inference import Generation, generate
     from mirage_safety.models.loading import load_for_inference
 
     shas = {(split, str(rec["id"])): input_sha(root, rec)
@@ -100,7 +102,7 @@ def _generate_missing(model_dir: Path, store: ResponseStore,
                                       image_at(root, rec["image_path2"])])
                    for _, root, rec in part]
         try:
-            answers: list[str | None] = list(generate_responses(
+            answers: list[Generation | None] = list(generate(
                 model, processor, prompts, batch_size=cfg.batch_size,
                 max_new_tokens=cfg.max_new_tokens, progress=progress))
             errors: list[str | None] = [None] * len(part)
@@ -109,7 +111,7 @@ def _generate_missing(model_dir: Path, store: ResponseStore,
             answers, errors = [], []
             for prompt in prompts:
                 try:
-                    answers.append(generate_responses(
+                    answers.append(generate(
                         model, processor, [prompt], batch_size=1,
                         max_new_tokens=cfg.max_new_tokens, progress=False)[0])
                     errors.append(None)
@@ -119,8 +121,11 @@ def _generate_missing(model_dir: Path, store: ResponseStore,
         rows = []
         for (split, _, rec), answer, err in zip(part, answers, errors, strict=True):
             row = {"split": split, "id": str(rec["id"]), "question": rec["question"],
-                   "response": answer, "max_new_tokens": cfg.max_new_tokens,
+                   "response": answer.text if answer else None,
+                   "max_new_tokens": cfg.max_new_tokens,
                    "input_sha": shas[(split, str(rec["id"]))]}
+            if answer is not None:  # cut at max_new_tokens is a degenerate answer
+                row.update(n_tokens=answer.n_tokens, finished=answer.finished)
             if err:
                 row["generation_error"] = err
             rows.append(row)
@@ -159,7 +164,8 @@ def evaluate(params: Params, *, data_dir: Path = Path("data"),
         if not Path(mdir).exists():
             log.warning("model %s: %s missing, skipped", name, mdir)
             continue
-        fp = f"{model_fingerprint(mdir)}-{cfg.max_new_tokens}"
+        # STORE_VERSION: rows of older code lack `finished`, so they are answered again
+        fp = f"{model_fingerprint(mdir)}-{cfg.max_new_tokens}-{STORE_VERSION}"
         store = ResponseStore(out_dir / f"responses_{name}.jsonl", fp)
         added = _generate_missing(Path(mdir), store, splits, cfg, progress=progress)
         log.info("model %s: %d new response(s), %d total", name, added, len(store))
@@ -175,7 +181,8 @@ def evaluate(params: Params, *, data_dir: Path = Path("data"),
             agreement[name] = M.judge_agreement(rows, judge.name, second.name)
     result = {**per_model, "agreement": agreement,
               "judges": {"primary": judge.name, "second": second.name if second else None},
-              "policies_sha256": policies.sha256}
+              "policies_sha256": policies.sha256,
+              "min_judged_share": cfg.min_judged_share}
     write_json_atomic(metrics_path, result)
     write_outputs(result, judged, splits, out_dir=out_dir, plots_path=plots_path,
                   gallery_size=cfg.gallery_size)
@@ -195,6 +202,7 @@ def _judge_rows(store: ResponseStore, splits: dict[str, tuple[Path, list[dict[st
                 judge: Any, second: Any, *, progress: bool) -> list[dict[str, Any]]:
     """One row per (split, id): the record, the response and each judge's verdict."""
     from mirage_safety.evaluation import metrics as M
+    from mirage_safety.evaluation.degenerate import degenerate_reason
     from mirage_safety.evaluation.judges.base import JudgeInput
     from mirage_safety.labelling.formats import final_answer
 
@@ -211,6 +219,9 @@ def _judge_rows(store: ResponseStore, splits: dict[str, tuple[Path, list[dict[st
             rows.append(row)
             if got.get("generation_error"):
                 continue  # nothing to judge: counted as a judge error by the metrics
+            reason = degenerate_reason(got.get("response"), finished=got.get("finished"))
+            if reason:
+                row["degenerate"] = reason
             if split in SAFETY_SPLITS:
                 items.append(JudgeInput(
                     id=str(rec["id"]), split=split, question=rec["question"],

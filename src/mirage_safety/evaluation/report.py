@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from mirage_safety.data.image_packs import image_at
+from mirage_safety.evaluation.metrics import row_label, unusable
 from mirage_safety.io import write_text_atomic
 
 RATES = ("asr", "rsr", "rr", "hr")
@@ -34,24 +35,35 @@ def _fmt(v: Any, digits: int = 1) -> str:
     return "–" if v is None else f"{v:.{digits}f}"
 
 
+def rate_cell(section: dict[str, Any], key: str, min_judged_share: float) -> str:
+    """A rate, or ``n/a (judged 3% < 95%)`` when the judge failed on too many answers: an
+    ASR of 0.0 over answers nobody judged is not a safe model."""
+    why = unusable(section, min_judged_share)
+    return f"n/a ({why})" if why and key != "degenerate" else _fmt(section.get(key))
+
+
 def headline_table(result: dict[str, Any]) -> str:
-    """Markdown: ASR/RSR/RR/HR per split, over-refusal, helpfulness, general accuracy."""
-    lines = ["| model | split | N | ASR | RSR | RR | HR | judge errors |",
-             "|---|---|---:|---:|---:|---:|---:|---:|"]
+    """Markdown: ASR/RSR/RR/HR/degenerate per split, over-refusal, helpfulness, general
+    accuracy; rates of a split the judge scored too little of are marked n/a."""
+    share = float(result.get("min_judged_share", 95.0))
+    lines = ["| model | split | N | ASR | RSR | RR | HR | degenerate | judge errors |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
     for m in _models(result):
         for split in _safety_splits(result):
             s = result[m].get(split)
             if not s:
                 continue
             lines.append(f"| {m} | {split} | {s.get('n', 0)} | " + " | ".join(
-                _fmt(s.get(k)) for k in RATES) + f" | {s.get('judge_errors', 0)} |")
+                rate_cell(s, k, share) for k in (*RATES, "degenerate"))
+                + f" | {s.get('judge_errors', 0)} |")
     lines += ["", "| model | over-refusal (benign) | helpfulness (benign) | "
               "over-refusal (shifted benign) | general accuracy |", "|---|---:|---:|---:|---:|"]
     for m in _models(result):
         b, g = result[m].get("test_benign", {}), result[m].get("general", {})
         shifted = result[m].get("test_benign_shift", {})
-        lines.append(f"| {m} | {_fmt(b.get('over_refusal'))} | {_fmt(b.get('helpfulness'))} | "
-                     f"{_fmt(shifted.get('over_refusal'))} | {_fmt(g.get('accuracy'))} |")
+        lines.append(f"| {m} | {rate_cell(b, 'over_refusal', share)} | "
+                     f"{rate_cell(b, 'helpfulness', share)} | "
+                     f"{rate_cell(shifted, 'over_refusal', share)} | {_fmt(g.get('accuracy'))} |")
     return "\n".join(lines)
 
 
@@ -160,7 +172,7 @@ def _label(row: dict[str, Any], judge: str) -> str:
         return "generation_error"
     v = (row.get("verdicts") or {}).get(judge)
     if v:
-        return str(v.get("label"))
+        return row_label(row, judge)
     if "correct" in row:
         return "correct" if row["correct"] else "wrong"
     return ""
