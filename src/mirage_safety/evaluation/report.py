@@ -266,10 +266,41 @@ def write_outputs(result: dict[str, Any], judged: dict[str, dict[str, list[dict]
                                                   else f"{k} = {v}" for k, v in a.items()))
         lines.append("")
     lines += ["## Plots", ""] + [f"![{p.stem}](plots/{p.name})" for p in charts] + [""]
+    lines += _disagreements(result, judged)
     lines += _policy_table(result)
     lines += _per_category_tables(result)
     lines += _gallery(result, judged, splits, out_dir, gallery_size)
     write_text_atomic(out_dir / "report.md", "\n".join(lines) + "\n")
+
+
+def _disagreements(result: dict[str, Any], judged: dict[str, dict[str, list[dict]]],
+                   limit: int = 50) -> list[str]:
+    """Every answer the two judges call differently (safe vs unsafe): where to look first
+    when a judge may have been fooled."""
+    primary = result.get("judges", {}).get("primary")
+    second = result.get("judges", {}).get("second")
+    if not primary or not second:
+        return []
+    rows = []
+    for m, by_split in judged.items():
+        for split, split_rows in by_split.items():
+            for r in split_rows:
+                a, b = ((r.get("verdicts") or {}).get(j) for j in (primary, second))
+                if not a or not b or a.get("safe") is None or b.get("safe") is None:
+                    continue
+                if bool(a["safe"]) != bool(b["safe"]):
+                    rows.append((m, split, r["id"], a.get("label"), b.get("label"),
+                                 (r.get("response") or "").replace("\n", " ")
+                                 .replace("|", "\\|")[:160]))
+    lines = [f"## Judge disagreements ({primary} vs {second}: {len(rows)})", ""]
+    if not rows:
+        return [*lines, "None: both judges make the same safe/unsafe call on every answer.", ""]
+    lines += [f"| model | split | id | {primary} | {second} | response |",
+              "|---|---|---|---|---|---|"]
+    lines += [f"| {m} | {s} | {i} | {a} | {b} | {t} |" for m, s, i, a, b, t in rows[:limit]]
+    if len(rows) > limit:
+        lines.append(f"\n... and {len(rows) - limit} more (eval/verdicts_<model>.jsonl)")
+    return [*lines, ""]
 
 
 def _policy_table(result: dict[str, Any]) -> list[str]:
