@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import os
 import shutil
 import subprocess
 import sys
@@ -294,3 +295,44 @@ def test_cli_writes_dvc_readable_metrics(clean, tmp_path, capsys):
 def _no_lists_or_nulls(d: dict[str, Any]) -> dict[str, Any]:
     """What DVC shows of a metrics file: confidence-interval lists and nulls are left out."""
     return {k: v for k, v in d.items() if v is not None and not isinstance(v, list)}
+
+
+@pytest.mark.slow
+def test_sigkill_mid_evaluation_then_rerun_gives_the_uninterrupted_result(clean, tmp_path):
+    """``mirage evaluate`` killed with SIGKILL while answering (plus a row cut in half by
+    the kill): the re-run completes to byte-identical metrics and responses."""
+    import signal
+    import time
+
+    params = tmp_path / "params.yaml"
+    params.write_text(yaml.safe_dump({"eval": {**EVAL, "batch_size": 1}}))
+    work = tmp_path / "w"
+    cmd = [str(Path(sys.executable).with_name("mirage")), "evaluate", "--params", str(params),
+           "--no-progress", "--no-track", "--data", str(clean["data"]),
+           "--base-model", str(clean["models"]["base"]),
+           "--model", str(clean["models"]["mirage"]), "--out", str(work / "eval"),
+           "--metrics", str(work / "metrics" / "eval.json"),
+           "--plots", str(work / "plots" / "eval_rates.csv"),
+           "--cache-dir", str(work / ".cache")]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    store = work / "eval" / "responses_base.jsonl"
+    deadline = time.monotonic() + 240
+    while not (store.is_file() and len(store.read_text().splitlines()) >= 8):
+        assert proc.poll() is None, "evaluate finished before it could be killed"
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (work / "metrics" / "eval.json").exists()  # nothing published
+    with open(store, "a") as fh:
+        fh.write('{"split": "test_easy", "id": "cut-in-ha')  # a row the kill cut short
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert json.loads((work / "metrics" / "eval.json").read_text()) == clean["result"]
+    for model in ("base", "mirage"):
+        got = sorted(read_jsonl(work / "eval" / f"responses_{model}.jsonl"),
+                     key=lambda r: (r["split"], r["id"]))
+        want = sorted(read_jsonl(clean["work"] / "eval" / f"responses_{model}.jsonl"),
+                      key=lambda r: (r["split"], r["id"]))
+        assert got == want
