@@ -206,7 +206,7 @@ def _flow_run(state: Any) -> tuple[Any, list[Any], list[Any]]:
     run_id = state.state_details.flow_run_id
 
     async def read() -> tuple[Any, list[Any], list[Any]]:
-        # every field explicit: this server (fastapi 0.154) rejects the clients' nulls
+        # every paging field explicit, so any server version reads the same
         async with get_client() as client:
             flow_run = await client.read_flow_run(run_id)
             tasks = await client.read_task_runs(
