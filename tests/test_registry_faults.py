@@ -30,7 +30,16 @@ from registry_fixtures import (
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "infra" / "servers" / "mlflow-server.sh"
-_ = (clean_env, reset_mlflow)  # fixtures
+
+
+@pytest.fixture(autouse=True)
+def _isolated(tmp_path, monkeypatch):
+    """No tracking / registry URI left over from another test, artefacts in tmp_path."""
+    clean_env(monkeypatch)
+    reset_mlflow()
+    monkeypatch.chdir(tmp_path)
+    yield
+    reset_mlflow()
 
 
 @pytest.fixture
