@@ -212,11 +212,14 @@ def test_bad_sample_is_an_error_row_counted_as_judge_error(clean, tmp_path, gene
         labels = {(r["model"], r["id"]): r["label_world"] for r in csv.DictReader(fh)}
     assert labels[("base", bad["id"])] == "generation_error"
 
-    # a re-run keeps the error row (no duplicate, no new answers)
+    # a re-run asks again for the failed sample only (a transient failure would heal);
+    # still one row per sample
     generated.clear()
     _run(work, data, clean["models"], _params())
-    assert generated == []
+    assert set(generated) == {bad["question"]}
     assert len(_keys(work / "eval" / "responses_base.jsonl")) == SPLITS * N
+    assert "FileNotFoundError" in {(r["split"], r["id"]): r for r in read_jsonl(
+        work / "eval" / "responses_base.jsonl")}[("test_hard", bad["id"])]["generation_error"]
 
 
 # --------------------------------------------------------------------------- regeneration

@@ -28,6 +28,7 @@ _STAGE_MODULES = (
     "mirage_safety.evaluation.rejudge",
     "mirage_safety.registry.register",
     "mirage_safety.registry.manage",
+    "mirage_safety.serve",
     "mirage_safety.report",
     "mirage_safety.summary",
 )

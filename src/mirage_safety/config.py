@@ -280,7 +280,34 @@ class CurateConfig(_Model):
 # --------------------------------------------------------------------------- eval
 
 
+class ServedConfig(_Model):
+    """The model(s) under test behind an OpenAI-compatible server (``eval.engine: openai``):
+    ``vllm serve``, SGLang, ``transformers serve`` (``mirage serve``)."""
+
+    base_url: str = "http://127.0.0.1:8000/v1"
+    api_key_env: str = "MIRAGE_SERVED_API_KEY"
+    # evaluated name (base, mirage) -> the id the server serves it under; a name without
+    # an entry is answered in-process from its model directory (engine hf)
+    models: dict[str, str] = {}
+    # name -> revision or content hash of the served weights: part of the response store's
+    # fingerprint (the weights are not here to hash); change it and every answer is redone
+    revisions: dict[str, str] = {}
+    timeout_s: float = Field(300.0, gt=0)
+    max_retries: int = Field(4, ge=0)
+    backoff_s: float = Field(1.0, ge=0)
+    concurrency: int = Field(8, ge=1)
+
+    def endpoint(self, model: str, max_tokens: int) -> EndpointConfig:
+        return EndpointConfig(base_url=self.base_url, model=model, api_key_env=self.api_key_env,
+                              timeout_s=self.timeout_s, max_retries=self.max_retries,
+                              backoff_s=self.backoff_s, max_tokens=max_tokens,
+                              concurrency=self.concurrency, temperature=0.0)
+
+
 class EvalConfig(_Model):
+    # hf: transformers in this process; openai: the models of eval.server.models served
+    engine: Literal["hf", "openai"] = "hf"
+    server: ServedConfig = ServedConfig()
     judge: Literal["world", "keyword", "openai"] = "world"
     second_judge: Literal["world", "keyword", "openai", "none"] = "keyword"
     splits: list[str] = ["test_easy", "test_hard", "test_benign", "test_benign_shift",
@@ -293,6 +320,13 @@ class EvalConfig(_Model):
     # marked unusable in the report, the summary and the Prefect artefact (not a clean 0.0)
     min_judged_share: float = Field(95.0, ge=0.0, le=100.0)
     openai: EndpointConfig = EndpointConfig()
+
+    @model_validator(mode="after")
+    def _served_models_named(self) -> EvalConfig:
+        if self.engine == "openai" and not self.server.models:
+            raise ValueError("eval.engine is 'openai' but eval.server.models names no served "
+                             "model (e.g. {mirage: <served model id>})")
+        return self
 
 
 # --------------------------------------------------------------------------- register
