@@ -91,10 +91,11 @@ def _merged(model_dir: Path, base: Path | None, cache: Path) -> Path:
 
 
 def start(model_dir: Path, *, host: str, port: int, device: str, log: Path | None,
-          timeout_s: float = 180.0) -> subprocess.Popen[bytes]:
-    """``transformers serve`` for ``model_dir``; returns once ``/health`` answers."""
+          timeout_s: float = 180.0, extra: tuple[str, ...] = ()) -> subprocess.Popen[bytes]:
+    """``transformers serve`` for ``model_dir`` (``extra``: more of its options, e.g.
+    ``--continuous-batching``); returns once ``/health`` answers."""
     cmd = [transformers_cli(), "serve", "--device", device, "--host", host, "--port",
-           str(port), str(model_dir)]
+           str(port), *extra, str(model_dir)]
     out = open(log, "wb") if log else subprocess.DEVNULL  # noqa: SIM115 - child keeps it
     proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT,
                             env={**os.environ, "TRANSFORMERS_NO_ADVISORY_WARNINGS": "1"})
@@ -120,7 +121,8 @@ def _cli(args: argparse.Namespace) -> int:
     log = CACHE / f"serve-{port}.log"
     log.parent.mkdir(parents=True, exist_ok=True)
     proc = start(model_dir, host=args.host, port=port, device=args.device, log=log,
-                 timeout_s=args.timeout)
+                 timeout_s=args.timeout,
+                 extra=("--continuous-batching",) if args.continuous_batching else ())
     url = f"http://{args.host}:{port}/v1"
     print(f"serving {args.model} at {url}", flush=True)
     print(f"  eval.server: {{base_url: {url}, models: {{mirage: {model_dir}}}}}", flush=True)
@@ -146,4 +148,6 @@ def add_cli(sub: Any) -> None:
     p.add_argument("--port", type=int, default=0, help="port (default: a free one)")
     p.add_argument("--device", default="auto", help="cpu, cuda:0, auto (default: %(default)s)")
     p.add_argument("--timeout", type=float, default=180.0, help="seconds to wait for health")
+    p.add_argument("--continuous-batching", action="store_true",
+                   help="transformers serve's continuous batching (many requests in flight)")
     p.set_defaults(func=_cli)
