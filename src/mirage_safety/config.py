@@ -200,9 +200,10 @@ class EndpointConfig(_Model):
     concurrency: int = Field(4, ge=1)
     temperature: float = Field(0.0, ge=0.0, le=2.0)
     seed: int | None = None  # sent when set (vLLM honours it)
-    # constrain the answer with response_format json_schema (judges; vLLM / hosted APIs).
-    # Off for servers that reject it (transformers serve); parsing is strict either way
-    json_schema: bool = False
+    # judges send their verdict's JSON schema as response_format (strict): vLLM and hosted
+    # APIs enforce it, transformers serve ignores it; turn it off for a server that rejects
+    # the field (every verdict would be a judge_error). Parsing is strict either way
+    json_schema: bool = True
 
 
 #: the evaluation judge's endpoint (``eval.openai``); kept under its old name
@@ -274,7 +275,7 @@ class CurateConfig(_Model):
     seed: int = 1234
     examples: int = Field(6, ge=0)  # dropped examples shown in the report
     max_failure_fraction: float = Field(0.2, ge=0.0, le=1.0)
-    openai: EndpointConfig = EndpointConfig(model="judge", max_tokens=512, json_schema=False)
+    openai: EndpointConfig = EndpointConfig(model="judge", max_tokens=512)
 
 
 # --------------------------------------------------------------------------- eval
