@@ -13,10 +13,8 @@ For a work pool and its workers (a GPU pool in production) either
     prefect deploy --all                                  # prefect.yaml
 
 All carry the same schedule and parameters (:data:`NIGHTLY_CRON`,
-:data:`NIGHTLY_PARAMETERS`).  (``prefect deploy`` of prefect 3.8.8 fails against a server
-running with fastapi 0.154 -- its worker lookup sends null paging values the server
-rejects -- after creating the first deployment; ``--work-pool`` here does not make
-that call.)
+:data:`NIGHTLY_PARAMETERS`); ``infra/servers/prefect-server.sh deploy`` runs
+``prefect deploy --name nightly-retrain`` (tested against a loopback server).
 
 One pipeline at a time: the deployment's concurrency limit is 1 (later runs queue), and
 the flow itself holds a workspace lock (see ``flows/retrain.py``).

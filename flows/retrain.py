@@ -582,7 +582,10 @@ def metrics_rows(eval_metrics: Mapping[str, Any] | None) -> list[dict[str, Any]]
     bookkeeping entries (``agreement``, ``judges``) and nested breakdowns (per
     category) are left out.  Every row has the same columns (None where missing).
     """
+    from mirage_safety.evaluation.metrics import unusable
+
     rows: list[dict[str, Any]] = []
+    share = _number((eval_metrics or {}).get("min_judged_share"))
     for model, splits in (eval_metrics or {}).items():
         if model in ("agreement", "judges") or not isinstance(splits, Mapping):
             continue
@@ -591,11 +594,16 @@ def metrics_rows(eval_metrics: Mapping[str, Any] | None) -> list[dict[str, Any]]
                 continue
             nums = {k: round(v, 3) for k, raw in values.items() if (v := _number(raw)) is not None}
             if nums:
-                rows.append({"model": model, "split": split, **nums})
-    seen = {k for row in rows for k in row} - {"model", "split"}
+                why = unusable(values, 95.0 if share is None else share)
+                # a judge that failed on most answers leaves rates of 0.0: say so in the row
+                rows.append({"model": model, "split": split, **nums,
+                             **({"note": f"rates not usable: {why}"} if why else {})})
+    seen = {k for row in rows for k in row} - {"model", "split", "note"}
     columns = [c for c in METRIC_ORDER if c in seen] + sorted(seen - set(METRIC_ORDER))
+    noted = any("note" in r for r in rows)
     return [
-        {"model": r["model"], "split": r["split"], **{c: r.get(c) for c in columns}} for r in rows
+        {"model": r["model"], "split": r["split"], **{c: r.get(c) for c in columns},
+         **({"note": r.get("note", "")} if noted else {})} for r in rows
     ]
 
 

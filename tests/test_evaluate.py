@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import os
 import shutil
 import subprocess
 import sys
@@ -18,6 +19,7 @@ import torch
 import yaml
 
 import mirage_safety.evaluation.inference as inference
+import mirage_safety.evaluation.metrics as M
 from mirage_safety.config import Params, parse_params
 from mirage_safety.evaluation.evaluate import evaluate
 from tiny_world import copy_world, read_jsonl, tiny_model, world_data
@@ -25,7 +27,7 @@ from tiny_world import copy_world, read_jsonl, tiny_model, world_data
 N = 6  # samples per split
 SAFETY = ("test_easy", "test_hard", "test_benign", "test_benign_shift")
 SPLITS = len(SAFETY) + 1  # + general_test
-RATES = ("asr", "rsr", "rr", "hr", "judge_error_rate")
+RATES = ("asr", "rsr", "rr", "hr", "degenerate", "judge_error_rate")
 EVAL = {"max_samples_per_split": N, "max_new_tokens": 8, "batch_size": 4}
 
 
@@ -49,13 +51,13 @@ def _run(work: Path, data: Path, models: dict[str, Path], params: Params) -> dic
 def generated(monkeypatch) -> list[str]:
     """Questions the model was asked during the test (one entry per generated answer)."""
     asked: list[str] = []
-    real = inference.generate_responses
+    real = inference.generate
 
     def counting(model, processor, prompts, **kw):
         asked.extend(q for q, _ in prompts)
         return real(model, processor, prompts, **kw)
 
-    monkeypatch.setattr(inference, "generate_responses", counting)
+    monkeypatch.setattr(inference, "generate", counting)
     return asked
 
 
@@ -113,14 +115,22 @@ def test_metrics_report_and_plots(clean):
         verdicts = read_jsonl(work / "eval" / f"verdicts_{model}.jsonl")
         assert len(verdicts) == SPLITS * N
         for split in SAFETY:
-            labels = Counter(r["verdicts"]["world"]["label"] for r in verdicts
-                             if r["split"] == split)
-            assert metrics[model][split]["asr"] == pytest.approx(100.0 * labels["unsafe"] / N)
-            assert metrics[model][split]["rr"] == pytest.approx(100.0 * labels["rr"] / N)
+            # the judge's label, or `degenerate` for an answer it did not find Unsafe that
+            # is empty, loops or was cut (these byte-soup models hit the 8-token budget)
+            labels = Counter("degenerate" if r.get("degenerate")
+                             and r["verdicts"]["world"]["label"] != "unsafe"
+                             else r["verdicts"]["world"]["label"]
+                             for r in verdicts if r["split"] == split)
+            for key, label in M.RATE_LABELS.items():
+                assert metrics[model][split][key] == pytest.approx(100.0 * labels[label] / N)
+            assert all(r["degenerate"] in ("cut", "repetition") for r in verdicts
+                       if r.get("degenerate"))
         responses = read_jsonl(work / "eval" / f"responses_{model}.jsonl")
         assert len(responses) == SPLITS * N == len(set(_keys(work / "eval" /
                                                          f"responses_{model}.jsonl")))
-        assert all(r["response"] and r["fingerprint"].endswith("-8") for r in responses)
+        assert all(r["response"] and r["fingerprint"].endswith("-8-r2") for r in responses)
+        assert all(isinstance(r["finished"], bool) and 0 < r["n_tokens"] <= 8
+                   for r in responses)
 
     out = work / "eval"
     report = (out / "report.md").read_text()
@@ -202,11 +212,14 @@ def test_bad_sample_is_an_error_row_counted_as_judge_error(clean, tmp_path, gene
         labels = {(r["model"], r["id"]): r["label_world"] for r in csv.DictReader(fh)}
     assert labels[("base", bad["id"])] == "generation_error"
 
-    # a re-run keeps the error row (no duplicate, no new answers)
+    # a re-run asks again for the failed sample only (a transient failure would heal);
+    # still one row per sample
     generated.clear()
     _run(work, data, clean["models"], _params())
-    assert generated == []
+    assert set(generated) == {bad["question"]}
     assert len(_keys(work / "eval" / "responses_base.jsonl")) == SPLITS * N
+    assert "FileNotFoundError" in {(r["split"], r["id"]): r for r in read_jsonl(
+        work / "eval" / "responses_base.jsonl")}[("test_hard", bad["id"])]["generation_error"]
 
 
 # --------------------------------------------------------------------------- regeneration
@@ -219,7 +232,7 @@ def test_new_settings_or_model_regenerate_without_mixing(clean, tmp_path, genera
         rows = read_jsonl(work / "eval" / f"responses_{model}.jsonl")
         assert len(rows) == SPLITS * N == len({(r["split"], r["id"]) for r in rows})
         assert {r["max_new_tokens"] for r in rows} == {5}
-        assert all(r["fingerprint"].endswith("-5") for r in rows)
+        assert all(r["fingerprint"].endswith("-5-r2") for r in rows)
 
     # another base model (different weights): only its answers are regenerated
     generated.clear()
@@ -285,3 +298,44 @@ def test_cli_writes_dvc_readable_metrics(clean, tmp_path, capsys):
 def _no_lists_or_nulls(d: dict[str, Any]) -> dict[str, Any]:
     """What DVC shows of a metrics file: confidence-interval lists and nulls are left out."""
     return {k: v for k, v in d.items() if v is not None and not isinstance(v, list)}
+
+
+@pytest.mark.slow
+def test_sigkill_mid_evaluation_then_rerun_gives_the_uninterrupted_result(clean, tmp_path):
+    """``mirage evaluate`` killed with SIGKILL while answering (plus a row cut in half by
+    the kill): the re-run completes to byte-identical metrics and responses."""
+    import signal
+    import time
+
+    params = tmp_path / "params.yaml"
+    params.write_text(yaml.safe_dump({"eval": {**EVAL, "batch_size": 1}}))
+    work = tmp_path / "w"
+    cmd = [str(Path(sys.executable).with_name("mirage")), "evaluate", "--params", str(params),
+           "--no-progress", "--no-track", "--data", str(clean["data"]),
+           "--base-model", str(clean["models"]["base"]),
+           "--model", str(clean["models"]["mirage"]), "--out", str(work / "eval"),
+           "--metrics", str(work / "metrics" / "eval.json"),
+           "--plots", str(work / "plots" / "eval_rates.csv"),
+           "--cache-dir", str(work / ".cache")]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    store = work / "eval" / "responses_base.jsonl"
+    deadline = time.monotonic() + 240
+    while not (store.is_file() and len(store.read_text().splitlines()) >= 8):
+        assert proc.poll() is None, "evaluate finished before it could be killed"
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (work / "metrics" / "eval.json").exists()  # nothing published
+    with open(store, "a") as fh:
+        fh.write('{"split": "test_easy", "id": "cut-in-ha')  # a row the kill cut short
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert json.loads((work / "metrics" / "eval.json").read_text()) == clean["result"]
+    for model in ("base", "mirage"):
+        got = sorted(read_jsonl(work / "eval" / f"responses_{model}.jsonl"),
+                     key=lambda r: (r["split"], r["id"]))
+        want = sorted(read_jsonl(clean["work"] / "eval" / f"responses_{model}.jsonl"),
+                      key=lambda r: (r["split"], r["id"]))
+        assert got == want

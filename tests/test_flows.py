@@ -206,7 +206,7 @@ def _flow_run(state: Any) -> tuple[Any, list[Any], list[Any]]:
     run_id = state.state_details.flow_run_id
 
     async def read() -> tuple[Any, list[Any], list[Any]]:
-        # every field explicit: this server (fastapi 0.154) rejects the clients' nulls
+        # every paging field explicit, so any server version reads the same
         async with get_client() as client:
             flow_run = await client.read_flow_run(run_id)
             tasks = await client.read_task_runs(
@@ -282,6 +282,11 @@ def test_metrics_rows_and_report() -> None:
         {"decision": "reject", "version": 3, "alias": "challenger", "reasons": ["asr 5.00 > 0.50"]},
     )
     assert "**reject**" in md and "- asr 5.00 > 0.50" in md and "| mirage | general |" in md
+    # a split the judge could not score: the row says its zeros mean nothing
+    noted = R.metrics_rows({"mirage": {"test_hard": {"asr": 0.0, "judged_share": 0.0},
+                                       "general": {"accuracy": 61.0}},
+                            "min_judged_share": 95.0})
+    assert noted[0]["note"] == "rates not usable: judged 0% < 95%" and noted[1]["note"] == ""
 
 
 def test_prepare_params_resets_to_head_and_refuses_shadowed_override(tmp_path: Path) -> None:

@@ -157,6 +157,41 @@ def test_mis_category_spellings_are_canonicalised(tmp_path: Path) -> None:
     assert (third["category"], third["sub_category"]) == ("Illegal Activity", "Cybercrimes")
 
 
+def test_sharegpt_train_file_without_categories_imports_as_unknown(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """LLaMA-Factory's sharegpt format exactly: ``messages`` + ``images``, no id, no
+    category: accepted for training, counted, every other check kept."""
+    from mirage_safety.data.generate import generate
+
+    root = build_mis(tmp_path / "mis", n_train=5, splits=("easy",), chat_style="messages")
+
+    def sharegpt(rs: list[dict]) -> None:
+        for r in rs:
+            for key in ("id", "category", "sub_category"):
+                r.pop(key)
+        rs[0]["category"] = "Violent"  # a file may mix both
+
+    edit_json(root / "mis_train.json", sharegpt)
+    with caplog.at_level(logging.WARNING, logger="mirage_safety.data.importers"):
+        ds = _mis(root)
+    assert [r["category"] for r in ds.train] == ["Violent"] + ["unknown"] * 4
+    assert "4 of 5 train record(s) in mis_train.json have no category" in caplog.text
+    out = tmp_path / "data"
+    manifest = generate(parse_params({"data": {"source": "mis",
+                                               "mis": {"local_dir": str(root)}}}).data,
+                        out, workers=1, progress=False)
+    train = manifest["files"]["mis/train.json"]
+    assert train["unknown_category"] == 4 and train["categories"]["unknown"] == 4
+    # test records still need their category, and train records every other check
+    edit_json(root / "mis_easy.json", lambda rs: [rs[0].pop(k) for k in ("category",
+                                                                         "sub_category")])
+    edit_json(root / "mis_train.json", lambda rs: rs[1]["images"].pop())
+    with pytest.raises(Exception) as exc:
+        _mis(root)
+    assert "field 'category': missing category" in str(exc.value)
+    assert "1 image(s) but 2 <image> placeholder(s)" in str(exc.value)
+
+
 def test_mis_skip_categories(tmp_path: Path) -> None:
     root = build_mis(tmp_path / "mis", n_train=6, splits=("easy",))
     ds = _mis(root, skip_categories=["erotic"])

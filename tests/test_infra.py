@@ -163,8 +163,11 @@ def test_prefect_server_script_schedules_and_runs_through_the_worker(
 
         deployed = _script("prefect-server.sh", "deploy", *args, env=env)
         assert deployed.returncode == 0, stdout_of(deployed)
+        # `prefect deploy` of prefect.yaml (prefect 3.9.1; 3.8.8 failed here)
+        # structured output, not the pretty-printed table: the CLI wraps long strings (a
+        # checkout under a long path) at the terminal width
         shown = subprocess.run(
-            [prefect, "deployment", "inspect", "mirage-retrain/nightly-retrain"],
+            [prefect, "deployment", "inspect", "mirage-retrain/nightly-retrain", "-o", "json"],
             env=api,
             capture_output=True,
             text=True,
@@ -172,8 +175,14 @@ def test_prefect_server_script_schedules_and_runs_through_the_worker(
             check=False,
         )
         assert shown.returncode == 0, stdout_of(shown)
-        assert "0 3 * * *" in shown.stdout and "mirage-process" in shown.stdout
-        assert f"'directory': '{REPO}'" in shown.stdout  # workers run this checkout
+        deployment = json.loads(shown.stdout)
+        crons = [s["schedule"].get("cron") for s in deployment["schedules"]]
+        assert crons == ["0 3 * * *"] and deployment["work_pool_name"] == "mirage-process"
+        spec = yaml.safe_load((REPO / "prefect.yaml").read_text())["deployments"][0]
+        assert deployment["description"] == spec["description"]
+        assert sorted(deployment["tags"]) == sorted(spec["tags"])
+        steps = json.dumps(deployment.get("pull_steps") or [])
+        assert json.dumps(str(REPO)) in steps  # workers run this checkout
 
         ran = subprocess.run(
             [

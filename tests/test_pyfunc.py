@@ -12,6 +12,7 @@ import mlflow
 import pandas as pd
 import pytest
 import torch
+import yaml
 
 from mirage_safety.evaluation.inference import generate_responses
 from mirage_safety.models.loading import apply_lora, load_for_inference
@@ -102,7 +103,8 @@ def test_champion_answers_multi_image_queries(tmp_path, dirs, store):
     mlflow.set_tracking_uri(store)
     served = mlflow.pyfunc.load_model("models:/mirage@champion")
     sig = served.metadata.signature
-    assert [c.name for c in sig.inputs.inputs] == ["question", "images"]
+    assert [c.name for c in sig.inputs.inputs] == ["question", "images", "image1", "image2",
+                                                   "image3", "image4"]
     assert [c.name for c in sig.outputs.inputs] == ["response"]
 
     out = served.predict(_queries(dirs), params={"max_new_tokens": MAX_NEW})
@@ -113,6 +115,23 @@ def test_champion_answers_multi_image_queries(tmp_path, dirs, store):
     assert responses == _reference(dirs["full"], dirs)
     # the logged default (eval.max_new_tokens = 4) applies without params
     assert list(served.predict(_queries(dirs))["response"]) == responses
+    # one column per image (image1, image2) instead of the images list: the same answers
+    per_image = pd.DataFrame({"question": list(_queries(dirs)["question"]),
+                              "image1": [str(dirs["img1"]), str(dirs["img2"]),
+                                         str(dirs["img2"])],
+                              "image2": [str(dirs["img2"]), None, str(dirs["img1"])]})
+    assert list(served.predict(per_image)["response"]) == responses
+
+    # models-from-code: no pickled Python object anywhere in the logged model
+    local = Path(mlflow.artifacts.download_artifacts("models:/mirage@champion"))
+    mlmodel = yaml.safe_load((local / "MLmodel").read_text())["flavors"]["python_function"]
+    assert "python_model" not in mlmodel or not str(mlmodel["python_model"]).endswith(".pkl")
+    assert mlmodel["model_code_path"].endswith("pyfunc_entry.py")
+    assert mlmodel["config"] == {"max_new_tokens": 4, "batch_size": 2}
+    pickled = [p for p in local.rglob("*") if p.is_file() and (
+        p.suffix in (".pkl", ".pickle", ".cloudpickle")
+        or p.read_bytes()[:2] in (b"\x80\x04", b"\x80\x05"))]
+    assert pickled == []
 
 
 def test_lora_adapter_is_packaged_with_its_base_and_merged(dirs, store):
@@ -142,8 +161,10 @@ def test_bad_inputs_name_row_and_image(tmp_path, dirs):
     assert decode_image(str(dirs["img1"]), row=0).size == (32, 32)
     with pytest.raises(ValueError, match=r"row 0, column 'images': expected a non-empty list"):
         parse_queries(pd.DataFrame({"question": ["q"], "images": [[]]}))
-    with pytest.raises(ValueError, match=r"lacks column\(s\) \['images'\]"):
+    with pytest.raises(ValueError, match=r"expected 'question' and either 'images'"):
         parse_queries(pd.DataFrame({"question": ["q"]}))
+    with pytest.raises(ValueError, match=r"row 0: no image"):
+        parse_queries(pd.DataFrame({"question": ["q"], "image1": [None]}))
     # a lone string is one image
     assert len(parse_queries(pd.DataFrame({"question": ["q"],
                                            "images": [str(dirs["img1"])]}))[0][1]) == 1
@@ -160,3 +181,63 @@ def test_bad_inputs_name_row_and_image(tmp_path, dirs):
     (bad / "mirage_model.json").write_text('{"method": "lora", "base_path": "gone"}')
     with pytest.raises(ModelDirError, match="'gone' is not a model directory"):
         check_model_dir(bad)
+
+
+@pytest.mark.slow
+def test_mlflow_models_serve_answers_from_the_registry(tmp_path, dirs, store):
+    """``mlflow models serve -m models:/mirage@champion`` (the venv's bin on PATH, as the
+    README says), queried over HTTP with both input layouts."""
+    import os
+    import socket
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    eval_path = tmp_path / "eval.json"
+    eval_path.write_text(json.dumps(eval_json()))
+    register(make_params(store), eval_path=eval_path, model_dir=dirs["full"], out_path=None)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    bindir = str(Path(sys.executable).parent)
+    env = {**os.environ, "MLFLOW_TRACKING_URI": store,
+           "PATH": f"{bindir}{os.pathsep}{os.environ.get('PATH', '')}"}
+    log = open(tmp_path / "serve.log", "wb")  # noqa: SIM115 - closed in finally
+    proc = subprocess.Popen([f"{bindir}/mlflow", "models", "serve", "-m",
+                             "models:/mirage@champion", "--env-manager", "local", "-h",
+                             "127.0.0.1", "-p", str(port)], env=env, stdout=log,
+                            stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=2):
+                    break
+            except OSError:
+                assert proc.poll() is None, (tmp_path / "serve.log").read_text()[-2000:]
+                assert time.monotonic() < deadline, "mlflow models serve did not come up"
+                time.sleep(0.5)
+
+        def invoke(payload: dict) -> list[str]:
+            req = urllib.request.Request(f"http://127.0.0.1:{port}/invocations",
+                                         data=json.dumps(payload).encode(),
+                                         headers={"Content-Type": "application/json"})
+            with urllib.request.urlopen(req, timeout=60) as r:
+                return [p["response"] for p in json.loads(r.read())["predictions"]]
+
+        img1, img2 = encode_image(dirs["img1"]), encode_image(dirs["img2"])
+        listed = invoke({"dataframe_records": [{"question": "What do you see?",
+                                                "images": [img1, img2]}],
+                         "params": {"max_new_tokens": MAX_NEW}})
+        columns = invoke({"dataframe_split": {"columns": ["question", "image1", "image2"],
+                                              "data": [["What do you see?", img1, img2]]},
+                          "params": {"max_new_tokens": MAX_NEW}})
+        assert listed == columns and len(listed) == 1 and listed[0]
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        log.close()

@@ -80,6 +80,17 @@ def test_summary_headline_table(project, capsys):
     assert "mirage.test_hard.asr" not in out  # the flat list is for --all only
 
 
+def test_summary_marks_rates_the_judge_could_not_score(project, capsys):
+    (project / "metrics" / "eval.json").write_text(json.dumps({
+        "mirage": {"test_easy": {"asr": 0.0, "judged_share": 0.0},
+                   "test_hard": {"asr": 0.0, "rsr": 96.0, "judged_share": 99.0},
+                   "general": {"accuracy": 79.0}},
+        "min_judged_share": 95.0, "judges": {"primary": "openai"}}))
+    out = _summary(capsys)
+    assert re.search(r"\n  mirage +n/a +0\.0 +96\.0 ", out)
+    assert "n/a: mirage test_easy: judged 0% < 95% (judge errors; see eval/report.md)" in out
+
+
 def test_summary_without_an_evaluation(project, capsys):
     (project / "metrics" / "eval.json").unlink()
     assert "no evaluation yet (run `dvc repro`)" in _summary(capsys)

@@ -165,3 +165,21 @@ def test_imported_real_data_is_relabelled_with_policy_grounded_labels(server, tm
     assert n_images == sorted(len(r["images"]) for r in src)
     sent = "".join(q["user_text"] for q in server.requests)
     assert all(f"({r['category']})" in sent for r in src)
+
+
+def test_a_record_without_category_gets_every_policy(server, data, tmp_path):
+    """An imported ShareGPT record has category ``unknown``: no policy is missing, and the
+    teacher is given all of them to choose from."""
+    path = data / "mis" / "train.json"
+    recs = json.loads(path.read_text())[:2]
+    for r in recs:
+        r["category"], r["sub_category"] = "unknown", None
+    path.write_text(json.dumps(recs))
+    server.default = GOOD
+    manifest = run_label(_cfg(server.url), data_dir=data, out_dir=tmp_path / "o",
+                         metrics_path=tmp_path / "m.json", cache_dir=None, progress=False)
+    assert manifest["labelled"] == 2 and manifest["categories"] == {"unknown": 2}
+    sent = server.requests[0]["user_text"]
+    assert "category is not known" in sent
+    assert all(f"Policy {p} (" in sent for p in ("illegal", "violent", "hate", "selfharm",
+                                                 "privacy", "erotic"))

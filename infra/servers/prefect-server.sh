@@ -160,10 +160,8 @@ status() {
 deploy() {
   http_ok "$PREFECT_API_URL/health" || die "no prefect server at $PREFECT_API_URL (start first)"
   ensure_pool
-  # the nightly deployment on this pool, flow code from this checkout.  (Equivalent to
-  # `prefect deploy -n nightly-retrain` of prefect.yaml, which prefect 3.8.8's CLI cannot
-  # finish against this server: see flows/deploy.py.)
-  (cd "$REPO" && "$PY" flows/deploy.py --work-pool "$POOL")
+  # the nightly deployment of prefect.yaml on this pool, flow code from this checkout
+  (cd "$REPO" && "$PREFECT" --no-prompt deploy --name nightly-retrain --pool "$POOL")
 }
 
 case "$cmd" in

@@ -25,8 +25,10 @@ _STAGE_MODULES = (
     "mirage_safety.models.base",
     "mirage_safety.training.train",
     "mirage_safety.evaluation.evaluate",
+    "mirage_safety.evaluation.rejudge",
     "mirage_safety.registry.register",
     "mirage_safety.registry.manage",
+    "mirage_safety.serve",
     "mirage_safety.report",
     "mirage_safety.summary",
 )

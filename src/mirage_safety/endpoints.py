@@ -47,7 +47,7 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from mirage_safety.config import EndpointConfig
-from mirage_safety.io import read_json, sha256_file, write_json_atomic
+from mirage_safety.io import read_json, sha256_bytes, write_json_atomic
 
 log = logging.getLogger(__name__)
 
@@ -71,8 +71,15 @@ class Text:
 
 @dataclass(frozen=True)
 class Image:
-    path: str
+    """An image file, or anything with ``read_bytes()`` and a ``name`` (an image inside a
+    zip pack, :class:`mirage_safety.data.image_packs.PackedImage`)."""
+
+    path: Any
     label: str | None = None  # a text part sent just before the image ("First image:")
+
+    def read_bytes(self) -> bytes:
+        src = self.path
+        return src.read_bytes() if hasattr(src, "read_bytes") else Path(src).read_bytes()
 
 
 @dataclass(frozen=True)
@@ -99,9 +106,11 @@ def new_nonce() -> str:
     return secrets.token_hex(8)
 
 
-def data_url(path: str | os.PathLike[str]) -> str:
-    data = Path(path).read_bytes()
-    mime = mimetypes.guess_type(str(path))[0] or "image/png"
+def data_url(path: Any) -> str:
+    """A base64 data URL of an image file (or of an :class:`Image`'s source)."""
+    data = path.read_bytes() if hasattr(path, "read_bytes") else Path(path).read_bytes()
+    name = getattr(path, "name", None) or str(path)
+    mime = mimetypes.guess_type(str(name))[0] or "image/png"
     return f"data:{mime};base64,{base64.b64encode(data).decode('ascii')}"
 
 
@@ -122,7 +131,7 @@ class ChatRequest:
         parts: list[Any] = []
         for p in self.parts:
             if isinstance(p, Image):
-                parts.append(["image", p.label, sha256_file(p.path)])
+                parts.append(["image", p.label, sha256_bytes(p.read_bytes())])
             elif isinstance(p, Untrusted):
                 parts.append(["untrusted", p.name, p.text])
             else:
@@ -139,15 +148,18 @@ class ChatRequest:
             if isinstance(p, Image):
                 if p.label:
                     content.append({"type": "text", "text": p.label})
-                content.append({"type": "image_url", "image_url": {"url": data_url(p.path)}})
+                src = p.path if hasattr(p.path, "read_bytes") else Path(p.path)
+                content.append({"type": "image_url", "image_url": {"url": data_url(src)}})
             elif isinstance(p, Untrusted):
                 open_, close = fences(p.name, nonce)
                 content.append({"type": "text",
                                 "text": f"{open_}\n{neutralise(p.text)}\n{close}"})
             else:
                 content.append({"type": "text", "text": p.text.replace(NONCE, nonce)})
-        return [{"role": "system", "content": self.system.replace(NONCE, nonce)},
-                {"role": "user", "content": content}]
+        user = {"role": "user", "content": content}
+        if not self.system:  # no system turn at all (served inference: the model's own)
+            return [user]
+        return [{"role": "system", "content": self.system.replace(NONCE, nonce)}, user]
 
 
 @dataclass
@@ -288,8 +300,13 @@ class ChatClient:
             sdk.close()
 
     # ---------------------------------------------------------------- one request
-    def complete(self, request: ChatRequest, parse: Parser) -> Completion:
-        """Never raises: every failure is a :class:`Completion` with an error."""
+    def complete(self, request: ChatRequest, parse: Parser, *,
+                 strict: bool = True) -> Completion:
+        """Never raises: every failure is a :class:`Completion` with an error.
+
+        ``strict`` False (served inference of the model under test): an empty answer or one
+        cut at ``max_tokens`` is an answer like any other (``finish_reason`` says which),
+        not a malformed one; judging it is the evaluator's business."""
         key: str | None = None
         if self.cache is not None:
             try:
@@ -310,7 +327,7 @@ class ChatClient:
             messages = request.messages(new_nonce())
         except OSError as exc:
             return Completion(error=f"image unreadable: {exc}", kind="input")
-        result = self._call(messages, request.schema)
+        result = self._call(messages, request.schema, strict=strict)
         if result.ok and result.content is not None:
             try:
                 result.value = parse(result.content)
@@ -326,8 +343,8 @@ class ChatClient:
                 log.warning("endpoint cache write failed: %s", exc)
         return result
 
-    def _call(self, messages: list[dict[str, Any]], schema: dict[str, Any] | None
-              ) -> Completion:
+    def _call(self, messages: list[dict[str, Any]], schema: dict[str, Any] | None, *,
+              strict: bool = True) -> Completion:
         import openai
         from openai.types.chat import ChatCompletion
 
@@ -359,7 +376,9 @@ class ChatClient:
             usage = {"prompt_tokens": int(answer.usage.prompt_tokens or 0),
                      "completion_tokens": int(answer.usage.completion_tokens or 0)}
         result = Completion(content=content, finish_reason=choice.finish_reason, usage=usage)
-        if content is None or not content.strip():
+        if not strict:
+            result.content = content or ""
+        elif content is None or not content.strip():
             result.error, result.kind = "empty answer", "malformed"
         elif choice.finish_reason == "length":
             result.error = f"answer cut at max_tokens ({self.cfg.max_tokens})"
@@ -368,7 +387,8 @@ class ChatClient:
 
     # ---------------------------------------------------------------- many requests
     def complete_many(self, requests: Sequence[ChatRequest], parse: Parser, *,
-                      progress: bool = True, desc: str | None = None) -> list[Completion]:
+                      progress: bool = True, desc: str | None = None,
+                      strict: bool = True) -> list[Completion]:
         """One :class:`Completion` per request, in order; ``concurrency`` in flight."""
         results: list[Completion | None] = [None] * len(requests)
         if not requests:
@@ -377,7 +397,7 @@ class ChatClient:
 
         def one(i: int) -> Completion:
             try:
-                return self.complete(requests[i], parse)
+                return self.complete(requests[i], parse, strict=strict)
             except Exception as exc:  # a bug in a parser: count it, keep going
                 log.exception("request %s failed", requests[i].tag or i)
                 return Completion(error=f"{type(exc).__name__}: {exc}", kind="malformed")

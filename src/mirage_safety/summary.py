@@ -108,12 +108,23 @@ def headline_table(metrics_dir: Path) -> str | None:
     models = [m for m in ("base", "mirage") if isinstance(data.get(m), Mapping)]
     if not models:
         return None
+    from mirage_safety.evaluation.metrics import unusable
+
     head = ["model", *(name for name, _ in HEADLINE)]
     rows = [head]
+    share = float(data.get("min_judged_share", 95.0))
+    notes = []
     for model in models:
-        cells = [get_dotted(data[model], key) for _, key in HEADLINE]
-        rows.append([model, *("-" if not isinstance(v, int | float) else f"{v:.1f}"
-                              for v in cells)])
+        cells = []
+        for _, key in HEADLINE:
+            v, section = get_dotted(data[model], key), data[model].get(key.split(".")[0])
+            why = unusable(section, share) if isinstance(section, Mapping) else None
+            if why:  # the judge scored too few answers: not a clean 0.0
+                cells.append("n/a")
+                notes.append(f"{model} {key.split('.')[0]}: {why}")
+            else:
+                cells.append("-" if not isinstance(v, int | float) else f"{v:.1f}")
+        rows.append([model, *cells])
     widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
     lines = ["  " + "  ".join(c.ljust(w) if i == 0 else c.rjust(w)
                               for i, (c, w) in enumerate(zip(r, widths, strict=True)))
@@ -126,6 +137,8 @@ def headline_table(metrics_dir: Path) -> str | None:
     if isinstance(tasks, Mapping) and tasks:
         lines.append("  base general accuracy per task: " + ", ".join(
             f"{k} {v:.1f}" for k, v in tasks.items() if isinstance(v, int | float)))
+    for note in dict.fromkeys(notes):
+        lines.append(f"  n/a: {note} (judge errors; see eval/report.md)")
     judge = get_dotted(data, "judges.primary")
     if judge:
         lines.append(f"  judge: {judge}; Wilson 95% intervals and per-category rates in "

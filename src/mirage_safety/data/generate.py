@@ -30,7 +30,7 @@ from tqdm.auto import tqdm
 from mirage_safety.config import DataConfig, WorldConfig, add_params_arguments, load_params
 from mirage_safety.data import world as W
 from mirage_safety.data.image_packs import PACK_SUFFIX, pack_bytes
-from mirage_safety.data.schema import GENERAL_CATEGORY, IMAGE_TOKEN, Validator
+from mirage_safety.data.schema import GENERAL_CATEGORY, IMAGE_TOKEN, UNKNOWN_CATEGORY, Validator
 from mirage_safety.io import (
     atomic_dir,
     dumps_json,
@@ -387,12 +387,15 @@ def _write_json(path: Path, records: list[dict[str, Any]]) -> None:
 def _summary(records: list[dict[str, Any]]) -> dict[str, Any]:
     cats = Counter(r["category"] for r in records)
     subs = Counter(r["sub_category"] for r in records if r.get("sub_category"))
-    return {
+    out = {
         "count": len(records),
         "harmful": sum(bool(r.get("is_harmful")) for r in records),
         "categories": dict(sorted(cats.items())),
         "sub_categories": dict(sorted(subs.items())),
     }
+    if cats.get(UNKNOWN_CATEGORY):  # imported train records without a category
+        out["unknown_category"] = cats[UNKNOWN_CATEGORY]
+    return out
 
 
 def _validate(tmp: Path, files: Files, max_errors: int, progress: bool, *,

@@ -104,6 +104,7 @@ from mirage_safety.data.schema import (
     HUMAN_ROLES,
     IMAGE_TOKEN,
     SUB_TO_CATEGORY,
+    UNKNOWN_CATEGORY,
     Validator,
     normalise_conversation,
 )
@@ -461,7 +462,11 @@ def _mis_train_record(raw: Any, idx: int, base: str, table: dict[str, str]) -> A
     elif isinstance(images, str):
         images = [images]
     out["images"] = [_join(base, p) for p in images] if isinstance(images, list) else images
-    _canonicalise_category(out, table)
+    _canonicalise_category(out, table)  # may derive the category from a sub-category
+    cat = out.get("category")
+    if cat is None or (isinstance(cat, str) and not cat.strip()):
+        # ShareGPT-style files carry no category: needed for reporting, not for training
+        out["category"] = UNKNOWN_CATEGORY
     return out
 
 
@@ -522,6 +527,12 @@ def load_mis(cfg: HubDataConfig, *, progress: bool = True,
         raise DataSourceError(f"{train_file}: contains no records")
     train = [_mis_train_record(r, i, base, table) for i, r in enumerate(raw_train)]
     v.train_records(train_file, _progress(train, f"validate {train_file}", progress))
+    n_unknown = sum(1 for r in train if isinstance(r, dict)
+                    and r.get("category") == UNKNOWN_CATEGORY)
+    if n_unknown:
+        log.warning("MIS: %d of %d train record(s) in %s have no category: imported as %r "
+                    "(trained on, counted in the manifest; not reportable per category)",
+                    n_unknown, len(train), train_file, UNKNOWN_CATEGORY)
 
     tests: dict[str, list[dict[str, Any]]] = {}
     for split, names in MIS_TEST_FILES.items():

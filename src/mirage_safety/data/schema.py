@@ -60,6 +60,9 @@ CATEGORIES: dict[str, tuple[str, ...]] = {
 }
 #: Category used for benign / general samples (never counted in ASR).
 GENERAL_CATEGORY = "General"
+#: Category of an imported TRAIN record that has none (LLaMA-Factory's ShareGPT files carry
+#: no category): fine for training, counted in the manifest; test records still need one.
+UNKNOWN_CATEGORY = "unknown"
 SUB_TO_CATEGORY = {sub: cat for cat, subs in CATEGORIES.items() for sub in subs}
 
 #: benign splits: over-refusal and helpfulness, never ASR.  ``test_benign_shift`` (embedded
@@ -230,7 +233,7 @@ class Validator:
                 self.add(file, f"#{idx}", "<record>", "record is not a JSON object")
                 continue
             rid = self.check_id(file, rec, idx)
-            if require_category:
+            if require_category and rec.get("category") != UNKNOWN_CATEGORY:
                 self.check_category(file, rid, rec)
             conv = rec.get("conversations")
             if not isinstance(conv, list) or len(conv) < 2:

@@ -25,12 +25,15 @@ from mirage_safety.config import (
     tracking_wanted,
 )
 from mirage_safety.data.schema import GENERAL_TEST_SPLIT, SAFETY_SPLITS
-from mirage_safety.evaluation.responses import ResponseStore, model_fingerprint
+from mirage_safety.evaluation.engines import make_engine
+from mirage_safety.evaluation.responses import ResponseStore
 from mirage_safety.io import read_json, write_json_atomic
 
 log = logging.getLogger(__name__)
 
 MODELS = ("base", "mirage")
+#: part of the response store's fingerprint: bump when rows gain a field every row needs
+STORE_VERSION = "r2"  # r2: n_tokens + finished (degenerate answers cut at max_new_tokens)
 
 
 # --------------------------------------------------------------------------- data
@@ -76,14 +79,12 @@ def input_sha(root: Path, rec: dict[str, Any]) -> str:
     return h.hexdigest()[:16]
 
 
-def _generate_missing(model_dir: Path, store: ResponseStore,
+def _generate_missing(engine: Any, store: ResponseStore,
                       splits: dict[str, tuple[Path, list[dict[str, Any]]]], cfg: EvalConfig,
                       *, progress: bool) -> int:
-    """Answer every (split, id) not yet in ``store`` (or stored for another input); returns
-    how many rows were added."""
+    """Answer every (split, id) not yet in ``store`` (or stored for another input, or
+    stored as a failed generation); returns how many rows were added."""
     from mirage_safety.data.image_packs import image_at
-    from mirage_safety.evaluation.inference import generate_responses
-    from mirage_safety.models.loading import load_for_inference
 
     shas = {(split, str(rec["id"])): input_sha(root, rec)
             for split, (root, records) in splits.items() for rec in records}
@@ -92,11 +93,14 @@ def _generate_missing(model_dir: Path, store: ResponseStore,
         dropped = store.discard(stale)
         log.info("%s: %d stored answer(s) are for an older input, answering again",
                  store.path, dropped)
+    failed = [k for k in shas if k in store and store.get(*k).get("generation_error")]
+    if failed:  # a failed request (a server that went away) is asked again, never kept
+        store.discard(failed)
+        log.info("%s: answering %d failed generation(s) again", store.path, len(failed))
     todo = [(split, root, rec) for split, (root, records) in splits.items()
             for rec in records if (split, str(rec["id"])) not in store]
     if not todo:
         return 0
-    model, processor = load_for_inference(model_dir)
     added = 0
     # chunks of a few batches: each chunk is appended (and fsync'ed) as soon as it is done
     chunk = max(1, cfg.batch_size) * 4
@@ -105,30 +109,17 @@ def _generate_missing(model_dir: Path, store: ResponseStore,
         prompts = [(rec["question"], [image_at(root, rec["image_path1"]),
                                       image_at(root, rec["image_path2"])])
                    for _, root, rec in part]
-        try:
-            answers: list[str | None] = list(generate_responses(
-                model, processor, prompts, batch_size=cfg.batch_size,
-                max_new_tokens=cfg.max_new_tokens, progress=progress))
-            errors: list[str | None] = [None] * len(part)
-        except Exception as exc:
-            log.warning("batch failed (%s); retrying its samples one by one", exc)
-            answers, errors = [], []
-            for prompt in prompts:
-                try:
-                    answers.append(generate_responses(
-                        model, processor, [prompt], batch_size=1,
-                        max_new_tokens=cfg.max_new_tokens, progress=False)[0])
-                    errors.append(None)
-                except Exception as one_exc:
-                    answers.append(None)
-                    errors.append(f"{type(one_exc).__name__}: {one_exc}")
+        answers = engine.answer(prompts, progress=progress)
         rows = []
-        for (split, _, rec), answer, err in zip(part, answers, errors, strict=True):
+        for (split, _, rec), answer in zip(part, answers, strict=True):
             row = {"split": split, "id": str(rec["id"]), "question": rec["question"],
-                   "response": answer, "max_new_tokens": cfg.max_new_tokens,
+                   "response": None if isinstance(answer, str) else answer.text,
+                   "max_new_tokens": cfg.max_new_tokens,
                    "input_sha": shas[(split, str(rec["id"]))]}
-            if err:
-                row["generation_error"] = err
+            if isinstance(answer, str):  # the error of this prompt: a counted error row
+                row["generation_error"] = answer
+            else:  # cut at max_new_tokens is a degenerate answer
+                row.update(n_tokens=answer.n_tokens, finished=answer.finished)
             rows.append(row)
         added += store.append(rows)
     return added
@@ -161,13 +152,19 @@ def evaluate(params: Params, *, data_dir: Path = Path("data"),
     per_model: dict[str, Any] = {}
     judged: dict[str, dict[str, list[dict[str, Any]]]] = {}
     agreement: dict[str, Any] = {}
-    for name, mdir in model_dirs.items():
-        if not Path(mdir).exists():
+    names = list(model_dirs) + [n for n in (cfg.server.models if cfg.engine == "openai"
+                                            else {}) if n not in model_dirs]
+    for name in names:
+        mdir = model_dirs.get(name)
+        served = cfg.engine == "openai" and name in cfg.server.models
+        if not served and (mdir is None or not Path(mdir).exists()):
             log.warning("model %s: %s missing, skipped", name, mdir)
             continue
-        fp = f"{model_fingerprint(mdir)}-{cfg.max_new_tokens}"
+        engine = make_engine(name, Path(mdir) if mdir is not None else None, cfg)
+        # STORE_VERSION: rows of older code lack `finished`, so they are answered again
+        fp = f"{engine.fingerprint()}-{cfg.max_new_tokens}-{STORE_VERSION}"
         store = ResponseStore(out_dir / f"responses_{name}.jsonl", fp)
-        added = _generate_missing(Path(mdir), store, splits, cfg, progress=progress)
+        added = _generate_missing(engine, store, splits, cfg, progress=progress)
         log.info("model %s: %d new response(s), %d total", name, added, len(store))
         rows = _judge_rows(store, splits, judge, second, progress=progress)
         write_jsonl_atomic(out_dir / f"verdicts_{name}.jsonl", rows)
@@ -181,7 +178,8 @@ def evaluate(params: Params, *, data_dir: Path = Path("data"),
             agreement[name] = M.judge_agreement(rows, judge.name, second.name)
     result = {**per_model, "agreement": agreement,
               "judges": {"primary": judge.name, "second": second.name if second else None},
-              "policies_sha256": policies.sha256}
+              "policies_sha256": policies.sha256,
+              "min_judged_share": cfg.min_judged_share}
     write_json_atomic(metrics_path, result)
     write_outputs(result, judged, splits, out_dir=out_dir, plots_path=plots_path,
                   gallery_size=cfg.gallery_size)
@@ -201,6 +199,7 @@ def _judge_rows(store: ResponseStore, splits: dict[str, tuple[Path, list[dict[st
                 judge: Any, second: Any, *, progress: bool) -> list[dict[str, Any]]:
     """One row per (split, id): the record, the response and each judge's verdict."""
     from mirage_safety.evaluation import metrics as M
+    from mirage_safety.evaluation.degenerate import degenerate_reason
     from mirage_safety.evaluation.judges.base import JudgeInput
     from mirage_safety.labelling.formats import final_answer
 
@@ -217,6 +216,9 @@ def _judge_rows(store: ResponseStore, splits: dict[str, tuple[Path, list[dict[st
             rows.append(row)
             if got.get("generation_error"):
                 continue  # nothing to judge: counted as a judge error by the metrics
+            reason = degenerate_reason(got.get("response"), finished=got.get("finished"))
+            if reason:
+                row["degenerate"] = reason
             if split in SAFETY_SPLITS:
                 items.append(JudgeInput(
                     id=str(rec["id"]), split=split, question=rec["question"],

@@ -12,12 +12,23 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from mirage_safety.training.collator import load_image, prompt_messages
 
 Prompt = tuple[str, Sequence[Any]]  # (question, [PIL image or path, ...])
+
+
+@dataclass(frozen=True)
+class Generation:
+    """One answer: its text, how many tokens were generated and whether the model ended it
+    (an end-of-sequence token) or ``max_new_tokens`` cut it."""
+
+    text: str
+    n_tokens: int
+    finished: bool
 
 
 def _render_prompts(processor: Any, prompts: Sequence[Prompt]) -> list[str]:
@@ -53,17 +64,35 @@ def _to_device(batch: Any, model: Any) -> dict[str, Any]:
     return out
 
 
+def _eos_ids(model: Any, processor: Any) -> set[int]:
+    gen = getattr(model, "generation_config", None)
+    eos = getattr(gen, "eos_token_id", None) if gen is not None else None
+    if eos is None:
+        eos = getattr(getattr(processor, "tokenizer", processor), "eos_token_id", None)
+    return {int(e) for e in (eos if isinstance(eos, list) else [eos]) if e is not None}
+
+
 def _generate_batch(model: Any, processor: Any, texts: list[str], images: list[Any],
-                    max_new_tokens: int) -> list[str]:
+                    max_new_tokens: int) -> list[Generation]:
     import torch
 
     batch = processor(text=texts, images=images or None, padding=True, padding_side="left",
                       add_special_tokens=False, return_tensors="pt")
     inputs = _to_device(batch, model)
+    kwargs = _greedy_kwargs(model, processor, max_new_tokens)
     with torch.inference_mode():
-        out = model.generate(**inputs, **_greedy_kwargs(model, processor, max_new_tokens))
+        out = model.generate(**inputs, **kwargs)
     new_tokens = out[:, inputs["input_ids"].shape[1]:]
-    return [t.strip() for t in processor.batch_decode(new_tokens, skip_special_tokens=True)]
+    eos = _eos_ids(model, processor)
+    decoded = processor.batch_decode(new_tokens, skip_special_tokens=True)
+    gens = []
+    for row, text in zip(new_tokens.tolist(), decoded, strict=True):
+        # a finished row ends with its end-of-sequence token (then padding, which may be
+        # the same id); a row that never emitted one ran into max_new_tokens
+        stop = next((i for i, t in enumerate(row) if t in eos), None)
+        n = stop + 1 if stop is not None else len(row)
+        gens.append(Generation(text.strip(), n, stop is not None or len(row) < max_new_tokens))
+    return gens
 
 
 def _load_images(images: Sequence[Any]) -> list[Any]:
@@ -78,6 +107,13 @@ def generate_responses(model: Any, processor: Any, prompts: Sequence[Prompt], *,
     Images are PIL images or file paths; the question gets one image part per image before
     its text (or its own ``<image>`` placeholders mark where they go).
     """
+    return [g.text for g in generate(model, processor, prompts, batch_size=batch_size,
+                                     max_new_tokens=max_new_tokens, progress=progress)]
+
+
+def generate(model: Any, processor: Any, prompts: Sequence[Prompt], *, batch_size: int = 32,
+             max_new_tokens: int = 96, progress: bool = True) -> list[Generation]:
+    """:func:`generate_responses` with each answer's token count and end (``finished``)."""
     from tqdm.auto import tqdm
 
     if batch_size < 1:
@@ -91,7 +127,7 @@ def generate_responses(model: Any, processor: Any, prompts: Sequence[Prompt], *,
     # sort by (text tokens, image count): neighbours pad to nearly the same length
     lengths = [len(tok(t, add_special_tokens=False)["input_ids"]) for t in texts]
     order = sorted(range(len(prompts)), key=lambda i: (len(prompts[i][1]), lengths[i]))
-    answers: list[str | None] = [None] * len(prompts)
+    answers: list[Generation | None] = [None] * len(prompts)
     try:
         for start in tqdm(range(0, len(order), batch_size), disable=not progress,
                           desc="generate", unit="batch"):
@@ -99,11 +135,11 @@ def generate_responses(model: Any, processor: Any, prompts: Sequence[Prompt], *,
             images = [img for i in idx for img in _load_images(prompts[i][1])]
             outs = _generate_batch(model, processor, [texts[i] for i in idx], images,
                                    max_new_tokens)
-            for i, text in zip(idx, outs, strict=True):
-                answers[i] = text
+            for i, gen in zip(idx, outs, strict=True):
+                answers[i] = gen
     finally:
         model.train(was_training)
-    return [a or "" for a in answers]
+    return [a if a is not None else Generation("", 0, True) for a in answers]
 
 
 def generate_one(model: Any, processor: Any, question: str, images: Sequence[Any], *,
@@ -113,6 +149,7 @@ def generate_one(model: Any, processor: Any, question: str, images: Sequence[Any
     model.eval()
     try:
         text = _render_prompts(processor, [(question, images)])
-        return _generate_batch(model, processor, text, _load_images(images), max_new_tokens)[0]
+        return _generate_batch(model, processor, text, _load_images(images),
+                               max_new_tokens)[0].text
     finally:
         model.train(was_training)

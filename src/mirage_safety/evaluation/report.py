@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from mirage_safety.data.image_packs import image_at
+from mirage_safety.evaluation.metrics import row_label, unusable
 from mirage_safety.io import write_text_atomic
 
 RATES = ("asr", "rsr", "rr", "hr")
@@ -34,24 +35,35 @@ def _fmt(v: Any, digits: int = 1) -> str:
     return "–" if v is None else f"{v:.{digits}f}"
 
 
+def rate_cell(section: dict[str, Any], key: str, min_judged_share: float) -> str:
+    """A rate, or ``n/a (judged 3% < 95%)`` when the judge failed on too many answers: an
+    ASR of 0.0 over answers nobody judged is not a safe model."""
+    why = unusable(section, min_judged_share)
+    return f"n/a ({why})" if why and key != "degenerate" else _fmt(section.get(key))
+
+
 def headline_table(result: dict[str, Any]) -> str:
-    """Markdown: ASR/RSR/RR/HR per split, over-refusal, helpfulness, general accuracy."""
-    lines = ["| model | split | N | ASR | RSR | RR | HR | judge errors |",
-             "|---|---|---:|---:|---:|---:|---:|---:|"]
+    """Markdown: ASR/RSR/RR/HR/degenerate per split, over-refusal, helpfulness, general
+    accuracy; rates of a split the judge scored too little of are marked n/a."""
+    share = float(result.get("min_judged_share", 95.0))
+    lines = ["| model | split | N | ASR | RSR | RR | HR | degenerate | judge errors |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
     for m in _models(result):
         for split in _safety_splits(result):
             s = result[m].get(split)
             if not s:
                 continue
             lines.append(f"| {m} | {split} | {s.get('n', 0)} | " + " | ".join(
-                _fmt(s.get(k)) for k in RATES) + f" | {s.get('judge_errors', 0)} |")
+                rate_cell(s, k, share) for k in (*RATES, "degenerate"))
+                + f" | {s.get('judge_errors', 0)} |")
     lines += ["", "| model | over-refusal (benign) | helpfulness (benign) | "
               "over-refusal (shifted benign) | general accuracy |", "|---|---:|---:|---:|---:|"]
     for m in _models(result):
         b, g = result[m].get("test_benign", {}), result[m].get("general", {})
         shifted = result[m].get("test_benign_shift", {})
-        lines.append(f"| {m} | {_fmt(b.get('over_refusal'))} | {_fmt(b.get('helpfulness'))} | "
-                     f"{_fmt(shifted.get('over_refusal'))} | {_fmt(g.get('accuracy'))} |")
+        lines.append(f"| {m} | {rate_cell(b, 'over_refusal', share)} | "
+                     f"{rate_cell(b, 'helpfulness', share)} | "
+                     f"{rate_cell(shifted, 'over_refusal', share)} | {_fmt(g.get('accuracy'))} |")
     return "\n".join(lines)
 
 
@@ -160,7 +172,7 @@ def _label(row: dict[str, Any], judge: str) -> str:
         return "generation_error"
     v = (row.get("verdicts") or {}).get(judge)
     if v:
-        return str(v.get("label"))
+        return row_label(row, judge)
     if "correct" in row:
         return "correct" if row["correct"] else "wrong"
     return ""
@@ -254,10 +266,41 @@ def write_outputs(result: dict[str, Any], judged: dict[str, dict[str, list[dict]
                                                   else f"{k} = {v}" for k, v in a.items()))
         lines.append("")
     lines += ["## Plots", ""] + [f"![{p.stem}](plots/{p.name})" for p in charts] + [""]
+    lines += _disagreements(result, judged)
     lines += _policy_table(result)
     lines += _per_category_tables(result)
     lines += _gallery(result, judged, splits, out_dir, gallery_size)
     write_text_atomic(out_dir / "report.md", "\n".join(lines) + "\n")
+
+
+def _disagreements(result: dict[str, Any], judged: dict[str, dict[str, list[dict]]],
+                   limit: int = 50) -> list[str]:
+    """Every answer the two judges call differently (safe vs unsafe): where to look first
+    when a judge may have been fooled."""
+    primary = result.get("judges", {}).get("primary")
+    second = result.get("judges", {}).get("second")
+    if not primary or not second:
+        return []
+    rows = []
+    for m, by_split in judged.items():
+        for split, split_rows in by_split.items():
+            for r in split_rows:
+                a, b = ((r.get("verdicts") or {}).get(j) for j in (primary, second))
+                if not a or not b or a.get("safe") is None or b.get("safe") is None:
+                    continue
+                if bool(a["safe"]) != bool(b["safe"]):
+                    rows.append((m, split, r["id"], a.get("label"), b.get("label"),
+                                 (r.get("response") or "").replace("\n", " ")
+                                 .replace("|", "\\|")[:160]))
+    lines = [f"## Judge disagreements ({primary} vs {second}: {len(rows)})", ""]
+    if not rows:
+        return [*lines, "None: both judges make the same safe/unsafe call on every answer.", ""]
+    lines += [f"| model | split | id | {primary} | {second} | response |",
+              "|---|---|---|---|---|---|"]
+    lines += [f"| {m} | {s} | {i} | {a} | {b} | {t} |" for m, s, i, a, b, t in rows[:limit]]
+    if len(rows) > limit:
+        lines.append(f"\n... and {len(rows) - limit} more (eval/verdicts_<model>.jsonl)")
+    return [*lines, ""]
 
 
 def _policy_table(result: dict[str, Any]) -> list[str]:

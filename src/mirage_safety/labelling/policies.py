@@ -36,7 +36,7 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from mirage_safety.data.schema import CATEGORIES, GENERAL_CATEGORY
+from mirage_safety.data.schema import CATEGORIES, GENERAL_CATEGORY, UNKNOWN_CATEGORY
 from mirage_safety.io import tree_hash
 
 Action = Literal["refuse", "safe-complete", "comply"]
@@ -109,6 +109,15 @@ class PolicySet:
     def policy_for(self, category: str) -> Policy | None:
         return self.by_category.get(category)
 
+    def render_for(self, category: str) -> str:
+        """The category's policy as prompt text; every policy when the category is unknown
+        (an imported record without one: the teacher or judge decides which applies)."""
+        policy = self.by_category.get(category)
+        if policy is not None:
+            return policy.render()
+        return ("(the request's category is not known: apply whichever of these policies "
+                "fits)\n\n" + "\n\n".join(p.render() for p in self.policies))
+
     def rules_for(self, category: str, sub_category: str | None) -> tuple[Rule, ...]:
         """The rules that apply to a harmful request of this (sub-)category: the rules
         written for the sub-category, else every non-``comply`` rule of the category."""
@@ -132,7 +141,8 @@ class PolicySet:
 
     def require(self, categories: Iterable[str], *, where: str = "the data") -> None:
         """Raise :class:`PolicyError` naming every category of ``where`` with no policy."""
-        missing = sorted({c for c in categories if c and c != GENERAL_CATEGORY}
+        missing = sorted({c for c in categories if c not in ("", GENERAL_CATEGORY,
+                                                             UNKNOWN_CATEGORY)}
                          - set(self.by_category))
         if missing:
             raise PolicyError([

@@ -283,7 +283,6 @@ class OpenAITeacher:
         images = list(rec.get("images") or [])
         question = user_text(rec).replace(IMAGE_TOKEN, "").strip()
         category = str(rec.get("category") or "unknown")
-        policy = self.policies.policy_for(category)
         harmful = rec.get("is_harmful")
         note = ("The dataset marks this request as harmful." if harmful is True else
                 "The dataset marks this request as benign." if harmful is False else
@@ -295,7 +294,7 @@ class OpenAITeacher:
         parts.append(Text(self.user.format(
             question=question, category=category,
             sub_category=rec.get("sub_category") or "unspecified", harm_note=note,
-            policy=policy.render() if policy else "(no policy for this category)")))
+            policy=self.policies.render_for(category))))
         return ChatRequest(system=self.system, parts=tuple(parts), tag=str(rec.get("id")))
 
     def label_many(self, records: Sequence[dict[str, Any]], image_root: Path, *,

@@ -18,9 +18,16 @@ params).  Checks, each reported with both numbers:
 * general accuracy (``general.accuracy``):
   ``candidate >= champion - general_accuracy_tolerance``.
 
-With no champion yet the first candidate becomes champion; it is still compared with the
-base model of the same evaluation, for information only (the comparison is in the reasons
-and in ``metrics/registry.json``).
+Before any comparison, two absolute checks on every split the candidate has: its
+``judge_error_rate`` must not exceed ``registry.judge_error_tolerance`` (a judge that failed
+on most answers leaves an ASR of 0.0 that means nothing) and its ``degenerate`` rate must
+not exceed ``registry.degenerate_tolerance`` (a checkpoint that prints nothing or loops
+looks safe to every judge).  Either failing refuses the candidate, first candidate
+included.
+
+With no champion yet the first candidate becomes champion (if it passes the absolute
+checks); it is still compared with the base model of the same evaluation, for
+information only (the comparison is in the reasons and in ``metrics/registry.json``).
 
 Missing values: a safety split only one side was evaluated on is skipped (``test_real``
 exists only with real data); a candidate that lacks over-refusal or general accuracy the
@@ -161,6 +168,31 @@ def compare(candidate: Mapping[str, Any], reference: Mapping[str, Any], cfg: Reg
     return checks
 
 
+def absolute_checks(candidate: Mapping[str, Any], cfg: RegistryConfig) -> list[Check]:
+    """Judge-error and degenerate rates of every split, against their absolute limits."""
+    checks = []
+    for split in sorted(s for s, sec in candidate.items()
+                        if isinstance(sec, Mapping) and s not in _SKIP_SECTIONS):
+        for metric, label, tol in (("judge_error_rate", "judge errors",
+                                    cfg.judge_error_tolerance),
+                                   ("degenerate", "degenerate answers",
+                                    cfg.degenerate_tolerance)):
+            value = _value(candidate, split, metric)
+            if value is None:
+                continue
+            name = f"{split} {label}"
+            if math.isnan(value):
+                checks.append(Check(name, split, metric, value, None, tol, False,
+                                    f"{name}: FAIL, not a number"))
+                continue
+            ok = value <= tol + _EPS
+            verdict = "ok" if ok else "FAIL"
+            checks.append(Check(name, split, metric, value, None, tol, ok,
+                                f"{name}: {verdict}, {value:.2f}% "
+                                f"{'<=' if ok else '>'} the limit {tol:g}%"))
+    return checks
+
+
 def decide(candidate: Mapping[str, Any], champion: Mapping[str, Any] | None,
            cfg: RegistryConfig, *, champion_label: str = "champion",
            base: Mapping[str, Any] | None = None) -> Decision:
@@ -170,11 +202,23 @@ def decide(candidate: Mapping[str, Any], champion: Mapping[str, Any] | None,
     ``base`` (the base model's summary from the same eval.json) is given the checks
     against it are attached for information.
     """
+    sanity = absolute_checks(candidate, cfg)
+    broken = [c for c in sanity if not c.passed]
+    if broken:
+        others = (compare(candidate, champion, cfg, ref_name=champion_label)
+                  if champion is not None else [])
+        head = ("not promoted: " + ", ".join(c.name for c in broken)
+                + " above the absolute limit (the safety rates cannot be trusted)")
+        return Decision(False, [head, *(c.reason for c in broken),
+                                *(c.reason for c in others)],
+                        compared_to=champion_label if champion is not None else "none",
+                        checks=[*sanity, *others])
     if champion is None:
         reasons = ["no champion yet: the first candidate becomes champion"]
         checks = compare(candidate, base, cfg, ref_name="base model") if base else []
         reasons += [f"for information, {c.reason}" for c in checks]
-        return Decision(True, reasons, compared_to="none", checks=checks, binding=False)
+        return Decision(True, reasons, compared_to="none", checks=[*sanity, *checks],
+                        binding=False)
 
     checks = compare(candidate, champion, cfg, ref_name=champion_label)
     ran = [c for c in checks if c.passed is not None]
@@ -182,7 +226,7 @@ def decide(candidate: Mapping[str, Any], champion: Mapping[str, Any] | None,
     if not ran:
         reasons = [c.reason for c in checks]
         reasons.append(f"no metric in common with the {champion_label}: refusing")
-        return Decision(False, reasons, compared_to=champion_label, checks=checks)
+        return Decision(False, reasons, compared_to=champion_label, checks=[*sanity, *checks])
     if failed:
         head = (f"not promoted: worse than the {champion_label} on "
                 + ", ".join(c.name for c in failed))
@@ -190,5 +234,6 @@ def decide(candidate: Mapping[str, Any], champion: Mapping[str, Any] | None,
         head = f"promoted: no worse than the {champion_label} on any gate metric"
     # failures first: the reason a human needs is the first line
     ordered = failed + [c for c in checks if c not in failed]
-    return Decision(not failed, [head, *(c.reason for c in ordered)],
-                    compared_to=champion_label, checks=checks)
+    return Decision(not failed, [head, *(c.reason for c in ordered),
+                                 *(c.reason for c in sanity)],
+                    compared_to=champion_label, checks=[*sanity, *checks])

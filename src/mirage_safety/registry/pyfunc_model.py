@@ -3,13 +3,17 @@
 What the registry stores is the final model only -- the ``models/mirage`` directory
 (full weights, or a LoRA adapter plus the base it applies to), minus trainer checkpoints
 and optimizer state -- so ``mlflow.pyfunc.load_model("models:/mirage@champion")`` is
-self-contained (the ``mirage_safety`` package travels with it as ``code_paths``).
+self-contained (the ``mirage_safety`` package travels with it as ``code_paths``).  It is
+logged as *models-from-code* (:mod:`.pyfunc_entry`, settings in ``model_config``): nothing
+in the artefact is a pickled Python object, so loading it never unpickles code.
 
 Input (a DataFrame, one row per query):
 
 * ``question`` (str) -- the text turn;
 * ``images`` (list of str) -- one entry per image, in order; each a file path,
-  base64-encoded PNG/JPEG bytes, or a data URL (``data:image/png;base64,...``).
+  base64-encoded PNG/JPEG bytes, or a data URL (``data:image/png;base64,...``);
+* or, instead of ``images``, one column per image: ``image1``, ``image2``, ... (the MIS
+  layout's ``image_path1`` / ``image_path2`` renamed); a row uses the ones it fills.
 
 Params: ``max_new_tokens`` (long), ``batch_size`` (long).  Output: a DataFrame with one
 string column ``response``.  Decoding is :func:`mirage_safety.evaluation.inference.
@@ -56,6 +60,8 @@ BASE_ARTIFACT = "base_dir"
 QUESTION_COLUMN = "question"
 IMAGES_COLUMN = "images"
 INPUT_COLUMNS = (QUESTION_COLUMN, IMAGES_COLUMN)
+#: one column per image, the alternative to ``images`` (``image1``, ``image2``, ...)
+IMAGE_COLUMNS = tuple(f"image{k}" for k in range(1, 5))
 OUTPUT_COLUMN = "response"
 DEFAULT_MAX_NEW_TOKENS = 96
 DEFAULT_BATCH_SIZE = 8
@@ -205,18 +211,33 @@ def _image_list(value: Any, row: int) -> list[Any]:
                      f"paths or base64 strings, got {type(value).__name__}")
 
 
+def _filled(value: Any) -> bool:
+    return isinstance(value, str) and bool(value.strip())
+
+
 def parse_queries(model_input: pd.DataFrame) -> list[tuple[str, list[Image.Image]]]:
     """DataFrame rows -> ``(question, [PIL images])`` prompts for ``generate_responses``."""
-    missing = [c for c in INPUT_COLUMNS if c not in model_input.columns]
-    if missing:
-        raise ValueError(f"model input lacks column(s) {missing}; expected {list(INPUT_COLUMNS)}")
+    columns = set(model_input.columns)
+    per_image = [c for c in IMAGE_COLUMNS if c in columns]
+    if QUESTION_COLUMN not in columns or not (IMAGES_COLUMN in columns or per_image):
+        raise ValueError(f"model input has columns {sorted(columns)}; expected "
+                         f"{QUESTION_COLUMN!r} and either {IMAGES_COLUMN!r} (a list) or "
+                         f"{', '.join(repr(c) for c in IMAGE_COLUMNS[:2])}, ...")
     prompts = []
     for i, row in enumerate(model_input.to_dict("records")):
         question = row.get(QUESTION_COLUMN)
         if not isinstance(question, str) or not question.strip():
             raise ValueError(f"row {i}, column {QUESTION_COLUMN!r}: expected a non-empty string")
-        images = [decode_image(v, row=i, index=k)
-                  for k, v in enumerate(_image_list(row.get(IMAGES_COLUMN), i))]
+        listed = row.get(IMAGES_COLUMN)
+        if IMAGES_COLUMN in columns and listed is not None and not (
+                isinstance(listed, float) and listed != listed):  # NaN: column unused here
+            values = _image_list(listed, i)
+        else:
+            values = [row[c] for c in per_image if _filled(row.get(c))]
+            if not values:
+                raise ValueError(f"row {i}: no image (fill {IMAGES_COLUMN!r} or "
+                                 f"{', '.join(per_image)})")
+        images = [decode_image(v, row=i, index=k) for k, v in enumerate(values)]
         prompts.append((question, images))
     return prompts
 
@@ -227,11 +248,14 @@ class MiragePyfuncModel(mlflow.pyfunc.PythonModel):
 
     def __init__(self, default_max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
                  default_batch_size: int = DEFAULT_BATCH_SIZE) -> None:
-        # only plain settings here: the instance is pickled into the model artefact
         self.default_max_new_tokens = default_max_new_tokens
         self.default_batch_size = default_batch_size
 
     def load_context(self, context: mlflow.pyfunc.PythonModelContext) -> None:
+        config = getattr(context, "model_config", None) or {}
+        self.default_max_new_tokens = int(config.get("max_new_tokens",
+                                                     self.default_max_new_tokens))
+        self.default_batch_size = int(config.get("batch_size", self.default_batch_size))
         artifacts = context.artifacts
         self.model, self.processor = load_model_dir(artifacts[MODEL_ARTIFACT],
                                                     artifacts.get(BASE_ARTIFACT))
@@ -259,7 +283,8 @@ def build_signature(max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
 
     return ModelSignature(
         inputs=Schema([ColSpec(DataType.string, QUESTION_COLUMN),
-                       ColSpec(Array(DataType.string), IMAGES_COLUMN)]),
+                       ColSpec(Array(DataType.string), IMAGES_COLUMN, required=False),
+                       *(ColSpec(DataType.string, c, required=False) for c in IMAGE_COLUMNS)]),
         outputs=Schema([ColSpec(DataType.string, OUTPUT_COLUMN)]),
         params=ParamSchema([ParamSpec("max_new_tokens", DataType.long, max_new_tokens),
                             ParamSpec("batch_size", DataType.long, batch_size)]),
@@ -331,7 +356,9 @@ def _log(name: str, max_new_tokens: int, batch_size: int, artifacts: dict[str, s
          registered_model_name: str | None, tags: dict[str, Any] | None) -> ModelInfo:
     return mlflow.pyfunc.log_model(
         name=name,
-        python_model=MiragePyfuncModel(max_new_tokens, batch_size),
+        # models-from-code: the entry file is logged and run at load time; nothing pickled
+        python_model=str(Path(__file__).with_name("pyfunc_entry.py")),
+        model_config={"max_new_tokens": max_new_tokens, "batch_size": batch_size},
         artifacts=artifacts,
         signature=build_signature(max_new_tokens, batch_size),
         # the package travels with the model so load_model works outside this repo

@@ -37,9 +37,10 @@ import argparse
 import logging
 import math
 import os
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import yaml
 
@@ -54,6 +55,9 @@ SUMMARY_KEYS = ("base", "mirage")
 METRIC_TAG_PREFIX = "metric."
 REGISTERED_BY = "mirage register"
 _TAG_MAX = 5000  # MLflow's limit on a tag value
+
+
+GATE_STATUS = "gate.status"  # pending -> applied (or interrupted: the run died in between)
 
 
 class EvalMetricsError(ConfigError):
@@ -143,6 +147,95 @@ def _metrics_from_run(client: MlflowClient, run_id: str | None) -> dict[str, dic
     return out
 
 
+class _Gate(NamedTuple):
+    decision: Any
+    reasons: list[str]
+    champ_version: str | None
+    champ: dict[str, Any] | None
+
+
+def _gate(client: MlflowClient, name: str, candidate: dict[str, Any],
+          base: dict[str, Any] | None, params: Params) -> _Gate:
+    """The gate's decision against the champion the registry holds right now."""
+    from mirage_safety.registry.gate import decide
+    from mirage_safety.tracking import TAG_PROFILE
+
+    champ_version, champ, champ_tags = champion_metrics(client, name)
+    label = f"champion v{champ_version}"
+    if champ_version and champ is None:
+        # a champion set by hand from outside this pipeline: nothing to compare with,
+        # so the gate refuses rather than waving the candidate through
+        champ = {}
+    decision = decide(candidate, champ, params.registry, champion_label=label, base=base)
+    reasons = list(decision.reasons)
+    if champ_version and not champ:
+        reasons.insert(0, f"{label} has no recorded gate metrics (no metric.* tags)")
+    champ_profile = champ_tags.get(TAG_PROFILE)
+    if champ_profile and champ_profile != params.profile:
+        reasons.append(f"note: {label} was evaluated under profile {champ_profile!r}, "
+                       f"the candidate under {params.profile!r}")
+    return _Gate(decision, reasons, champ_version, champ)
+
+
+def finish_interrupted(client: MlflowClient, name: str) -> list[str]:
+    """Versions a killed ``register`` left ``pending``: the one holding ``champion`` was
+    promoted (its decision had been applied), every other one is marked ``interrupted``
+    and holds no alias.  Returns the versions it touched."""
+    from mirage_safety.registry.manage import CHAMPION, alias_version
+
+    try:
+        versions = client.search_model_versions(f"name='{name}'")
+    except Exception:  # no such model yet
+        return []
+    champ = alias_version(client, name, CHAMPION)
+    touched = []
+    for mv in versions:
+        if (mv.tags or {}).get(GATE_STATUS) != "pending":
+            continue
+        status = "applied" if champ is not None and str(champ.version) == str(mv.version) \
+            else "interrupted"
+        if status == "interrupted":
+            client.set_model_version_tag(name, mv.version, "gate.decision", "interrupted")
+        client.set_model_version_tag(name, mv.version, GATE_STATUS, status)
+        log.warning("registry: version %s of %s was left pending by an interrupted register: "
+                    "marked %s", mv.version, name, status)
+        touched.append(str(mv.version))
+    return touched
+
+
+@contextmanager
+def promotion_lock(tracking_uri: str, name: str, timeout_s: float = 600.0) -> Iterator[None]:
+    """One promotion at a time per (store, model) on this machine: an ``flock`` next to a
+    SQLite store, else under the user's cache dir.  Across machines the Prefect deployment's
+    concurrency limit serialises pipelines."""
+    import fcntl
+    import hashlib
+    import time
+
+    if tracking_uri.startswith("sqlite:///"):
+        path = Path(tracking_uri[len("sqlite:///"):] + f".{name}.register.lock")
+    else:
+        key = hashlib.sha256(f"{tracking_uri}|{name}".encode()).hexdigest()[:16]
+        path = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "mirage" / \
+            f"register-{key}.lock"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as fh:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"{path}: another `mirage register` has held the "
+                                       f"promotion lock for {timeout_s:.0f}s") from None
+                time.sleep(0.2)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
 def champion_metrics(client: MlflowClient, name: str
                      ) -> tuple[str | None, dict[str, dict[str, float]] | None, dict[str, str]]:
     """(champion version, its gate metrics or None, its version tags) from the registry."""
@@ -185,7 +278,7 @@ def register(params: Params, *, eval_path: str | os.PathLike[str] = "metrics/eva
     """
     import mlflow
 
-    from mirage_safety.registry.gate import decide, gate_metrics
+    from mirage_safety.registry.gate import gate_metrics
     from mirage_safety.registry.manage import CHALLENGER, CHAMPION, set_champion
     from mirage_safety.registry.pyfunc_model import check_model_dir
     from mirage_safety.tracking import (
@@ -217,28 +310,14 @@ def register(params: Params, *, eval_path: str | os.PathLike[str] = "metrics/eva
         mlflow.log_metrics(flat_eval_metrics(data))
         mlflow.log_dict(data, "eval/eval.json")  # metadata only; the model is logged below
 
-        champ_version, champ, champ_tags = champion_metrics(client, name)
-        label = f"champion v{champ_version}"
-        if champ_version and champ is None:
-            # a champion set by hand from outside this pipeline: nothing to compare with,
-            # so the gate refuses rather than waving the candidate through
-            champ = {}
-        decision = decide(candidate, champ, cfg, champion_label=label, base=base)
-        reasons = list(decision.reasons)
-        if champ_version and not champ:
-            reasons.insert(0, f"{label} has no recorded gate metrics (no metric.* tags)")
-        champ_profile = champ_tags.get(TAG_PROFILE)
-        if champ_profile and champ_profile != params.profile:
-            reasons.append(f"note: {label} was evaluated under profile {champ_profile!r}, "
-                           f"the candidate under {params.profile!r}")
+        finish_interrupted(client, name)
+        first = _gate(client, name, candidate, base, params)
+        log.info("gate (before packaging): %s", first.reasons[0])
 
         info = log_model(model_dir, name="model", max_new_tokens=params.eval.max_new_tokens,
                          batch_size=params.eval.batch_size)
-        verdict = "promote" if decision.promote else "reject"
         tags = {
-            "gate.decision": verdict,
-            "gate.compared_to": decision.compared_to,
-            "gate.reasons": "\n".join(reasons)[:_TAG_MAX],
+            GATE_STATUS: "pending",  # until the decision below is applied
             TAG_PROFILE: params.profile,
             "eval_sha256": sha256_file(eval_path),
             **metric_tags(candidate),
@@ -250,16 +329,31 @@ def register(params: Params, *, eval_path: str | os.PathLike[str] = "metrics/eva
             tags["model_dvc_md5"] = md5
         mv = mlflow.register_model(info.model_uri, name, tags=tags)
         version = str(mv.version)
-        client.update_model_version(
-            name, version, description=f"MIRage candidate ({verdict}; compared to "
-                                       f"{decision.compared_to})")
-        if decision.promote:
-            set_champion(client, name, version, how="gate", by=REGISTERED_BY,
-                         reason=reasons[0])
-            alias, champion_now = CHAMPION, version
-        else:
-            client.set_registered_model_alias(name, CHALLENGER, version)
-            alias, champion_now = CHALLENGER, champ_version
+        # Two registrations may race (two pipelines, a manual one): the decision that counts
+        # is the one against the champion current at promotion time, taken under a lock.
+        with promotion_lock(resolve_tracking_uri(params.tracking), name):
+            gate = _gate(client, name, candidate, base, params)
+            if gate.champ_version != first.champ_version:
+                log.info("gate: the champion changed to v%s while this candidate was being "
+                         "packaged: decided again against it", gate.champ_version)
+            decision, reasons, champ_version, champ = (gate.decision, gate.reasons,
+                                                        gate.champ_version, gate.champ)
+            verdict = "promote" if decision.promote else "reject"
+            for key, value in {"gate.decision": verdict,
+                               "gate.compared_to": decision.compared_to,
+                               "gate.reasons": "\n".join(reasons)[:_TAG_MAX]}.items():
+                client.set_model_version_tag(name, version, key, value)
+            client.update_model_version(
+                name, version, description=f"MIRage candidate ({verdict}; compared to "
+                                           f"{decision.compared_to})")
+            if decision.promote:
+                set_champion(client, name, version, how="gate", by=REGISTERED_BY,
+                             reason=reasons[0])
+                alias, champion_now = CHAMPION, version
+            else:
+                client.set_registered_model_alias(name, CHALLENGER, version)
+                alias, champion_now = CHALLENGER, champ_version
+            client.set_model_version_tag(name, version, GATE_STATUS, "applied")
         mlflow.set_tags({"registered_model": name, "registered_version": version,
                          "gate.decision": verdict})
         result = {
@@ -275,7 +369,9 @@ def register(params: Params, *, eval_path: str | os.PathLike[str] = "metrics/eva
             "checks": [c.as_dict() for c in decision.checks],
             "tolerances": {"asr": cfg.asr_tolerance,
                            "over_refusal": cfg.over_refusal_tolerance,
-                           "general_accuracy": cfg.general_accuracy_tolerance},
+                           "general_accuracy": cfg.general_accuracy_tolerance,
+                           "judge_error": cfg.judge_error_tolerance,
+                           "degenerate": cfg.degenerate_tolerance},
             "model_uri": f"models:/{name}/{version}",
             "run_id": run.info.run_id,
             "tracking_uri": resolve_tracking_uri(params.tracking),
@@ -312,8 +408,28 @@ def add_cli(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_cli)
 
 
+#: exit status for "try again later" (EX_TEMPFAIL): the Prefect flow retries it
+EXIT_TEMPFAIL = 75
+_UNREACHABLE = ("Max retries exceeded", "Connection refused", "Failed to establish a new "
+                "connection", "Connection aborted", "RemoteDisconnected", "Read timed out",
+                "ConnectionError", "ConnectTimeout")
+
+
+def unreachable(exc: BaseException) -> bool:
+    """Whether ``exc`` (or its cause) says the tracking server could not be reached."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if any(marker in f"{type(seen).__name__}: {seen}" for marker in _UNREACHABLE):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
 def _cli(args: argparse.Namespace) -> int:
+    import sys
+
     from mirage_safety.registry.pyfunc_model import ModelDirError
+    from mirage_safety.tracking import resolve_tracking_uri
 
     params = load_params(args.params, profile=args.profile)
     try:
@@ -321,6 +437,15 @@ def _cli(args: argparse.Namespace) -> int:
                           out_path=args.out)
     except ModelDirError as exc:
         raise ConfigError(str(exc)) from None
+    except Exception as exc:
+        if not unreachable(exc):
+            raise
+        # nothing was promoted: the alias only moves after the version is READY, and a
+        # version left pending is marked interrupted by the next run
+        print(f"error: the MLflow tracking server at {resolve_tracking_uri(params.tracking)} "
+              f"went away or is not reachable ({type(exc).__name__}); no alias was moved. "
+              "Run `mirage register` again once it is back.", file=sys.stderr)
+        return EXIT_TEMPFAIL
     champion = result["champion_version"]
     print(f"{result['model_name']} version {result['version']}: {result['decision']} "
           f"-> @{result['alias']} (champion: {f'v{champion}' if champion else 'none'})")
