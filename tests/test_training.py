@@ -4,6 +4,7 @@ import json
 import math
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -284,3 +285,57 @@ def test_accelerate_configs_parse():
     assert fsdp.fsdp_config["fsdp_auto_wrap_policy"] == "TRANSFORMER_BASED_WRAP"
     assert fsdp.fsdp_config["fsdp_state_dict_type"] == "SHARDED_STATE_DICT"
     assert fsdp.fsdp_config["fsdp_version"] == 2
+
+
+@pytest.mark.slow
+def test_sigkill_mid_training_then_rerun_reaches_the_uninterrupted_result(world, tmp_path):
+    """``mirage train`` killed with SIGKILL after a checkpoint (and a later checkpoint left
+    half-written, as a kill during the save leaves it): the re-run resumes from the last
+    complete one and ends where the uninterrupted run ends."""
+    import signal
+    import time
+
+    from safetensors.torch import load_file
+
+    params = tmp_path / "params.yaml"
+    params.write_text(yaml.safe_dump({"data": {"world": {"image_size": IMAGE_SIZE}},
+                                      "train": {**FAST, "max_steps": 8, "save_steps": 2}}))
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+    def cmd(out: Path) -> list[str]:
+        return [str(Path(sys.executable).with_name("mirage")), "train", "--params", str(params),
+                "--data", str(world["data"]), "--base", str(world["base"]),
+                "--out", str(out / "model"), "--metrics", str(out / "metrics"),
+                "--plots", str(out / "plots"), "--checkpoints", str(out / "ckpt"),
+                "--no-mlflow", "--no-progress"]
+
+    straight = tmp_path / "straight"
+    assert subprocess.run(cmd(straight), env=env, capture_output=True, timeout=600).returncode == 0
+    killed = tmp_path / "killed"
+    proc = subprocess.Popen(cmd(killed), env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 300
+    while not (killed / "ckpt" / "checkpoint-4" / "trainer_state.json").is_file():
+        assert proc.poll() is None, "training finished before it could be killed"
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (killed / "model").exists()
+    for later in (killed / "ckpt").glob("checkpoint-*"):  # the kill point, made exact
+        if int(later.name.rsplit("-", 1)[1]) > 4:
+            shutil.rmtree(later)
+    partial = killed / "ckpt" / "checkpoint-6"
+    partial.mkdir()
+    (partial / "model.safetensors").write_bytes(b"half a file")  # no trainer_state.json
+    done = subprocess.run(cmd(killed), env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    got = json.loads((killed / "metrics" / "train.json").read_text())
+    want = json.loads((straight / "metrics" / "train.json").read_text())
+    assert got["resumed_from"].endswith("checkpoint-4")  # the half-written one was skipped
+    assert got["global_step"] == want["global_step"] == 8
+    assert got["final_loss"] == pytest.approx(want["final_loss"], rel=1e-4)
+    a = load_file(str(killed / "model" / "model.safetensors"))
+    b = load_file(str(straight / "model" / "model.safetensors"))
+    assert a.keys() == b.keys()
+    assert max(float((a[k] - b[k]).abs().max()) for k in a) < 1e-4

@@ -308,8 +308,6 @@ def history_mean_loss(history: Sequence[dict[str, float]]) -> float:
 
 def prepare_checkpoint_dir(checkpoint_dir: Path, fingerprint: dict[str, Any]) -> str | None:
     """Last checkpoint to resume from, or None; a stale dir (other fingerprint) is cleared."""
-    from transformers.trainer_utils import get_last_checkpoint
-
     fp_path = checkpoint_dir / FINGERPRINT_FILE
     if checkpoint_dir.is_dir():
         old = read_json(fp_path) if fp_path.is_file() else None
@@ -319,10 +317,31 @@ def prepare_checkpoint_dir(checkpoint_dir: Path, fingerprint: dict[str, Any]) ->
                          checkpoint_dir)
                 shutil.rmtree(checkpoint_dir)
         else:
-            last = get_last_checkpoint(str(checkpoint_dir))
+            last = _last_complete_checkpoint(checkpoint_dir)
             if last:
                 log.info("resuming from %s", last)
             return last
+    return None
+
+
+def _last_complete_checkpoint(checkpoint_dir: Path) -> str | None:
+    """The newest checkpoint that was written to the end.  The Trainer writes a checkpoint
+    in place and its ``trainer_state.json`` last, so a run killed while saving (SIGKILL,
+    OOM, preemption) leaves a directory without it: that one is removed and the previous
+    one is resumed from."""
+    from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+
+    steps = []
+    for path in checkpoint_dir.glob(f"{PREFIX_CHECKPOINT_DIR}-*"):
+        suffix = path.name.rsplit("-", 1)[-1]
+        if path.is_dir() and suffix.isdigit():
+            steps.append((int(suffix), path))
+    for _, path in sorted(steps, reverse=True):
+        if (path / "trainer_state.json").is_file():
+            return str(path)
+        if is_main_process():
+            log.warning("%s was not finished (killed while saving?): removed", path)
+            shutil.rmtree(path, ignore_errors=True)
     return None
 
 
