@@ -28,7 +28,7 @@ from mirage_safety.config import parse_params
 from mirage_safety.data.image_packs import image_at
 from mirage_safety.evaluation.engines import HFEngine, ServedEngine
 from mirage_safety.io import write_json_atomic
-from mirage_safety.serve import free_port, start
+from mirage_safety.serve import free_port, start, stop
 
 RESULTS = Path(__file__).parent / "results" / "served_inference.json"
 SPLITS = ("test_easy", "test_hard", "test_benign", "test_benign_shift")
@@ -87,8 +87,7 @@ def main() -> int:
         served.answer(prompts[: args.concurrency], progress=False)  # warm-up
         sv_s, sv_out = timed(lambda: served.answer(prompts, progress=False), args.repeat)
     finally:
-        proc.terminate()
-        proc.wait(timeout=30)
+        stop(proc, 30)
     same = sum(1 for a, b in zip(hf_out, sv_out, strict=True)
                if not isinstance(b, str) and a.text == b.text)
     result = {

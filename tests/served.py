@@ -4,11 +4,10 @@ saved model directory with :func:`mirage_safety.serve.start`, stopped afterwards
 from __future__ import annotations
 
 import contextlib
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
-from mirage_safety.serve import free_port, start
+from mirage_safety.serve import free_port, start, stop
 
 
 @contextlib.contextmanager
@@ -22,9 +21,4 @@ def serve(model_dir: Path, log: Path, *, port: int | None = None,
     try:
         yield f"http://127.0.0.1:{port}/v1"
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop(proc)

@@ -235,9 +235,7 @@ def test_mlflow_models_serve_answers_from_the_registry(tmp_path, dirs, store):
                           "params": {"max_new_tokens": MAX_NEW}})
         assert listed == columns and len(listed) == 1 and listed[0]
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        from mirage_safety.serve import stop
+
+        stop(proc)
         log.close()

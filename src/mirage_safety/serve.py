@@ -115,6 +115,18 @@ def start(model_dir: Path, *, host: str, port: int, device: str, log: Path | Non
             time.sleep(0.5)
 
 
+def stop(proc: subprocess.Popen[Any], timeout_s: float = 20.0) -> None:
+    """Terminate a server process, killing it if it does not exit in time."""
+    if proc.poll() is not None:
+        return
+    proc.terminate()
+    try:
+        proc.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
 def _cli(args: argparse.Namespace) -> int:
     model_dir = servable_dir(args.model)
     port = args.port or free_port(args.host)
@@ -135,8 +147,7 @@ def _cli(args: argparse.Namespace) -> int:
     try:
         return proc.wait()
     except KeyboardInterrupt:
-        proc.terminate()
-        proc.wait(timeout=30)
+        stop(proc, 30)
         return 0
 
 
