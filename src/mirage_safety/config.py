@@ -345,6 +345,13 @@ class RegistryConfig(_Model):
     # more than this %, is never promoted (its ASR would read as a clean 0)
     judge_error_tolerance: float = Field(5.0, ge=0.0, le=100.0)
     degenerate_tolerance: float = Field(5.0, ge=0.0, le=100.0)
+    # copy: the weights go into MLflow; reference: a pointer to the DVC out (repo, commit,
+    # md5s) that loading resolves through DVC; auto: reference above reference_above_mb
+    store: Literal["auto", "copy", "reference"] = "auto"
+    reference_above_mb: float = Field(100.0, ge=0.0)
+    # the repo a pointer names (a git URL other machines can clone); default: the
+    # workspace's `origin` remote, else its path
+    reference_repo: str | None = None
 
 
 class TrackingConfig(_Model):

@@ -56,6 +56,10 @@ def servable_dir(model: str, cache: Path = CACHE) -> Path:
         local = Path(mlflow.artifacts.download_artifacts(model, dst_path=str(dest)))
         model_dir = local / "artifacts" / "model"
         base = local / "artifacts" / "base"
+        from mirage_safety.registry.weights_ref import is_reference, materialize
+
+        if is_reference(model_dir):
+            model_dir = materialize(model_dir)
         return _merged(model_dir, base if base.is_dir() else None, cache)
     path = Path(model)
     if not path.is_dir():

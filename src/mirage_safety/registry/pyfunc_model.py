@@ -137,10 +137,13 @@ def load_model_dir(model_dir: str | os.PathLike[str],
     training workspace and does not exist where the registered model is served.
     """
     from mirage_safety.models.loading import load_for_inference, load_pretrained, resolve_source
+    from mirage_safety.registry.weights_ref import is_reference, materialize
 
     model_dir = Path(model_dir)
     if not model_dir.is_dir():
         raise ModelDirError(f"{model_dir}: model directory not found")
+    if is_reference(model_dir):  # registered by reference: fetch the weights through DVC
+        model_dir = materialize(model_dir)
     meta = read_model_meta(model_dir)
     if base_dir is None or meta is None or meta["method"] != "lora":
         return load_for_inference(model_dir, device=device)
@@ -326,8 +329,12 @@ def log_pyfunc_model(model_dir: str | os.PathLike[str], *, name: str = "model",
                      max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
                      batch_size: int = DEFAULT_BATCH_SIZE,
                      registered_model_name: str | None = None,
-                     tags: dict[str, Any] | None = None) -> ModelInfo:
+                     tags: dict[str, Any] | None = None,
+                     reference: dict[str, Any] | None = None) -> ModelInfo:
     """Log ``model_dir`` as a pyfunc model in the active run (checkpoints excluded).
+
+    ``reference`` (:func:`mirage_safety.registry.weights_ref.make_pointer`): log the
+    pointer instead of the weight files (registry by reference).
 
     With ``registered_model_name`` MLflow also registers a new version.  Returns the
     ``ModelInfo`` (``.model_uri`` is what :func:`mlflow.register_model` takes).
@@ -340,6 +347,10 @@ def log_pyfunc_model(model_dir: str | os.PathLike[str], *, name: str = "model",
         code = Path(tmp) / "code" / package_dir.name
         shutil.copytree(package_dir, code, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
         artifacts = {MODEL_ARTIFACT: str(stage_model_dir(model_dir, Path(tmp) / "model"))}
+        if reference is not None:
+            from mirage_safety.registry.weights_ref import write_pointer
+
+            write_pointer(Path(artifacts[MODEL_ARTIFACT]), reference)
         if meta is not None and meta["method"] == "lora":
             base = resolve_base(meta, model_dir)
             if isinstance(base, Path):  # a Hub id (no local base) is fetched at load time

@@ -304,6 +304,11 @@ def register(params: Params, *, eval_path: str | os.PathLike[str] = "metrics/eva
     stage_params = {"registry": cfg.model_dump(mode="json"), "eval_path": str(eval_path),
                     "model_dir": str(model_dir)}
     lineage = policies_tags(workspace_root() / "data")
+    from mirage_safety.registry.weights_ref import choose_store, make_pointer
+
+    store = choose_store(cfg, model_dir)
+    pointer = (make_pointer(model_dir, workspace_root(), repo=cfg.reference_repo)
+               if store == "reference" else None)  # fails before any run is opened
     with stage_run("register", params.tracking, stage_params, profile=params.profile,
                    tags=lineage) as run:
         client = mlflow.MlflowClient()
@@ -314,10 +319,14 @@ def register(params: Params, *, eval_path: str | os.PathLike[str] = "metrics/eva
         first = _gate(client, name, candidate, base, params)
         log.info("gate (before packaging): %s", first.reasons[0])
 
+        extra = {"reference": pointer} if pointer is not None else {}
         info = log_model(model_dir, name="model", max_new_tokens=params.eval.max_new_tokens,
-                         batch_size=params.eval.batch_size)
+                         batch_size=params.eval.batch_size, **extra)
         tags = {
             GATE_STATUS: "pending",  # until the decision below is applied
+            "weights.store": store,
+            **({"weights.rev": pointer["rev"], "weights.repo": str(pointer["repo"])[:_TAG_MAX]}
+               if pointer else {}),
             TAG_PROFILE: params.profile,
             "eval_sha256": sha256_file(eval_path),
             **metric_tags(candidate),
@@ -373,6 +382,9 @@ def register(params: Params, *, eval_path: str | os.PathLike[str] = "metrics/eva
                            "judge_error": cfg.judge_error_tolerance,
                            "degenerate": cfg.degenerate_tolerance},
             "model_uri": f"models:/{name}/{version}",
+            "weights": {"store": store, **({k: pointer[k] for k in ("repo", "rev", "path",
+                                                                     "dir_md5", "remote")}
+                                           if pointer else {})},
             "run_id": run.info.run_id,
             "tracking_uri": resolve_tracking_uri(params.tracking),
         }
