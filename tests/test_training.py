@@ -269,6 +269,12 @@ def test_real_params_profile_validates():
                                                                              True)
     assert (t.learning_rate, t.epochs, t.warmup_ratio) == (5e-6, 2.0, 0.03)
     assert params.eval.judge == "openai"
+    intern = load_params(REPO / "infra" / "params.real.yaml", profile="internvl3_8b")
+    assert intern.base.hub.model_id == "OpenGVLab/InternVL3-8B-hf"
+    assert (intern.train.learning_rate, intern.train.epochs) == (2e-6, 3.0)
+    served = load_params(REPO / "infra" / "params.real.yaml", profile="served_eval")
+    assert served.eval.engine == "openai" and set(served.eval.server.models) == {"base",
+                                                                                 "mirage"}
 
 
 def test_accelerate_configs_parse():
@@ -276,7 +282,8 @@ def test_accelerate_configs_parse():
 
     cfg_dir = REPO / "infra" / "accelerate"
     expected = {"cpu_2proc.yaml": "MULTI_GPU", "single_gpu.yaml": "NO",
-                "multi_gpu_ddp.yaml": "MULTI_GPU", "fsdp.yaml": "FSDP"}
+                "multi_gpu_ddp.yaml": "MULTI_GPU", "fsdp.yaml": "FSDP",
+                "deepspeed_zero3.yaml": "DEEPSPEED"}
     for name, kind in expected.items():
         cfg = load_config_from_file(str(cfg_dir / name))
         assert str(cfg.distributed_type).endswith(kind), name
@@ -285,6 +292,8 @@ def test_accelerate_configs_parse():
     assert fsdp.fsdp_config["fsdp_auto_wrap_policy"] == "TRANSFORMER_BASED_WRAP"
     assert fsdp.fsdp_config["fsdp_state_dict_type"] == "SHARDED_STATE_DICT"
     assert fsdp.fsdp_config["fsdp_version"] == 2
+    zero3 = load_config_from_file(str(cfg_dir / "deepspeed_zero3.yaml"))
+    assert zero3.deepspeed_config["zero_stage"] == 3 and zero3.mixed_precision == "bf16"
 
 
 @pytest.mark.slow
