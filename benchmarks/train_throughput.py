@@ -14,7 +14,18 @@ one process:
 * **trl** (when ``trl`` is installed) -- the same plain Trainer with TRL's
   ``DataCollatorForVisionLanguageModeling``, the collator ``SFTTrainer`` uses for image
   data by default (per-batch templating, dynamic padding, no length grouping), so the
-  gain from length grouping + cached encoding alone is visible too.
+  gain from length grouping + cached encoding alone is visible too;
+* **sfttrainer** (when ``trl`` is installed) -- TRL's ``SFTTrainer`` itself on a
+  ``datasets.Dataset`` of ``{"messages", "images"}`` rows, ``assistant_only_loss=True``
+  (the same loss as ours: the builtin template marks assistant turns with
+  ``{% generation %}``), TRL's defaults otherwise except: ``bf16=False`` (TRL defaults to
+  bf16, which needs a GPU here), ``gradient_checkpointing=False`` (TRL 1.x turns it on; ours
+  is off, so both run the same forward/backward) and the learning rate, schedule,
+  batch size, steps and seed shared by every contender.
+
+``--model large`` swaps the 0.7M-parameter embedded model for a ~40M-parameter model of the
+same architecture (8 decoder layers of width 512) so matmuls, not per-step overheads,
+dominate.
 
 Reported per run: non-padding tokens/s (image placeholder tokens included, padding
 excluded) -- the median over steps (headline: robust to other processes' CPU bursts on a
@@ -26,8 +37,10 @@ machine's matmul peak is measured with a large float32 ``torch.matmul`` under th
 thread count.
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/train_throughput.py [--steps 20] [--repeat 1]
+        [--model embedded|large]
 
-Writes ``benchmarks/results/train_throughput.json``.  Takes ~1-2 minutes on 2 cores.
+Writes ``benchmarks/results/train_throughput.json`` (``train_throughput_large.json`` for
+the large model).  Takes ~1-2 minutes on 2 cores (embedded).
 """
 
 from __future__ import annotations
@@ -68,6 +81,12 @@ from mirage_safety.training.sft import (
 
 RESULTS = Path(__file__).parent / "results" / "train_throughput.json"
 IMAGE_SIZE = 64
+MODELS = {
+    "embedded": BuiltinModelConfig(),
+    # same architecture, ~40M parameters: matmuls dominate the step
+    "large": BuiltinModelConfig(text_hidden=512, text_layers=8, text_heads=8,
+                                intermediate_size=2048, vision_hidden=128, vision_layers=2),
+}
 
 
 # --------------------------------------------------------------------------- reference
@@ -138,6 +157,28 @@ def run_reference(model: Any, processor: Any, rows: list[Any], settings: SFTSett
     throughput = ThroughputCallback()
     trainer = Trainer(model=model, args=args, train_dataset=dataset, data_collator=collator,
                       callbacks=[throughput, *callbacks])
+    trainer.train()
+    return throughput
+
+
+def run_sfttrainer(model: Any, processor: Any, rows: list[Any], settings: SFTSettings,
+                   out_dir: Path, *, callbacks: tuple[Any, ...] = ()) -> ThroughputCallback:
+    """TRL's own SFTTrainer, its defaults except where noted in the module docstring."""
+    from datasets import Dataset
+    from trl import SFTConfig, SFTTrainer
+
+    data = Dataset.from_list([TRLRows(rows)[i] for i in range(len(rows))])
+    args = SFTConfig(
+        output_dir=str(out_dir), per_device_train_batch_size=settings.batch_size,
+        max_steps=settings.max_steps, learning_rate=settings.learning_rate,
+        lr_scheduler_type=settings.lr_scheduler, warmup_steps=settings.warmup_ratio,
+        logging_steps=settings.max_steps, save_strategy="no", report_to="none",
+        seed=settings.seed, data_seed=settings.seed, assistant_only_loss=True,
+        bf16=False, gradient_checkpointing=False, include_num_input_tokens_seen="non_padding",
+        dataloader_pin_memory=False, disable_tqdm=True)
+    throughput = ThroughputCallback()
+    trainer = SFTTrainer(model=model, args=args, train_dataset=data,
+                         processing_class=processor, callbacks=[throughput, *callbacks])
     trainer.train()
     return throughput
 
@@ -264,8 +305,11 @@ def main() -> None:
                     help="the reference pads every row to this (train.max_length)")
     ap.add_argument("--repeat", type=int, default=1,
                     help="alternate the two runs this many times; the median is reported")
-    ap.add_argument("--out", type=Path, default=RESULTS)
+    ap.add_argument("--model", choices=sorted(MODELS), default="embedded")
+    ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args()
+    out_path = args.out or (RESULTS if args.model == "embedded"
+                            else RESULTS.with_name(f"train_throughput_{args.model}.json"))
 
     threads = set_cpu_threads()
     peak = matmul_peak()
@@ -280,16 +324,16 @@ def main() -> None:
                               + 1, ratio=train_defaults.general_ratio)
         corpus = [t["value"].replace("<image>", " ") for r in rows
                   for t in r.record["conversations"]]
-        cfg = BuiltinModelConfig()
+        cfg = MODELS[args.model]
         model0, processor = build_tiny_vlm(corpus, cfg, IMAGE_SIZE, seed=0)
         n_params = count_parameters(model0)
         names = ["mirage", "reference"]
         try:
             import trl  # noqa: F401
 
-            names.append("trl")
+            names += ["trl", "sfttrainer"]
         except ImportError:
-            print("trl not installed: no TRL-collator run")
+            print("trl not installed: no TRL runs")
         results: dict[str, list[dict[str, Any]]] = {n: [] for n in names}
         for rep in range(args.repeat):
             for name in names if rep % 2 == 0 else names[::-1]:  # balance order effects
@@ -307,6 +351,11 @@ def main() -> None:
                                              callbacks=[steps])
                         return next(c for c in trainer.callback_handler.callbacks
                                     if isinstance(c, ThroughputCallback))
+                elif name == "sfttrainer":
+                    def fn(steps: StepTimes, model: Any = model,
+                           ckpt: Path = ckpt) -> ThroughputCallback:
+                        return run_sfttrainer(model, processor, rows, settings, ckpt,
+                                              callbacks=(steps,))
                 else:
                     def fn(steps: StepTimes, model: Any = model, ckpt: Path = ckpt,
                            trl: bool = name == "trl") -> ThroughputCallback:
@@ -323,7 +372,8 @@ def main() -> None:
     key = "tokens_per_s_median_step"
     speedup = median("mirage", key) / median("reference", key)
     report = {
-        "model": {"config": cfg.model_dump(), "image_size": IMAGE_SIZE, "parameters": n_params},
+        "model": {"name": args.model, "config": cfg.model_dump(), "image_size": IMAGE_SIZE,
+                  "parameters": n_params},
         "steps": args.steps, "batch_size": args.batch_size, "reference_max_length":
         args.max_length, "repeat": args.repeat, "torch_threads": threads,
         "cpu_count": os.cpu_count(), "platform": platform.platform(),
@@ -344,12 +394,19 @@ def main() -> None:
     if "trl" in results:
         report["trl_tokens_per_s"] = median("trl", key)
         report["speedup_vs_trl_collator"] = median("mirage", key) / median("trl", key)
-    write_json_atomic(args.out, report)
+    if "sfttrainer" in results:
+        report["tokens_per_s"] = {n: median(n, key) for n in results}
+        report["ratio_vs_sfttrainer"] = median("mirage", key) / median("sfttrainer", key)
+        report["sfttrainer_useful_fraction_of_peak"] = (median("sfttrainer", "useful_flop_per_s")
+                                                        / peak)
+    write_json_atomic(out_path, report)
+    if "sfttrainer" in results:
+        print(f"ratio vs TRL's SFTTrainer: {report['ratio_vs_sfttrainer']:.2f}x")
     if "trl" in results:
         print(f"speed-up vs TRL's VLM collator: {report['speedup_vs_trl_collator']:.2f}x")
     print(f"speed-up (non-padding tokens/s): {speedup:.2f}x; mirage useful FLOP/s = "
           f"{100 * report['mirage_useful_fraction_of_peak']:.1f}% of matmul peak; "
-          f"-> {args.out}")
+          f"-> {out_path}")
 
 
 if __name__ == "__main__":

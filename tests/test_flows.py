@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 import threading
@@ -34,6 +33,8 @@ if str(REPO) not in sys.path:  # `flows` lives at the repo root, next to src/
 
 from flows import retrain as R  # noqa: E402
 from flows.deploy import NIGHTLY_CRON, NIGHTLY_PARAMETERS, build_deployment  # noqa: E402
+
+from repo_copy import commit, copy_worktree, git_init, run  # noqa: E402
 
 STAGE_SCRIPT = '''\
 """Fake pipeline stage: records start/end, can fail once, writes its outputs."""
@@ -139,21 +140,7 @@ profiles:
 """
 
 
-def _run(cmd: list[str], cwd: Path) -> str:
-    out = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, check=False)
-    assert out.returncode == 0, f"{cmd}: {out.stdout}\n{out.stderr}"
-    return out.stdout
-
-
-def _git_init(repo: Path) -> None:
-    _run(["git", "init", "-q", "-b", "main"], repo)
-    _run(["git", "config", "user.name", "test"], repo)
-    _run(["git", "config", "user.email", "test@example.com"], repo)
-
-
-def _commit(repo: Path, message: str) -> None:
-    _run(["git", "add", "-A"], repo)
-    _run(["git", "commit", "-q", "-m", message], repo)
+_run, _git_init, _commit = run, git_init, commit
 
 
 def make_fake_repo(root: Path) -> Path:
@@ -566,27 +553,6 @@ def _pipeline_ready() -> str | None:
     )
     missing = [s for s in R.STAGES if s not in out.stdout]
     return f"mirage CLI lacks stage(s) {missing}" if missing else None
-
-
-def copy_worktree(src: Path, dst: Path) -> Path:
-    """Tracked + untracked-not-ignored files of ``src`` into a fresh git repo ``dst``."""
-    listing = (
-        subprocess.run(
-            ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
-            cwd=src,
-            capture_output=True,
-            check=True,
-        )
-        .stdout.decode()
-        .split("\0")
-    )
-    for rel in filter(None, listing):
-        if (src / rel).is_file():
-            (dst / rel).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(src / rel, dst / rel)
-    _git_init(dst)
-    _commit(dst, "copy of the working tree")
-    return dst
 
 
 @pytest.mark.slow

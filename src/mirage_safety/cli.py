@@ -23,6 +23,7 @@ _STAGE_MODULES = (
     "mirage_safety.labelling.label",
     "mirage_safety.labelling.curate",
     "mirage_safety.models.base",
+    "mirage_safety.models.tiny_hub",
     "mirage_safety.training.train",
     "mirage_safety.evaluation.evaluate",
     "mirage_safety.evaluation.rejudge",

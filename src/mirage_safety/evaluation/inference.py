@@ -72,11 +72,14 @@ def _eos_ids(model: Any, processor: Any) -> set[int]:
     return {int(e) for e in (eos if isinstance(eos, list) else [eos]) if e is not None}
 
 
-def _generate_batch(model: Any, processor: Any, texts: list[str], images: list[Any],
+def _generate_batch(model: Any, processor: Any, texts: list[str], images: list[list[Any]],
                     max_new_tokens: int) -> list[Generation]:
     import torch
 
-    batch = processor(text=texts, images=images or None, padding=True, padding_side="left",
+    from mirage_safety.models.families import images_argument
+
+    batch = processor(text=texts, images=images_argument(processor, images), padding=True,
+                      padding_side="left",
                       add_special_tokens=False, return_tensors="pt")
     inputs = _to_device(batch, model)
     kwargs = _greedy_kwargs(model, processor, max_new_tokens)
@@ -132,7 +135,7 @@ def generate(model: Any, processor: Any, prompts: Sequence[Prompt], *, batch_siz
         for start in tqdm(range(0, len(order), batch_size), disable=not progress,
                           desc="generate", unit="batch"):
             idx = order[start:start + batch_size]
-            images = [img for i in idx for img in _load_images(prompts[i][1])]
+            images = [_load_images(prompts[i][1]) for i in idx]
             outs = _generate_batch(model, processor, [texts[i] for i in idx], images,
                                    max_new_tokens)
             for i, gen in zip(idx, outs, strict=True):
@@ -149,7 +152,7 @@ def generate_one(model: Any, processor: Any, question: str, images: Sequence[Any
     model.eval()
     try:
         text = _render_prompts(processor, [(question, images)])
-        return _generate_batch(model, processor, text, _load_images(images),
+        return _generate_batch(model, processor, text, [_load_images(images)],
                                max_new_tokens)[0].text
     finally:
         model.train(was_training)

@@ -25,18 +25,12 @@ from pathlib import Path
 from typing import Any
 
 from mirage_safety.io import read_json
+from mirage_safety.models.families import GENERIC, family_of, load_processor
 
 log = logging.getLogger(__name__)
 
 PIN_FILE = "pin.json"
 MODEL_META_FILE = "mirage_model.json"
-
-# Parameter-name fragments of vision encoders across VLM families (LLaVA/InternVL-hf:
-# vision_tower, Qwen2-VL: visual, InternVL remote code: vision_model) ...
-VISION_KEYS = ("vision_tower", "visual", "vision_model", "vision_encoder", "image_encoder")
-# ... and of the projectors that sit inside/next to them and stay trainable
-# (Qwen2-VL's projector is visual.merger; InternVL remote code calls it mlp1).
-PROJECTOR_KEYS = ("multi_modal_projector", "merger", "mlp1", "projector")
 
 
 class ModelLoadError(RuntimeError):
@@ -84,7 +78,7 @@ def _torch_dtype(name: str) -> Any:
 def load_pretrained(source: ModelSource, *, dtype: str | None = None,
                     device_map: Any = None) -> tuple[Any, Any]:
     """``(model, processor)`` from a local dir or a pinned Hub commit."""
-    from transformers import AutoModelForImageTextToText, AutoProcessor
+    from transformers import AutoModelForImageTextToText
 
     kwargs: dict[str, Any] = {"revision": source.revision,
                               "trust_remote_code": source.trust_remote_code,
@@ -105,8 +99,9 @@ def load_pretrained(source: ModelSource, *, dtype: str | None = None,
         model = AutoModelForCausalLM.from_pretrained(source.path, **kwargs)
     except OSError as exc:
         raise ModelLoadError(f"{source.describe()}: cannot load weights: {exc}") from exc
-    processor = AutoProcessor.from_pretrained(source.path, revision=source.revision,
-                                              trust_remote_code=source.trust_remote_code)
+    processor = load_processor(source.path, revision=source.revision,
+                               trust_remote_code=source.trust_remote_code,
+                               model_type=getattr(model.config, "model_type", None))
     return model, processor
 
 
@@ -117,11 +112,12 @@ def freeze_vision_tower(model: Any) -> tuple[int, int]:
     Returns (frozen, trainable) parameter counts.  This is the paper's set-up for full
     fine-tuning (LLM + projector updated, vision tower frozen).
     """
+    family = family_of(model)
     frozen = trainable = 0
     for name, param in model.named_parameters():
         parts = name.split(".")
-        in_vision = any(k in parts for k in VISION_KEYS)
-        is_projector = any(k in parts for k in PROJECTOR_KEYS)
+        in_vision = any(k in parts for k in family.vision_keys)
+        is_projector = any(k in parts for k in family.projector_keys)
         if in_vision and not is_projector:
             param.requires_grad_(False)
             frozen += param.numel()
@@ -129,17 +125,18 @@ def freeze_vision_tower(model: Any) -> tuple[int, int]:
             trainable += param.numel()
     if frozen == 0:
         log.warning("freeze_vision: no vision-tower parameters found (looked for %s)",
-                    ", ".join(VISION_KEYS))
+                    ", ".join(family.vision_keys))
     return frozen, trainable
 
 
-def lora_target_regex(modules: list[str]) -> str:
+def lora_target_regex(modules: list[str],
+                      vision_keys: tuple[str, ...] = GENERIC.vision_keys) -> str:
     """PEFT ``target_modules`` regex: the named linear layers of the language model only.
 
     A plain list would also wrap the CLIP/ViT attention projections (same names), which
     must stay frozen.
     """
-    vision = "|".join(VISION_KEYS)
+    vision = "|".join(vision_keys)
     names = "|".join(re.escape(m) for m in modules)
     return rf"^(?!.*\b(?:{vision})\b).*\.(?:{names})$"
 
@@ -149,7 +146,9 @@ def apply_lora(model: Any, *, r: int, alpha: int, dropout: float,
     from peft import LoraConfig, get_peft_model
 
     config = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout,
-                        target_modules=lora_target_regex(target_modules), bias="none",
+                        target_modules=lora_target_regex(target_modules,
+                                                         family_of(model).vision_keys),
+                        bias="none",
                         task_type="CAUSAL_LM")
     try:
         return get_peft_model(model, config)
@@ -196,10 +195,8 @@ def load_for_inference(model_dir: str | os.PathLike[str], *, device: str | None 
         model, processor = load_pretrained(base, dtype=dtype)
         model = PeftModel.from_pretrained(model, str(d)).merge_and_unload()
         if (d / "processor_config.json").is_file() or (d / "tokenizer_config.json").is_file():
-            from transformers import AutoProcessor
-
-            processor = AutoProcessor.from_pretrained(
-                d, trust_remote_code=base.trust_remote_code)
+            processor = load_processor(str(d), trust_remote_code=base.trust_remote_code,
+                                       model_type=getattr(model.config, "model_type", None))
     else:
         source = resolve_source(d) if meta is None else ModelSource(
             str(d), trust_remote_code=bool(meta.get("trust_remote_code")))

@@ -80,15 +80,10 @@ def num_image_tokens(cfg: BuiltinModelConfig, image_size: int) -> int:
     return (image_size // cfg.patch_size) ** 2
 
 
-def train_tokenizer(corpus: Iterable[str], vocab_size: int) -> PreTrainedTokenizerFast:
-    """Train a byte-level BPE on ``corpus`` and wrap it with special tokens + chat template.
-
-    Byte-level means any text round-trips exactly (decode(encode(x)) == x), which the
-    label-masking tests and the judges rely on; ``vocab_size`` merges are enough for every
-    world word to become one token.
-    """
+def train_bpe(corpus: Iterable[str], vocab_size: int, special_tokens: Iterable[str]) -> Any:
+    """A byte-level BPE ``tokenizers.Tokenizer`` trained on ``corpus``; the special tokens
+    get the first ids, in order."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
 
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
@@ -96,11 +91,24 @@ def train_tokenizer(corpus: Iterable[str], vocab_size: int) -> PreTrainedTokeniz
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,
         min_frequency=2,
-        special_tokens=list(SPECIAL_TOKENS),
+        special_tokens=list(special_tokens),
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
     tok.train_from_iterator((t for t in corpus if t), trainer=trainer)
+    return tok
+
+
+def train_tokenizer(corpus: Iterable[str], vocab_size: int) -> PreTrainedTokenizerFast:
+    """Train a byte-level BPE on ``corpus`` and wrap it with special tokens + chat template.
+
+    Byte-level means any text round-trips exactly (decode(encode(x)) == x), which the
+    label-masking tests and the judges rely on; ``vocab_size`` merges are enough for every
+    world word to become one token.
+    """
+    from transformers import PreTrainedTokenizerFast
+
+    tok = train_bpe(corpus, vocab_size, SPECIAL_TOKENS)
     wrapped = PreTrainedTokenizerFast(
         tokenizer_object=tok,
         bos_token=BOS_TOKEN,

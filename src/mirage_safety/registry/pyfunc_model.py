@@ -149,15 +149,16 @@ def load_model_dir(model_dir: str | os.PathLike[str],
         return load_for_inference(model_dir, device=device)
     import torch
     from peft import PeftModel
-    from transformers import AutoProcessor
+
+    from mirage_safety.models.families import load_processor
 
     source = resolve_source(base_dir)  # a checkpoint, or a pin.json of a Hub commit
     model, processor = load_pretrained(source)
     # merged weights run as fast as a full checkpoint and need no peft at predict time
     model = PeftModel.from_pretrained(model, str(model_dir)).merge_and_unload()
     if _has_processor(model_dir):
-        processor = AutoProcessor.from_pretrained(model_dir,
-                                                  trust_remote_code=source.trust_remote_code)
+        processor = load_processor(str(model_dir), trust_remote_code=source.trust_remote_code,
+                                   model_type=getattr(model.config, "model_type", None))
     model.to(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     model.eval()
     return model, processor

@@ -38,6 +38,7 @@ from typing import Any
 
 from mirage_safety.data.image_packs import PackedImage, image_at
 from mirage_safety.data.schema import ASSISTANT_ROLES, HUMAN_ROLES, IMAGE_TOKEN
+from mirage_safety.models.families import images_argument, processor_family
 
 log = logging.getLogger(__name__)
 
@@ -217,8 +218,10 @@ class ChatCollator:
         tok = _tokenizer(processor)
         if tok.pad_token_id is None:
             raise ValueError("the tokenizer has no pad token; set one before training")
+        family_ids = [tok.convert_tokens_to_ids(t) for t in processor_family(processor)
+                      .image_tokens if t in tok.get_vocab()]
         self.image_token_ids = {i for i in (getattr(processor, "image_token_id", None),
-                                            getattr(tok, "image_token_id", None))
+                                            getattr(tok, "image_token_id", None), *family_ids)
                                 if isinstance(i, int)}
         self._warned_truncation = False
 
@@ -263,12 +266,13 @@ class ChatCollator:
             rec, root = self._unpack(feature)
             recs.append(rec)
             encs.append(self.encode(rec, root))
-            images.extend(self.images(rec, root))
+            images.append(self.images(rec, root))
         kwargs: dict[str, Any] = {"padding": True, "padding_side": "right",
                                   "add_special_tokens": False, "return_tensors": "pt"}
         if self.pad_to_multiple_of:
             kwargs["pad_to_multiple_of"] = self.pad_to_multiple_of
-        batch = self.processor(text=[e.text for e in encs], images=images or None, **kwargs)
+        batch = self.processor(text=[e.text for e in encs],
+                               images=images_argument(self.processor, images), **kwargs)
         input_ids = batch["input_ids"]
         lengths = batch["attention_mask"].sum(dim=1).tolist()
         labels = torch.full_like(input_ids, IGNORE_INDEX)
