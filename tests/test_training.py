@@ -77,6 +77,12 @@ def _state(path: Path) -> dict[str, torch.Tensor]:
     return load_file(str(path / "model.safetensors"))
 
 
+def _state_file(path: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    return load_file(str(path))
+
+
 # --------------------------------------------------------------------------- full
 def test_full_sft_with_mlflow_frozen_vision_and_reload(world, tmp_path, monkeypatch):
     import mlflow
@@ -348,3 +354,75 @@ def test_sigkill_mid_training_then_rerun_reaches_the_uninterrupted_result(world,
     b = load_file(str(straight / "model" / "model.safetensors"))
     assert a.keys() == b.keys()
     assert max(float((a[k] - b[k]).abs().max()) for k in a) < 1e-4
+
+
+# --------------------------------------------------------------------------- vision cache
+def _batch(world, n: int = 4):
+    from mirage_safety.models.loading import load_pretrained, resolve_source
+    from mirage_safety.training.collator import ChatCollator
+
+    model, processor = load_pretrained(resolve_source(world["base"]), dtype="float32")
+    recs = json.loads((world["data"] / "curated" / "train.json").read_text())[:n]
+    return model, ChatCollator(processor, root=world["data"] / "mis")(recs)
+
+
+def _loss_and_grads(model, batch):
+    model.zero_grad(set_to_none=True)
+    loss = model(**batch).loss
+    loss.backward()
+    return float(loss), {n: p.grad.clone() for n, p in model.named_parameters()
+                         if p.grad is not None}
+
+
+def test_cached_vision_features_equal_the_live_tower(world):
+    from mirage_safety.models.loading import freeze_vision_tower
+    from mirage_safety.training import vision_cache
+
+    model, batch = _batch(world)
+    freeze_vision_tower(model)
+    live_loss, live_grads = _loss_and_grads(model, batch)
+    cache = vision_cache.install(model)
+    try:
+        first = _loss_and_grads(model, batch)  # misses: computed by the live tower
+        again = _loss_and_grads(model, batch)  # hits: served from the cache
+    finally:
+        vision_cache.uninstall(model)
+    assert cache.misses == batch["pixel_values"].shape[0] and cache.hits == cache.misses
+    for loss, grads in (first, again):
+        assert loss == pytest.approx(live_loss, abs=1e-6)
+        assert grads.keys() == live_grads.keys()
+        for name, grad in grads.items():
+            torch.testing.assert_close(grad, live_grads[name], atol=1e-6, rtol=1e-5)
+    assert "forward" not in model.model.vision_tower.__dict__  # the live tower is back
+    assert _loss_and_grads(model, batch)[0] == pytest.approx(live_loss, abs=1e-6)
+
+
+def test_vision_cache_refuses_a_training_tower_and_an_inner_projector(world):
+    from mirage_safety.training import vision_cache
+
+    model, _ = _batch(world, 1)  # nothing frozen
+    with pytest.raises(vision_cache.VisionCacheError, match="needs a frozen vision tower"):
+        vision_cache.install(model)
+    model.config.model_type = "qwen2_vl"  # a family whose projector is inside the tower
+    with pytest.raises(vision_cache.VisionCacheError, match="projector sits inside"):
+        vision_cache.install(model)
+    with pytest.raises(ConfigError, match=r"cache_vision_features needs train\.freeze_vision"):
+        parse_params({"train": {"cache_vision_features": True, "freeze_vision": False}})
+
+
+@pytest.mark.parametrize("method", ["full", "lora"])
+def test_training_with_cached_vision_features_reaches_the_same_model(world, tmp_path, method):
+    # 20 steps of 4 over 60 rows: a third of the way into the second epoch, cache hits
+    cfg = {"method": method, "max_steps": 20, "save_steps": 100}
+    live = _run(world, tmp_path / "live", _cfg(**cfg))
+    cached = _run(world, tmp_path / "cached", _cfg(**cfg, cache_vision_features=True))
+    # 80 samples drawn from 60 rows: the second epoch's images come from the cache
+    assert cached["vision_cache_hits"] > 0 and cached["vision_cache_misses"] > 0
+    assert live["vision_cache_hits"] == live["vision_cache_misses"] == 0
+    assert cached["final_loss"] == pytest.approx(live["final_loss"], abs=1e-5)
+    assert cached["train_loss"] == pytest.approx(live["train_loss"], abs=1e-5)
+    name = "model.safetensors" if method == "full" else "adapter_model.safetensors"
+    a, b = (_state_file(tmp_path / run / "model" / name) for run in ("live", "cached"))
+    assert a.keys() == b.keys()
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], atol=1e-5, rtol=1e-4)

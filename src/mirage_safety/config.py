@@ -182,6 +182,16 @@ class TrainConfig(_Model):
     gradient_checkpointing: bool = False
     freeze_vision: bool = True
     dataloader_workers: int = Field(0, ge=0)
+    # compute the frozen vision tower's output once per image and reuse it across epochs
+    # (exact: keyed by the processed pixels; not for Qwen2-VL, whose projector is inside)
+    cache_vision_features: bool = False
+
+    @model_validator(mode="after")
+    def _cache_needs_frozen_tower(self) -> TrainConfig:
+        if self.cache_vision_features and self.method == "full" and not self.freeze_vision:
+            raise ValueError("train.cache_vision_features needs train.freeze_vision: true "
+                             "(a training tower's output changes every step)")
+        return self
 
 
 # --------------------------------------------------------------------------- endpoints

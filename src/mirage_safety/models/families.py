@@ -43,6 +43,9 @@ class Family:
     # the processor counts images per prompt from a nested list (one list per prompt);
     # a flat list reads as all images belonging to the first prompt
     nested_images: bool = False
+    # the vision module's output feeds a projector outside it, so a frozen tower's output
+    # can be cached per image (training/vision_cache.py); not Qwen2-VL (merger inside)
+    cacheable_tower: bool = True
 
 
 LLAVA = Family(
@@ -54,7 +57,7 @@ QWEN2_VL = Family(
     # the projector is visual.merger, inside the vision module
     vision_keys=("visual",), projector_keys=("merger",),
     image_tokens=("<|image_pad|>", "<|vision_start|>", "<|vision_end|>"),
-    positions="mrope", video=True)
+    positions="mrope", video=True, cacheable_tower=False)
 INTERNVL = Family(
     "internvl", ("internvl",), "InternVLProcessor", "OpenGVLab/InternVL3-1B-hf",
     vision_keys=("vision_tower",), projector_keys=("multi_modal_projector",),
@@ -69,7 +72,7 @@ GENERIC = Family(
     # InternVL / Phi remote code: vision_model; its projector: mlp1
     vision_keys=("vision_tower", "visual", "vision_model", "vision_encoder", "image_encoder"),
     projector_keys=("multi_modal_projector", "merger", "mlp1", "projector"),
-    image_tokens=())
+    image_tokens=(), cacheable_tower=False)
 
 FAMILIES: dict[str, Family] = {f.name: f for f in (LLAVA, QWEN2_VL, INTERNVL, GEMMA3)}
 

@@ -63,6 +63,8 @@ class SFTSettings:
     # padding already keeps padding low.
     group_by_length: bool = False
     save_total_limit: int = 2
+    # memoise the frozen vision tower's output per image (training/vision_cache.py)
+    cache_vision_features: bool = False
 
     @classmethod
     def from_train(cls, cfg: Any) -> SFTSettings:
@@ -72,7 +74,8 @@ class SFTSettings:
                    save_steps=cfg.save_steps, logging_steps=cfg.logging_steps,
                    max_length=cfg.max_length, bf16=cfg.bf16,
                    gradient_checkpointing=cfg.gradient_checkpointing,
-                   dataloader_workers=cfg.dataloader_workers, seed=cfg.seed)
+                   dataloader_workers=cfg.dataloader_workers, seed=cfg.seed,
+                   cache_vision_features=cfg.cache_vision_features)
 
 
 # --------------------------------------------------------------------------- data
@@ -356,6 +359,9 @@ class SFTResult:
     tokens_per_s: float
     resumed_from: str | None
     loss_history: list[dict[str, float]] = field(default_factory=list)
+    # train.cache_vision_features: images served from the cache / run through the tower
+    vision_cache_hits: int = 0
+    vision_cache_misses: int = 0
 
     def metrics(self) -> dict[str, Any]:
         out = asdict(self)
@@ -444,7 +450,17 @@ def run_sft(model: Any, processor: Any, rows: Sequence[Row], settings: SFTSettin
         processing_class=processor, callbacks=[throughput, LogLastStep(), *callbacks])
     if on_trainer:
         on_trainer(trainer)
-    train_out = trainer.train(resume_from_checkpoint=resume)
+    cache = None
+    if settings.cache_vision_features:
+        from mirage_safety.training import vision_cache
+
+        cache = vision_cache.install(model)
+    try:
+        train_out = trainer.train(resume_from_checkpoint=resume)
+    finally:
+        if cache is not None:
+            log.info("vision cache: %d hits, %d images computed", cache.hits, cache.misses)
+            vision_cache.uninstall(model)
 
     history = [{"step": int(e["step"]), "loss": float(e["loss"])}
                for e in trainer.state.log_history if "loss" in e and "step" in e]
@@ -461,6 +477,8 @@ def run_sft(model: Any, processor: Any, rows: Sequence[Row], settings: SFTSettin
         tokens_per_s=throughput.tokens / elapsed if throughput.steps else 0.0,
         resumed_from=resume,
         loss_history=history,
+        vision_cache_hits=cache.hits if cache is not None else 0,
+        vision_cache_misses=cache.misses if cache is not None else 0,
     )
     if not math.isfinite(final_loss):
         raise RuntimeError(f"training ended with a non-finite loss ({final_loss})")
