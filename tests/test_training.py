@@ -426,3 +426,16 @@ def test_training_with_cached_vision_features_reaches_the_same_model(world, tmp_
     assert a.keys() == b.keys()
     for key in a:
         torch.testing.assert_close(a[key], b[key], atol=1e-5, rtol=1e-4)
+
+
+def test_packed_training_reaches_the_same_model(world, tmp_path):
+    cfg = {"method": "full", "max_steps": 6, "save_steps": 100}
+    padded = _run(world, tmp_path / "padded", _cfg(**cfg))
+    packed = _run(world, tmp_path / "packed", _cfg(**cfg, packing=True))
+    assert packed["final_loss"] == pytest.approx(padded["final_loss"], abs=1e-5)
+    # the same non-padding tokens were trained on
+    assert packed["tokens_per_s"] > 0
+    a, b = (_state_file(tmp_path / run / "model" / "model.safetensors")
+            for run in ("padded", "packed"))
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], atol=1e-5, rtol=1e-4)

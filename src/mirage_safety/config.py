@@ -185,6 +185,9 @@ class TrainConfig(_Model):
     # compute the frozen vision tower's output once per image and reuse it across epochs
     # (exact: keyed by the processed pixels; not for Qwen2-VL, whose projector is inside)
     cache_vision_features: bool = False
+    # padding-free batches: each batch's samples packed end to end in one row, position ids
+    # restarting per sample so attention never crosses one (same loss as padded batches)
+    packing: bool = False
 
     @model_validator(mode="after")
     def _cache_needs_frozen_tower(self) -> TrainConfig:

@@ -65,6 +65,8 @@ class SFTSettings:
     save_total_limit: int = 2
     # memoise the frozen vision tower's output per image (training/vision_cache.py)
     cache_vision_features: bool = False
+    # each batch's samples end to end in one padding-free row (training/packing.py)
+    packing: bool = False
 
     @classmethod
     def from_train(cls, cfg: Any) -> SFTSettings:
@@ -75,7 +77,7 @@ class SFTSettings:
                    max_length=cfg.max_length, bf16=cfg.bf16,
                    gradient_checkpointing=cfg.gradient_checkpointing,
                    dataloader_workers=cfg.dataloader_workers, seed=cfg.seed,
-                   cache_vision_features=cfg.cache_vision_features)
+                   cache_vision_features=cfg.cache_vision_features, packing=cfg.packing)
 
 
 # --------------------------------------------------------------------------- data
@@ -399,6 +401,13 @@ def run_sft(model: Any, processor: Any, rows: Sequence[Row], settings: SFTSettin
     collator = ChatCollator(processor, max_length=settings.max_length,
                             pad_to_multiple_of=8 if torch.cuda.is_available() else None)
     dataset = build_dataset(rows, collator, image_size)
+    batcher: Any = collator
+    if settings.packing:
+        from mirage_safety.models.families import family_of
+        from mirage_safety.training.packing import PackedCollator, qwen2_vl_mrope
+
+        mrope = qwen2_vl_mrope(model) if family_of(model).positions == "mrope" else None
+        batcher = PackedCollator(collator, mrope=mrope)
     text_only = any(not r.record.get("images") for r in rows)
     cuda = torch.cuda.is_available()
     use_bf16 = settings.bf16 and cuda and torch.cuda.is_bf16_supported()
@@ -446,7 +455,7 @@ def run_sft(model: Any, processor: Any, rows: Sequence[Row], settings: SFTSettin
     )
     throughput = ThroughputCallback()
     trainer = make_trainer_class()(
-        model=model, args=args, train_dataset=dataset, data_collator=collator,
+        model=model, args=args, train_dataset=dataset, data_collator=batcher,
         processing_class=processor, callbacks=[throughput, LogLastStep(), *callbacks])
     if on_trainer:
         on_trainer(trainer)

@@ -1,0 +1,94 @@
+"""Padding-free packed batches: the same loss and gradients as the padded batch (fp32, 1e-5),
+for the builtin LLaVA (1-D positions) and Qwen2-VL (M-RoPE, 4-row position ids)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from mirage_safety.training.collator import IGNORE_INDEX, ChatCollator
+from mirage_safety.training.packing import PackedCollator, qwen2_vl_mrope
+from tiny_world import tiny_model, world_data
+
+
+@pytest.fixture(autouse=True)
+def _one_thread(monkeypatch):
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    torch.set_num_threads(1)
+
+
+def _loss_and_grads(model, batch):
+    model.zero_grad(set_to_none=True)
+    loss = model(**batch).loss
+    loss.backward()
+    return loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters()
+                           if p.grad is not None}
+
+
+def _check_equal(model, padded, packed):
+    loss_a, grads_a = _loss_and_grads(model, padded)
+    loss_b, grads_b = _loss_and_grads(model, packed)
+    torch.testing.assert_close(loss_b, loss_a, atol=1e-5, rtol=0)
+    assert grads_a.keys() == grads_b.keys() and grads_a
+    for name in grads_a:
+        torch.testing.assert_close(grads_b[name], grads_a[name], atol=1e-5, rtol=1e-4)
+
+
+def _records(data, n):
+    recs = json.loads((data / "mis" / "train.json").read_text())
+    # different lengths, so the padded batch really pads
+    return sorted(recs, key=lambda r: len(r["conversations"][-1]["value"]))[:: len(recs) // n][:n]
+
+
+def test_packed_llava_batch_equals_the_padded_one(tmp_path_factory):
+    from mirage_safety.models.loading import load_for_inference
+
+    data = world_data(tmp_path_factory)
+    model, processor = load_for_inference(tiny_model(tmp_path_factory), device="cpu",
+                                          dtype="float32")
+    model.train()
+    collator = ChatCollator(processor, root=data / "mis")
+    recs = _records(data, 4)
+    padded = collator(recs)
+    assert (padded["attention_mask"] == 0).any()  # there is padding to remove
+    packed = PackedCollator(collator)(recs)
+    assert packed["input_ids"].shape == (1, int(padded["attention_mask"].sum()))
+    assert "attention_mask" not in packed
+    starts = (packed["position_ids"][0] == 0).nonzero().flatten().tolist()
+    assert len(starts) == 4 and starts[0] == 0
+    assert int((packed["labels"] != IGNORE_INDEX).sum()) == int(
+        (padded["labels"] != IGNORE_INDEX).sum())
+    _check_equal(model, padded, packed)
+    # without the position resets attention would cross samples: the loss changes
+    crossing = {**packed, "position_ids": torch.arange(packed["input_ids"].shape[1])[None]}
+    assert abs(float(model(**crossing).loss) - float(model(**padded).loss)) > 1e-4
+
+
+def test_packed_qwen2_vl_batch_with_mrope_equals_the_padded_one(tmp_path_factory):
+    from mirage_safety.config import HubDataConfig
+    from mirage_safety.data.importers import load_mis
+    from mirage_safety.models.families import QWEN2_VL
+    from mirage_safety.models.loading import ModelSource, load_pretrained
+    from mirage_safety.models.tiny_hub import repo_id, write_snapshot
+    from realdata_fixtures import build_mis
+
+    cache = tmp_path_factory.mktemp("hf-packing")
+    _, commit = write_snapshot("qwen2_vl", cache)
+    snap = cache / f"models--{repo_id(QWEN2_VL).replace('/', '--')}" / "snapshots" / commit
+    model, processor = load_pretrained(ModelSource(str(snap)), dtype="float32")
+    model.train()
+    mis = build_mis(tmp_path_factory.mktemp("mis-packing") / "mis", n_train=3)
+    dataset = load_mis(HubDataConfig(local_dir=str(mis)), progress=False)
+    recs = dataset.train[:3]
+    recs[1] = {**recs[1], "conversations": [recs[1]["conversations"][0],
+                                            {"from": "gpt", "value": "Short."}]}
+    collator = ChatCollator(processor, root=dataset.root)
+    padded = collator(recs)
+    assert (padded["attention_mask"] == 0).any()
+    packed = PackedCollator(collator, mrope=qwen2_vl_mrope(model))(recs)
+    assert packed["position_ids"].shape == (4, 1, packed["input_ids"].shape[1])
+    # rows 1-3 are the samples' own M-RoPE ids: image tokens get 2-D grid positions
+    assert not torch.equal(packed["position_ids"][1], packed["position_ids"][2])
+    _check_equal(model, padded, packed)
