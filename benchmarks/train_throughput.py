@@ -131,19 +131,23 @@ class TRLRows(torch.utils.data.Dataset):
                 "images": [load_image(resolve_image(root, p)) for p in rec.get("images") or []]}
 
 
+def shared_args(settings: SFTSettings, out_dir: Path) -> dict[str, Any]:
+    """The TrainingArguments every non-mirage contender shares with ``run_sft``'s."""
+    return {"output_dir": str(out_dir), "per_device_train_batch_size": settings.batch_size,
+            "max_steps": settings.max_steps, "learning_rate": settings.learning_rate,
+            "lr_scheduler_type": settings.lr_scheduler, "warmup_steps": settings.warmup_ratio,
+            "logging_steps": settings.max_steps, "save_strategy": "no", "report_to": "none",
+            "seed": settings.seed, "data_seed": settings.seed,
+            "include_num_input_tokens_seen": "non_padding", "dataloader_pin_memory": False,
+            "disable_tqdm": True}
+
+
 def run_reference(model: Any, processor: Any, rows: list[Any], settings: SFTSettings,
                   out_dir: Path, *, trl: bool = False,
                   callbacks: tuple[Any, ...] = ()) -> ThroughputCallback:
     from transformers import Trainer, TrainingArguments
 
-    args = TrainingArguments(
-        output_dir=str(out_dir), per_device_train_batch_size=settings.batch_size,
-        max_steps=settings.max_steps, learning_rate=settings.learning_rate,
-        lr_scheduler_type=settings.lr_scheduler, warmup_steps=settings.warmup_ratio,
-        logging_steps=settings.max_steps, save_strategy="no", report_to="none",
-        seed=settings.seed, data_seed=settings.seed, remove_unused_columns=False,
-        include_num_input_tokens_seen="non_padding", dataloader_pin_memory=False,
-        disable_tqdm=True)
+    args = TrainingArguments(**shared_args(settings, out_dir), remove_unused_columns=False)
     collator: Any
     if trl:
         from trl import SFTConfig
@@ -169,14 +173,8 @@ def run_sfttrainer(model: Any, processor: Any, rows: list[Any], settings: SFTSet
     from trl import SFTConfig, SFTTrainer
 
     data = Dataset.from_list([TRLRows(rows)[i] for i in range(len(rows))])
-    args = SFTConfig(
-        output_dir=str(out_dir), per_device_train_batch_size=settings.batch_size,
-        max_steps=settings.max_steps, learning_rate=settings.learning_rate,
-        lr_scheduler_type=settings.lr_scheduler, warmup_steps=settings.warmup_ratio,
-        logging_steps=settings.max_steps, save_strategy="no", report_to="none",
-        seed=settings.seed, data_seed=settings.seed, assistant_only_loss=True,
-        bf16=False, gradient_checkpointing=False, include_num_input_tokens_seen="non_padding",
-        dataloader_pin_memory=False, disable_tqdm=True)
+    args = SFTConfig(**shared_args(settings, out_dir), assistant_only_loss=True, bf16=False,
+                     gradient_checkpointing=False)
     throughput = ThroughputCallback()
     trainer = SFTTrainer(model=model, args=args, train_dataset=data,
                          processing_class=processor, callbacks=[throughput, *callbacks])

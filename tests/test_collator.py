@@ -130,22 +130,6 @@ def test_max_length_never_cuts_image_tokens(processor, data_dir):
         ChatCollator(processor, root=data_dir / "mis", max_length=20)([rec])
 
 
-# The Qwen2-VL chat template as published with Qwen/Qwen2-VL-7B-Instruct: a system turn is
-# added, each image becomes <|vision_start|><|image_pad|><|vision_end|>, turns end with
-# <|im_end|> and a newline.
-QWEN2_VL_TEMPLATE = (
-    "{% set image_count = namespace(value=0) %}{% set video_count = namespace(value=0) %}"
-    "{% for message in messages %}{% if loop.first and message['role'] != 'system' %}"
-    "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n{% endif %}"
-    "<|im_start|>{{ message['role'] }}\n{% if message['content'] is string %}"
-    "{{ message['content'] }}<|im_end|>\n{% else %}{% for content in message['content'] %}"
-    "{% if content['type'] == 'image' or 'image' in content or 'image_url' in content %}"
-    "{% set image_count.value = image_count.value + 1 %}{% if add_vision_id %}Picture "
-    "{{ image_count.value }}: {% endif %}<|vision_start|><|image_pad|><|vision_end|>"
-    "{% elif 'text' in content %}{{ content['text'] }}{% endif %}{% endfor %}<|im_end|>\n"
-    "{% endif %}{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
-
-
 def test_qwen2_vl_processor_expands_images_and_only_answers_carry_loss(data_dir):
     """A Hub-style processor that expands each image into a grid-dependent number of
     <|image_pad|> tokens (Qwen2-VL's, built locally: its PIL image processor, a tokenizer
@@ -161,6 +145,10 @@ def test_qwen2_vl_processor_expands_images_and_only_answers_carry_loss(data_dir)
     from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import (
         Qwen2VLImageProcessorPil,
     )
+
+    # as published with Qwen/Qwen2-VL-*-Instruct: a system turn is added, each image becomes
+    # <|vision_start|><|image_pad|><|vision_end|>, turns end with <|im_end|> and a newline
+    from mirage_safety.models.tiny_hub import QWEN2_VL_TEMPLATE
 
     class ImageOnlyQwen2VLProcessor(Qwen2VLProcessor):
         # the video processor needs torchvision, which CPU installs here do not have

@@ -26,7 +26,7 @@ import torch
 import yaml
 
 from mirage_safety.models.families import FAMILIES
-from mirage_safety.models.tiny_hub import BUILDERS, repo_id, write_snapshot
+from mirage_safety.models.tiny_hub import BUILDERS, repo_id, snapshot_dir, write_snapshot
 from mirage_safety.training.collator import IGNORE_INDEX, ChatCollator
 from realdata_fixtures import build_mis
 from repo_copy import REPO, commit, copy_worktree, run
@@ -67,9 +67,8 @@ def _load(cache: Path, name: str, commit_id: str):
     from mirage_safety.models.loading import ModelSource, load_pretrained
 
     # huggingface_hub reads HF_HUB_CACHE at import; pass the snapshot path directly
-    snapshot = cache / f"models--{repo_id(FAMILIES[name]).replace('/', '--')}" / "snapshots" \
-        / commit_id
-    return load_pretrained(ModelSource(str(snapshot)), dtype="float32")
+    return load_pretrained(ModelSource(str(snapshot_dir(cache, name, commit_id))),
+                           dtype="float32")
 
 
 def test_snapshots_are_reproducible_and_resolve_offline(hub, tmp_path):
@@ -78,6 +77,7 @@ def test_snapshots_are_reproducible_and_resolve_offline(hub, tmp_path):
     assert write_snapshot("qwen2_vl", tmp_path / "again")[1] == commits["qwen2_vl"]
     assert write_snapshot("qwen2_vl", tmp_path / "seed1", seed=1)[1] != commits["qwen2_vl"]
     snap = cache / "models--mirage-tiny--gemma-3" / "snapshots" / commits["gemma3"]
+    assert snap == snapshot_dir(cache, "gemma3", commits["gemma3"])  # the Hub cache layout
     assert {"config.json", "model.safetensors", "tokenizer.json", "processor_config.json",
             "chat_template.jinja"} <= {p.name for p in snap.iterdir()}
     # `mirage base` pins `main` to the snapshot's commit offline, as it would online

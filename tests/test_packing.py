@@ -69,15 +69,14 @@ def test_packed_llava_batch_equals_the_padded_one(tmp_path_factory):
 def test_packed_qwen2_vl_batch_with_mrope_equals_the_padded_one(tmp_path_factory):
     from mirage_safety.config import HubDataConfig
     from mirage_safety.data.importers import load_mis
-    from mirage_safety.models.families import QWEN2_VL
     from mirage_safety.models.loading import ModelSource, load_pretrained
-    from mirage_safety.models.tiny_hub import repo_id, write_snapshot
+    from mirage_safety.models.tiny_hub import snapshot_dir, write_snapshot
     from realdata_fixtures import build_mis
 
     cache = tmp_path_factory.mktemp("hf-packing")
     _, commit = write_snapshot("qwen2_vl", cache)
-    snap = cache / f"models--{repo_id(QWEN2_VL).replace('/', '--')}" / "snapshots" / commit
-    model, processor = load_pretrained(ModelSource(str(snap)), dtype="float32")
+    model, processor = load_pretrained(ModelSource(str(snapshot_dir(cache, "qwen2_vl", commit))),
+                                       dtype="float32")
     model.train()
     mis = build_mis(tmp_path_factory.mktemp("mis-packing") / "mis", n_train=3)
     dataset = load_mis(HubDataConfig(local_dir=str(mis)), progress=False)

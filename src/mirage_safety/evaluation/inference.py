@@ -76,11 +76,9 @@ def _generate_batch(model: Any, processor: Any, texts: list[str], images: list[l
                     max_new_tokens: int) -> list[Generation]:
     import torch
 
-    from mirage_safety.models.families import images_argument
-
-    batch = processor(text=texts, images=images_argument(processor, images), padding=True,
-                      padding_side="left",
-                      add_special_tokens=False, return_tensors="pt")
+    # one image list per prompt (see ChatCollator.__call__)
+    batch = processor(text=texts, images=images if any(images) else None, padding=True,
+                      padding_side="left", add_special_tokens=False, return_tensors="pt")
     inputs = _to_device(batch, model)
     kwargs = _greedy_kwargs(model, processor, max_new_tokens)
     with torch.inference_mode():

@@ -10,6 +10,7 @@ Gemma 3's bidirectional image attention from ``token_type_ids``), and generation
   and which are the projector that stays trainable;
 * the tokens an image becomes, for the collator's masking checks;
 * how positions are laid out (1-D, or Qwen2-VL's 3-row M-RoPE), for packing;
+* whether the frozen vision module's output can be cached (training/vision_cache.py);
 * whether the processor carries a video processor.  Those need torchvision, which CPU
   installs of this project do not have (DESIGN.md section 6), so the processor is then
   loaded image-only: the same class, the same saved files, without its video half.
@@ -21,6 +22,7 @@ names), with a warning.
 
 from __future__ import annotations
 
+import functools
 import logging
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -40,9 +42,6 @@ class Family:
     positions: Literal["1d", "mrope"] = "1d"
     video: bool = False  # the processor has a video processor (torchvision)
     token_type_ids: bool = False  # the processor marks image tokens, the model needs them
-    # the processor counts images per prompt from a nested list (one list per prompt);
-    # a flat list reads as all images belonging to the first prompt
-    nested_images: bool = False
     # the vision module's output feeds a projector outside it, so a frozen tower's output
     # can be cached per image (training/vision_cache.py); not Qwen2-VL (merger inside)
     cacheable_tower: bool = True
@@ -66,7 +65,7 @@ GEMMA3 = Family(
     "gemma3", ("gemma3",), "Gemma3Processor", "google/gemma-3-4b-it",
     vision_keys=("vision_tower",), projector_keys=("multi_modal_projector",),
     image_tokens=("<image_soft_token>", "<start_of_image>", "<end_of_image>"),
-    token_type_ids=True, nested_images=True)
+    token_type_ids=True)
 GENERIC = Family(
     "generic", (), "AutoProcessor", "",
     # InternVL / Phi remote code: vision_model; its projector: mlp1
@@ -77,6 +76,7 @@ GENERIC = Family(
 FAMILIES: dict[str, Family] = {f.name: f for f in (LLAVA, QWEN2_VL, INTERNVL, GEMMA3)}
 
 
+@functools.cache  # one warning per unknown type, not one per lookup
 def family_for_type(model_type: str | None) -> Family:
     for fam in FAMILIES.values():
         if model_type in fam.model_types:
@@ -99,25 +99,6 @@ def processor_family(processor: Any) -> Family:
             if cls.__name__ == fam.processor_class:
                 return fam
     return GENERIC
-
-
-def images_argument(processor: Any, per_prompt: list[list[Any]]) -> Any:
-    """The ``images=`` argument for a batch: flat, or nested where the family needs it."""
-    if not any(per_prompt):
-        return None
-    if processor_family(processor).nested_images:
-        return per_prompt
-    return [img for imgs in per_prompt for img in imgs]
-
-
-def family_of_dir(path: Any) -> Family:
-    """The family of a saved checkpoint, from its ``config.json``."""
-    import json
-    from pathlib import Path
-
-    config = Path(path) / "config.json"
-    model_type = json.loads(config.read_text()).get("model_type") if config.is_file() else None
-    return family_for_type(model_type)
 
 
 # --------------------------------------------------------------------------- processors
@@ -150,25 +131,13 @@ def _image_only(cls: type) -> type:
                                        "__doc__": cls.__doc__})
 
 
-_IMAGE_ONLY: dict[str, type] = {}
-
-
+@functools.cache  # one class per family: saved and reloaded processors share it
 def image_only_processor_class(family: Family) -> type:
     """The family's processor class, image-only when it has a video half."""
     import transformers
 
     cls = getattr(transformers, family.processor_class)
-    if not family.video:
-        return cls
-    if family.name not in _IMAGE_ONLY:
-        _IMAGE_ONLY[family.name] = _image_only(cls)
-    return _IMAGE_ONLY[family.name]
-
-
-def torchvision_available() -> bool:
-    from transformers.utils import is_torchvision_available
-
-    return bool(is_torchvision_available())
+    return _image_only(cls) if family.video else cls
 
 
 def load_processor(path: str, *, revision: str | None = None,
@@ -179,9 +148,10 @@ def load_processor(path: str, *, revision: str | None = None,
     missing (the class and files are the same; see the module docstring).
     """
     from transformers import AutoProcessor
+    from transformers.utils import is_torchvision_available
 
     family = family_for_type(model_type) if model_type else None
-    if family is not None and family.video and not torchvision_available():
+    if family is not None and family.video and not is_torchvision_available():
         log.info("torchvision not installed: loading %s without its video processor",
                  family.processor_class)
         return image_only_processor_class(family).from_pretrained(path, revision=revision)

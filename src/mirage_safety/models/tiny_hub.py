@@ -121,6 +121,15 @@ def repo_id(family: Family) -> str:
     return f"{ORG}/{REPO_NAMES[family.name]}"
 
 
+def repo_dir(cache_dir: str | os.PathLike[str], family: str) -> Path:
+    """The family's repo folder in a Hugging Face hub cache (``models--org--name``)."""
+    return Path(cache_dir) / f"models--{repo_id(FAMILIES[family]).replace('/', '--')}"
+
+
+def snapshot_dir(cache_dir: str | os.PathLike[str], family: str, commit: str) -> Path:
+    return repo_dir(cache_dir, family) / "snapshots" / commit
+
+
 def _corpus() -> Iterable[str]:
     from mirage_safety.models.base import world_label_corpus
 
@@ -282,16 +291,15 @@ def write_snapshot(family: str, cache_dir: str | os.PathLike[str], *, seed: int 
     Returns ``(repo_id, commit)``.  Idempotent: the same family and seed give the same
     commit, and an existing snapshot of it is left alone.
     """
-    fam = FAMILIES[family]
-    rid = repo_id(fam)
-    repo = Path(cache_dir) / f"models--{rid.replace('/', '--')}"
+    rid = repo_id(FAMILIES[family])
+    repo = repo_dir(cache_dir, family)
     staging = repo / ".staging"
     shutil.rmtree(staging, ignore_errors=True)
     model, processor = build_tiny(family, seed)
     model.save_pretrained(staging)
     processor.save_pretrained(staging)
     commit = _content_commit(staging)
-    snap = repo / "snapshots" / commit
+    snap = snapshot_dir(cache_dir, family, commit)
     if snap.is_dir():
         shutil.rmtree(staging)
     else:

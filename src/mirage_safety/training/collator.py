@@ -38,7 +38,7 @@ from typing import Any
 
 from mirage_safety.data.image_packs import PackedImage, image_at
 from mirage_safety.data.schema import ASSISTANT_ROLES, HUMAN_ROLES, IMAGE_TOKEN
-from mirage_safety.models.families import images_argument, processor_family
+from mirage_safety.models.families import processor_family
 
 log = logging.getLogger(__name__)
 
@@ -271,8 +271,10 @@ class ChatCollator:
                                   "add_special_tokens": False, "return_tensors": "pt"}
         if self.pad_to_multiple_of:
             kwargs["pad_to_multiple_of"] = self.pad_to_multiple_of
+        # one image list per prompt: processors that count images per prompt (Gemma 3)
+        # need it, and the others give the same tensors as with a flat list
         batch = self.processor(text=[e.text for e in encs],
-                               images=images_argument(self.processor, images), **kwargs)
+                               images=images if any(images) else None, **kwargs)
         input_ids = batch["input_ids"]
         lengths = batch["attention_mask"].sum(dim=1).tolist()
         labels = torch.full_like(input_ids, IGNORE_INDEX)

@@ -24,8 +24,8 @@ from typing import Any
 
 from mirage_safety.training.collator import IGNORE_INDEX, ChatCollator
 
-#: (input_ids row, batch, row index) -> M-RoPE position ids [3, 1, len] for that sample
-PositionFn = Callable[[Any, Mapping[str, Any], int], Any]
+#: (padded batch, per-row lengths) -> M-RoPE position ids [3, 1, total] of the packed row
+PositionFn = Callable[[Mapping[str, Any], list[int]], Any]
 
 
 class PackedCollator:
@@ -54,8 +54,7 @@ class PackedCollator:
                              "would be trained on the previous sample's context")
         positions = torch.cat([torch.arange(n) for n in lengths])[None]
         if self.mrope is not None:
-            rope = torch.cat([self.mrope(batch["input_ids"][b, :n], batch, b)
-                              for b, n in enumerate(lengths)], dim=-1)
+            rope = self.mrope(batch, lengths)
             positions = torch.cat([positions[None], rope], dim=0)  # [4, 1, total]
         out["position_ids"] = positions
         out["use_cache"] = False  # a cache would switch the packed-mask detection off
@@ -70,10 +69,11 @@ def qwen2_vl_mrope(model: Any) -> PositionFn:
     get_rope_index = inner.model.get_rope_index
     merge = inner.config.vision_config.spatial_merge_size
 
-    def positions(ids: Any, batch: Mapping[str, Any], row: int) -> Any:
-        # which images are this sample's: images come in sample order; each takes
-        # t*h*w / merge^2 of its sample's image tokens
-        per_image = (batch["image_grid_thw"].prod(dim=-1) // merge**2).tolist()
+    def positions(batch: Mapping[str, Any], lengths: list[int]) -> Any:
+        # which images are whose: images come in sample order, each taking t*h*w / merge^2
+        # of its sample's image tokens
+        grid = batch["image_grid_thw"]
+        per_image = (grid.prod(dim=-1) // merge**2).tolist()
         counts = (batch["input_ids"] == inner.config.image_token_id).sum(dim=1).tolist()
         bounds, k = [0], 0
         for need in counts:
@@ -81,12 +81,16 @@ def qwen2_vl_mrope(model: Any) -> PositionFn:
                 need -= per_image[k]
                 k += 1
             bounds.append(k)
-        grids = batch["image_grid_thw"][bounds[row]:bounds[row + 1]]
-        mm = batch["mm_token_type_ids"][row, : len(ids)][None]
+        rows = []
         with torch.no_grad():
-            pos, _ = get_rope_index(ids[None], mm_token_type_ids=mm,
-                                    image_grid_thw=grids if len(grids) else None,
-                                    attention_mask=torch.ones_like(ids)[None])
-        return pos
+            for b, n in enumerate(lengths):
+                ids = batch["input_ids"][b, :n][None]
+                mm = batch["mm_token_type_ids"][b, :n][None]
+                grids = grid[bounds[b]:bounds[b + 1]]
+                pos, _ = get_rope_index(ids, mm_token_type_ids=mm,
+                                        image_grid_thw=grids if len(grids) else None,
+                                        attention_mask=torch.ones_like(ids))
+                rows.append(pos)
+        return torch.cat(rows, dim=-1)
 
     return positions

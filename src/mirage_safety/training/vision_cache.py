@@ -46,11 +46,9 @@ class CachedForward:
     """The memoising ``forward`` installed on a frozen vision tower."""
 
     def __init__(self, tower: Any, layers: tuple[int, ...]):
-        self.tower = tower
         self.live = tower.forward
-        n_states = int(tower.config.num_hidden_layers) + 1
-        self.n_states = n_states
-        self.layers = tuple(sorted({i % n_states for i in layers}))
+        self.n_states = int(tower.config.num_hidden_layers) + 1
+        self.layers = tuple(sorted({i % self.n_states for i in layers}))
         self.store: dict[bytes, tuple[Any, dict[int, Any]]] = {}
         self.hits = 0
         self.misses = 0
@@ -101,11 +99,9 @@ def install(model: Any) -> CachedForward:
         raise VisionCacheError(f"train.cache_vision_features needs a frozen vision tower, but "
                                f"{name}.{trainable[0]} (and {len(trainable) - 1} more) train; "
                                "set train.freeze_vision: true")
-    config = getattr(model, "config", None)
-    layer = getattr(config, "vision_feature_layer", -1)
-    layers = tuple(layer) if isinstance(layer, list | tuple) else (int(layer if layer is not None
-                                                                       else -1),)
-    cached = CachedForward(tower, (*layers, -1))
+    layer = getattr(model.config, "vision_feature_layer", None)
+    layers = list(layer) if isinstance(layer, list | tuple) else [-1 if layer is None else layer]
+    cached = CachedForward(tower, (*layers, -1))  # -1: last_hidden_state's layer
     tower.forward = cached
     log.info("caching %s outputs per image (layers %s)", name, cached.layers)
     return cached
