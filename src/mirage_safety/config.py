@@ -321,6 +321,40 @@ class ServedConfig(_Model):
                               concurrency=self.concurrency, temperature=0.0)
 
 
+#: who judges an external benchmark's answers: its authors' judge prompt on a VLM endpoint
+#: (protocol), a served guard model, refusal phrases, or the embedded world's ground truth
+BenchJudge = Literal["protocol", "llama_guard", "qwen3guard", "keyword", "world"]
+
+
+class BenchmarkConfig(_Model):
+    """One external benchmark (``eval.benchmarks.<name>``), read from its published layout
+    (:mod:`mirage_safety.evaluation.benchmarks`) and scored by its own protocol."""
+
+    enabled: bool = True
+    # the layout to read: the key of eval.benchmarks unless set (two copies of one benchmark)
+    adapter: str | None = None
+    local_dir: str | None = None
+    hub_id: str | None = None         # a Hub dataset id (+ revision), downloaded once
+    revision: str | None = None
+    download_dir: str | None = None
+    # the judge of every subset (null: the protocol's own default), and per-subset overrides
+    judge: BenchJudge | None = None
+    subset_judges: dict[str, BenchJudge] = {}
+    endpoint: EndpointConfig = EndpointConfig(model="judge", max_tokens=512)
+    # judge calls per answer, majority verdict (SIUO's protocol: 3); ties are judge errors
+    votes: int = Field(1, ge=1, le=9)
+    # Qwen3Guard's "Controversial": counted as unsafe (strict) or safe (loose)
+    controversial: Literal["unsafe", "safe"] = "unsafe"
+    subsets: list[str] | None = None  # only these subsets (null: all)
+    max_samples: int = Field(-1, ge=-1)  # per benchmark, after subset selection
+
+    @model_validator(mode="after")
+    def _located(self) -> BenchmarkConfig:
+        if self.enabled and not (self.local_dir or self.hub_id):
+            raise ValueError("set local_dir (a copy of the published layout) or hub_id")
+        return self
+
+
 class EvalConfig(_Model):
     # hf: transformers in this process; openai: the models of eval.server.models served
     engine: Literal["hf", "openai"] = "hf"
@@ -337,6 +371,16 @@ class EvalConfig(_Model):
     # marked unusable in the report, the summary and the Prefect artefact (not a clean 0.0)
     min_judged_share: float = Field(95.0, ge=0.0, le=100.0)
     openai: EndpointConfig = EndpointConfig()
+    # external safety / over-refusal benchmarks, each with its own protocol (name -> where)
+    benchmarks: dict[str, BenchmarkConfig] = {}
+
+    @model_validator(mode="after")
+    def _benchmarks_known(self) -> EvalConfig:
+        from mirage_safety.evaluation.benchmarks.protocols import check_config
+
+        for name, bench in self.benchmarks.items():
+            check_config(name, bench)  # a ValueError naming the benchmark and the field
+        return self
 
     @model_validator(mode="after")
     def _served_models_named(self) -> EvalConfig:
@@ -347,6 +391,17 @@ class EvalConfig(_Model):
 
 
 # --------------------------------------------------------------------------- register
+class BenchmarkGate(_Model):
+    """A gate check on one external-benchmark metric of the candidate (percentages)."""
+
+    # which way is better (null: the protocol's headline direction, else "lower")
+    better: Literal["lower", "higher"] | None = None
+    # vs the champion: no worse by more than this many points (null: no comparison)
+    tolerance: float | None = Field(None, ge=0.0, le=100.0)
+    max: float | None = Field(None, ge=0.0, le=100.0)  # absolute limits on the candidate
+    min: float | None = Field(None, ge=0.0, le=100.0)
+
+
 class RegistryConfig(_Model):
     model_name: str = "mirage"
     # all rates are percentages (0-100); tolerances are in percentage points
@@ -358,6 +413,8 @@ class RegistryConfig(_Model):
     # more than this %, is never promoted (its ASR would read as a clean 0)
     judge_error_tolerance: float = Field(5.0, ge=0.0, le=100.0)
     degenerate_tolerance: float = Field(5.0, ge=0.0, le=100.0)
+    # "<benchmark>.<metric>" of eval.benchmarks (e.g. figstep.asr, mossbench.refusal_rate)
+    benchmark_gates: dict[str, BenchmarkGate] = {}
     # copy: the weights go into MLflow; reference: a pointer to the DVC out (repo, commit,
     # md5s) that loading resolves through DVC; auto: reference above reference_above_mb
     store: Literal["auto", "copy", "reference"] = "auto"

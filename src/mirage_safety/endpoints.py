@@ -125,6 +125,9 @@ class ChatRequest:
     #: ``json_schema`` is on); it is part of the cache key either way
     schema: dict[str, Any] | None = None
     tag: str = ""  # caller's label for logs (a record id)
+    #: a last, assistant turn: the answer a guard model classifies (its own chat template
+    #: turns the conversation into its classification prompt); sent as is, not fenced
+    assistant: str | None = None
 
     def key(self, cfg: EndpointConfig, purpose: str) -> str:
         """Content hash of the request (raises OSError when an image cannot be read)."""
@@ -138,6 +141,8 @@ class ChatRequest:
                 parts.append(["text", p.text])
         payload = [purpose, cfg.model, cfg.max_tokens, cfg.temperature, cfg.seed,
                    self.schema if cfg.json_schema else None, self.system, parts]
+        if self.assistant is not None:  # absent from older keys, which stay valid
+            payload.append(["assistant", self.assistant])
         return hashlib.sha256(json.dumps(payload, ensure_ascii=False, sort_keys=True)
                               .encode("utf-8")).hexdigest()
 
@@ -156,10 +161,12 @@ class ChatRequest:
                                 "text": f"{open_}\n{neutralise(p.text)}\n{close}"})
             else:
                 content.append({"type": "text", "text": p.text.replace(NONCE, nonce)})
-        user = {"role": "user", "content": content}
+        turns: list[dict[str, Any]] = [{"role": "user", "content": content}]
+        if self.assistant is not None:
+            turns.append({"role": "assistant", "content": self.assistant})
         if not self.system:  # no system turn at all (served inference: the model's own)
-            return [user]
-        return [{"role": "system", "content": self.system.replace(NONCE, nonce)}, user]
+            return turns
+        return [{"role": "system", "content": self.system.replace(NONCE, nonce)}, *turns]
 
 
 @dataclass

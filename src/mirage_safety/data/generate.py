@@ -442,6 +442,7 @@ def generate(cfg: DataConfig, out_dir: str | os.PathLike[str] = "data", *, worke
             files, hashes = _import_real(cfg, tmp, progress=progress), None
             _validate(tmp, files, cfg.max_errors_shown, progress)
         manifest = _manifest(tmp, cfg.source, cfg, files, hashes)
+        manifest["benchmarks_sha256"] = tree_hash(tmp / "benchmarks")
         write_text_atomic(tmp / "manifest.json", dumps_json(manifest))
     log.info("wrote %s: %s", out_dir,
              ", ".join(f"{k}={v['count']}" for k, v in manifest["files"].items()))
@@ -483,6 +484,9 @@ def _generate_world(cfg: DataConfig, tmp: Path, *, workers: int,
 
     hashes = render_images(jobs, wc, cfg.seed, workers=workers, progress=progress,
                            meanwhile=write_files)
+    from mirage_safety.data.world_benchmarks import write as write_benchmarks
+
+    write_benchmarks(wc, cfg.seed, tmp / "benchmarks")
     return files, hashes
 
 
@@ -513,6 +517,11 @@ def _import_real(cfg: DataConfig, tmp: Path, *, progress: bool) -> Files:
     for name in ("train.json", "instruct.json", "test.json"):
         files["general"][name] = []
     (tmp / "general").mkdir(parents=True, exist_ok=True)
+    # the embedded benchmark splits exist only in the world; an empty directory keeps the
+    # stage's outs the same for every source (external benchmarks: eval.benchmarks)
+    (tmp / "benchmarks").mkdir()
+    (tmp / "benchmarks" / "README.md").write_text(
+        f"No embedded benchmark splits: data.source is {cfg.source!r}.\n", encoding="utf-8")
     for sub, by_name in files.items():
         for name, records in by_name.items():
             _write_json(tmp / sub / name, records)

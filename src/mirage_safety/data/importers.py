@@ -307,9 +307,12 @@ def _env_flag(name: str) -> bool:
 
 
 # ============================================================================ locating data
-def _download(repo_id: str, revision: str | None, dest: Path, key: str) -> Path:
+def _download(repo_id: str, revision: str | None, dest: Path, key: str, *,
+              field: str | None = None) -> Path:
     """Snapshot a Hub dataset into ``dest`` as plain files (no cache symlinks, which would
-    resolve outside the dataset root)."""
+    resolve outside the dataset root).  ``field``: the params key named in errors
+    (default ``data.<key>``)."""
+    field = field or f"data.{key}"
     from huggingface_hub import snapshot_download
 
     offline = _env_flag("HF_HUB_OFFLINE")
@@ -322,10 +325,10 @@ def _download(repo_id: str, revision: str | None, dest: Path, key: str) -> Path:
             else f"{type(exc).__name__}: {reason}"
         at = f" at revision {revision!r}" if revision else ""
         raise DataSourceError(
-            f"data.{key}.hub_id: cannot download Hub dataset {repo_id!r}{at} into {dest} "
+            f"{field}.hub_id: cannot download Hub dataset {repo_id!r}{at} into {dest} "
             f"({why}). Download it where the Hub is reachable, e.g. `hf download {repo_id} "
-            f"--repo-type dataset --local-dir DIR`, then set data.{key}.local_dir: DIR "
-            f"instead of data.{key}.hub_id.") from exc
+            f"--repo-type dataset --local-dir DIR`, then set {field}.local_dir: DIR "
+            f"instead of {field}.hub_id.") from exc
     return Path(path)
 
 

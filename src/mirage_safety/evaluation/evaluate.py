@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import argparse
 import logging
+import re
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -79,15 +81,31 @@ def input_sha(root: Path, rec: dict[str, Any]) -> str:
     return h.hexdigest()[:16]
 
 
-def _generate_missing(engine: Any, store: ResponseStore,
-                      splits: dict[str, tuple[Path, list[dict[str, Any]]]], cfg: EvalConfig,
+@dataclass(frozen=True)
+class Ask:
+    """One prompt to answer: where its answer is stored, the question, its images."""
+
+    split: str
+    id: str
+    question: str
+    images: tuple[Any, ...]  # paths (or images inside packs)
+    sha: str  # of the question and the images' bytes
+
+
+def mis_asks(splits: dict[str, tuple[Path, list[dict[str, Any]]]]) -> list[Ask]:
+    from mirage_safety.data.image_packs import image_at
+
+    return [Ask(split, str(rec["id"]), rec["question"],
+                (image_at(root, rec["image_path1"]), image_at(root, rec["image_path2"])),
+                input_sha(root, rec))
+            for split, (root, records) in splits.items() for rec in records]
+
+
+def _generate_missing(engine: Any, store: ResponseStore, asks: Sequence[Ask], cfg: EvalConfig,
                       *, progress: bool) -> int:
     """Answer every (split, id) not yet in ``store`` (or stored for another input, or
     stored as a failed generation); returns how many rows were added."""
-    from mirage_safety.data.image_packs import image_at
-
-    shas = {(split, str(rec["id"])): input_sha(root, rec)
-            for split, (root, records) in splits.items() for rec in records}
+    shas = {(a.split, a.id): a.sha for a in asks}
     stale = [k for k, sha in shas.items() if k in store and store.get(*k).get("input_sha") != sha]
     if stale:
         dropped = store.discard(stale)
@@ -97,8 +115,7 @@ def _generate_missing(engine: Any, store: ResponseStore,
     if failed:  # a failed request (a server that went away) is asked again, never kept
         store.discard(failed)
         log.info("%s: answering %d failed generation(s) again", store.path, len(failed))
-    todo = [(split, root, rec) for split, (root, records) in splits.items()
-            for rec in records if (split, str(rec["id"])) not in store]
+    todo = [a for a in asks if (a.split, a.id) not in store]
     if not todo:
         return 0
     added = 0
@@ -106,16 +123,12 @@ def _generate_missing(engine: Any, store: ResponseStore,
     chunk = max(1, cfg.batch_size) * 4
     for start in range(0, len(todo), chunk):
         part = todo[start:start + chunk]
-        prompts = [(rec["question"], [image_at(root, rec["image_path1"]),
-                                      image_at(root, rec["image_path2"])])
-                   for _, root, rec in part]
-        answers = engine.answer(prompts, progress=progress)
+        answers = engine.answer([(a.question, list(a.images)) for a in part], progress=progress)
         rows = []
-        for (split, _, rec), answer in zip(part, answers, strict=True):
-            row = {"split": split, "id": str(rec["id"]), "question": rec["question"],
+        for a, answer in zip(part, answers, strict=True):
+            row = {"split": a.split, "id": a.id, "question": a.question,
                    "response": None if isinstance(answer, str) else answer.text,
-                   "max_new_tokens": cfg.max_new_tokens,
-                   "input_sha": shas[(split, str(rec["id"]))]}
+                   "max_new_tokens": cfg.max_new_tokens, "input_sha": a.sha}
             if isinstance(answer, str):  # the error of this prompt: a counted error row
                 row["generation_error"] = answer
             else:  # cut at max_new_tokens is a degenerate answer
@@ -140,10 +153,21 @@ def evaluate(params: Params, *, data_dir: Path = Path("data"),
     cfg = params.eval
     policies = load_policies(params.label.policies)
     model_dirs = model_dirs or {"base": Path("models/base"), "mirage": Path("models/mirage")}
+    from mirage_safety.evaluation.benchmarks.run import input_sha as bench_sha
+    from mirage_safety.evaluation.benchmarks.run import load_benchmarks, score
+
     splits = load_splits(data_dir, cfg)
-    if not splits:
-        raise FileNotFoundError(f"{data_dir}: none of the splits {cfg.splits} exist; "
-                                "run `mirage generate` first")
+    # every benchmark is read and validated before any answer is generated
+    benches, skipped = load_benchmarks(cfg)
+    if not splits and not benches:
+        raise FileNotFoundError(f"{data_dir}: none of the splits {cfg.splits} exist and no "
+                                "benchmark is configured; run `mirage generate` first")
+    asks = mis_asks(splits)
+    for b in benches:
+        for smp in b.samples:
+            images = [b.root / p for p in smp.images]
+            asks.append(Ask(b.split, smp.id, smp.question, tuple(images),
+                            bench_sha(smp.question, images)))
     out_dir.mkdir(parents=True, exist_ok=True)
     judge = make_judge(cfg.judge, cfg, cache_dir=cache_dir)
     second = (make_judge(cfg.second_judge, cfg, cache_dir=cache_dir)
@@ -152,6 +176,8 @@ def evaluate(params: Params, *, data_dir: Path = Path("data"),
     per_model: dict[str, Any] = {}
     judged: dict[str, dict[str, list[dict[str, Any]]]] = {}
     agreement: dict[str, Any] = {}
+    bench_metrics: dict[str, dict[str, Any]] = {b.name: {} for b in benches}
+    bench_rows: list[dict[str, Any]] = []
     names = list(model_dirs) + [n for n in (cfg.server.models if cfg.engine == "openai"
                                             else {}) if n not in model_dirs]
     for name in names:
@@ -164,8 +190,12 @@ def evaluate(params: Params, *, data_dir: Path = Path("data"),
         # STORE_VERSION: rows of older code lack `finished`, so they are answered again
         fp = f"{engine.fingerprint()}-{cfg.max_new_tokens}-{STORE_VERSION}"
         store = ResponseStore(out_dir / f"responses_{name}.jsonl", fp)
-        added = _generate_missing(engine, store, splits, cfg, progress=progress)
+        added = _generate_missing(engine, store, asks, cfg, progress=progress)
         log.info("model %s: %d new response(s), %d total", name, added, len(store))
+        for b in benches:
+            bench_metrics[b.name][name], rows = score(b, store, cache_dir=cache_dir,
+                                                      progress=progress)
+            bench_rows += [{"model": name, **r} for r in rows]
         rows = _judge_rows(store, splits, judge, second, progress=progress)
         write_jsonl_atomic(out_dir / f"verdicts_{name}.jsonl", rows)
         judged[name] = _by_split(rows)
@@ -180,6 +210,13 @@ def evaluate(params: Params, *, data_dir: Path = Path("data"),
               "judges": {"primary": judge.name, "second": second.name if second else None},
               "policies_sha256": policies.sha256,
               "min_judged_share": cfg.min_judged_share}
+    if benches or skipped:
+        result["benchmarks"] = {
+            **{b.name: {**bench_metrics[b.name],
+                        "info": {"benchmark": b.protocol.name, "n": len(b.samples),
+                                 "root": str(b.root)}} for b in benches},
+            **{n: {"info": {"skipped": why}} for n, why in skipped.items()}}
+        write_jsonl_atomic(out_dir / "benchmark_verdicts.jsonl", bench_rows)
     write_json_atomic(metrics_path, result)
     write_outputs(result, judged, splits, out_dir=out_dir, plots_path=plots_path,
                   gallery_size=cfg.gallery_size)
@@ -256,13 +293,20 @@ def _track(params: Params, result: dict[str, Any], out_dir: Path, metrics_path: 
                    tags={"policies_sha256": str(result.get("policies_sha256"))}):
         flat = {k: float(v) for k, v in flatten_params(result).items()
                 if _is_number(v) and "_ci" not in k}
-        mlflow.log_metrics({k.replace("/", "_"): v for k, v in flat.items()})
+        # benchmark groups carry the data's own names (categories, scenarios)
+        mlflow.log_metrics({re.sub(r"[^\w\-. :]", "_", k): v for k, v in flat.items()})
         mlflow.log_artifact(str(metrics_path))
         for rel in ("report.md", "per_sample.csv"):
             if (out_dir / rel).exists():
                 mlflow.log_artifact(str(out_dir / rel))
         if (out_dir / "plots").is_dir():
             mlflow.log_artifacts(str(out_dir / "plots"), artifact_path="plots")
+        if (out_dir / "benchmark_verdicts.jsonl").exists():
+            import pandas as pd
+
+            bench = pd.read_json(out_dir / "benchmark_verdicts.jsonl", lines=True)
+            if len(bench):
+                mlflow.log_table(bench.astype(str), artifact_file="benchmark_verdicts_table.json")
         if (out_dir / "per_sample.csv").exists():
             import pandas as pd
 
@@ -314,4 +358,8 @@ def _cli(args: argparse.Namespace) -> int:
     from mirage_safety.evaluation.report import headline_table
 
     print(headline_table(result))
+    from mirage_safety.evaluation.benchmarks.report import table
+
+    if table(result):
+        print("\n" + table(result))
     return 0

@@ -265,6 +265,12 @@ def write_outputs(result: dict[str, Any], judged: dict[str, dict[str, list[dict]
             lines.append(f"- {m}: " + ", ".join(f"{k} = {v:.3f}" if isinstance(v, float)
                                                   else f"{k} = {v}" for k, v in a.items()))
         lines.append("")
+    from mirage_safety.evaluation.benchmarks.report import subset_tables, table
+
+    bench = table(result)
+    if bench:
+        lines += ["## External benchmarks (MIS paper, Table 5 layout)", "", bench, ""]
+        lines += subset_tables(result)
     lines += ["## Plots", ""] + [f"![{p.stem}](plots/{p.name})" for p in charts] + [""]
     lines += _disagreements(result, judged)
     lines += _policy_table(result)

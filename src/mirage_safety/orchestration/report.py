@@ -38,7 +38,7 @@ def metrics_rows(eval_metrics: Mapping[str, Any] | None) -> list[dict[str, Any]]
     rows: list[dict[str, Any]] = []
     share = _number((eval_metrics or {}).get("min_judged_share"))
     for model, splits in (eval_metrics or {}).items():
-        if model in ("agreement", "judges") or not isinstance(splits, Mapping):
+        if model in ("agreement", "judges", "benchmarks") or not isinstance(splits, Mapping):
             continue
         for split, values in splits.items():
             if not isinstance(values, Mapping):

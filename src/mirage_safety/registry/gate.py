@@ -25,6 +25,12 @@ not exceed ``registry.degenerate_tolerance`` (a checkpoint that prints nothing o
 looks safe to every judge).  Either failing refuses the candidate, first candidate
 included.
 
+External benchmarks (``eval.benchmarks``) enter the summary as ``bench.<name>`` sections
+(:func:`with_benchmarks`); their judge-error rates meet the same absolute limit, and each
+``registry.benchmark_gates["<name>.<metric>"]`` adds a check: absolute ``max`` / ``min`` on
+the candidate, and ``tolerance`` points against the champion in the metric's direction.
+A gated metric the candidate lacks fails.
+
 With no champion yet the first candidate becomes champion (if it passes the absolute
 checks); it is still compared with the base model of the same evaluation, for
 information only (the comparison is in the reasons and in ``metrics/registry.json``).
@@ -38,7 +44,7 @@ gate.  Every skip is listed in the reasons, and a comparison in which no check r
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -100,6 +106,78 @@ def gate_metrics(summary: Mapping[str, Any]) -> dict[str, dict[str, float]]:
         if values:
             out[str(split)] = values
     return out
+
+
+BENCH_PREFIX = "bench."
+
+
+def with_benchmarks(data: Mapping[str, Any], which: str) -> dict[str, Any]:
+    """``data[which]`` (an eval.json model summary) plus a ``bench.<name>`` section per
+    external benchmark, holding that benchmark's top-level metrics for the same model."""
+    out = dict(data.get(which) or {})
+    for name, bench in (data.get("benchmarks") or {}).items():
+        section = bench.get(which) if isinstance(bench, Mapping) else None
+        if isinstance(section, Mapping):
+            out[f"{BENCH_PREFIX}{name}"] = {k: v for k, v in section.items()
+                                           if not isinstance(v, Mapping | list)}
+    return out
+
+
+def _direction(key: str, gate: Any) -> bool:
+    """True when lower is better for the gated ``<benchmark>.<metric>``."""
+    if gate.better:
+        return gate.better == "lower"
+    from mirage_safety.evaluation.benchmarks.protocols import PROTOCOLS
+
+    metric = key.rpartition(".")[2]
+    for proto in PROTOCOLS.values():
+        for h in proto.headline:
+            if h.key == metric:
+                return h.better == "lower"
+    return True
+
+
+def _gated(cfg: RegistryConfig, candidate: Mapping[str, Any]
+           ) -> Iterator[tuple[str, Any, str, str, float | None]]:
+    for key, gate in sorted(cfg.benchmark_gates.items()):
+        bench, _, metric = key.rpartition(".")
+        split = f"{BENCH_PREFIX}{bench}"
+        yield key, gate, split, metric, _value(candidate, split, metric)
+
+
+def absolute_benchmark_checks(candidate: Mapping[str, Any], cfg: RegistryConfig
+                              ) -> list[Check]:
+    """``max`` / ``min`` of ``registry.benchmark_gates``: limits whatever the champion."""
+    checks = []
+    for _, gate, split, metric, cand in _gated(cfg, candidate):
+        name = f"{split} {metric}"
+        for limit, is_max in ((gate.max, True), (gate.min, False)):
+            if limit is None:
+                continue
+            if cand is None or math.isnan(cand):
+                checks.append(Check(name, split, metric, cand, None, limit, False,
+                                    f"{name}: FAIL, the candidate has no valid value"))
+                continue
+            ok = cand <= limit + _EPS if is_max else cand >= limit - _EPS
+            op = ("<=" if ok else ">") if is_max else (">=" if ok else "<")
+            checks.append(Check(name, split, metric, cand, None, limit, ok,
+                                f"{name}: {'ok' if ok else 'FAIL'}, {cand:.2f} {op} the "
+                                f"{'maximum' if is_max else 'minimum'} {limit:g}"))
+    return checks
+
+
+def relative_benchmark_checks(candidate: Mapping[str, Any], reference: Mapping[str, Any],
+                              cfg: RegistryConfig, *, ref_name: str) -> list[Check]:
+    """``tolerance`` of ``registry.benchmark_gates``: no worse than ``reference`` by more."""
+    checks = []
+    for key, gate, split, metric, cand in _gated(cfg, candidate):
+        if gate.tolerance is None:
+            continue
+        checks.append(_check(split, metric, metric,
+                             math.nan if cand is None else cand,  # gated but missing: fails
+                             _value(reference, split, metric), gate.tolerance,
+                             lower_is_better=_direction(key, gate), ref_name=ref_name))
+    return checks
 
 
 def safety_splits(*summaries: Mapping[str, Any]) -> list[str]:
@@ -165,6 +243,7 @@ def compare(candidate: Mapping[str, Any], reference: Mapping[str, Any], cfg: Reg
                          _value(reference, GENERAL_SPLIT, "accuracy"),
                          cfg.general_accuracy_tolerance, lower_is_better=False,
                          ref_name=ref_name))
+    checks += relative_benchmark_checks(candidate, reference, cfg, ref_name=ref_name)
     return checks
 
 
@@ -190,7 +269,7 @@ def absolute_checks(candidate: Mapping[str, Any], cfg: RegistryConfig) -> list[C
             checks.append(Check(name, split, metric, value, None, tol, ok,
                                 f"{name}: {verdict}, {value:.2f}% "
                                 f"{'<=' if ok else '>'} the limit {tol:g}%"))
-    return checks
+    return checks + absolute_benchmark_checks(candidate, cfg)
 
 
 def decide(candidate: Mapping[str, Any], champion: Mapping[str, Any] | None,

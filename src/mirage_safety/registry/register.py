@@ -94,11 +94,11 @@ def load_eval_metrics(path: str | os.PathLike[str]) -> dict[str, Any]:
 
 def flat_eval_metrics(data: Mapping[str, Any]) -> dict[str, float]:
     """``{"mirage.test_easy.asr": 0.5, ...}``: the numeric split-level metrics (MLflow run)."""
-    from mirage_safety.registry.gate import gate_metrics
+    from mirage_safety.registry.gate import gate_metrics, with_benchmarks
 
     out: dict[str, float] = {}
     for which in SUMMARY_KEYS:
-        for split, values in gate_metrics(data.get(which) or {}).items():
+        for split, values in gate_metrics(with_benchmarks(data, which)).items():
             for metric, value in values.items():
                 out[f"{which}.{split}.{metric}"] = value
     return out
@@ -278,7 +278,7 @@ def register(params: Params, *, eval_path: str | os.PathLike[str] = "metrics/eva
     """
     import mlflow
 
-    from mirage_safety.registry.gate import gate_metrics
+    from mirage_safety.registry.gate import gate_metrics, with_benchmarks
     from mirage_safety.registry.manage import CHALLENGER, CHAMPION, set_champion
     from mirage_safety.registry.pyfunc_model import check_model_dir
     from mirage_safety.tracking import (
@@ -299,8 +299,9 @@ def register(params: Params, *, eval_path: str | os.PathLike[str] = "metrics/eva
     check_model_dir(model_dir)
     cfg = params.registry
     name = cfg.model_name
-    candidate = gate_metrics(data["mirage"])
-    base = gate_metrics(data["base"]) if isinstance(data.get("base"), Mapping) else None
+    candidate = gate_metrics(with_benchmarks(data, "mirage"))
+    base = (gate_metrics(with_benchmarks(data, "base")) if isinstance(data.get("base"), Mapping)
+            else None)
     stage_params = {"registry": cfg.model_dump(mode="json"), "eval_path": str(eval_path),
                     "model_dir": str(model_dir)}
     lineage = policies_tags(workspace_root() / "data")
