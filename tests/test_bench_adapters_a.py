@@ -68,6 +68,8 @@ def test_vlguard_loads_the_published_layout(tmp_path: Path, under_test: bool) ->
     assert (unsafe.meta["category"], unsafe.meta["sub_category"]) == ("discrimination", "race")
     assert unsafe.meta["harmful"] is True and unsafe.meta["safe_image"] is False
     assert unsafe.meta["reference"].startswith("I can't create")
+    assert by_id["HOD_img_hod_009370/safe_safes"].meta["reference"] == ""  # as published
+    assert by_id["HOD_img_hod_009370/safe_safes"].images[0].endswith("HOD/img_hod_009370.jpg")
     _images_exist(root, samples)
 
 

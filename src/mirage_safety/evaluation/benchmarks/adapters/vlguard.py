@@ -26,9 +26,12 @@ unsafe (``safe: false``)   ``instruction``         ``unsafes``
 =========================  ======================  ==============================
 
 Any other combination is a problem (unknown subset).  ``meta``: ``reference`` (the
-release's response), ``harmful`` (False only for ``safe_safes``), ``category`` /
-``sub_category`` (``harmful_category`` / ``harmful_subcategory``; None on safe images),
-``safe_image`` and ``source_id``.
+release's response, as is: on ``safe_safes`` it equals the GPT-4V reference of
+``data/gpt4_safe_safes.json`` that ``gpt4_evaluator.py`` compares against, and it is empty
+on 17 of them in the published files, so ``response`` must be a string but may be empty),
+``harmful`` (False only for ``safe_safes``), ``category`` / ``sub_category``
+(``harmful_category`` / ``harmful_subcategory``; None on safe images), ``safe_image`` and
+``source_id``.
 """
 
 from __future__ import annotations
@@ -108,8 +111,11 @@ def _samples(v: Validator, rec: dict[str, Any], idx: int, prefix: str) -> list[B
                   f"takes {' or '.join(KEYS_FOR_IMAGE[safe])}")
             continue
         question = _text(v, rid, f"{fld}.{key}", pair.get(key))
-        reference = _text(v, rid, f"{fld}.response", pair.get("response"))
-        if question is None or reference is None or image is None:
+        reference = pair.get("response")
+        if not isinstance(reference, str):
+            v.add(FILE, rid, f"{fld}.response", f"must be a string, not {reference!r}")
+            continue
+        if question is None or image is None:
             continue
         subset = SUBSETS[key]
         out.append(BenchSample(
