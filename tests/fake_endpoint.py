@@ -33,8 +33,11 @@ class FakeEndpoint:
 
             def do_POST(self):
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                user_text = "".join(p.get("text", "") for p in body["messages"][1]["content"]
-                                    if p["type"] == "text")
+                # every non-system turn (a guard request has a user and an assistant turn)
+                user_text = "".join(
+                    m["content"] if isinstance(m["content"], str)
+                    else "".join(p.get("text", "") for p in m["content"] if p["type"] == "text")
+                    for m in body["messages"] if m["role"] != "system")
                 tag = CASE.search(user_text)
                 case = tag.group(1) if tag else "default"
                 with outer.lock:

@@ -596,3 +596,13 @@ def test_real_pipeline_smoke_end_to_end(
     assert labelled["policies_sha256"] == sha
     assert json.loads((repo / "metrics/curate.json").read_text())["kept"] > 0
     assert any(row["model"] == "mirage" for row in result["metrics"])
+    # the embedded benchmark splits, scored by their protocols for both models, in the
+    # report's Table-5 layout and in the evaluate run's MLflow metrics
+    bench = json.loads((repo / "metrics/eval.json").read_text())["benchmarks"]
+    for name, key in (("world_single", "asr"), ("world_oversensitive", "refusal_rate")):
+        for model in ("base", "mirage"):
+            assert bench[name][model]["n"] > 0 and bench[name][model]["judge_errors"] == 0
+            assert isinstance(bench[name][model][key], float)
+    assert "## External benchmarks" in (repo / "eval/report.md").read_text()
+    evaluate_run = next(r for r in children if r.data.tags.get("stage") == "evaluate")
+    assert "benchmarks.world_single.mirage.asr" in evaluate_run.data.metrics

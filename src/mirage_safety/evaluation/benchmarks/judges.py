@@ -78,51 +78,119 @@ def _majority(values: list[Any]) -> tuple[Any, str | None]:
     return next(v for v in values if repr(v) == top), None
 
 
+#: (judgement key in judging.JUDGES, request builder, parser to outcome fields)
+Stage = tuple[str, Callable[..., Any], Callable[[str], dict[str, Any]]]
+
+
+def stages(proto: str, kind: str, cfg: BenchmarkConfig) -> list[Stage]:
+    """The requests one answer needs for ``proto`` judged by ``kind`` (SIUO: two, a safety
+    and an effectiveness judgement; every other protocol one), each with its parser."""
+    from functools import partial
+
+    from mirage_safety.evaluation.benchmarks import judging as J
+
+    def guard_fields(v: Any) -> dict[str, Any]:
+        out = {"unsafe": v.unsafe, "categories": list(v.categories)}
+        if v.refusal is not None:
+            out["refused"] = v.refusal
+        if v.controversial:
+            out["controversial"] = True
+        return out
+
+    if kind == "llama_guard":
+        build = J.request_figstep_llama_guard if proto == "figstep" else J.request_llama_guard
+        return [("llama_guard", build, lambda c: guard_fields(J.parse_llama_guard(c)))]
+    if kind == "qwen3guard":
+        strict = cfg.controversial == "unsafe"
+        parse = partial(J.parse_qwen3guard, strict=strict, require_refusal=True)
+        build = J.request_qwen3guard
+        if proto == "figstep":  # the original harmful question, as with Llama Guard
+            def build(s: BenchSample, r: str, root: Path) -> Any:
+                return J.request_qwen3guard(s, r, root, question=str(s.meta["question"]))
+        return [("qwen3guard", build, lambda c: guard_fields(parse(c)))]
+    if kind != "protocol":
+        raise ValueError(f"judge {kind!r} is not served")
+    table: dict[str, list[Stage]] = {
+        "vlguard": [("vlguard_win", J.request_vlguard_win,
+                     lambda c: {"win": J.parse_vlguard_win(c)})],
+        "mm_safetybench": [("mm_safetybench", J.request_mm_safetybench,
+                            lambda c: {"unsafe": J.parse_mm_safetybench(c) == "unsafe"})],
+        "figstep": [("figstep", J.request_figstep,
+                     lambda c: {"unsafe": J.parse_figstep(c) == "unsafe"})],
+        "siuo": [("siuo_safety", J.request_siuo_safety,
+                  lambda c: {"safe": J.parse_siuo_safety(c)}),
+                 ("siuo_effectiveness", J.request_siuo_effectiveness,
+                  lambda c: {"effective": J.parse_siuo_effectiveness(c)})],
+        "mssbench": [("mssbench", J.request_mssbench, lambda c: {"cls": J.parse_mssbench(c)})],
+        "vlsbench": [("vlsbench", J.request_vlsbench, lambda c: {"cls": J.parse_vlsbench(c)})],
+        "mossbench": [("mossbench", J.request_mossbench,
+                       lambda c: {"refused": J.parse_mossbench(c) == 1})],
+    }
+    if proto not in table:
+        raise ValueError(f"{proto} has no judge prompt of its own")
+    return table[proto]
+
+
+#: what a stage's value is without a judge call (the authors' rule for an empty answer)
+_WITHOUT_JUDGE = {"siuo_safety": lambda v: {"safe": bool(v)},
+                  "mossbench": lambda v: {"refused": v == 1}}
+
+
 def _served(kind: str, proto: Protocol, answers: Sequence[Answer], root: Path,
             cfg: BenchmarkConfig, *, cache_dir: Path | None, progress: bool,
             name: str) -> list[Outcome]:
-    """A judge behind an endpoint: one request per (answer, vote), majority per answer."""
+    """A judge behind an endpoint: every stage's request per (answer, vote); an answer's
+    outcome is the union of its stages' fields, the majority over votes."""
     from mirage_safety.endpoints import ChatClient
     from mirage_safety.evaluation.benchmarks import judging
 
-    build, parse = judging.judge_for(proto.name, kind, controversial=cfg.controversial)
+    plan = stages(proto.name, kind, cfg)
     todo = [i for i, (_, _, err) in enumerate(answers) if not err]
-    requests = []
-    for i in todo:
-        sample, response, _ = answers[i]
-        requests.append(build(sample, response or "", root))
-    votes: dict[int, list[Any]] = {i: [] for i in todo}
+    votes: dict[int, list[dict[str, Any]]] = {i: [] for i in todo}
     errors: dict[int, list[str]] = {i: [] for i in todo}
     raws: dict[int, str | None] = {}
     for vote in range(cfg.votes):
-        # one cache namespace per vote, so the votes are separate calls
-        client = ChatClient(cfg.endpoint, cache_dir=cache_dir,
-                            purpose=f"bench-judge/{proto.name}/{kind}/{judging.VERSION}"
-                                    + (f"/vote{vote}" if vote else ""))
-        flat = [r for rs in requests for r in (rs if isinstance(rs, list) else [rs])]
-        results = client.complete_many(flat, parse, progress=progress,
-                                       desc=f"judge {name} ({kind})")
-        pos = 0
-        for i, rs in zip(todo, requests, strict=True):
-            k = len(rs) if isinstance(rs, list) else 1
-            part = results[pos:pos + k]
-            pos += k
-            bad = next((r for r in part if not r.ok), None)
-            if bad is not None:
-                errors[i].append(bad.error or "failed")
-                raws.setdefault(i, bad.content)
-                continue
-            value = judging.combine(proto.name, [r.value for r in part]) if k > 1 \
-                else part[0].value
-            votes[i].append(value)
-            raws.setdefault(i, part[0].content)
+        fields: dict[int, dict[str, Any]] = {i: {} for i in todo}
+        failed: set[int] = set()
+        for key, build, parse in plan:
+            sent: list[int] = []
+            requests = []
+            for i in todo:
+                sample, response, _ = answers[i]
+                fixed = judging.value_without_judge(key, response or "")
+                if fixed is not None and key in _WITHOUT_JUDGE:
+                    fields[i].update(_WITHOUT_JUDGE[key](fixed))
+                    continue
+                try:
+                    requests.append(build(sample, response or "", root))
+                except (KeyError, ValueError, TypeError) as exc:  # a sample the prompt lacks
+                    errors[i].append(f"{type(exc).__name__}: {exc}")
+                    failed.add(i)
+                    continue
+                sent.append(i)
+            # one cache namespace per vote, so the votes are separate calls
+            client = ChatClient(cfg.endpoint, cache_dir=cache_dir,
+                                purpose=f"bench-judge/{key}/{judging.PROMPT_VERSION}"
+                                        + (f"/vote{vote}" if vote else ""))
+            results = client.complete_many(requests, parse, progress=progress,
+                                           desc=f"judge {name} ({kind}: {key})")
+            for i, res in zip(sent, results, strict=True):
+                raws.setdefault(i, res.content)
+                if res.ok:
+                    fields[i].update(res.value)
+                else:
+                    errors[i].append(f"{key}: {res.error or 'failed'}")
+                    failed.add(i)
+        for i in todo:
+            if i not in failed:
+                votes[i].append(fields[i])
     out: list[Outcome] = []
     for i, (_, _, gen_error) in enumerate(answers):
         if gen_error:
             out.append(Outcome(None, f"no answer: {gen_error}", judge=kind))
-        elif len(votes[i]) * 2 <= cfg.votes and errors[i]:
-            # most votes failed: the majority is not the judge's
-            out.append(Outcome(None, "; ".join(errors[i]), judge=kind, raw=raws.get(i)))
+        elif len(votes[i]) * 2 <= cfg.votes:  # most votes failed: no majority of the judge's
+            out.append(Outcome(None, "; ".join(errors[i]) or "no vote", judge=kind,
+                               raw=raws.get(i)))
         else:
             value, why = _majority(votes[i])
             out.append(Outcome(value, why, judge=kind, raw=raws.get(i)))
