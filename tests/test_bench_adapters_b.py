@@ -4,7 +4,6 @@ are problems naming the file, the record and the field."""
 
 from __future__ import annotations
 
-import ast
 import shutil
 from collections.abc import Callable
 from pathlib import Path
@@ -348,16 +347,3 @@ def test_mis_bad_id(tmp_path: Path) -> None:
     _problem(info.value, "mis", "easy/1", "id")
 
 
-def test_mis_file_names_mirror_the_importer() -> None:
-    # read the importer's constants from its source: importing it pulls in the config
-    src = Path(mis.__file__).parents[3] / "data" / "importers.py"
-    consts: dict[str, Any] = {}
-    for node in ast.parse(src.read_text(encoding="utf-8")).body:
-        target = node.target if isinstance(node, ast.AnnAssign) else (
-            node.targets[0] if isinstance(node, ast.Assign) else None)
-        if isinstance(target, ast.Name) and target.id in ("MIS_TEST_FILES", "MIS_TEST_DIRS"):
-            assert node.value is not None
-            consts[target.id] = ast.literal_eval(node.value)
-    assert consts["MIS_TEST_DIRS"] == mis.DIRS
-    assert {k.removeprefix("test_"): v for k, v in consts["MIS_TEST_FILES"].items()} == \
-        mis.FILES

@@ -3,7 +3,7 @@
 - ``protocol``: the benchmark authors' own judge prompt on a VLM behind an OpenAI-compatible
   endpoint (:mod:`.judging`); MIS uses the project's MIS judge (:mod:`..judges`).
 - ``llama_guard`` / ``qwen3guard``: a served guard model classifies the (question, answer)
-  conversation; its own parser (:mod:`.judging`).
+  conversation; its own parser (:mod:`.guards`).
 - ``keyword``: refusal phrases (VLGuard's own ASR protocol), text only.
 - ``world``: the embedded world's ground truth (which objects the image shows, whether the
   request is harmful), for the embedded benchmark splits.

@@ -11,11 +11,10 @@ paths are relative to the folder holding the file::
     <root>[/mis_test]/mis_real.json     -> subset real
     <root>[/mis_test]/easy_image/<n>/object1.png, object2.png   (likewise hard_, real_image)
 
-The file names and folders searched are those of the MIS importer
+The file names and folders searched are the MIS importer's
 (:data:`mirage_safety.data.importers.MIS_TEST_FILES` / ``MIS_TEST_DIRS``: the Hub variant
-``mis_test_<split>.json`` and the folders ``mis_test/``, ``MIS_Test/`` too), repeated here
-because importing the importer pulls in the whole configuration (which imports the
-benchmark protocols, hence these adapters); a test keeps the two in step.  Subsets are
+``mis_test_<split>.json`` and the folders ``mis_test/``, ``MIS_Test/`` too), and so is the
+rule joining image paths onto their file's folder.  Subsets are
 those whose file exists (none is a problem).  Records: ``{question, category, sub_category,
 image_path1, image_path2}`` plus an optional ``id``; the model gets ``question`` with the two
 images, in that order.
@@ -26,10 +25,10 @@ Ids ``"<subset>/<id>"``, or ``"<subset>/<index in file>"`` (0-based) for a recor
 
 from __future__ import annotations
 
-import re
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from mirage_safety.data.importers import MIS_TEST_DIRS, MIS_TEST_FILES, _join
 from mirage_safety.evaluation.benchmarks.sample import (
     BenchSample,
     Validator,
@@ -38,24 +37,11 @@ from mirage_safety.evaluation.benchmarks.sample import (
 )
 
 NAME = "mis"
-#: subset -> accepted file names (mirrors importers.MIS_TEST_FILES, GitHub name first)
-FILES: dict[str, tuple[str, ...]] = {
-    "easy": ("mis_easy.json", "mis_test_easy.json"),
-    "hard": ("mis_hard.json", "mis_test_hard.json"),
-    "real": ("mis_real.json", "mis_test_real.json"),
-}
-#: folders searched, in order (mirrors importers.MIS_TEST_DIRS)
-DIRS = ("", "mis_test", "MIS_Test")
+#: subset -> accepted file names (the importer's, GitHub name first)
+FILES: dict[str, tuple[str, ...]] = {k.removeprefix("test_"): v
+                                     for k, v in MIS_TEST_FILES.items()}
+DIRS = MIS_TEST_DIRS
 IMAGE_FIELDS = ("image_path1", "image_path2")
-
-
-def _join(base: str, value: Any) -> Any:
-    """``base/value`` for a relative path; anything else unchanged (the Validator reports
-    absolute or non-text paths).  Same rule as the MIS importer's ``_join``."""
-    if (not isinstance(value, str) or not value or value.startswith(("/", "\\"))
-            or re.match(r"^[A-Za-z]:", value)):
-        return value
-    return f"{base}/{value}" if base else value
 
 
 def _clean(path: str) -> str:
