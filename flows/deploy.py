@@ -30,6 +30,7 @@ from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 ENTRYPOINT = "flows/retrain.py:retrain"
+STAGE_ENTRYPOINT = "flows/stage.py:run_stage"
 if __package__ in (None, ""):  # `python flows/deploy.py`: make `flows` importable
     sys.path.insert(0, str(REPO))
 
@@ -83,6 +84,17 @@ def build_deployment(*, work_pool: str | None = None, **kwargs: Any) -> Any:
     )
 
 
+def build_stage_deployment(pool: str, *, source: Path = REPO) -> Any:
+    """``mirage-stage/<pool>``: the deployment that runs one placed stage on ``pool``
+    (``orchestration.pools``), from the checkout ``source`` on the pool's machines (each
+    worker's own clone: the pull step makes it the flow run's working directory)."""
+    from flows.stage import run_stage
+
+    return run_stage.from_source(source=str(source), entrypoint=STAGE_ENTRYPOINT).to_deployment(
+        name=pool, work_pool_name=pool, tags=[*TAGS, "stage"],
+        description=f"One MIRage pipeline stage on work pool {pool} (flows/stage.py).")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -96,7 +108,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="register the deployment on this work pool and exit, instead of "
         "serving it from this process",
     )
+    p.add_argument(
+        "--stage-pools",
+        nargs="+",
+        metavar="POOL",
+        help="register mirage-stage/<POOL> for each pool (stages placed there by "
+        "orchestration.pools) from this checkout, and exit",
+    )
     a = p.parse_args(argv)
+    if a.stage_pools:
+        for pool in a.stage_pools:
+            deployment_id = build_stage_deployment(pool).apply()
+            print(f"deployment mirage-stage/{pool} ({deployment_id}) on pool {pool}")
+        return 0
     kwargs = {"name": a.name, "cron": a.cron, "parameters": {"profile": a.profile}}
     if a.work_pool:
         deployment_id = build_deployment(work_pool=a.work_pool, **kwargs).apply()

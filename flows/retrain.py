@@ -52,6 +52,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+if __package__ in (None, ""):  # loaded by path (a deployment's entrypoint): `flows` importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
@@ -59,7 +62,8 @@ from prefect.runtime import flow_run as runtime_flow_run
 from prefect.runtime import task_run as runtime_task_run
 from prefect.tasks import exponential_backoff
 
-from mirage_safety.config import ConfigError, Params
+from flows.remote import pipeline_slot, remote_stage
+from mirage_safety.config import PIPELINE_STAGES, ConfigError, Params
 from mirage_safety.orchestration.failures import (
     CONFIG_ERROR_EXIT,
     TRANSIENT_EXITS,
@@ -91,7 +95,7 @@ __all__ = ["CONFIG_ERROR_EXIT", "LOCK_RELPATH", "PARAMS_FILE", "STAGES", "TRANSI
            "classify_failure", "main", "metrics_rows", "pipeline_lock", "prepare_params",
            "report_markdown", "retrain"]
 
-STAGES = ("generate", "label", "curate", "base", "train", "evaluate", "register")
+STAGES = PIPELINE_STAGES
 _RAN = re.compile(r"Running stage '(?:[^']*:)?([^':]+)'")
 _TAIL_LINES = 200  # lines of a stage's output kept for its failure message
 REPO_ENV = "MIRAGE_REPO_DIR"
@@ -367,12 +371,16 @@ def retrain(
         )
         baseline = git(repo, "rev-parse", "HEAD", check=False)
         run_tags = {"dvc_exp_name": name, "prefect_flow_run_id": flow_run_id, "pipeline_id": name}
+        pools = params.orchestration.pools
+        if pools:
+            _check_shared_tracking(repo, params)
         tracker = (
             parent_run(repo, params, name=name, tags=run_tags)
             if track
             else contextlib.nullcontext((None, None, _tracking_uri(repo, params)))
         )
-        with tracker as (client, run_id, uri):
+        slot = pipeline_slot(repo) if pools else contextlib.nullcontext()
+        with slot, tracker as (client, run_id, uri):
             env = {
                 "MIRAGE_PIPELINE_ID": name,
                 "MLFLOW_TRACKING_URI": uri,
@@ -385,7 +393,16 @@ def retrain(
             stage_task = repro_stage.with_options(
                 retries=retries, retry_delay_seconds=exponential_backoff(retry_delay_s)
             )
-            stages = [stage_task(stage, str(repo), env, stage_timeout_s) for stage in STAGES]
+            orch = params.orchestration.model_dump(mode="json")
+            remote_task = remote_stage.with_options(
+                retries=retries, retry_delay_seconds=exponential_backoff(retry_delay_s)
+            )
+            stages = [
+                remote_task(stage, pools[stage], str(repo), env, orch, list(STAGES))
+                if stage in pools
+                else stage_task(stage, str(repo), env, stage_timeout_s)
+                for stage in STAGES
+            ]
             experiment = save_experiment(str(repo), name, env) if save_experiment_ref else None
             if dvc_push:
                 push_outputs(str(repo), env)
@@ -413,6 +430,19 @@ def retrain(
         (report["registry"] or {}).get("decision", "n/a"),
     )
     return summary
+
+
+def _check_shared_tracking(repo: Path, params: Params) -> None:
+    """Stages on other pools log from other machines: they need a tracking server."""
+    uri = _tracking_uri(repo, params)
+    if not uri.startswith(("http://", "https://", "databricks")):
+        placed = ", ".join(f"{s} -> {p}" for s, p in params.orchestration.pools.items())
+        raise ConfigError(
+            f"orchestration.pools places stages on other pools ({placed}) but "
+            f"tracking.tracking_uri is {uri!r}, a store only this machine sees: their MLflow "
+            "runs could not nest under the pipeline's parent run. Set tracking.tracking_uri "
+            "(or $MLFLOW_TRACKING_URI) to a shared MLflow server (infra/servers/)."
+        )
 
 
 def _log_to_parent(

@@ -95,7 +95,7 @@ def test_snapshots_are_reproducible_and_resolve_offline(hub, tmp_path):
 
 
 @pytest.mark.parametrize("name", FAMILY_NAMES)
-def test_collator_masks_all_but_the_answer_for_each_family(name, hub, mis_dir):
+def test_collator_masks_all_but_the_answer_for_each_family(name, hub, mis_dir, tmp_path):
     from mirage_safety.config import HubDataConfig
     from mirage_safety.data.importers import load_mis
 
@@ -119,6 +119,17 @@ def test_collator_masks_all_but_the_answer_for_each_family(name, hub, mis_dir):
         assert int((ids == placeholder).sum()) == 2 * TOKENS_PER_IMAGE  # two images
     if family.token_type_ids:  # Gemma 3 attends bidirectionally within an image
         assert int(batch["token_type_ids"].sum()) == 2 * 2 * TOKENS_PER_IMAGE
+
+    # train.preprocess once: the samples' cached tensors pad into the very same batch
+    from mirage_safety.training.preprocess import PaddingCollator, build
+    from mirage_safety.training.sft import Row
+
+    rows = [Row(r, dataset.root) for r in recs]
+    cached = build(rows, ChatCollator(processor), [0] * len(rows), cache_dir=tmp_path)
+    again = PaddingCollator(tok.pad_token_id)([cached[i] for i in range(len(rows))])
+    assert again.keys() == batch.keys()
+    for key in batch:
+        assert again[key].dtype == batch[key].dtype and torch.equal(again[key], batch[key]), key
 
     from mirage_safety.models.loading import apply_lora, freeze_vision_tower
 

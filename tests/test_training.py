@@ -440,3 +440,38 @@ def test_packed_training_reaches_the_same_model(world, tmp_path):
             for run in ("padded", "packed"))
     for key in a:
         torch.testing.assert_close(a[key], b[key], atol=1e-5, rtol=1e-4)
+
+
+def test_preprocessed_once_batches_and_training_equal_the_per_batch_ones(world, tmp_path):
+    from mirage_safety.models.loading import load_for_inference
+    from mirage_safety.training.collator import ChatCollator
+    from mirage_safety.training.preprocess import PaddingCollator, build
+    from mirage_safety.training.sft import Row
+
+    _, processor = load_for_inference(world["base"], device="cpu", dtype="float32")
+    recs = json.loads((world["data"] / "mis" / "train.json").read_text())[:6]
+    rows = [Row(r, world["data"] / "mis") for r in recs]
+    collator = ChatCollator(processor, max_length=512)
+    ds = build(rows, collator, [0] * len(rows), cache_dir=tmp_path / "pre")
+    batcher = PaddingCollator(processor.tokenizer.pad_token_id)
+    for pad_to in (None, 8):
+        batcher.pad_to_multiple_of = collator.pad_to_multiple_of = pad_to
+        live = collator([{"record": r, "root": str(world["data"] / "mis")} for r in recs])
+        cached = batcher([ds[i] for i in range(len(rows))])
+        assert live.keys() == cached.keys()
+        for key in live:
+            assert live[key].dtype == cached[key].dtype and torch.equal(live[key], cached[key])
+    # the same inputs -> the same cached dataset, loaded instead of built again
+    (entry,) = [p for p in (tmp_path / "pre").iterdir() if not p.name.startswith(".")]
+    stamp = entry.stat().st_mtime_ns
+    build(rows, collator, [0] * len(rows), cache_dir=tmp_path / "pre")
+    assert entry.stat().st_mtime_ns == stamp
+    # a training run on preprocessed samples reaches the same weights, bit for bit
+    cfg = {"method": "full", "max_steps": 6, "save_steps": 100}
+    per_batch = _run(world, tmp_path / "per_batch", _cfg(**cfg))
+    once = _run(world, tmp_path / "once", _cfg(**cfg, preprocess="once"))
+    assert once["final_loss"] == per_batch["final_loss"]
+    a, b = (_state_file(tmp_path / run / "model" / "model.safetensors")
+            for run in ("per_batch", "once"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert any((tmp_path / "once" / "preprocessed").iterdir())

@@ -188,6 +188,10 @@ class TrainConfig(_Model):
     # padding-free batches: each batch's samples packed end to end in one row, position ids
     # restarting per sample so attention never crosses one (same loss as padded batches)
     packing: bool = False
+    # per_batch: chat template, tokenisation and image processing in every batch; once:
+    # done once before the first step into a dataset cached under .cache/preprocessed/
+    # (the same tensors, so the same training)
+    preprocess: Literal["per_batch", "once"] = "per_batch"
 
     @model_validator(mode="after")
     def _cache_needs_frozen_tower(self) -> TrainConfig:
@@ -429,6 +433,33 @@ class TrackingConfig(_Model):
     experiment: str = "mirage"
 
 
+# --------------------------------------------------------------------------- orchestration
+PIPELINE_STAGES = ("generate", "label", "curate", "base", "train", "evaluate", "register")
+
+
+class OrchestrationConfig(_Model):
+    """Where the retrain flow's stages run (``flows/retrain.py``).  A stage named in
+    ``pools`` runs as the Prefect deployment ``<deployment>/<pool>`` on that work pool, in
+    a checkout of the same commit with the same params, exchanging bytes only through the
+    DVC remote; every other stage runs in the flow's own checkout (the default: all)."""
+
+    pools: dict[str, str] = {}
+    deployment: str = "mirage-stage"  # the flow name of flows/stage.py
+    # the DVC remote the hand-off goes through (null: the repo's default remote)
+    remote: str | None = None
+    # a remote stage whose flow run has not finished after this long is failed (a dead
+    # worker leaves its run "running" on the server); it is retried like any stage
+    stage_timeout_s: float = Field(6 * 3600.0, gt=0)
+
+    @model_validator(mode="after")
+    def _known_stages(self) -> OrchestrationConfig:
+        unknown = sorted(set(self.pools) - set(PIPELINE_STAGES))
+        if unknown:
+            raise ValueError(f"orchestration.pools: unknown stage(s) {unknown} "
+                             f"(stages: {', '.join(PIPELINE_STAGES)})")
+        return self
+
+
 # --------------------------------------------------------------------------- root
 class Params(_Model):
     profile: str = "default"
@@ -440,6 +471,7 @@ class Params(_Model):
     eval: EvalConfig = EvalConfig()
     registry: RegistryConfig = RegistryConfig()
     tracking: TrackingConfig = TrackingConfig()
+    orchestration: OrchestrationConfig = OrchestrationConfig()
     profiles: dict[str, dict[str, Any]] = {}
 
 

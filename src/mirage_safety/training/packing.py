@@ -29,9 +29,10 @@ PositionFn = Callable[[Mapping[str, Any], list[int]], Any]
 
 
 class PackedCollator:
-    """A :class:`ChatCollator` whose batches are one padding-free packed row."""
+    """A :class:`ChatCollator` (or a :class:`~.preprocess.PaddingCollator` of
+    preprocessed samples) whose batches are one padding-free packed row."""
 
-    def __init__(self, collator: ChatCollator, *, mrope: PositionFn | None = None):
+    def __init__(self, collator: ChatCollator | Any, *, mrope: PositionFn | None = None):
         self.collator = collator
         self.mrope = mrope
 

@@ -35,6 +35,8 @@ from mirage_safety.training.collator import ChatCollator, tokens_per_image
 log = logging.getLogger(__name__)
 
 FINGERPRINT_FILE = "fingerprint.json"
+#: where ``train.preprocess: once`` keeps its datasets (one per content hash)
+PREPROCESS_CACHE = Path(".cache/preprocessed")
 
 
 # --------------------------------------------------------------------------- settings
@@ -67,6 +69,9 @@ class SFTSettings:
     cache_vision_features: bool = False
     # each batch's samples end to end in one padding-free row (training/packing.py)
     packing: bool = False
+    # per_batch: templating, tokenising and image processing in every batch; once: done
+    # once before the first step into a cached dataset (training/preprocess.py)
+    preprocess: str = "per_batch"
 
     @classmethod
     def from_train(cls, cfg: Any) -> SFTSettings:
@@ -77,7 +82,8 @@ class SFTSettings:
                    max_length=cfg.max_length, bf16=cfg.bf16,
                    gradient_checkpointing=cfg.gradient_checkpointing,
                    dataloader_workers=cfg.dataloader_workers, seed=cfg.seed,
-                   cache_vision_features=cfg.cache_vision_features, packing=cfg.packing)
+                   cache_vision_features=cfg.cache_vision_features, packing=cfg.packing,
+                   preprocess=cfg.preprocess)
 
 
 # --------------------------------------------------------------------------- data
@@ -124,21 +130,33 @@ def mix_general(safety: Sequence[Row], general: Sequence[Row], ratio: float,
     return mix
 
 
-def build_dataset(rows: Sequence[Row], collator: ChatCollator, image_size: int) -> Any:
-    """A ``datasets.Dataset`` of ``{record (JSON), root, length}`` for the Trainer.
+def build_dataset(rows: Sequence[Row], collator: ChatCollator, image_size: int, *,
+                  preprocess: str = "per_batch", cache_dir: Path | None = None,
+                  progress: bool = False) -> Any:
+    """A ``datasets.Dataset`` for the Trainer: ``{record (JSON), root, length}`` rows that
+    the collator turns into tensors per batch, or (``preprocess="once"``) the samples'
+    tensors themselves, computed once and cached under ``cache_dir``
+    (:mod:`.preprocess`).
 
-    ``length`` (text tokens + image expansion) drives length-grouped batching; computing it
-    also fills the collator's per-record text cache, so epochs only load images and pad.
+    ``length`` (text tokens + image expansion) drives length-grouped batching, the same
+    estimate either way (so the sampler draws the same batches); computing it also fills
+    the collator's per-record text cache.
     """
     from datasets import Dataset
 
     if not rows:
         raise ValueError("no training records")
     per_image = tokens_per_image(collator.processor, image_size)
+    lengths = [collator.estimate_length(r.record, r.root, per_image) for r in rows]
+    if preprocess == "once":
+        from mirage_safety.training import preprocess as P
+
+        return P.build(rows, collator, lengths, cache_dir=cache_dir or PREPROCESS_CACHE,
+                       progress=progress)
     return Dataset.from_dict({
         "record": [json.dumps(r.record, ensure_ascii=False) for r in rows],
         "root": [str(r.root) for r in rows],
-        "length": [collator.estimate_length(r.record, r.root, per_image) for r in rows],
+        "length": lengths,
     })
 
 
@@ -376,7 +394,8 @@ def run_sft(model: Any, processor: Any, rows: Sequence[Row], settings: SFTSettin
             fingerprint: dict[str, Any] | None = None, report_to: Sequence[str] = (),
             callbacks: Sequence[Any] = (), run_name: str | None = None,
             on_trainer: Callable[[Any], None] | None = None,
-            progress: bool | None = None) -> tuple[Any, SFTResult]:
+            progress: bool | None = None,
+            preprocess_cache: Path | None = None) -> tuple[Any, SFTResult]:
     """Train ``model`` on ``rows`` with the Trainer; resume from ``checkpoint_dir`` if valid.
 
     ``fingerprint`` identifies what is trained (params, data, base); checkpoints made under
@@ -398,16 +417,22 @@ def run_sft(model: Any, processor: Any, rows: Sequence[Row], settings: SFTSettin
         ckpt.mkdir(parents=True, exist_ok=True)
         write_json_atomic(ckpt / FINGERPRINT_FILE, fp)
 
-    collator = ChatCollator(processor, max_length=settings.max_length,
-                            pad_to_multiple_of=8 if torch.cuda.is_available() else None)
-    dataset = build_dataset(rows, collator, image_size)
+    pad_to = 8 if torch.cuda.is_available() else None
+    collator = ChatCollator(processor, max_length=settings.max_length, pad_to_multiple_of=pad_to)
+    dataset = build_dataset(rows, collator, image_size, preprocess=settings.preprocess,
+                            cache_dir=preprocess_cache, progress=bool(progress))
     batcher: Any = collator
+    if settings.preprocess == "once":
+        from mirage_safety.training.preprocess import PaddingCollator
+
+        tok = getattr(processor, "tokenizer", processor)
+        batcher = PaddingCollator(tok.pad_token_id, pad_to_multiple_of=pad_to)
     if settings.packing:
         from mirage_safety.models.families import family_of
         from mirage_safety.training.packing import PackedCollator, qwen2_vl_mrope
 
         mrope = qwen2_vl_mrope(model) if family_of(model).positions == "mrope" else None
-        batcher = PackedCollator(collator, mrope=mrope)
+        batcher = PackedCollator(batcher, mrope=mrope)
     text_only = any(not r.record.get("images") for r in rows)
     cuda = torch.cuda.is_available()
     use_bf16 = settings.bf16 and cuda and torch.cuda.is_bf16_supported()

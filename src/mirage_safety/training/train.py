@@ -234,6 +234,8 @@ def _train(cfg: TrainConfig, data_dir: Path, base_dir: Path, out_dir: Path, metr
     }
     trainer, result = run_sft(model, processor, rows, SFTSettings.from_train(cfg),
                               checkpoint_dir, image_size=image_size, fingerprint=fingerprint,
+                              # train.preprocess once: kept beside the checkpoints, reused
+                              preprocess_cache=checkpoint_dir.parent / "preprocessed",
                               report_to=report_to, callbacks=callbacks, run_name="train",
                               progress=progress)
     meta["global_step"] = result.global_step
