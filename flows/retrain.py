@@ -374,6 +374,7 @@ def retrain(
         pools = params.orchestration.pools
         if pools:
             _check_shared_tracking(repo, params)
+            _check_dvc_remote(repo, params)
         tracker = (
             parent_run(repo, params, name=name, tags=run_tags)
             if track
@@ -442,6 +443,24 @@ def _check_shared_tracking(repo: Path, params: Params) -> None:
             f"tracking.tracking_uri is {uri!r}, a store only this machine sees: their MLflow "
             "runs could not nest under the pipeline's parent run. Set tracking.tracking_uri "
             "(or $MLFLOW_TRACKING_URI) to a shared MLflow server (infra/servers/)."
+        )
+
+
+def _check_dvc_remote(repo: Path, params: Params) -> None:
+    """Placed stages exchange bytes through a DVC remote: there must be one."""
+    names = subprocess.run(dvc_cmd("remote", "list"), cwd=repo, capture_output=True,
+                           text=True, check=False).stdout.split()
+    wanted = params.orchestration.remote
+    out = subprocess.run(dvc_cmd("remote", "default"), cwd=repo, capture_output=True,
+                         text=True, check=False)
+    default = out.stdout.strip() if out.returncode == 0 else ""
+    if (wanted and wanted not in names) or (not wanted and not default):
+        have = ", ".join(names[::2]) or "none"
+        missing = f"remote {wanted!r} is not" if wanted else "no default remote is"
+        raise ConfigError(
+            f"orchestration.pools places stages on other pools, which hand off through a DVC "
+            f"remote, but {missing} configured in {repo} (remotes: {have}); see "
+            "infra/dvc-remote.md"
         )
 
 

@@ -527,8 +527,15 @@ def test_prefect_yaml_deployments_load_the_flow() -> None:
 
     raw = yaml.safe_load((REPO / "prefect.yaml").read_text())
     model = PrefectYamlModel.model_validate(raw)
-    by_name = {d.name: d for d in model.deployments}
+    by_name = {d.name: d for d in model.deployments
+               if d.entrypoint == "flows/retrain.py:retrain"}
     assert set(by_name) == {"nightly-retrain", "nightly-retrain-gpu"}
+    # stage deployments: named after their pool, the stage flow (orchestration.pools)
+    stages = [d for d in model.deployments if d.entrypoint == "flows/stage.py:run_stage"]
+    assert stages and all(d.name == d.work_pool.name for d in stages)
+    stage_flow = load_flow_from_entrypoint(f"{REPO / 'flows/stage.py'}:run_stage")
+    assert stage_flow.name == "mirage-stage"
+    assert len(by_name) + len(stages) == len(model.deployments)
     for dep in by_name.values():
         assert dep.entrypoint == "flows/retrain.py:retrain"
         assert [s.cron for s in dep.schedules] == [NIGHTLY_CRON]

@@ -246,6 +246,11 @@ def test_compose_stack_wires_databases_object_store_and_gpu_worker() -> None:
         for d in yaml.safe_load((REPO / "prefect.yaml").read_text())["deployments"]
     }
     assert "--pool mirage-gpu" in worker_cmd and "mirage-gpu" in pools
+    # the CPU pool: the retrain flow and unplaced stages, its own clone, no GPU
+    cpu = services["prefect-worker-cpu"]
+    assert "--pool mirage-cpu" in " ".join(cpu["command"]) and "deploy" not in cpu
+    assert cpu["volumes"][0].split(":")[0] != worker["volumes"][0].split(":")[0]
+    assert cpu["environment"]["MLFLOW_TRACKING_URI"] == "http://mlflow:5000"
     # UIs and APIs published on loopback only
     for svc in services.values():
         for mapping in svc.get("ports", []):

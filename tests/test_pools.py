@@ -204,6 +204,12 @@ def test_train_on_a_second_pool_through_the_dvc_remote(prefect_api: str, tmp_pat
                           if o["path"] == "models/mirage")
         assert mirage_md5 in text
 
+        # one pipeline per repo and branch on any machine: a server-side limit of 1, free now
+        with get_client(sync_client=True) as pc:
+            limits = [lim for lim in pc.read_global_concurrency_limits()
+                      if lim.name.startswith("mirage-pipeline-")]
+        assert len(limits) == 1 and limits[0].limit == 1 and limits[0].active_slots == 0
+
         # --- 2: a commit that retrains; the gpu worker dies in the middle of train
         params["train"]["seed"] = 7
         (cpu / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
@@ -242,3 +248,37 @@ def test_train_on_a_second_pool_through_the_dvc_remote(prefect_api: str, tmp_pat
         for proc in workers:
             _kill_tree(proc)
         _kill_tree(mlflow_proc)
+
+
+def test_placement_needs_a_shared_tracking_server_and_known_stages(tmp_path: Path,
+                                                                   monkeypatch) -> None:
+    from flows.retrain import _check_dvc_remote, _check_shared_tracking
+
+    from mirage_safety.config import ConfigError, parse_params
+    from mirage_safety.orchestration import handoff
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    params = parse_params({"orchestration": {"pools": {"train": "gpu"}}})
+    with pytest.raises(ConfigError, match=r"train -> gpu.*sqlite:///.*shared MLflow server"):
+        _check_shared_tracking(tmp_path, params)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://mlflow:5000")
+    _check_shared_tracking(tmp_path, params)  # a server: fine
+    # ... and a DVC remote to hand off through
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    run(["git", "init", "-q"], repo)
+    run([str(BIN / "dvc"), "init", "-q"], repo)
+    with pytest.raises(ConfigError, match="no default remote is configured"):
+        _check_dvc_remote(repo, params)
+    run([str(BIN / "dvc"), "remote", "add", "-d", "store", str(tmp_path / "store")], repo)
+    _check_dvc_remote(repo, params)
+    named = parse_params({"orchestration": {"pools": {"train": "gpu"}, "remote": "s3"}})
+    with pytest.raises(ConfigError, match="remote 's3' is not configured"):
+        _check_dvc_remote(repo, named)
+    with pytest.raises(ConfigError, match=r"orchestration\.pools: unknown stage\(s\) \['trian'\]"):
+        parse_params({"orchestration": {"pools": {"trian": "gpu"}}})
+    # what a placed stage pulls: the outs of other stages it depends on, nothing else
+    assert handoff.inputs(REPO, "train") == ["models/base", "data/curated/train.json",
+                                             "data/mis/images", "data/general"]
+    assert handoff.inputs(REPO, "generate") == []
+    assert "metrics/eval.json" in handoff.inputs(REPO, "register")

@@ -119,11 +119,12 @@ def test_mirage_serve_a_registered_model(tmp_path, tmp_path_factory):
                              "models:/mirage@champion", "--device", "cpu"], cwd=tmp_path,
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
-        line, deadline = "", time.monotonic() + 240
+        line, deadline, seen = "", time.monotonic() + 240, []
         while "serving" not in line:
             line = proc.stdout.readline()
-            assert line or proc.poll() is None, "mirage serve exited"
-            assert time.monotonic() < deadline
+            seen.append(line)
+            assert line or proc.poll() is None, "mirage serve exited:\n" + "".join(seen)[-3000:]
+            assert time.monotonic() < deadline, "".join(seen)[-3000:]
         url = line.split(" at ")[1].strip()
         served_id = proc.stdout.readline().split("mirage: ")[1].split("}")[0].strip()
         img = next((model_dir.parent).rglob("*.png"), None)

@@ -133,12 +133,23 @@ def stop(proc: subprocess.Popen[Any], timeout_s: float = 20.0) -> None:
 
 def _cli(args: argparse.Namespace) -> int:
     model_dir = servable_dir(args.model)
-    port = args.port or free_port(args.host)
-    log = CACHE / f"serve-{port}.log"
-    log.parent.mkdir(parents=True, exist_ok=True)
-    proc = start(model_dir, host=args.host, port=port, device=args.device, log=log,
-                 timeout_s=args.timeout,
-                 extra=("--continuous-batching",) if args.continuous_batching else ())
+    # a free port can be taken by another process before the server binds it: with an
+    # automatic port, a server that exits at once is started again on another
+    for attempt in range(3 if not args.port else 1):
+        port = args.port or free_port(args.host)
+        log = CACHE / f"serve-{port}.log"
+        log.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            proc = start(model_dir, host=args.host, port=port, device=args.device, log=log,
+                         timeout_s=args.timeout,
+                         extra=("--continuous-batching",) if args.continuous_batching else ())
+            break
+        except RuntimeError as exc:
+            tail = log.read_text(errors="replace")[-1500:] if log.is_file() else ""
+            if args.port or attempt == 2 or "exited" not in str(exc):
+                raise RuntimeError(f"{exc}\n{tail}") from None
+            print(f"transformers serve on port {port} exited; trying another port",
+                  file=sys.stderr, flush=True)
     url = f"http://{args.host}:{port}/v1"
     print(f"serving {args.model} at {url}", flush=True)
     print(f"  eval.server: {{base_url: {url}, models: {{mirage: {model_dir}}}}}", flush=True)

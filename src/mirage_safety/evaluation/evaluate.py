@@ -213,8 +213,12 @@ def evaluate(params: Params, *, data_dir: Path = Path("data"),
     if benches or skipped:
         result["benchmarks"] = {
             **{b.name: {**bench_metrics[b.name],
+                        # where from, as configured (not the resolved path: the metrics
+                        # must not depend on where the checkout is)
                         "info": {"benchmark": b.protocol.name, "n": len(b.samples),
-                                 "root": str(b.root)}} for b in benches},
+                                 "source": b.cfg.local_dir
+                                 or f"hf://datasets/{b.cfg.hub_id}@{b.cfg.revision or 'main'}"}}
+                 for b in benches},
             **{n: {"info": {"skipped": why}} for n, why in skipped.items()}}
         write_jsonl_atomic(out_dir / "benchmark_verdicts.jsonl", bench_rows)
     write_json_atomic(metrics_path, result)
