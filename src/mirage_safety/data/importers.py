@@ -91,7 +91,7 @@ import os
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Any
 
 from tqdm.auto import tqdm
@@ -106,6 +106,8 @@ from mirage_safety.data.schema import (
     SUB_TO_CATEGORY,
     UNKNOWN_CATEGORY,
     Validator,
+    clean_path,
+    join_path,
     normalise_conversation,
 )
 
@@ -235,25 +237,6 @@ def _pick(rec: dict[str, Any], names: Sequence[str]) -> tuple[str | None, Any]:
         if name in rec:
             return name, rec[name]
     return None, None
-
-
-def _is_absolute(value: str) -> bool:
-    return value.startswith(("/", "\\")) or re.match(r"^[A-Za-z]:", value) is not None
-
-
-def _join(base: str, value: Any) -> Any:
-    """A path from a data file in ``base`` (relative to root) -> relative to root.
-
-    Absolute paths are left alone so the Validator reports them as escaping the root.
-    """
-    if not base or not isinstance(value, str) or not value or _is_absolute(value):
-        return value
-    return f"{base}/{value}"
-
-
-def _clean(value: str) -> str:
-    """POSIX form without ``./`` parts (only called on already validated paths)."""
-    return PurePosixPath(value.replace("\\", "/")).as_posix()
 
 
 def _jsonable(value: Any) -> bool:
@@ -464,7 +447,7 @@ def _mis_train_record(raw: Any, idx: int, base: str, table: dict[str, str]) -> A
         images = []
     elif isinstance(images, str):
         images = [images]
-    out["images"] = [_join(base, p) for p in images] if isinstance(images, list) else images
+    out["images"] = [join_path(base, p) for p in images] if isinstance(images, list) else images
     _canonicalise_category(out, table)  # may derive the category from a sub-category
     cat = out.get("category")
     if cat is None or (isinstance(cat, str) and not cat.strip()):
@@ -483,7 +466,7 @@ def _mis_test_record(raw: Any, idx: int, split: str, base: str,
         out["source_id"] = source_id
     for fld in ("image_path1", "image_path2"):
         if fld in out:
-            out[fld] = _join(base, out[fld])
+            out[fld] = join_path(base, out[fld])
     _canonicalise_category(out, table)
     return out
 
@@ -562,11 +545,11 @@ def load_mis(cfg: HubDataConfig, *, progress: bool = True,
 
     v.raise_if_any(max_errors, hint=_zip_hint(root, v))
     for rec in train:
-        rec["images"] = [_clean(p) for p in rec["images"]]
+        rec["images"] = [clean_path(p) for p in rec["images"]]
     for recs in tests.values():
         for rec in recs:
-            rec["image_path1"] = _clean(rec["image_path1"])
-            rec["image_path2"] = _clean(rec["image_path2"])
+            rec["image_path1"] = clean_path(rec["image_path1"])
+            rec["image_path2"] = clean_path(rec["image_path2"])
     log.info("MIS from %s: %d train, %s", origin, len(train),
              ", ".join(f"{s} {len(r)}" for s, r in tests.items()))
     return ImportedDataset(root=root, train=train, tests=tests, source="mis", origin=origin,
@@ -618,7 +601,7 @@ def _check_images(v: Validator, file: str, rid: str, fld: str | None, images: li
             v.add(file, rid, where, "embedded image bytes are not supported; export the "
                   "images to files and reference them by path")
             continue
-        path = _join(base, img)
+        path = join_path(base, img)
         v.check_path(file, rid, where, path)
         out.append(path)
     return out
@@ -678,7 +661,7 @@ def _msr_record(raw: Any, idx: int, file: str, base: str, v: Validator,
         if not images:
             v.add(file, rid, img_fld or "images", "missing image: an MSR-Align sample needs at "
                   f"least one image (accepted fields: {', '.join(IMAGE_FIELDS)})")
-        out["images"] = [_join(base, p) if not isinstance(p, dict) else p for p in images]
+        out["images"] = [join_path(base, p) if not isinstance(p, dict) else p for p in images]
         # the Validator checks id, turns, placeholders and images like any chat record
         v.train_records(file, [out], require_category=False)
     else:
@@ -752,7 +735,7 @@ def load_msr_align(cfg: HubDataConfig, *, progress: bool = True,
                                                                   if dropped else ""))
     v.raise_if_any(max_errors, hint=_zip_hint(root, v))
     for rec in train:
-        rec["images"] = [_clean(p) for p in rec["images"]]
+        rec["images"] = [clean_path(p) for p in rec["images"]]
     log.info("MSR-Align from %s: %d train records", origin, len(train))
     return ImportedDataset(root=root, train=train, tests={}, source="msr_align",
                            origin=origin, files={"train": file})

@@ -77,6 +77,25 @@ HUMAN_ROLES = ("human", "user")
 ASSISTANT_ROLES = ("gpt", "assistant")
 
 
+def is_absolute_path(value: str) -> bool:
+    """POSIX- or Windows-absolute (``/x``, ``\\x``, ``C:x``)."""
+    return value.startswith(("/", "\\")) or re.match(r"^[A-Za-z]:", value) is not None
+
+
+def join_path(base: str, value: Any) -> Any:
+    """A path from a data file in ``base`` (relative to the root) -> relative to the root.
+
+    Anything but a relative text path is left alone, so the Validator reports it."""
+    if not base or not isinstance(value, str) or not value or is_absolute_path(value):
+        return value
+    return f"{base}/{value}"
+
+
+def clean_path(value: str) -> str:
+    """POSIX form without ``./`` parts (only called on already validated paths)."""
+    return PurePosixPath(value.replace("\\", "/")).as_posix()
+
+
 @dataclass(frozen=True)
 class Problem:
     """One offending field of one record."""

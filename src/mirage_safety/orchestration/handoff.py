@@ -5,8 +5,8 @@ Bytes move only through the DVC remote, and DVC verifies them by hash:
 
 1. The orchestrating run pushes the outs of the stages before it (:func:`push`).
 2. The worker's checkout is set to the same commit with the run's ``params.yaml`` and
-   ``dvc.lock``. It pulls what the stage depends on (``dvc pull --with-deps
-   --allow-missing``), reproduces the stage alone, and pushes its outs.
+   ``dvc.lock``. It pulls what the stage depends on (:func:`pull_inputs`), reproduces the
+   stage alone, and pushes its outs.
 3. The worker returns its new ``dvc.lock`` entry and the stage's small ``cache: false``
    files (metrics, plots: in git, not in the DVC cache).
 4. Back in the orchestrating checkout the entry is merged into ``dvc.lock``
@@ -54,12 +54,10 @@ def push(repo: Path, stages: Sequence[str], *, remote: str | None = None,
     return dvc(repo, "push", *_remote_args(remote), *stages, env=env)
 
 
-def pull(repo: Path, stage: str, *, with_deps: bool = False, remote: str | None = None,
+def pull(repo: Path, stage: str, *, remote: str | None = None,
          env: Mapping[str, str] | None = None) -> str:
-    """Pull ``stage``'s outs (and, ``with_deps``, its upstream stages' outs); outs not in
-    the remote yet (not produced) are allowed to be missing."""
-    extra = ["--with-deps"] if with_deps else []
-    return dvc(repo, "pull", "--allow-missing", *extra, *_remote_args(remote), stage, env=env)
+    """Pull ``stage``'s outs (the orchestrating checkout, after the worker pushed them)."""
+    return dvc(repo, "pull", "--allow-missing", *_remote_args(remote), stage, env=env)
 
 
 def _dvc_yaml(repo: Path) -> dict[str, Any]:

@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 from mirage_safety.data.schema import DataValidationError, Problem, Validator
@@ -63,6 +63,26 @@ def _rel(path: Path, root: Path) -> str:
         return str(path)
 
 
+def image_under(v: Validator, file: str, rid: str, field: str, prefix: str,
+                value: Any) -> str | None:
+    """``prefix + value``, for a layout that names an image file relative to a folder
+    (``data/images/`` + ``S-01.png``), checked by ``v``; None when a problem was recorded.
+    ``value`` itself may not climb out of its folder (``../x`` would land elsewhere under
+    the root, so the root check alone would not catch it)."""
+    from mirage_safety.data.schema import is_absolute_path
+
+    n = len(v.problems)
+    if not prefix or not isinstance(value, str) or not value.strip():
+        v.check_path(file, rid, field, value)
+        return value if len(v.problems) == n else None
+    pure = PurePosixPath(value.replace("\\", "/"))
+    if pure.is_absolute() or ".." in pure.parts or is_absolute_path(value):
+        v.add(file, rid, field, f"path {value!r} escapes the dataset root")
+        return None
+    v.check_path(file, rid, field, prefix + value)
+    return prefix + value if len(v.problems) == n else None
+
+
 def validate(root: Path, build: Callable[[Validator], list[BenchSample]], *,
              name: str, check_images: bool = True) -> list[BenchSample]:
     """Run an adapter's ``build(validator)`` and raise every problem it recorded.
@@ -85,5 +105,5 @@ def validate(root: Path, build: Callable[[Validator], list[BenchSample]], *,
     return samples
 
 
-__all__ = ["BenchSample", "DataValidationError", "Problem", "Validator", "read_layout_json",
-           "validate"]
+__all__ = ["BenchSample", "DataValidationError", "Problem", "Validator", "image_under",
+           "read_layout_json", "validate"]

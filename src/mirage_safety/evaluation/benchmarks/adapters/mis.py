@@ -28,7 +28,8 @@ from __future__ import annotations
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from mirage_safety.data.importers import MIS_TEST_DIRS, MIS_TEST_FILES, _join
+from mirage_safety.data.importers import MIS_TEST_DIRS, MIS_TEST_FILES
+from mirage_safety.data.schema import clean_path, join_path
 from mirage_safety.evaluation.benchmarks.sample import (
     BenchSample,
     Validator,
@@ -42,10 +43,6 @@ FILES: dict[str, tuple[str, ...]] = {k.removeprefix("test_"): v
                                      for k, v in MIS_TEST_FILES.items()}
 DIRS = MIS_TEST_DIRS
 IMAGE_FIELDS = ("image_path1", "image_path2")
-
-
-def _clean(path: str) -> str:
-    return PurePosixPath(path.replace("\\", "/")).as_posix()
 
 
 def _find(root: Path, names: tuple[str, ...]) -> str | None:
@@ -111,12 +108,12 @@ def _sample(v: Validator, file: str, base: str, subset: str, idx: int,
     sub_category = v.check_text(file, where, rec, "sub_category")
     paths = []
     for fld in IMAGE_FIELDS:
-        path = _join(base, rec.get(fld))
+        path = join_path(base, rec.get(fld))
         v.check_path(file, where, fld, path)
         paths.append(path)
     if len(v.problems) != n_problems or question is None:
         return None
     return BenchSample(
         id=f"{subset}/{rid}", subset=subset, question=question,
-        images=tuple(_clean(p) for p in paths),
+        images=tuple(clean_path(p) for p in paths),
         meta={"category": category, "sub_category": sub_category, "harmful": True})

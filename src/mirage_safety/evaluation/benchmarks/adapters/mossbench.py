@@ -32,10 +32,10 @@ a copy without ``data_contrast/`` yields the benign subset only (with a warning)
 from __future__ import annotations
 
 import logging
-import re
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Any
 
+from mirage_safety.data.schema import clean_path, join_path
 from mirage_safety.evaluation.benchmarks.sample import (
     BenchSample,
     Validator,
@@ -53,19 +53,6 @@ SETS: tuple[tuple[str, str, bool], ...] = (
 )
 INFO_FILE = "images_information/information.json"
 OVER_TYPES = ("type 1", "type 2", "type 3")
-
-
-def _join(base: str, value: Any) -> Any:
-    """``base/value`` for a relative path; anything else unchanged (the Validator reports
-    absolute or non-text paths)."""
-    if (not isinstance(value, str) or not value or value.startswith(("/", "\\"))
-            or re.match(r"^[A-Za-z]:", value)):
-        return value
-    return f"{base}/{value}" if base else value
-
-
-def _clean(path: str) -> str:
-    return PurePosixPath(path.replace("\\", "/")).as_posix()
 
 
 def load(root: Path, *, check_images: bool = True) -> list[BenchSample]:
@@ -107,7 +94,7 @@ def _sample(v: Validator, file: str, folder: str, subset: str, harmful: bool, ke
     elif str(pid) != key:
         v.add(file, key, "pid", f"pid {pid!r} differs from its key {key!r}")
     question = v.check_text(file, key, rec, "question")
-    path = _join(folder, rec.get("image"))
+    path = join_path(folder, rec.get("image"))
     v.check_path(file, key, "image", path)
     for fld in ("description", "short description"):
         if rec.get(fld) is not None and not isinstance(rec[fld], str):
@@ -128,7 +115,7 @@ def _sample(v: Validator, file: str, folder: str, subset: str, harmful: bool, ke
     if len(v.problems) != n_problems or question is None or not isinstance(path, str):
         return None
     return BenchSample(
-        id=f"{subset}/{key}", subset=subset, question=question, images=(_clean(path),),
+        id=f"{subset}/{key}", subset=subset, question=question, images=(clean_path(path),),
         meta={"pid": key, "over_type": over, "harmful": harmful,
               "description": rec.get("description"),
               "short_description": rec.get("short description"), "harm": harm})

@@ -21,11 +21,16 @@ SIUO pair is safe alone but unsafe to comply with together).
 from __future__ import annotations
 
 import re
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Any
 
 from mirage_safety.data.schema import Validator
-from mirage_safety.evaluation.benchmarks.sample import BenchSample, read_layout_json, validate
+from mirage_safety.evaluation.benchmarks.sample import (
+    BenchSample,
+    image_under,
+    read_layout_json,
+    validate,
+)
 
 NAME = "siuo"
 FILE = "data/siuo_gen.json"
@@ -67,7 +72,7 @@ def _sample(v: Validator, idx: int, rec: dict[str, Any]) -> BenchSample | None:
     else:
         rid = f"#{idx}"
         v.add(FILE, rid, "question_id", f"must be a non-negative integer, not {qid!r}")
-    image = _image(v, rid, rec.get("image"))
+    image = image_under(v, FILE, rid, "image", f"{IMAGE_DIR}/", rec.get("image"))
     texts = {fld: v.check_text(FILE, rid, rec, fld) for fld in TEXT_FIELDS}
     if rid.startswith("#") or image is None or any(t is None for t in texts.values()):
         return None
@@ -77,16 +82,3 @@ def _sample(v: Validator, idx: int, rec: dict[str, Any]) -> BenchSample | None:
               "reference_answer": texts["reference_answer"], "harmful": True})
 
 
-def _image(v: Validator, rid: str, value: Any) -> str | None:
-    """``data/images/<value>`` checked by the validator, or None (problem recorded)."""
-    if not isinstance(value, str) or not value.strip():
-        v.add(FILE, rid, "image", "missing or empty image path")
-        return None
-    pure = PurePosixPath(value.replace("\\", "/"))
-    if pure.is_absolute() or ".." in pure.parts or re.match(r"^[A-Za-z]:", value):
-        v.add(FILE, rid, "image", f"path {value!r} escapes the dataset root")
-        return None
-    n = len(v.problems)
-    path = f"{IMAGE_DIR}/{value}"
-    v.check_path(FILE, rid, "image", path)
-    return path if len(v.problems) == n else None

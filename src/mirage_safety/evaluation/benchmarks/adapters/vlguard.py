@@ -36,12 +36,16 @@ on 17 of them in the published files, so ``response`` must be a string but may b
 
 from __future__ import annotations
 
-import re
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Any
 
 from mirage_safety.data.schema import Validator
-from mirage_safety.evaluation.benchmarks.sample import BenchSample, read_layout_json, validate
+from mirage_safety.evaluation.benchmarks.sample import (
+    BenchSample,
+    image_under,
+    read_layout_json,
+    validate,
+)
 
 NAME = "vlguard"
 FILE = "test.json"
@@ -79,7 +83,7 @@ def load(root: Path, *, check_images: bool = True) -> list[BenchSample]:
 
 def _samples(v: Validator, rec: dict[str, Any], idx: int, prefix: str) -> list[BenchSample]:
     rid = v.check_id(FILE, rec, idx)
-    image = _image(v, rid, rec.get("image"), prefix)
+    image = image_under(v, FILE, rid, "image", prefix, rec.get("image"))
     safe = rec.get("safe")
     if not isinstance(safe, bool):
         v.add(FILE, rid, "safe", f"must be true or false, not {safe!r}")
@@ -133,15 +137,3 @@ def _text(v: Validator, rid: str, fld: str, value: Any) -> str | None:
     return None
 
 
-def _image(v: Validator, rid: str, value: Any, prefix: str) -> str | None:
-    """``prefix + value`` checked by the validator, or None (problem recorded)."""
-    n = len(v.problems)
-    if not prefix or not isinstance(value, str):
-        v.check_path(FILE, rid, "image", value)
-        return value if len(v.problems) == n else None
-    pure = PurePosixPath(value.replace("\\", "/"))
-    if pure.is_absolute() or ".." in pure.parts or re.match(r"^[A-Za-z]:", value):
-        v.add(FILE, rid, "image", f"path {value!r} escapes the dataset root")
-        return None
-    v.check_path(FILE, rid, "image", prefix + value)
-    return prefix + value if len(v.problems) == n else None

@@ -23,10 +23,10 @@ One sample per record, id ``str(instruction_id)``, subset ``all``; every sample 
 
 from __future__ import annotations
 
-import re
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from mirage_safety.data.schema import clean_path, join_path
 from mirage_safety.evaluation.benchmarks.sample import (
     BenchSample,
     Validator,
@@ -39,19 +39,6 @@ NAME = "vlsbench"
 FILES = ("data.json", "data/data.json")
 SUBSET = "all"
 OPTIONAL_TEXT = ("source", "image_description", "safety_reason")
-
-
-def _join(base: str, value: Any) -> Any:
-    """``base/value`` for a relative path; anything else unchanged (the Validator reports
-    absolute or non-text paths)."""
-    if (not isinstance(value, str) or not value or value.startswith(("/", "\\"))
-            or re.match(r"^[A-Za-z]:", value)):
-        return value
-    return f"{base}/{value}" if base else value
-
-
-def _clean(path: str) -> str:
-    return PurePosixPath(path.replace("\\", "/")).as_posix()
 
 
 def load(root: Path, *, check_images: bool = True) -> list[BenchSample]:
@@ -103,7 +90,7 @@ def _sample(v: Validator, file: str, base: str, idx: int, rec: Any) -> BenchSamp
         v.add(file, where, "instruction", "missing or not text")
     category = v.check_text(file, where, rec, "category")
     sub_category = v.check_text(file, where, rec, "sub_category")
-    path = _join(base, rec.get("image_path"))
+    path = join_path(base, rec.get("image_path"))
     v.check_path(file, where, "image_path", path)
     for fld in OPTIONAL_TEXT:
         if rec.get(fld) is not None and not isinstance(rec[fld], str):
@@ -112,7 +99,7 @@ def _sample(v: Validator, file: str, base: str, idx: int, rec: Any) -> BenchSamp
             or not isinstance(path, str)):
         return None
     return BenchSample(
-        id=rid, subset=SUBSET, question=instruction, images=(_clean(path),),
+        id=rid, subset=SUBSET, question=instruction, images=(clean_path(path),),
         meta={"category": category, "sub_category": sub_category,
               "source": rec.get("source"), "image_description": rec.get("image_description"),
               "safety_reason": rec.get("safety_reason"), "harmful": True})
