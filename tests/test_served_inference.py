@@ -99,14 +99,27 @@ def test_served_answers_equal_in_process_ones_and_a_killed_server_heals(tmp_path
     assert healed["mirage"] == hf["mirage"]
 
 
-def test_mirage_serve_a_registered_model(tmp_path, tmp_path_factory):
+def test_mirage_serve_a_registered_model(tmp_path, tmp_path_factory, monkeypatch):
     """``mirage serve models:/mirage@champion``: downloads the version, serves it, prints
     the URL; the openai client gets an answer for a two-image query."""
     import openai
 
     from mirage_safety.registry.pyfunc_model import encode_image
     from mirage_safety.registry.register import register
-    from registry_fixtures import eval_json, fresh_store, make_params, tiny_model_dir
+    from registry_fixtures import (
+        clean_env,
+        eval_json,
+        fresh_store,
+        make_params,
+        reset_mlflow,
+        tiny_model_dir,
+    )
+
+    # another test of this worker may have left a tracking / registry URI behind (in the
+    # environment or in mlflow's globals): the version would then be registered in a store
+    # the `mirage serve` subprocess never sees ("Registered Model ... not found", seen once)
+    clean_env(monkeypatch)
+    reset_mlflow()
 
     store = fresh_store(tmp_path_factory, tmp_path / "mlflow.db")
     model_dir = tiny_model_dir(tmp_path_factory)
