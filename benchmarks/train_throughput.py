@@ -46,6 +46,7 @@ the large model).  Takes ~1-2 minutes on 2 cores (embedded).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import dataclasses
 import os
@@ -88,6 +89,14 @@ MODELS = {
     # same architecture, ~40M parameters: matmuls dominate the step
     "large": BuiltinModelConfig(text_hidden=512, text_layers=8, text_heads=8,
                                 intermediate_size=2048, vision_hidden=128, vision_layers=2),
+}
+
+#: ``--variants``: mirage with these SFTSettings changed (train.* options of the same name)
+VARIANTS: dict[str, dict[str, Any]] = {
+    "once": {"preprocess": "once"},
+    "packed": {"packing": True},
+    "labelled": {"labelled_logits": True},
+    "all": {"preprocess": "once", "packing": True, "labelled_logits": True},
 }
 
 
@@ -228,15 +237,22 @@ class ShapeRecorder:
                                  if torch.is_tensor(v)}
 
 
-def counted_flops(model: Any, recorder: ShapeRecorder) -> tuple[float, float]:
-    """(executed, useful) training FLOPs of everything the recorder saw (fwd + bwd)."""
+def counted_flops(model: Any, recorder: ShapeRecorder, *,
+                  varlen: bool = False) -> tuple[float, float]:
+    """(executed, useful) training FLOPs of everything the recorder saw (fwd + bwd).
+    ``varlen``: replayed with the per-sample attention packed runs trained with, so the
+    count is what ran, not transformers' block-diagonal mask over the whole row."""
     from torch.utils.flop_counter import FlopCounterMode
+
+    from mirage_safety.training.packing import use_varlen_attention
 
     executed = useful = 0.0
     model.train()
     for key, n in recorder.counts.items():
         batch = recorder.samples[key]
-        with FlopCounterMode(display=False) as counter:
+        with FlopCounterMode(display=False) as counter, contextlib.ExitStack() as stack:
+            if varlen:
+                stack.enter_context(use_varlen_attention(model))
             model(**batch).loss.backward()
         model.zero_grad(set_to_none=True)
         per_batch = float(counter.get_total_flops())
@@ -270,7 +286,8 @@ def build_world(tmp: Path, n_safety: int, ratio: float) -> tuple[list[Any], int]
     return mix_general(safety, general, ratio, seed=1234), len(general)
 
 
-def measure(name: str, fn: Any, model: Any, settings: SFTSettings) -> dict[str, Any]:
+def measure(name: str, fn: Any, model: Any, settings: SFTSettings, *,
+            varlen: bool = False) -> dict[str, Any]:
     recorder = ShapeRecorder()
     steps = StepTimes()
     handle = model.register_forward_pre_hook(recorder, with_kwargs=True)
@@ -279,7 +296,7 @@ def measure(name: str, fn: Any, model: Any, settings: SFTSettings) -> dict[str, 
     finally:
         handle.remove()
     # the timing window skips step 1: scale the counted FLOPs to the window's steps
-    executed, useful = counted_flops(model, recorder)
+    executed, useful = counted_flops(model, recorder, varlen=varlen)
     total_steps = sum(recorder.counts.values())
     scale = tp.steps / total_steps
     out = {
@@ -314,11 +331,9 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=1,
                     help="alternate the two runs this many times; the median is reported")
     ap.add_argument("--model", choices=sorted(MODELS), default="embedded")
-    ap.add_argument("--packed", action="store_true",
-                    help="also time mirage with train.packing (padding-free packed rows)")
-    ap.add_argument("--preprocessed", action="store_true",
-                    help="also time mirage with train.preprocess once (samples' tensors "
-                         "computed before step 1, batches only padded)")
+    ap.add_argument("--variants", nargs="*", default=[], choices=sorted(VARIANTS),
+                    help="also time mirage with these train options: " + "; ".join(
+                        f"{k}: {v}" for k, v in VARIANTS.items()))
     ap.add_argument("--skip", nargs="*", default=[], choices=["reference", "trl", "sfttrainer"],
                     help="contenders to leave out (the max-length reference is slow on the "
                          "large model)")
@@ -351,10 +366,7 @@ def main() -> None:
         except ImportError:
             print("trl not installed: no TRL runs")
         names = [n for n in names if n not in args.skip]
-        if args.packed:
-            names.insert(1, "mirage_packed")
-        if args.preprocessed:
-            names.insert(1, "mirage_once")
+        names[1:1] = [f"mirage_{v}" for v in args.variants]
         results: dict[str, list[dict[str, Any]]] = {n: [] for n in names}
         # an untimed pass first: the first run in a process pays oneDNN's per-shape primitive
         # creation for every batch shape (all contenders see the same shapes), which made
@@ -368,12 +380,11 @@ def main() -> None:
 
             freeze_vision_tower(model)
             ckpt = tmp / f"ckpt-{name}-{rep}"
+            options = VARIANTS.get(name.removeprefix("mirage_"), {})
             if name.startswith("mirage"):
                 def fn(steps: StepTimes, model: Any = model, ckpt: Path = ckpt,
-                       packed: bool = name == "mirage_packed",
-                       once: bool = name == "mirage_once") -> ThroughputCallback:
-                    run = dataclasses.replace(settings, packing=packed,
-                                              preprocess="once" if once else "per_batch")
+                       options: dict[str, Any] = options) -> ThroughputCallback:
+                    run = dataclasses.replace(settings, **options)
                     # a fresh preprocessing cache per run: its build is in time-to-first-step
                     trainer, _ = run_sft(model, processor, rows, run, ckpt,
                                          image_size=IMAGE_SIZE, progress=False,
@@ -392,7 +403,7 @@ def main() -> None:
                     return run_reference(model, processor, rows, settings, ckpt, trl=trl,
                                          callbacks=(steps,))
             result = measure(f"{name} (warm-up)" if rep == "warmup" else name, fn, model,
-                             settings)
+                             settings, varlen=bool(options.get("packing")))
             if rep != "warmup":
                 results[name].append(result)
     finally:
@@ -435,23 +446,28 @@ def main() -> None:
         report["ratio_vs_sfttrainer"] = median("mirage", key) / median("sfttrainer", key)
         report["sfttrainer_useful_fraction_of_peak"] = (median("sfttrainer", "useful_flop_per_s")
                                                         / peak)
-    if "mirage_packed" in results:
-        report["packed_vs_padded"] = median("mirage_packed", key) / median("mirage", key)
-    if "mirage_once" in results:
-        report["once_vs_per_batch"] = median("mirage_once", key) / median("mirage", key)
+    report["useful_fraction_of_peak"] = {n: median(n, "useful_flop_per_s") / peak
+                                         for n in results}
+    for variant in args.variants:
+        name = f"mirage_{variant}"
+        report[f"{variant}_vs_mirage"] = median(name, key) / median("mirage", key)
         if "sfttrainer" in results:
-            report["ratio_vs_sfttrainer_once"] = (median("mirage_once", key)
-                                                  / median("sfttrainer", key))
+            report[f"ratio_vs_sfttrainer_{variant}"] = (median(name, key)
+                                                       / median("sfttrainer", key))
     write_json_atomic(out_path, report)
     if "sfttrainer" in results:
         print(f"ratio vs TRL's SFTTrainer: {report['ratio_vs_sfttrainer']:.2f}x")
     if "trl" in results:
         print(f"speed-up vs TRL's VLM collator: {report['speedup_vs_trl_collator']:.2f}x")
-    if "mirage_packed" in results:
-        print(f"packed vs padded rows: {report['packed_vs_padded']:.2f}x")
-    if "mirage_once" in results:
-        print(f"preprocessed once vs per batch: {report['once_vs_per_batch']:.2f}x")
-    print(f"speed-up (non-padding tokens/s): {speedup:.2f}x; mirage useful FLOP/s = "
+    for variant in args.variants:
+        line = f"mirage_{variant} vs mirage: {report[f'{variant}_vs_mirage']:.2f}x"
+        if "sfttrainer" in results:
+            line += f", vs SFTTrainer {report[f'ratio_vs_sfttrainer_{variant}']:.2f}x"
+        print(f"{line}; {100 * report['useful_fraction_of_peak'][f'mirage_{variant}']:.1f}% "
+              "of matmul peak")
+    vs_reference = (f"speed-up vs the padded reference: {speedup:.2f}x; "
+                    if "reference" in results else "")
+    print(f"{vs_reference}mirage useful FLOP/s = "
           f"{100 * report['mirage_useful_fraction_of_peak']:.1f}% of matmul peak; "
           f"-> {out_path}")
 

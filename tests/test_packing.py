@@ -9,7 +9,13 @@ import pytest
 import torch
 
 from mirage_safety.training.collator import IGNORE_INDEX, ChatCollator
-from mirage_safety.training.packing import PackedCollator, qwen2_vl_mrope
+from mirage_safety.training.packing import (
+    VARLEN,
+    PackedCollator,
+    qwen2_vl_mrope,
+    use_varlen_attention,
+    varlen_sdpa,
+)
 from tiny_world import tiny_model, world_data
 
 
@@ -28,12 +34,21 @@ def _loss_and_grads(model, batch):
 
 
 def _check_equal(model, padded, packed):
+    """The packed row gives the padded batch's loss and gradients, both through
+    transformers' block-diagonal mask and through per-sample (varlen) attention."""
     loss_a, grads_a = _loss_and_grads(model, padded)
-    loss_b, grads_b = _loss_and_grads(model, packed)
-    torch.testing.assert_close(loss_b, loss_a, atol=1e-5, rtol=0)
-    assert grads_a.keys() == grads_b.keys() and grads_a
-    for name in grads_a:
-        torch.testing.assert_close(grads_b[name], grads_a[name], atol=1e-5, rtol=1e-4)
+    assert grads_a
+    text = model.config.text_config
+    before = text._attn_implementation
+    with use_varlen_attention(model) as switched:
+        assert switched and text._attn_implementation == VARLEN
+        varlen = _loss_and_grads(model, packed)
+    assert text._attn_implementation == before  # restored: saving / generation untouched
+    for loss_b, grads_b in (_loss_and_grads(model, packed), varlen):  # mask, varlen
+        torch.testing.assert_close(loss_b, loss_a, atol=1e-5, rtol=0)
+        assert grads_a.keys() == grads_b.keys()
+        for name in grads_a:
+            torch.testing.assert_close(grads_b[name], grads_a[name], atol=1e-5, rtol=1e-4)
 
 
 def _records(data, n):
@@ -64,6 +79,30 @@ def test_packed_llava_batch_equals_the_padded_one(tmp_path_factory):
     # without the position resets attention would cross samples: the loss changes
     crossing = {**packed, "position_ids": torch.arange(packed["input_ids"].shape[1])[None]}
     assert abs(float(model(**crossing).loss) - float(model(**padded).loss)) > 1e-4
+    with use_varlen_attention(model):  # varlen reads the samples off the same resets
+        assert abs(float(model(**crossing).loss) - float(model(**padded).loss)) > 1e-4
+        # a right-padded batch: no mask is built for a custom attention, so plain causal
+        # sdpa, exact here because padding only follows the tokens that carry loss
+        torch.testing.assert_close(model(**padded).loss, _loss_and_grads(model, padded)[0])
+
+
+def test_varlen_attention_refuses_what_it_cannot_do():
+    class Causal(torch.nn.Module):
+        is_causal = True
+        sliding_window = 4
+
+    q = torch.randn(1, 2, 6, 8)
+    positions = torch.tensor([[0, 1, 2, 0, 1, 2]])
+    with pytest.raises(ValueError, match="causal_text"):
+        varlen_sdpa(Causal(), q, q, q, None, position_ids=positions)
+    Causal.sliding_window = None
+    with pytest.raises(ValueError, match="position 0"):
+        varlen_sdpa(Causal(), q, q, q, None, position_ids=positions + 1)
+    # two samples of three: each attends only to itself
+    out, _ = varlen_sdpa(Causal(), q, q, q, None, position_ids=positions)
+    alone, _ = varlen_sdpa(Causal(), q[:, :, 3:], q[:, :, 3:], q[:, :, 3:], None,
+                           position_ids=positions[:, :3])
+    torch.testing.assert_close(out[:, 3:], alone)
 
 
 def test_packed_qwen2_vl_batch_with_mrope_equals_the_padded_one(tmp_path_factory):

@@ -428,18 +428,32 @@ def test_training_with_cached_vision_features_reaches_the_same_model(world, tmp_
         torch.testing.assert_close(a[key], b[key], atol=1e-5, rtol=1e-4)
 
 
-def test_packed_training_reaches_the_same_model(world, tmp_path):
+def test_packed_training_reaches_the_same_model(world, tmp_path, monkeypatch):
+    from mirage_safety.training import packing
+
     cfg = {"method": "full", "max_steps": 6, "save_steps": 100}
     padded = _run(world, tmp_path / "padded", _cfg(**cfg))
+    calls = []
+    varlen = packing.varlen_sdpa
+    monkeypatch.setattr(packing, "varlen_sdpa",
+                        lambda *a, **kw: calls.append(1) or varlen(*a, **kw))
+    # packed rows attend sample by sample (mirage_varlen); then also the LM head only at
+    # labelled positions
     packed = _run(world, tmp_path / "packed", _cfg(**cfg, packing=True))
-    assert packed["final_loss"] == pytest.approx(padded["final_loss"], abs=1e-5)
-    # the same non-padding tokens were counted (packed rows carry no attention mask)
-    tokens = [m["tokens_per_s"] * m["train_s"] for m in (padded, packed)]
-    assert tokens[0] > 0 and tokens[1] == pytest.approx(tokens[0], rel=1e-9)
-    a, b = (_state_file(tmp_path / run / "model" / "model.safetensors")
-            for run in ("padded", "packed"))
-    for key in a:
-        torch.testing.assert_close(a[key], b[key], atol=1e-5, rtol=1e-4)
+    both = _run(world, tmp_path / "both", _cfg(**cfg, packing=True, labelled_logits=True))
+    assert calls  # the language model's attention went through it
+    a = _state_file(tmp_path / "padded" / "model" / "model.safetensors")
+    for run, metrics in (("packed", packed), ("both", both)):
+        assert metrics["final_loss"] == pytest.approx(padded["final_loss"], abs=1e-5)
+        # the same non-padding tokens were counted (packed rows carry no attention mask)
+        tokens = [m["tokens_per_s"] * m["train_s"] for m in (padded, metrics)]
+        assert tokens[0] > 0 and tokens[1] == pytest.approx(tokens[0], rel=1e-9)
+        b = _state_file(tmp_path / run / "model" / "model.safetensors")
+        for key in a:
+            torch.testing.assert_close(b[key], a[key], atol=1e-5, rtol=1e-4)
+        # the attention switch was for training only: the saved model loads as it was
+        saved = json.loads((tmp_path / run / "model" / "config.json").read_text())
+        assert "mirage_varlen" not in json.dumps(saved)
 
 
 def test_preprocessed_once_batches_and_training_equal_the_per_batch_ones(world, tmp_path):

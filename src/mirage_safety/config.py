@@ -192,6 +192,9 @@ class TrainConfig(_Model):
     # done once before the first step into a dataset cached under .cache/preprocessed/
     # (the same tensors, so the same training)
     preprocess: Literal["per_batch", "once"] = "per_batch"
+    # apply the LM head and the loss only at positions whose next token carries a label
+    # (same loss; skips the prompt's and images' logits)
+    labelled_logits: bool = False
 
     @model_validator(mode="after")
     def _cache_needs_frozen_tower(self) -> TrainConfig:

@@ -10,6 +10,8 @@ Gemma 3's bidirectional image attention from ``token_type_ids``), and generation
   and which are the projector that stays trainable;
 * the tokens an image becomes, for the collator's masking checks;
 * how positions are laid out (1-D, or Qwen2-VL's 3-row M-RoPE), for packing;
+* whether the language model's attention is plain causal, so packed rows can attend sample
+  by sample on CPU (training/packing.py);
 * whether the frozen vision module's output can be cached (training/vision_cache.py);
 * whether the processor carries a video processor.  Those need torchvision, which CPU
   installs of this project do not have (DESIGN.md section 6), so the processor is then
@@ -45,6 +47,9 @@ class Family:
     # the vision module's output feeds a projector outside it, so a frozen tower's output
     # can be cached per image (training/vision_cache.py); not Qwen2-VL (merger inside)
     cacheable_tower: bool = True
+    # the language model's attention is plain causal (no bidirectional image blocks, no
+    # sliding window), so a packed row can attend sample by sample (packing.varlen_sdpa)
+    causal_text: bool = True
 
 
 LLAVA = Family(
@@ -65,13 +70,13 @@ GEMMA3 = Family(
     "gemma3", ("gemma3",), "Gemma3Processor", "google/gemma-3-4b-it",
     vision_keys=("vision_tower",), projector_keys=("multi_modal_projector",),
     image_tokens=("<image_soft_token>", "<start_of_image>", "<end_of_image>"),
-    token_type_ids=True)
+    token_type_ids=True, causal_text=False)
 GENERIC = Family(
     "generic", (), "AutoProcessor", "",
     # InternVL / Phi remote code: vision_model; its projector: mlp1
     vision_keys=("vision_tower", "visual", "vision_model", "vision_encoder", "image_encoder"),
     projector_keys=("multi_modal_projector", "merger", "mlp1", "projector"),
-    image_tokens=(), cacheable_tower=False)
+    image_tokens=(), cacheable_tower=False, causal_text=False)
 
 FAMILIES: dict[str, Family] = {f.name: f for f in (LLAVA, QWEN2_VL, INTERNVL, GEMMA3)}
 

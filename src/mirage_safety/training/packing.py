@@ -12,6 +12,14 @@ Positions: 1-D for LLaVA / InternVL / Gemma 3; for Qwen2-VL the 3-row M-RoPE ids
 sample (from the model's own ``get_rope_index``) are concatenated and the 1-D text
 positions prepended as a 4th row, the layout ``Qwen2VLModel`` reads packed positions in.
 
+Attention on CPU: transformers' sdpa / eager mask for a packed row is block-diagonal over the
+whole row, so the kernel still computes every cross-sample score and masks it -- cost grows
+with the square of the row length (measured 0.59x the padded batches on the embedded
+model).  :func:`use_varlen_attention` registers ``mirage_varlen`` through transformers'
+``AttentionInterface`` instead: one causal sdpa call per sample, the samples found from the
+position resets, the way flash-attention's varlen kernel reads them on GPUs.  Being a
+custom implementation, transformers builds no mask for it at all.
+
 The loss is the same as unpacked: HF's causal-LM loss shifts labels inside the row, and the
 token that would be predicted across a boundary is a sample's first token, which never
 carries loss (it is template text).  :class:`PackedCollator` checks that.
@@ -19,7 +27,8 @@ carries loss (it is template text).  :class:`PackedCollator` checks that.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 from mirage_safety.training.collator import IGNORE_INDEX, ChatCollator
@@ -95,3 +104,65 @@ def qwen2_vl_mrope(model: Any) -> PositionFn:
         return torch.cat(rows, dim=-1)
 
     return positions
+
+
+VARLEN = "mirage_varlen"
+
+
+def varlen_sdpa(module: Any, query: Any, key: Any, value: Any, attention_mask: Any,
+                dropout: float = 0.0, scaling: float | None = None,
+                is_causal: bool | None = None, **kwargs: Any) -> tuple[Any, None]:
+    """Causal attention of a packed row, one sdpa call per sample (an AttentionInterface
+    function).  Anything else (a vision tower, a padded batch) goes to plain sdpa."""
+    import torch
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    positions = kwargs.get("position_ids")
+    if not getattr(module, "is_causal", False) or positions is None or query.shape[0] != 1:
+        return sdpa_attention_forward(module, query, key, value, attention_mask,
+                                      dropout=dropout, scaling=scaling, is_causal=is_causal,
+                                      **kwargs)
+    if attention_mask is not None or getattr(module, "sliding_window", None):
+        raise ValueError(f"{VARLEN} attention is for plain causal attention over packed rows "
+                         "without an attention mask (models.families: causal_text)")
+    row = positions.reshape(-1, query.shape[2])[0]  # M-RoPE: the text positions row
+    starts = (row == 0).nonzero().flatten().tolist()
+    if not starts or starts[0] != 0:
+        raise ValueError("a packed row must start with position 0")
+    lengths = [b - a for a, b in zip(starts, [*starts[1:], query.shape[2]], strict=True)]
+    # split, not slicing: split's backward is one concatenation, where each slice's
+    # backward would fill a zero tensor of the whole row
+    outs = [sdpa_attention_forward(module, q, k, v, None, dropout=dropout, scaling=scaling,
+                                   is_causal=True)[0]
+            for q, k, v in zip(query.split(lengths, dim=2), key.split(lengths, dim=2),
+                               value.split(lengths, dim=2), strict=True)]
+    return torch.cat(outs, dim=1), None
+
+
+def text_config_key(model: Any) -> str | None:
+    """The sub-config name of the language model (None: the model is text-only)."""
+    config = model.config
+    return next((k for k in getattr(config, "sub_configs", {}) if k == "text_config"), None)
+
+
+@contextmanager
+def use_varlen_attention(model: Any) -> Iterator[bool]:
+    """While inside: the language model attends per sample when it used sdpa or eager
+    (flash-attention already reads packed rows as varlen).  Yields whether it switched;
+    the previous implementation is restored on the way out, so saved models and later
+    generation are untouched."""
+    from transformers import AttentionInterface
+
+    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    key = text_config_key(inner)
+    config = getattr(inner.config, key) if key else inner.config
+    before = config._attn_implementation
+    if before not in ("sdpa", "eager"):
+        yield False
+        return
+    AttentionInterface.register(VARLEN, varlen_sdpa)
+    inner.set_attn_implementation({key: VARLEN} if key else VARLEN)
+    try:
+        yield True
+    finally:
+        inner.set_attn_implementation({key: before} if key else before)

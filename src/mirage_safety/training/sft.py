@@ -15,6 +15,7 @@ The work is done by ``transformers.Trainer``; this module only decides *how*:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -72,6 +73,8 @@ class SFTSettings:
     # per_batch: templating, tokenising and image processing in every batch; once: done
     # once before the first step into a cached dataset (training/preprocess.py)
     preprocess: str = "per_batch"
+    # the LM head and loss only where the next token is labelled (training/labelled_logits.py)
+    labelled_logits: bool = False
 
     @classmethod
     def from_train(cls, cfg: Any) -> SFTSettings:
@@ -83,7 +86,7 @@ class SFTSettings:
                    gradient_checkpointing=cfg.gradient_checkpointing,
                    dataloader_workers=cfg.dataloader_workers, seed=cfg.seed,
                    cache_vision_features=cfg.cache_vision_features, packing=cfg.packing,
-                   preprocess=cfg.preprocess)
+                   preprocess=cfg.preprocess, labelled_logits=cfg.labelled_logits)
 
 
 # --------------------------------------------------------------------------- data
@@ -427,12 +430,19 @@ def run_sft(model: Any, processor: Any, rows: Sequence[Row], settings: SFTSettin
 
         tok = getattr(processor, "tokenizer", processor)
         batcher = PaddingCollator(tok.pad_token_id, pad_to_multiple_of=pad_to)
+    varlen_family = False
     if settings.packing:
         from mirage_safety.models.families import family_of
         from mirage_safety.training.packing import PackedCollator, qwen2_vl_mrope
 
-        mrope = qwen2_vl_mrope(model) if family_of(model).positions == "mrope" else None
+        family = family_of(model)
+        mrope = qwen2_vl_mrope(model) if family.positions == "mrope" else None
         batcher = PackedCollator(batcher, mrope=mrope)
+        varlen_family = family.causal_text
+    if settings.labelled_logits:
+        from mirage_safety.training.labelled_logits import LabelledLogits
+
+        batcher = LabelledLogits(batcher)
     text_only = any(not r.record.get("images") for r in rows)
     cuda = torch.cuda.is_available()
     use_bf16 = settings.bf16 and cuda and torch.cuda.is_bf16_supported()
@@ -490,7 +500,13 @@ def run_sft(model: Any, processor: Any, rows: Sequence[Row], settings: SFTSettin
 
         cache = vision_cache.install(model)
     try:
-        train_out = trainer.train(resume_from_checkpoint=resume)
+        with contextlib.ExitStack() as stack:
+            if varlen_family:
+                from mirage_safety.training.packing import use_varlen_attention
+
+                if stack.enter_context(use_varlen_attention(model)):
+                    log.info("packed rows attend sample by sample (mirage_varlen)")
+            train_out = trainer.train(resume_from_checkpoint=resume)
     finally:
         if cache is not None:
             log.info("vision cache: %d hits, %d images computed", cache.hits, cache.misses)
