@@ -19,9 +19,14 @@ one process:
   ``datasets.Dataset`` of ``{"messages", "images"}`` rows, ``assistant_only_loss=True``
   (the same loss as ours: the builtin template marks assistant turns with
   ``{% generation %}``), TRL's defaults otherwise except: ``bf16=False`` (TRL defaults to
-  bf16, which needs a GPU here), ``gradient_checkpointing=False`` (TRL 1.x turns it on; ours
+  bf16; ours trains bf16 on GPUs only, and the targets are fp32 ones: every contender runs
+  the same precision), ``gradient_checkpointing=False`` (TRL 1.x turns it on; ours
   is off, so both run the same forward/backward) and the learning rate, schedule,
   batch size, steps and seed shared by every contender.
+
+``--variants`` adds mirage runs with train options on (:data:`VARIANTS`): ``once``
+(preprocessing once), ``packed`` (padding-free rows, attended sample by sample), ``labelled``
+(LM head at labelled positions only), ``all`` (the three together).
 
 ``--model large`` swaps the 0.7M-parameter embedded model for a ~40M-parameter model of the
 same architecture (8 decoder layers of width 512) so matmuls, not per-step overheads,
@@ -448,6 +453,18 @@ def main() -> None:
                                                         / peak)
     report["useful_fraction_of_peak"] = {n: median(n, "useful_flop_per_s") / peak
                                          for n in results}
+    if "sfttrainer" in results:
+        # each repeat's contenders run back to back (order alternating between repeats),
+        # so a repeat's ratio sees one state of a shared machine: spread = run-to-run noise
+        report["paired_ratio_vs_sfttrainer"] = {}
+        for n in results:
+            if n == "sfttrainer":
+                continue
+            pairs = [a[key] / b[key] for a, b in zip(results[n], results["sfttrainer"],
+                                                      strict=True)]
+            report["paired_ratio_vs_sfttrainer"][n] = {
+                "median": statistics.median(pairs), "min": min(pairs), "max": max(pairs),
+                "per_repeat": pairs}
     for variant in args.variants:
         name = f"mirage_{variant}"
         report[f"{variant}_vs_mirage"] = median(name, key) / median("mirage", key)
@@ -457,6 +474,9 @@ def main() -> None:
     write_json_atomic(out_path, report)
     if "sfttrainer" in results:
         print(f"ratio vs TRL's SFTTrainer: {report['ratio_vs_sfttrainer']:.2f}x")
+        for n, r in report["paired_ratio_vs_sfttrainer"].items():
+            print(f"  {n} vs SFTTrainer per repeat: median {r['median']:.2f}x "
+                  f"({r['min']:.2f}-{r['max']:.2f})")
     if "trl" in results:
         print(f"speed-up vs TRL's VLM collator: {report['speedup_vs_trl_collator']:.2f}x")
     for variant in args.variants:
