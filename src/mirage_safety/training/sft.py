@@ -478,7 +478,9 @@ def run_sft(model: Any, processor: Any, rows: Sequence[Row], settings: SFTSettin
         remove_unused_columns=False,  # the collator needs record/root
         train_sampling_strategy="group_by_length" if settings.group_by_length else "random",
         length_column_name="length",
-        include_num_input_tokens_seen="non_padding",
+        # a packed row has no padding and no attention mask: its every token counts (and
+        # "non_padding" would warn on every step that it cannot find the padding)
+        include_num_input_tokens_seen="all" if settings.packing else "non_padding",
         # images-free batches leave the projector/vision tower without gradients
         ddp_find_unused_parameters=text_only,
         disable_tqdm=not is_main_process() or not (os.isatty(2) if progress is None
