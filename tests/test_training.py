@@ -456,6 +456,22 @@ def test_packed_training_reaches_the_same_model(world, tmp_path, monkeypatch):
         assert "mirage_varlen" not in json.dumps(saved)
 
 
+def test_packed_lora_training_with_labelled_logits_reaches_the_same_adapter(world, tmp_path):
+    # through PEFT's wrapper: the attention switch finds the base model, logits_to_keep and
+    # shift_labels pass through its forward.  It also needs lora_A drawn from train.seed:
+    # from the process's RNG, the first LoRA run of a process started elsewhere (final
+    # losses 4e-4 apart)
+    cfg = {"method": "lora", "max_steps": 6, "save_steps": 100}
+    padded = _run(world, tmp_path / "padded", _cfg(**cfg))
+    both = _run(world, tmp_path / "both", _cfg(**cfg, packing=True, labelled_logits=True))
+    assert both["final_loss"] == pytest.approx(padded["final_loss"], abs=1e-5)
+    a, b = (_state_file(tmp_path / run / "model" / "adapter_model.safetensors")
+            for run in ("padded", "both"))
+    assert a.keys() == b.keys() and a
+    for key in a:
+        torch.testing.assert_close(b[key], a[key], atol=1e-5, rtol=1e-4)
+
+
 def test_preprocessed_once_batches_and_training_equal_the_per_batch_ones(world, tmp_path):
     from mirage_safety.models.loading import load_for_inference
     from mirage_safety.training.collator import ChatCollator
@@ -489,3 +505,22 @@ def test_preprocessed_once_batches_and_training_equal_the_per_batch_ones(world, 
             for run in ("per_batch", "once"))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert any((tmp_path / "once" / "preprocessed").iterdir())
+
+
+def test_lora_initialisation_is_drawn_from_the_seed(world):
+    from mirage_safety.models.loading import apply_lora, load_for_inference
+
+    def adapters(seed):
+        model, _ = load_for_inference(world["base"], device="cpu", dtype="float32")
+        lora = apply_lora(model, r=4, alpha=8, dropout=0.0, target_modules=["q_proj"],
+                          seed=seed)
+        return {n: p.detach().clone() for n, p in lora.named_parameters() if "lora_A" in n}
+
+    state = torch.random.get_rng_state()
+    first = adapters(7)
+    assert torch.equal(torch.random.get_rng_state(), state)  # the global RNG left alone
+    torch.rand(100)  # whatever the process drew before, the same seed gives the same init
+    again, other = adapters(7), adapters(8)
+    assert first and first.keys() == again.keys()
+    assert all(torch.equal(first[k], again[k]) for k in first)
+    assert not all(torch.equal(first[k], other[k]) for k in first)

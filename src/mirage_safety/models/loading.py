@@ -142,7 +142,12 @@ def lora_target_regex(modules: list[str],
 
 
 def apply_lora(model: Any, *, r: int, alpha: int, dropout: float,
-               target_modules: list[str]) -> Any:
+               target_modules: list[str], seed: int | None = None) -> Any:
+    """``model`` with LoRA adapters.  ``seed``: lora_A's random initialisation drawn from it
+    (the global RNG left as it was), not from whatever state the process's RNG is in."""
+    import contextlib
+
+    import torch
     from peft import LoraConfig, get_peft_model
 
     config = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout,
@@ -151,7 +156,10 @@ def apply_lora(model: Any, *, r: int, alpha: int, dropout: float,
                         bias="none",
                         task_type="CAUSAL_LM")
     try:
-        return get_peft_model(model, config)
+        with torch.random.fork_rng(devices=[]) if seed is not None else contextlib.nullcontext():
+            if seed is not None:
+                torch.manual_seed(seed)
+            return get_peft_model(model, config)
     except ValueError as exc:
         raise ModelLoadError(f"LoRA target modules {target_modules} match no language-model "
                              f"layer: {exc}") from exc

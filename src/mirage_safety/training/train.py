@@ -140,7 +140,7 @@ def prepare_model(cfg: TrainConfig, base_dir: Path) -> tuple[Any, Any, dict[str,
     else:
         lora = cfg.lora
         model = apply_lora(model, r=lora.r, alpha=lora.alpha, dropout=lora.dropout,
-                           target_modules=list(lora.target_modules))
+                           target_modules=list(lora.target_modules), seed=cfg.seed)
         meta["lora"] = lora.model_dump(mode="json")
     if cfg.gradient_checkpointing and hasattr(model, "config"):
         model.config.use_cache = False  # incompatible with checkpointing; generation re-enables
