@@ -255,9 +255,8 @@ def counted_flops(model: Any, recorder: ShapeRecorder, *,
     model.train()
     for key, n in recorder.counts.items():
         batch = recorder.samples[key]
-        with FlopCounterMode(display=False) as counter, contextlib.ExitStack() as stack:
-            if varlen:
-                stack.enter_context(use_varlen_attention(model))
+        attention = use_varlen_attention(model) if varlen else contextlib.nullcontext()
+        with FlopCounterMode(display=False) as counter, attention:
             model(**batch).loss.backward()
         model.zero_grad(set_to_none=True)
         per_batch = float(counter.get_total_flops())

@@ -33,22 +33,27 @@ def _loss_and_grads(model, batch):
                            if p.grad is not None}
 
 
+def assert_same(reference, other):
+    """Two ``_loss_and_grads`` results agree: loss and every gradient to 1e-5 (fp32)."""
+    (loss_a, grads_a), (loss_b, grads_b) = reference, other
+    torch.testing.assert_close(loss_b, loss_a, atol=1e-5, rtol=0)
+    assert grads_a and grads_a.keys() == grads_b.keys()
+    for name in grads_a:
+        torch.testing.assert_close(grads_b[name], grads_a[name], atol=1e-5, rtol=1e-4)
+
+
 def _check_equal(model, padded, packed):
     """The packed row gives the padded batch's loss and gradients, both through
     transformers' block-diagonal mask and through per-sample (varlen) attention."""
-    loss_a, grads_a = _loss_and_grads(model, padded)
-    assert grads_a
+    reference = _loss_and_grads(model, padded)
     text = model.config.text_config
     before = text._attn_implementation
     with use_varlen_attention(model) as switched:
         assert switched and text._attn_implementation == VARLEN
         varlen = _loss_and_grads(model, packed)
     assert text._attn_implementation == before  # restored: saving / generation untouched
-    for loss_b, grads_b in (_loss_and_grads(model, packed), varlen):  # mask, varlen
-        torch.testing.assert_close(loss_b, loss_a, atol=1e-5, rtol=0)
-        assert grads_a.keys() == grads_b.keys()
-        for name in grads_a:
-            torch.testing.assert_close(grads_b[name], grads_a[name], atol=1e-5, rtol=1e-4)
+    assert_same(reference, _loss_and_grads(model, packed))  # through the mask
+    assert_same(reference, varlen)
 
 
 def _records(data, n):
@@ -57,15 +62,40 @@ def _records(data, n):
     return sorted(recs, key=lambda r: len(r["conversations"][-1]["value"]))[:: len(recs) // n][:n]
 
 
-def test_packed_llava_batch_equals_the_padded_one(tmp_path_factory):
+def llava_batch(tmp_path_factory):
+    """(the builtin LLaVA in training mode, its collator, 4 records of different lengths)"""
     from mirage_safety.models.loading import load_for_inference
 
     data = world_data(tmp_path_factory)
     model, processor = load_for_inference(tiny_model(tmp_path_factory), device="cpu",
                                           dtype="float32")
     model.train()
-    collator = ChatCollator(processor, root=data / "mis")
-    recs = _records(data, 4)
+    return model, ChatCollator(processor, root=data / "mis"), _records(data, 4)
+
+
+def qwen2_vl_batch(tmp_path_factory):
+    """(a tiny Qwen2-VL in training mode, its collator, 3 MIS records, one answer short)"""
+    from mirage_safety.config import HubDataConfig
+    from mirage_safety.data.importers import load_mis
+    from mirage_safety.models.loading import ModelSource, load_pretrained
+    from mirage_safety.models.tiny_hub import snapshot_dir, write_snapshot
+    from realdata_fixtures import build_mis
+
+    cache = tmp_path_factory.mktemp("hf-qwen2-vl")
+    _, commit = write_snapshot("qwen2_vl", cache)
+    model, processor = load_pretrained(ModelSource(str(snapshot_dir(cache, "qwen2_vl", commit))),
+                                       dtype="float32")
+    model.train()
+    mis = build_mis(tmp_path_factory.mktemp("mis-qwen2-vl") / "mis", n_train=3)
+    dataset = load_mis(HubDataConfig(local_dir=str(mis)), progress=False)
+    recs = dataset.train[:3]
+    recs[1] = {**recs[1], "conversations": [recs[1]["conversations"][0],
+                                            {"from": "gpt", "value": "Short."}]}
+    return model, ChatCollator(processor, root=dataset.root), recs
+
+
+def test_packed_llava_batch_equals_the_padded_one(tmp_path_factory):
+    model, collator, recs = llava_batch(tmp_path_factory)
     padded = collator(recs)
     assert (padded["attention_mask"] == 0).any()  # there is padding to remove
     packed = PackedCollator(collator)(recs)
@@ -78,12 +108,14 @@ def test_packed_llava_batch_equals_the_padded_one(tmp_path_factory):
     _check_equal(model, padded, packed)
     # without the position resets attention would cross samples: the loss changes
     crossing = {**packed, "position_ids": torch.arange(packed["input_ids"].shape[1])[None]}
-    assert abs(float(model(**crossing).loss) - float(model(**padded).loss)) > 1e-4
-    with use_varlen_attention(model):  # varlen reads the samples off the same resets
-        assert abs(float(model(**crossing).loss) - float(model(**padded).loss)) > 1e-4
-        # a right-padded batch: no mask is built for a custom attention, so plain causal
-        # sdpa, exact here because padding only follows the tokens that carry loss
-        torch.testing.assert_close(model(**padded).loss, _loss_and_grads(model, padded)[0])
+    with torch.no_grad():
+        masked = model(**padded).loss  # transformers' sdpa with the padding mask
+        assert abs(float(model(**crossing).loss) - float(masked)) > 1e-4
+        with use_varlen_attention(model):  # varlen reads the samples off the same resets
+            assert abs(float(model(**crossing).loss) - float(masked)) > 1e-4
+            # a right-padded batch: no mask is built for a custom attention, so plain
+            # causal sdpa, exact because padding only follows the tokens that carry loss
+            torch.testing.assert_close(model(**padded).loss, masked, atol=1e-5, rtol=0)
 
 
 def test_varlen_attention_refuses_what_it_cannot_do():
@@ -106,23 +138,7 @@ def test_varlen_attention_refuses_what_it_cannot_do():
 
 
 def test_packed_qwen2_vl_batch_with_mrope_equals_the_padded_one(tmp_path_factory):
-    from mirage_safety.config import HubDataConfig
-    from mirage_safety.data.importers import load_mis
-    from mirage_safety.models.loading import ModelSource, load_pretrained
-    from mirage_safety.models.tiny_hub import snapshot_dir, write_snapshot
-    from realdata_fixtures import build_mis
-
-    cache = tmp_path_factory.mktemp("hf-packing")
-    _, commit = write_snapshot("qwen2_vl", cache)
-    model, processor = load_pretrained(ModelSource(str(snapshot_dir(cache, "qwen2_vl", commit))),
-                                       dtype="float32")
-    model.train()
-    mis = build_mis(tmp_path_factory.mktemp("mis-packing") / "mis", n_train=3)
-    dataset = load_mis(HubDataConfig(local_dir=str(mis)), progress=False)
-    recs = dataset.train[:3]
-    recs[1] = {**recs[1], "conversations": [recs[1]["conversations"][0],
-                                            {"from": "gpt", "value": "Short."}]}
-    collator = ChatCollator(processor, root=dataset.root)
+    model, collator, recs = qwen2_vl_batch(tmp_path_factory)
     padded = collator(recs)
     assert (padded["attention_mask"] == 0).any()
     packed = PackedCollator(collator, mrope=qwen2_vl_mrope(model))(recs)

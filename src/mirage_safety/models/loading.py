@@ -143,10 +143,8 @@ def lora_target_regex(modules: list[str],
 
 def apply_lora(model: Any, *, r: int, alpha: int, dropout: float,
                target_modules: list[str], seed: int | None = None) -> Any:
-    """``model`` with LoRA adapters.  ``seed``: lora_A's random initialisation drawn from it
-    (the global RNG left as it was), not from whatever state the process's RNG is in."""
-    import contextlib
-
+    """``model`` with LoRA adapters.  lora_A's random initialisation is drawn in a forked
+    RNG (the global one left as it was), from ``seed`` when given."""
     import torch
     from peft import LoraConfig, get_peft_model
 
@@ -156,7 +154,7 @@ def apply_lora(model: Any, *, r: int, alpha: int, dropout: float,
                         bias="none",
                         task_type="CAUSAL_LM")
     try:
-        with torch.random.fork_rng(devices=[]) if seed is not None else contextlib.nullcontext():
+        with torch.random.fork_rng(devices=[]):
             if seed is not None:
                 torch.manual_seed(seed)
             return get_peft_model(model, config)

@@ -139,12 +139,6 @@ def varlen_sdpa(module: Any, query: Any, key: Any, value: Any, attention_mask: A
     return torch.cat(outs, dim=1), None
 
 
-def text_config_key(model: Any) -> str | None:
-    """The sub-config name of the language model (None: the model is text-only)."""
-    config = model.config
-    return next((k for k in getattr(config, "sub_configs", {}) if k == "text_config"), None)
-
-
 @contextmanager
 def use_varlen_attention(model: Any) -> Iterator[bool]:
     """While inside: the language model attends per sample when it used sdpa or eager
@@ -154,7 +148,8 @@ def use_varlen_attention(model: Any) -> Iterator[bool]:
     from transformers import AttentionInterface
 
     inner = model.get_base_model() if hasattr(model, "get_base_model") else model
-    key = text_config_key(inner)
+    # the language model's sub-config; a text-only model has none
+    key = "text_config" if "text_config" in getattr(inner.config, "sub_configs", {}) else None
     config = getattr(inner.config, key) if key else inner.config
     before = config._attn_implementation
     if before not in ("sdpa", "eager"):
