@@ -26,7 +26,8 @@ one process:
 
 ``--variants`` adds mirage runs with train options on (:data:`VARIANTS`): ``once``
 (preprocessing once), ``packed`` (padding-free rows, attended sample by sample), ``labelled``
-(LM head at labelled positions only), ``all`` (the three together).
+(LM head at labelled positions only), ``all`` (the three together), ``compiled`` (``all``
+and the decoder layers under ``torch.compile``; its compile is in time-to-first-step).
 
 ``--model large`` swaps the 0.7M-parameter embedded model for a ~40M-parameter model of the
 same architecture (8 decoder layers of width 512) so matmuls, not per-step overheads,
@@ -102,6 +103,8 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "packed": {"packing": True},
     "labelled": {"labelled_logits": True},
     "all": {"preprocess": "once", "packing": True, "labelled_logits": True},
+    "compiled": {"preprocess": "once", "packing": True, "labelled_logits": True,
+                 "compile": True},
 }
 
 
@@ -207,6 +210,7 @@ class StepTimes(TrainerCallback):
         self.steps: list[tuple[float, int]] = []
         self.started = time.perf_counter()  # the contender's call: data set-up included
         self.first_step_s: float | None = None
+        self.final_loss: float | None = None  # mirage runs: their last logged loss
 
     def on_step_end(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
         now, tokens = time.perf_counter(), state.num_input_tokens_seen
@@ -316,6 +320,7 @@ def measure(name: str, fn: Any, model: Any, settings: SFTSettings, *,
         "padding_fraction": 1 - sum(recorder.non_padding.values())
         / sum(k[0][0] * k[0][1] * n for k, n in recorder.counts.items()),
         "distinct_batch_shapes": len(recorder.counts),
+        "final_loss": steps.final_loss,
     }
     print(f"{name:18s} {out['tokens_per_s']:7.0f} tokens/s (median step "
           f"{out['tokens_per_s_median_step']:5.0f})  {out['samples_per_s']:5.1f} "
@@ -390,10 +395,11 @@ def main() -> None:
                        options: dict[str, Any] = options) -> ThroughputCallback:
                     run = dataclasses.replace(settings, **options)
                     # a fresh preprocessing cache per run: its build is in time-to-first-step
-                    trainer, _ = run_sft(model, processor, rows, run, ckpt,
-                                         image_size=IMAGE_SIZE, progress=False,
-                                         callbacks=[steps],
-                                         preprocess_cache=ckpt.with_name(ckpt.name + "-pre"))
+                    trainer, result = run_sft(model, processor, rows, run, ckpt,
+                                              image_size=IMAGE_SIZE, progress=False,
+                                              callbacks=[steps], preprocess_cache=ckpt
+                                              .with_name(ckpt.name + "-pre"))
+                    steps.final_loss = result.final_loss
                     return next(c for c in trainer.callback_handler.callbacks
                                 if isinstance(c, ThroughputCallback))
             elif name == "sfttrainer":

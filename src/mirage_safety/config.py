@@ -195,6 +195,9 @@ class TrainConfig(_Model):
     # apply the LM head and the loss only at positions whose next token carries a label
     # (same loss; skips the prompt's and images' logits)
     labelled_logits: bool = False
+    # torch.compile the language model's decoder layers (dynamic shapes, in place): fused
+    # element-wise work; a first step of tens of seconds, so it pays on long runs only
+    compile: bool = False
 
     @model_validator(mode="after")
     def _cache_needs_frozen_tower(self) -> TrainConfig:

@@ -75,6 +75,8 @@ class SFTSettings:
     preprocess: str = "per_batch"
     # the LM head and loss only where the next token is labelled (training/labelled_logits.py)
     labelled_logits: bool = False
+    # torch.compile of the decoder layers, regional and in place (training/compile.py)
+    compile: bool = False
 
     @classmethod
     def from_train(cls, cfg: Any) -> SFTSettings:
@@ -86,7 +88,8 @@ class SFTSettings:
                    gradient_checkpointing=cfg.gradient_checkpointing,
                    dataloader_workers=cfg.dataloader_workers, seed=cfg.seed,
                    cache_vision_features=cfg.cache_vision_features, packing=cfg.packing,
-                   preprocess=cfg.preprocess, labelled_logits=cfg.labelled_logits)
+                   preprocess=cfg.preprocess, labelled_logits=cfg.labelled_logits,
+                   compile=cfg.compile)
 
 
 # --------------------------------------------------------------------------- data
@@ -508,6 +511,11 @@ def run_sft(model: Any, processor: Any, rows: Sequence[Row], settings: SFTSettin
 
                 if stack.enter_context(use_varlen_attention(model)):
                     log.info("packed rows attend sample by sample (mirage_varlen)")
+            if settings.compile:
+                from mirage_safety.training.compile import compiled_decoder_layers
+
+                n = stack.enter_context(compiled_decoder_layers(model))
+                log.info("%d decoder layers compiled (torch.compile, dynamic shapes)", n)
             train_out = trainer.train(resume_from_checkpoint=resume)
     finally:
         if cache is not None:

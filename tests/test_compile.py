@@ -1,0 +1,71 @@
+"""``train.compile``: the decoder layers under torch.compile train to the eager model."""
+
+import pytest
+import torch
+
+from test_training import _cfg, _run, _state_file, world  # noqa: F401  (fixture)
+
+
+@pytest.fixture(autouse=True)
+def _one_thread(monkeypatch):
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    torch.set_num_threads(1)
+
+
+def test_compiled_training_reaches_the_eager_model(world, tmp_path):  # noqa: F811
+    # the speed options it is meant for: packed rows through mirage_varlen (a graph break
+    # per layer at the position resets) and labelled-only logits; inductor's C++ kernels
+    # (a cold compile is most of this test's time)
+    from torch._dynamo.utils import counters
+
+    cfg = {"method": "full", "max_steps": 4, "save_steps": 100, "packing": True,
+           "labelled_logits": True}
+    eager = _run(world, tmp_path / "eager", _cfg(**cfg))
+    counters.clear()
+    compiled = _run(world, tmp_path / "compiled", _cfg(**cfg, compile=True))
+    assert counters["stats"]["unique_graphs"] > 0  # dynamo really compiled the layers
+    assert not counters["recompiles"]  # dynamic shapes: one compile for every row length
+    assert compiled["final_loss"] == pytest.approx(eager["final_loss"], abs=1e-5)
+    a, b = (_state_file(tmp_path / run / "model" / "model.safetensors")
+            for run in ("eager", "compiled"))
+    assert a.keys() == b.keys()  # in place: no "_orig_mod." in the saved names
+    for key in a:
+        torch.testing.assert_close(b[key], a[key], atol=1e-5, rtol=1e-4)
+
+
+def test_compile_is_undone_after_training_and_finds_peft_layers(world):  # noqa: F811
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForImageTextToText
+
+    from mirage_safety.training.compile import compiled_decoder_layers, decoder_layers
+
+    model = AutoModelForImageTextToText.from_pretrained(world["base"])
+    lora = get_peft_model(model, LoraConfig(r=2, target_modules=["q_proj"]))
+    layers = decoder_layers(lora)
+    assert layers is model.model.language_model.layers
+    with compiled_decoder_layers(lora) as n:
+        assert n == len(layers)
+        assert all(layer._compiled_call_impl is not None for layer in layers)
+    assert all(layer._compiled_call_impl is None for layer in layers)
+
+
+def test_compile_names_what_is_missing(world, monkeypatch):  # noqa: F811
+    import torch._inductor.config as inductor_config
+
+    from mirage_safety.training.compile import (
+        CompileError,
+        compiled_decoder_layers,
+        decoder_layers,
+    )
+
+    with pytest.raises(CompileError, match="no decoder layers found on Linear"):
+        decoder_layers(torch.nn.Linear(2, 2))
+    from transformers import AutoModelForImageTextToText
+
+    model = AutoModelForImageTextToText.from_pretrained(world["base"])
+    monkeypatch.setattr(inductor_config.cpp, "cxx", ("no-such-c++-compiler",))
+    with pytest.raises(CompileError, match="needs a C\\+\\+ compiler"), \
+            compiled_decoder_layers(model):
+        pass
+    # nothing was left compiled by the refusal
+    assert all(layer._compiled_call_impl is None for layer in decoder_layers(model))
