@@ -11,7 +11,6 @@ Reads ``benchmarks/results/train_throughput.json`` (embedded model) and
 from __future__ import annotations
 
 import argparse
-import io
 import json
 from pathlib import Path
 from typing import Any
@@ -39,7 +38,7 @@ def plot(results: Path, out: Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from mirage_safety.io import write_bytes_atomic
+    from mirage_safety.io import png_bytes, write_bytes_atomic
 
     panels = [(json.loads((results / name).read_text()), title) for name, title in PANELS
               if (results / name).exists()]
@@ -65,10 +64,9 @@ def plot(results: Path, out: Path) -> Path:
         ax.set_xlabel("tokens/s vs TRL's SFTTrainer (paired per repeat: median, min-max)")
         ax.legend(loc="lower right", fontsize=8)
     fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110)
+    data = png_bytes(fig)
     plt.close(fig)
-    write_bytes_atomic(out, buf.getvalue())
+    write_bytes_atomic(out, data)
     return out
 
 

@@ -99,14 +99,14 @@ MODELS = {
                                 intermediate_size=2048, vision_hidden=128, vision_layers=2),
 }
 
+ALL_OPTIONS = {"preprocess": "once", "packing": True, "labelled_logits": True}
 #: ``--variants``: mirage with these SFTSettings changed (train.* options of the same name)
 VARIANTS: dict[str, dict[str, Any]] = {
     "once": {"preprocess": "once"},
     "packed": {"packing": True},
     "labelled": {"labelled_logits": True},
-    "all": {"preprocess": "once", "packing": True, "labelled_logits": True},
-    "compiled": {"preprocess": "once", "packing": True, "labelled_logits": True,
-                 "compile": True},
+    "all": ALL_OPTIONS,
+    "compiled": {**ALL_OPTIONS, "compile": True},
 }
 
 

@@ -3,13 +3,7 @@
 import pytest
 import torch
 
-from test_training import _cfg, _run, _state_file, world  # noqa: F401  (fixture)
-
-
-@pytest.fixture(autouse=True)
-def _one_thread(monkeypatch):
-    monkeypatch.setenv("OMP_NUM_THREADS", "1")
-    torch.set_num_threads(1)
+from test_training import _cfg, _one_thread, _run, _state_file, world  # noqa: F401  (fixtures)
 
 
 def test_compiled_training_reaches_the_eager_model(world, tmp_path):  # noqa: F811

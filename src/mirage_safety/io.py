@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import io
 import json
 import os
 import shutil
@@ -32,6 +33,14 @@ def write_bytes_atomic(path: str | os.PathLike[str], data: bytes) -> None:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+
+
+def png_bytes(fig: Any, *, dpi: int = 110) -> bytes:
+    """A matplotlib figure as PNG bytes, without the library-version metadata, so the same
+    figure gives the same bytes across matplotlib versions."""
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi, bbox_inches="tight", metadata={"Software": None})
+    return buf.getvalue()
 
 
 def write_text_atomic(path: str | os.PathLike[str], text: str) -> None:

@@ -21,7 +21,6 @@ and the MSR-Align one: noisy teacher labels without the filter vs with it.
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import logging
 import re
@@ -191,10 +190,11 @@ def plot(rows: Sequence[dict[str, Any]]) -> bytes:
     ax.set_ylim(0, 105)
     ax.set_title("MIRage experiments: labels and teacher noise vs harmfulness and over-refusal")
     ax.legend(fontsize=8, ncol=3, loc="upper center", bbox_to_anchor=(0.5, -0.22))
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight", metadata={"Software": None})
+    from mirage_safety.io import png_bytes
+
+    data = png_bytes(fig)
     plt.close(fig)
-    return buf.getvalue()
+    return data
 
 
 def write_report(rows: Sequence[dict[str, Any]], out_dir: Path) -> tuple[Path, Path]:

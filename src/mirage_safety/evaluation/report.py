@@ -80,11 +80,9 @@ def _write_plots_csv(result: dict[str, Any], path: Path) -> None:
 
 
 def _save_fig(fig: Any, path: Path) -> None:
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight", metadata={"Software": None})
-    from mirage_safety.io import write_bytes_atomic
+    from mirage_safety.io import png_bytes, write_bytes_atomic
 
-    write_bytes_atomic(path, buf.getvalue())
+    write_bytes_atomic(path, png_bytes(fig))
 
 
 def _charts(result: dict[str, Any], out: Path) -> list[Path]:

@@ -21,7 +21,6 @@ fails the stage with nothing written.
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import logging
 import random
@@ -238,10 +237,11 @@ def histogram_png(rows: Sequence[dict[str, Any]], rubric: Rubric) -> bytes:
         ax.set_yscale("symlog")
     axes[0][0].set_ylabel("labels")
     fig.suptitle("curation scores per criterion", fontsize=10)
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=100, bbox_inches="tight", metadata={"Software": None})
+    from mirage_safety.io import png_bytes
+
+    data = png_bytes(fig, dpi=100)
     plt.close(fig)
-    return buf.getvalue()
+    return data
 
 
 def _fmt(v: Any) -> str:

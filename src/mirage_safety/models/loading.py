@@ -141,6 +141,11 @@ def lora_target_regex(modules: list[str],
     return rf"^(?!.*\b(?:{vision})\b).*\.(?:{names})$"
 
 
+def unwrap_peft(model: Any) -> Any:
+    """The transformers model under a PEFT wrapper (the model itself when unwrapped)."""
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
 def apply_lora(model: Any, *, r: int, alpha: int, dropout: float,
                target_modules: list[str], seed: int | None = None) -> Any:
     """``model`` with LoRA adapters.  lora_A's random initialisation is drawn in a forked

@@ -21,6 +21,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
+from mirage_safety.models.loading import unwrap_peft
+
 
 class CompileError(RuntimeError):
     """``train.compile`` cannot work on this model or machine."""
@@ -31,7 +33,7 @@ def decoder_layers(model: Any) -> Any:
     wrapper; a VLM's ``get_decoder()`` is its language model."""
     import torch
 
-    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    inner = unwrap_peft(model)
     decoder = inner.get_decoder() if hasattr(inner, "get_decoder") else None
     layers = getattr(decoder, "layers", None)
     if not isinstance(layers, torch.nn.ModuleList) or not len(layers):

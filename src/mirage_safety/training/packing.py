@@ -31,6 +31,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
 
+from mirage_safety.models.loading import unwrap_peft
 from mirage_safety.training.collator import IGNORE_INDEX, ChatCollator
 
 #: (padded batch, per-row lengths) -> M-RoPE position ids [3, 1, total] of the packed row
@@ -75,7 +76,7 @@ def qwen2_vl_mrope(model: Any) -> PositionFn:
     """Per-sample M-RoPE ids from the model's own ``get_rope_index``."""
     import torch
 
-    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    inner = unwrap_peft(model)
     get_rope_index = inner.model.get_rope_index
     merge = inner.config.vision_config.spatial_merge_size
 
@@ -147,7 +148,7 @@ def use_varlen_attention(model: Any) -> Iterator[bool]:
     generation are untouched."""
     from transformers import AttentionInterface
 
-    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    inner = unwrap_peft(model)
     # the language model's sub-config; a text-only model has none
     key = "text_config" if "text_config" in getattr(inner.config, "sub_configs", {}) else None
     config = getattr(inner.config, key) if key else inner.config
