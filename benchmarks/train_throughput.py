@@ -51,6 +51,7 @@ large model with ``--repeat 8 --variants all compiled`` ~18.  ``plot_train_throu
 draws both results files.
 """
 
+# ruff: noqa: E402 (the numerics are applied before torch and what imports it loads)
 from __future__ import annotations
 
 import argparse
@@ -68,10 +69,16 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+from mirage_safety import numerics
+from mirage_safety.config import BuiltinModelConfig, load_params, parse_params
+
+# the pipeline's own numerics (params.yaml), set before torch loads, as `mirage` does
+PIPELINE = load_params(Path(__file__).resolve().parents[1] / "params.yaml", profile="default")
+numerics.apply(PIPELINE.numerics)
+
 import torch
 from transformers import TrainerCallback
 
-from mirage_safety.config import BuiltinModelConfig, TrainConfig, parse_params
 from mirage_safety.data.generate import generate
 from mirage_safety.io import write_json_atomic
 from mirage_safety.models.tiny_vlm import build_tiny_vlm, count_parameters
@@ -99,9 +106,15 @@ MODELS = {
                                 intermediate_size=2048, vision_hidden=128, vision_layers=2),
 }
 
+SPEED_OPTIONS = ("preprocess", "packing", "labelled_logits", "cache_vision_features", "compile")
 ALL_OPTIONS = {"preprocess": "once", "packing": True, "labelled_logits": True}
-#: ``--variants``: mirage with these SFTSettings changed (train.* options of the same name)
+PLAIN = {"preprocess": "per_batch", "packing": False, "labelled_logits": False,
+         "cache_vision_features": False, "compile": False}
+#: ``--variants``: mirage with these SFTSettings changed (train.* options of the same name),
+#: each starting from every option off; the ``mirage`` contender itself runs the pipeline's
+#: own options (``train`` in params.yaml)
 VARIANTS: dict[str, dict[str, Any]] = {
+    "plain": {},
     "once": {"preprocess": "once"},
     "packed": {"packing": True},
     "labelled": {"labelled_logits": True},
@@ -334,13 +347,14 @@ def measure(name: str, fn: Any, model: Any, settings: SFTSettings, *,
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    train_defaults = TrainConfig()
+    train_defaults = PIPELINE.train
     ap.add_argument("--steps", type=int, default=20, help="optimizer steps per run")
     ap.add_argument("--batch-size", type=int, default=train_defaults.batch_size)
     ap.add_argument("--max-length", type=int, default=train_defaults.max_length,
                     help="the reference pads every row to this (train.max_length)")
-    ap.add_argument("--repeat", type=int, default=1,
-                    help="alternate the two runs this many times; the median is reported")
+    ap.add_argument("--repeat", type=int, default=3,
+                    help="run every contender this many times, order alternating; medians "
+                         "and per-repeat paired ratios are reported (default: 3)")
     ap.add_argument("--model", choices=sorted(MODELS), default="embedded")
     ap.add_argument("--variants", nargs="*", default=[], choices=sorted(VARIANTS),
                     help="also time mirage with these train options: " + "; ".join(
@@ -355,10 +369,14 @@ def main() -> None:
 
     threads = set_cpu_threads()
     peak = matmul_peak()
-    print(f"torch threads {threads}; matmul peak {peak / 1e9:.1f} GFLOP/s")
+    print(f"torch threads {threads}; matmul peak {peak / 1e9:.1f} GFLOP/s; "
+          f"numerics {numerics.describe()}")
     settings = SFTSettings(batch_size=args.batch_size, max_steps=args.steps,
                            logging_steps=args.steps, save_steps=10**6,
                            max_length=args.max_length, learning_rate=1e-3)
+    # the `mirage` contender is the default pipeline: train's speed options from params.yaml
+    pipeline = {k: getattr(PIPELINE.train, k) for k in SPEED_OPTIONS}
+    print(f"mirage (the pipeline's train options): {pipeline}")
     tmp = Path(tempfile.mkdtemp(prefix=".bench-train-", dir="."))
     try:
         n_rows = args.steps * args.batch_size
@@ -391,7 +409,8 @@ def main() -> None:
 
             freeze_vision_tower(model)
             ckpt = tmp / f"ckpt-{name}-{rep}"
-            options = VARIANTS.get(name.removeprefix("mirage_"), {})
+            options = (pipeline if name == "mirage"
+                       else {**PLAIN, **VARIANTS.get(name.removeprefix("mirage_"), {})})
             if name.startswith("mirage"):
                 def fn(steps: StepTimes, model: Any = model, ckpt: Path = ckpt,
                        options: dict[str, Any] = options) -> ThroughputCallback:
@@ -434,7 +453,7 @@ def main() -> None:
         "steps": args.steps, "batch_size": args.batch_size, "reference_max_length":
         args.max_length, "repeat": args.repeat, "torch_threads": threads,
         "cpu_count": os.cpu_count(), "platform": platform.platform(),
-        "torch": torch.__version__,
+        "torch": torch.__version__, "numerics": numerics.describe(), "mirage_options": pipeline,
         "matmul_peak_flop_per_s": peak,
         "runs": results,
         "mirage_tokens_per_s": median("mirage", key),
@@ -460,18 +479,19 @@ def main() -> None:
                                                         / peak)
     report["useful_fraction_of_peak"] = {n: median(n, "useful_flop_per_s") / peak
                                          for n in results}
-    if "sfttrainer" in results:
-        # each repeat's contenders run back to back (order alternating between repeats),
-        # so a repeat's ratio sees one state of a shared machine: spread = run-to-run noise
-        report["paired_ratio_vs_sfttrainer"] = {}
+    # each repeat's contenders run back to back (order alternating between repeats), so a
+    # repeat's ratio sees one state of a shared machine: its spread is run-to-run noise
+    for baseline in ("sfttrainer", "trl"):
+        if baseline not in results:
+            continue
+        paired = report[f"paired_ratio_vs_{baseline}"] = {}
         for n in results:
-            if n == "sfttrainer":
+            if n == baseline:
                 continue
-            pairs = [a[key] / b[key] for a, b in zip(results[n], results["sfttrainer"],
+            pairs = [a[key] / b[key] for a, b in zip(results[n], results[baseline],
                                                       strict=True)]
-            report["paired_ratio_vs_sfttrainer"][n] = {
-                "median": statistics.median(pairs), "min": min(pairs), "max": max(pairs),
-                "per_repeat": pairs}
+            paired[n] = {"median": statistics.median(pairs), "min": min(pairs),
+                         "max": max(pairs), "per_repeat": pairs}
     for variant in args.variants:
         name = f"mirage_{variant}"
         report[f"{variant}_vs_mirage"] = median(name, key) / median("mirage", key)
@@ -486,6 +506,9 @@ def main() -> None:
                   f"({r['min']:.2f}-{r['max']:.2f})")
     if "trl" in results:
         print(f"speed-up vs TRL's VLM collator: {report['speedup_vs_trl_collator']:.2f}x")
+        for n, r in report["paired_ratio_vs_trl"].items():
+            print(f"  {n} vs the Trainer with TRL's collator per repeat: median "
+                  f"{r['median']:.2f}x ({r['min']:.2f}-{r['max']:.2f})")
     for variant in args.variants:
         line = f"mirage_{variant} vs mirage: {report[f'{variant}_vs_mirage']:.2f}x"
         if "sfttrainer" in results:

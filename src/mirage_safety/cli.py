@@ -12,7 +12,7 @@ import importlib
 import logging
 import sys
 
-from mirage_safety import __version__
+from mirage_safety import __version__, numerics
 from mirage_safety.config import ConfigError
 from mirage_safety.data.schema import DataValidationError
 
@@ -55,6 +55,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    # before anything imports torch: the CPU numerics are read once, at library start-up
+    numerics.apply_for_command(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(

@@ -133,6 +133,9 @@ class BuiltinModelConfig(_Model):
     vision_pretrain_lr: float = Field(3e-3, gt=0)
     # phase 2 trains projector + language model on top of the frozen tower (as LLaVA does)
     freeze_vision_in_pretrain: bool = True
+    # phase 2 with train's exact speed options (same loss, less work): packed rows, the LM
+    # head at labelled positions only, preprocessing once, the frozen tower's output cached
+    pretrain_fast: bool = True
 
 
 class HubModelConfig(_Model):
@@ -466,9 +469,30 @@ class OrchestrationConfig(_Model):
         return self
 
 
+# --------------------------------------------------------------------------- numerics
+class NumericsConfig(_Model):
+    """How the stages that run models (``base``, ``train``, ``evaluate``) do arithmetic on a
+    CPU (:mod:`mirage_safety.numerics`).
+
+    ``portable``: every numeric library takes the code path that does not depend on the
+    CPU (ATen's baseline kernels, MKL's conditional numerical reproducibility in its
+    compatible branch, oneDNN capped, a fixed thread count), so the same params give the
+    same weights and answers on every x86-64 CPU.  ``native``: each library takes the
+    fastest path this CPU has (AVX2 / AVX-512, all cores); the bytes then depend on the CPU.
+    Set by the project, not by the shell: the ``mirage`` command applies it before torch
+    loads.  GPUs are not affected.
+    """
+
+    mode: Literal["portable", "native"] = "portable"
+    # torch / OpenMP / MKL threads in portable mode (ATen's parallel reductions split work
+    # by thread count, so it is part of the result); native: the process's default
+    threads: int = Field(1, ge=1, le=256)
+
+
 # --------------------------------------------------------------------------- root
 class Params(_Model):
     profile: str = "default"
+    numerics: NumericsConfig = NumericsConfig()
     data: DataConfig = DataConfig()
     base: BaseConfig = BaseConfig()
     label: LabelConfig = LabelConfig()

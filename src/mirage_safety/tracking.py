@@ -48,6 +48,7 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
+from mirage_safety import numerics
 from mirage_safety.config import TrackingConfig
 
 if TYPE_CHECKING:
@@ -251,6 +252,7 @@ def system_info() -> dict[str, str]:
         "system.python": platform.python_version(),
         "system.platform": platform.platform(),
         "system.cpu_count": str(os.cpu_count() or 0),
+        "system.cpu": numerics.cpu_model(),
     }
     for dist in ("torch", "transformers", "peft", "accelerate", "mlflow", "dvc", "prefect"):
         info[f"system.{dist}"] = _dist_version(dist)
@@ -258,6 +260,8 @@ def system_info() -> dict[str, str]:
         torch = sys.modules["torch"]
         cuda = bool(torch.cuda.is_available())
         info["system.cuda_available"] = str(cuda).lower()
+        info.update({f"system.numerics.{k}": str(v) for k, v in numerics.describe().items()
+                     if k != "cpu"})
         if cuda:
             info["system.cuda_device_count"] = str(torch.cuda.device_count())
             info["system.cuda_device"] = torch.cuda.get_device_name(0)

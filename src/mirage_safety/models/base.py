@@ -28,6 +28,7 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from mirage_safety import numerics
 from mirage_safety.config import (
     BaseConfig,
     BuiltinModelConfig,
@@ -294,7 +295,11 @@ def build_builtin_base(cfg: BaseConfig, data_dir: Path, out_dir: Path, metrics_d
                            max_steps=b.pretrain_steps, epochs=1.0, warmup_ratio=0.03,
                            save_steps=max(50, b.pretrain_steps // 4),
                            logging_steps=max(1, min(25, b.pretrain_steps // 20 or 1)),
-                           max_length=1024, seed=cfg.seed)
+                           max_length=1024, seed=cfg.seed,
+                           packing=b.pretrain_fast, labelled_logits=b.pretrain_fast,
+                           preprocess="once" if b.pretrain_fast else "per_batch",
+                           cache_vision_features=b.pretrain_fast
+                           and b.freeze_vision_in_pretrain)
     fingerprint = {"stage": "base", "config": cfg.model_dump(mode="json"),
                    "image_size": image_size,
                    "data": [os.path.getsize(p) for p in train_files]}
@@ -388,6 +393,7 @@ def run_base(cfg: BaseConfig, *, data_dir: Path, out_dir: Path, metrics_dir: Pat
     else:
         metrics = _build()
     if is_main_process():
+        metrics["numerics"] = numerics.describe()
         write_json_atomic(metrics_path, metrics)
         import shutil
 

@@ -41,6 +41,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from mirage_safety import numerics
 from mirage_safety.config import (
     ConfigError,
     TrackingConfig,
@@ -252,6 +253,7 @@ def _train(cfg: TrainConfig, data_dir: Path, base_dir: Path, out_dir: Path, metr
         "trainable_params": trainable,
         "total_params": total,
         "world_size": world_size(),
+        "numerics": numerics.describe(),
     }
     if is_main_process():
         write_json_atomic(metrics_dir / METRICS_FILE, metrics)
