@@ -202,3 +202,21 @@ def test_qwen2_vl_processor_expands_images_and_only_answers_carry_loss(data_dir)
     loss.backward()
     assert torch.isfinite(loss)
     assert model.lm_head.weight.grad is not None
+
+
+def test_saved_tokenizer_does_not_depend_on_the_last_padded_call(processor, tmp_path):
+    # a padded call leaves padding set on the fast tokenizer's backend, and save_pretrained
+    # wrote it into tokenizer.json: a cold preprocessing cache gave other model bytes
+    from mirage_safety.training.collator import reset_tokenizer_state
+
+    def saved(name: str) -> bytes:
+        processor.save_pretrained(tmp_path / name)
+        return (tmp_path / name / "tokenizer.json").read_bytes()
+
+    reset_tokenizer_state(processor)
+    clean = saved("clean")
+    processor.tokenizer(["a b", "a"], padding=True, truncation=True, max_length=8)
+    assert saved("padded") != clean  # the leak this guards against
+    reset_tokenizer_state(processor)
+    assert saved("reset") == clean
+    assert json.loads(clean)["padding"] is None

@@ -333,3 +333,18 @@ def tokens_per_image(processor: Any, image_size: int = 64) -> int:
     with_image = processor(text=[text], images=[img], add_special_tokens=False)
     plain = _tokenizer(processor)(text, add_special_tokens=False)
     return len(with_image["input_ids"][0]) - len(plain["input_ids"]) + 1
+
+
+def reset_tokenizer_state(processor: Any) -> None:
+    """Clear the padding / truncation a fast tokenizer's backend keeps from its last call.
+
+    transformers leaves them set after any padded call, and ``save_pretrained`` writes
+    them into ``tokenizer.json``: with ``train.preprocess: once`` a cold cache tokenizes
+    (padded) and a warm one does not, so the saved model's bytes depended on the cache.
+    Every call passes its own padding, so the saved state is never read.
+    """
+    tokenizer = getattr(processor, "tokenizer", processor)
+    backend = getattr(tokenizer, "_tokenizer", None)
+    if backend is not None and hasattr(backend, "no_padding"):
+        backend.no_padding()
+        backend.no_truncation()

@@ -33,7 +33,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from mirage_safety.training.collator import IGNORE_INDEX, ChatCollator
+from mirage_safety.training.collator import IGNORE_INDEX, ChatCollator, reset_tokenizer_state
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +48,7 @@ def processor_hash(processor: Any) -> str:
     """Hash of the processor's saved files (tokenizer, chat template, image processor)."""
     h = hashlib.sha256()
     with tempfile.TemporaryDirectory() as tmp:
+        reset_tokenizer_state(processor)  # the last call's padding is not the processor's
         processor.save_pretrained(tmp)
         for p in sorted(Path(tmp).rglob("*")):
             if p.is_file():

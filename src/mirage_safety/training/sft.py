@@ -31,7 +31,11 @@ from typing import Any
 from transformers import TrainerCallback
 
 from mirage_safety.io import read_json, write_json_atomic
-from mirage_safety.training.collator import ChatCollator, tokens_per_image
+from mirage_safety.training.collator import (
+    ChatCollator,
+    reset_tokenizer_state,
+    tokens_per_image,
+)
 
 log = logging.getLogger(__name__)
 
@@ -564,6 +568,7 @@ def save_trained(trainer: Any, processor: Any, out_dir: str | os.PathLike[str],
         trainer.accelerator.state.fsdp_plugin.set_state_dict_type("FULL_STATE_DICT")
     trainer.save_model(str(tmp))
     if trainer.is_world_process_zero():
+        reset_tokenizer_state(processor)
         processor.save_pretrained(tmp)
         for name, obj in (extra_files or {}).items():
             write_json_atomic(tmp / name, obj)
