@@ -486,7 +486,7 @@ class NumericsConfig(_Model):
     mode: Literal["portable", "native"] = "portable"
     # torch / OpenMP / MKL threads in portable mode (ATen's parallel reductions split work
     # by thread count, so it is part of the result); native: the process's default
-    threads: int = Field(1, ge=1, le=256)
+    threads: int = Field(2, ge=1, le=256)
 
 
 # --------------------------------------------------------------------------- root
