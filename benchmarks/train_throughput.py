@@ -42,8 +42,14 @@ non-padding tokens only, i.e. executed FLOPs scaled by the non-padding fraction)
 machine's matmul peak is measured with a large float32 ``torch.matmul`` under the same
 thread count.
 
-    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/train_throughput.py [--steps 20] [--repeat 1]
-        [--model embedded|large]
+    .venv/bin/python benchmarks/train_throughput.py [--steps 20] [--repeat 3]
+        [--model embedded|large] [--variants plain once packed labelled all compiled]
+
+Every contender computes with the pipeline's own numerics (``numerics`` in params.yaml,
+applied before torch loads: portable kernels on two threads by default; the shell's
+``OMP_NUM_THREADS`` counts only with ``numerics.mode: native``).  The ``mirage`` contender
+is the default pipeline: ``run_sft`` with train's speed options from params.yaml;
+``mirage_plain`` is the same with every option off.
 
 Writes ``benchmarks/results/train_throughput.json`` (``train_throughput_large.json`` for
 the large model).  Takes ~1-2 minutes on 2 cores (embedded), ~5 with every variant; the
@@ -359,9 +365,10 @@ def main() -> None:
     ap.add_argument("--variants", nargs="*", default=[], choices=sorted(VARIANTS),
                     help="also time mirage with these train options: " + "; ".join(
                         f"{k}: {v}" for k, v in VARIANTS.items()))
-    ap.add_argument("--skip", nargs="*", default=[], choices=["reference", "trl", "sfttrainer"],
-                    help="contenders to leave out (the max-length reference is slow on the "
-                         "large model)")
+    ap.add_argument("--skip", nargs="*", default=["reference"],
+                    choices=["reference", "trl", "sfttrainer"],
+                    help="contenders to leave out (default: reference, the rows padded to "
+                         "train.max_length, slow and long beaten; `--skip` alone runs all)")
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args()
     out_path = args.out or (RESULTS if args.model == "embedded"

@@ -139,6 +139,14 @@ def headline_table(metrics_dir: Path) -> str | None:
             f"{k} {v:.1f}" for k, v in tasks.items() if isinstance(v, int | float)))
     for note in dict.fromkeys(notes):
         lines.append(f"  n/a: {note} (judge errors; see eval/report.md)")
+    try:
+        ran = read_json(metrics_dir / "train.json").get("numerics")
+    except (OSError, ValueError, AttributeError):
+        ran = None
+    if isinstance(ran, Mapping) and ran:
+        lines.append(f"  computed on: {ran.get('cpu', '?')}, numerics {ran.get('mode', '?')} "
+                     f"(ATen {ran.get('aten_capability', '?')}, MKL "
+                     f"{ran.get('mkl_cbwr') or 'auto'}, {ran.get('threads', '?')} threads)")
     judge = get_dotted(data, "judges.primary")
     if judge:
         lines.append(f"  judge: {judge}; Wilson 95% intervals and per-category rates in "
