@@ -306,7 +306,9 @@ def build_builtin_base(cfg: BaseConfig, data_dir: Path, out_dir: Path, metrics_d
     report_to = ["mlflow"] if tracking is not None else []
     trainer, result = run_sft(model, processor, rows, settings, checkpoint_dir,
                               image_size=image_size, fingerprint=fingerprint,
-                              report_to=report_to, run_name="base", progress=progress)
+                              report_to=report_to, run_name="base", progress=progress,
+                              # preprocessing once: kept beside the checkpoints, as train's
+                              preprocess_cache=checkpoint_dir.parent / "preprocessed")
     save_trained(trainer, processor, out_dir)
     metrics: dict[str, Any] = {"source": "builtin", "parameters": n_params,
                                "vocab_size": len(processor.tokenizer), **vision_metrics,
