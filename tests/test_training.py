@@ -408,6 +408,10 @@ def test_vision_cache_refuses_a_training_tower_and_an_inner_projector(world):
         vision_cache.install(model)
     with pytest.raises(ConfigError, match=r"cache_vision_features needs train\.freeze_vision"):
         parse_params({"train": {"cache_vision_features": True, "freeze_vision": False}})
+    # auto (the default params): on where the family allows it, never an error
+    assert "projector sits inside" in vision_cache.why_not(model)
+    auto = parse_params({"train": {"cache_vision_features": "auto", "freeze_vision": False}})
+    assert auto.train.cache_vision_features == "auto"
 
 
 @pytest.mark.parametrize("method", ["full", "lora"])

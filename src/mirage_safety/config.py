@@ -187,7 +187,8 @@ class TrainConfig(_Model):
     dataloader_workers: int = Field(0, ge=0)
     # compute the frozen vision tower's output once per image and reuse it across epochs
     # (exact: keyed by the processed pixels; not for Qwen2-VL, whose projector is inside)
-    cache_vision_features: bool = False
+    # auto: where the family allows it (a frozen tower that is not the projector's host)
+    cache_vision_features: bool | Literal["auto"] = False
     # padding-free batches: each batch's samples packed end to end in one row, position ids
     # restarting per sample so attention never crosses one (same loss as padded batches)
     packing: bool = False
@@ -204,7 +205,8 @@ class TrainConfig(_Model):
 
     @model_validator(mode="after")
     def _cache_needs_frozen_tower(self) -> TrainConfig:
-        if self.cache_vision_features and self.method == "full" and not self.freeze_vision:
+        if (self.cache_vision_features is True and self.method == "full"
+                and not self.freeze_vision):
             raise ValueError("train.cache_vision_features needs train.freeze_vision: true "
                              "(a training tower's output changes every step)")
         return self

@@ -71,7 +71,7 @@ class SFTSettings:
     group_by_length: bool = False
     save_total_limit: int = 2
     # memoise the frozen vision tower's output per image (training/vision_cache.py)
-    cache_vision_features: bool = False
+    cache_vision_features: bool | str = False  # True, False or "auto"
     # each batch's samples end to end in one padding-free row (training/packing.py)
     packing: bool = False
     # per_batch: templating, tokenising and image processing in every batch; once: done
@@ -507,7 +507,12 @@ def run_sft(model: Any, processor: Any, rows: Sequence[Row], settings: SFTSettin
     if settings.cache_vision_features:
         from mirage_safety.training import vision_cache
 
-        cache = vision_cache.install(model)
+        skip = vision_cache.why_not(model) if settings.cache_vision_features == "auto" else None
+        if skip:  # auto: on where the family allows it
+            log.info("vision features not cached (train.cache_vision_features: auto): %s",
+                     skip.split("; set ")[0])
+        else:
+            cache = vision_cache.install(model)
     try:
         with contextlib.ExitStack() as stack:
             if varlen_family:

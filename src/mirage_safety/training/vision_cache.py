@@ -84,21 +84,32 @@ class CachedForward:
         return BaseModelOutputWithPooling(last_hidden_state=last, hidden_states=tuple(hidden))
 
 
-def install(model: Any) -> CachedForward:
-    """Memoise ``model``'s frozen vision tower; undo with :func:`uninstall`."""
+def why_not(model: Any) -> str | None:
+    """Why ``model``'s vision tower cannot be cached, or None when it can."""
     from mirage_safety.models.families import family_of
 
     family = family_of(model)
     if not family.cacheable_tower:
-        raise VisionCacheError(f"{family.name}: the projector sits inside the vision module "
-                               "(it trains), so the tower output cannot be cached; set "
-                               "train.cache_vision_features: false")
+        return (f"{family.name}: the projector sits inside the vision module (it trains), so "
+                "the tower output cannot be cached; set train.cache_vision_features: false")
     name, tower = find_tower(model, family.vision_keys)
     trainable = [n for n, p in tower.named_parameters() if p.requires_grad]
     if trainable:
-        raise VisionCacheError(f"train.cache_vision_features needs a frozen vision tower, but "
-                               f"{name}.{trainable[0]} (and {len(trainable) - 1} more) train; "
-                               "set train.freeze_vision: true")
+        return (f"train.cache_vision_features needs a frozen vision tower, but "
+                f"{name}.{trainable[0]} (and {len(trainable) - 1} more) train; "
+                "set train.freeze_vision: true")
+    return None
+
+
+def install(model: Any) -> CachedForward:
+    """Memoise ``model``'s frozen vision tower; undo with :func:`uninstall`."""
+    from mirage_safety.models.families import family_of
+
+    reason = why_not(model)
+    if reason:
+        raise VisionCacheError(reason)
+    family = family_of(model)
+    name, tower = find_tower(model, family.vision_keys)
     layer = getattr(model.config, "vision_feature_layer", None)
     layers = list(layer) if isinstance(layer, list | tuple) else [-1 if layer is None else layer]
     cached = CachedForward(tower, (*layers, -1))  # -1: last_hidden_state's layer
