@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 from mirage_safety import numerics
-from mirage_safety.config import NumericsConfig, parse_params
+from mirage_safety.config import ConfigError, NumericsConfig, parse_params
 
 # a few training steps through every kind of kernel the tiny VLM uses: oneDNN convolution,
 # MKL matmuls, ATen's softmax / layer norm / GELU / reductions, fused AdamW
@@ -108,5 +108,5 @@ def test_a_params_file_that_does_not_load_is_left_to_the_command(tmp_path, monke
     assert numerics.apply_for_command(["train", "--params", str(bad)]) == {}
     assert numerics.apply_for_command(["--params", str(tmp_path / "missing.yaml")]) == {}
     assert "ATEN_CPU_CAPABILITY" not in os.environ
-    with pytest.raises(Exception, match=r"numerics\.mode"):
+    with pytest.raises(ConfigError, match=r"numerics\.mode"):
         parse_params(yaml.safe_load(bad.read_text()))

@@ -32,7 +32,7 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
-from mirage_safety.config import ConfigError, NumericsConfig, load_params
+from mirage_safety.config import DEFAULT_PARAMS, ConfigError, NumericsConfig, load_params
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +78,7 @@ def apply_for_command(argv: Sequence[str]) -> dict[str, str]:
     never hides an error and never fails on its own.
     """
     pre = argparse.ArgumentParser(add_help=False)
-    pre.add_argument("--params", default="params.yaml")
+    pre.add_argument("--params", default=str(DEFAULT_PARAMS))
     pre.add_argument("--profile", default=None)
     known, _ = pre.parse_known_args(list(argv))
     if not Path(known.params).is_file():

@@ -510,7 +510,7 @@ def run_sft(model: Any, processor: Any, rows: Sequence[Row], settings: SFTSettin
         skip = vision_cache.why_not(model) if settings.cache_vision_features == "auto" else None
         if skip:  # auto: on where the family allows it
             log.info("vision features not cached (train.cache_vision_features: auto): %s",
-                     skip.split("; set ")[0])
+                     skip)
         else:
             cache = vision_cache.install(model)
     try:

@@ -91,13 +91,13 @@ def why_not(model: Any) -> str | None:
     family = family_of(model)
     if not family.cacheable_tower:
         return (f"{family.name}: the projector sits inside the vision module (it trains), so "
-                "the tower output cannot be cached; set train.cache_vision_features: false")
+                "the tower output cannot be cached")
     name, tower = find_tower(model, family.vision_keys)
     trainable = [n for n, p in tower.named_parameters() if p.requires_grad]
     if trainable:
         return (f"train.cache_vision_features needs a frozen vision tower, but "
-                f"{name}.{trainable[0]} (and {len(trainable) - 1} more) train; "
-                "set train.freeze_vision: true")
+                f"{name}.{trainable[0]} (and {len(trainable) - 1} more) train "
+                "(train.freeze_vision: false)")
     return None
 
 
@@ -107,7 +107,8 @@ def install(model: Any) -> CachedForward:
 
     reason = why_not(model)
     if reason:
-        raise VisionCacheError(reason)
+        raise VisionCacheError(f"{reason}; set train.cache_vision_features: false, or auto "
+                               "to cache only where it can")
     family = family_of(model)
     name, tower = find_tower(model, family.vision_keys)
     layer = getattr(model.config, "vision_feature_layer", None)
