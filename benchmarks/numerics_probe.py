@@ -2,7 +2,7 @@
 
 Runs the real stages (``mirage base``, ``train``, ``evaluate`` on the smoke profile) once
 per *variant*, each a set of environment variables that makes this CPU compute the way
-another CPU kind would, and compares the md5 of what each variant wrote:
+another CPU kind would, and compares the sha256 of what each variant wrote:
 
 * ``ATEN_CPU_CAPABILITY`` (default / avx2 / avx512): the vector width of torch's own kernels;
 * ``MKL_CBWR`` (AVX2, AVX512, COMPATIBLE): MKL's code path for every fp32 matmul;
@@ -39,6 +39,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
+from mirage_safety.io import sha256_file, tree_hash  # noqa: E402
 from mirage_safety.numerics import cpu_model  # noqa: E402
 
 # glibc's ifunc selection as on a CPU without AVX2 / FMA / AVX-512 (exp, log, memcpy...)
@@ -77,22 +78,9 @@ NUMERIC_VARS = ("ATEN_CPU_CAPABILITY", "MKL_CBWR", "ONEDNN_MAX_CPU_ISA", "OMP_NU
                 "MKL_NUM_THREADS", "GLIBC_TUNABLES", "NPY_DISABLE_CPU_FEATURES")
 
 
-def tree_md5(path: Path) -> str:
-    """md5 over every file's relative name and bytes (what DVC's .dir hash also covers)."""
-    h = hashlib.md5()
-    for f in sorted(p for p in path.rglob("*") if p.is_file()):
-        h.update(str(f.relative_to(path)).encode())
-        h.update(hashlib.md5(f.read_bytes()).digest())
-    return h.hexdigest()
-
-
-def file_md5(path: Path) -> str:
-    return hashlib.md5(path.read_bytes()).hexdigest()
-
-
-def answers_md5(eval_dir: Path) -> str:
-    """md5 of the generated answers only (the response files also hold timings)."""
-    h = hashlib.md5()
+def answers_hash(eval_dir: Path) -> str:
+    """sha256 of the generated answers only (the response files also hold timings)."""
+    h = hashlib.sha256()
     for f in sorted(eval_dir.glob("responses_*.jsonl")):
         for line in f.read_text().splitlines():
             row = json.loads(line)
@@ -164,11 +152,12 @@ def probe(work: Path, mirage: str, name: str, extra: dict[str, str]) -> dict[str
     ran = json.loads((out / "metrics" / "train.json").read_text()).get("numerics", {})
     return {
         "variant": name, "env": extra, "ran": ran, **{k: round(v, 1) for k, v in times.items()},
-        "base_md5": tree_md5(out / "base"),
-        "base_weights_md5": file_md5(out / "base" / "model.safetensors"),
-        "mirage_md5": tree_md5(out / "mirage"),
-        "mirage_weights_md5": file_md5(out / "mirage" / "model.safetensors"),
-        "answers_md5": answers_md5(out / "eval"),
+        # tree: every file's name and bytes (tokenizer, config, ...); weights: the tensors
+        "base_hash": tree_hash(out / "base"),
+        "base_weights_hash": sha256_file(out / "base" / "model.safetensors"),
+        "mirage_hash": tree_hash(out / "mirage"),
+        "mirage_weights_hash": sha256_file(out / "mirage" / "model.safetensors"),
+        "answers_hash": answers_hash(out / "eval"),
     }
 
 
@@ -189,8 +178,9 @@ def main() -> int:
     for name in args.variants:
         row = probe(work, mirage, name, VARIANTS[name])
         rows.append(row)
-        print(f"{name:40s} base {row['base_weights_md5'][:8]}  mirage "
-              f"{row['mirage_weights_md5'][:8]}  answers {row['answers_md5'][:8]}  "
+        print(f"{name:40s} base {row['base_weights_hash'][:8]} (tree "
+              f"{row['base_hash'][:8]})  mirage {row['mirage_weights_hash'][:8]} (tree "
+              f"{row['mirage_hash'][:8]})  answers {row['answers_hash'][:8]}  "
               f"({row['base_s']} + {row['train_s']} + {row['evaluate_s']} s)", flush=True)
     result = {"cpu": cpu_model(), "rows": rows}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)

@@ -2,12 +2,13 @@
 
 Both runs train the embedded tiny LLaVA VLM (default ``BuiltinModelConfig``, 64 px images,
 two images per sample) from the same initial weights on the same safety + general mix
-(``train.general_ratio``), with the same batch size, optimizer and step count, in this
-one process:
+(``train.general_ratio`` of params.yaml), with the same batch size, optimizer and step
+count, in this one process:
 
-* **mirage** -- :func:`mirage_safety.training.sft.run_sft`: length-grouped batches,
-  dynamic right padding, chat-template text encoded once per record (cached), and
-  assistant-only labels;
+* **mirage** -- the default pipeline: :func:`mirage_safety.training.sft.run_sft` with
+  train's speed options from params.yaml (padding-free packed rows, the LM head at
+  labelled positions only, preprocessing once, the vision cache where the family allows
+  it) and assistant-only labels;
 * **reference** -- a plain ``transformers.Trainer``: random batches, each collated by
   rendering the chat template and running the processor with
   ``padding="max_length"`` (``train.max_length``), labels = inputs minus padding/images;
@@ -24,7 +25,8 @@ one process:
   is off, so both run the same forward/backward) and the learning rate, schedule,
   batch size, steps and seed shared by every contender.
 
-``--variants`` adds mirage runs with train options on (:data:`VARIANTS`): ``once``
+``--variants`` adds mirage runs from every option off (:data:`VARIANTS`): ``plain`` (none
+on: the old default), ``once``
 (preprocessing once), ``packed`` (padding-free rows, attended sample by sample), ``labelled``
 (LM head at labelled positions only), ``all`` (the three together), ``compiled`` (``all``
 and the decoder layers under ``torch.compile``; its compile is in time-to-first-step).

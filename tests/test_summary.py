@@ -66,7 +66,12 @@ def test_summary_headline_table(project, capsys):
         "judges": {"primary": "world"}}))
     (project / "metrics" / "base.json").write_text(json.dumps(
         {"general_accuracy_per_task": {"same": 85.0, "which": 55.5}}))
+    (project / "metrics" / "train.json").write_text(json.dumps({"numerics": {
+        "mode": "portable", "cpu": "AMD EPYC", "aten_capability": "DEFAULT",
+        "mkl_cbwr": "COMPATIBLE,STRICT", "threads": 2}}))
     out = _summary(capsys)
+    assert ("computed on: AMD EPYC, numerics portable (ATen DEFAULT, MKL COMPATIBLE,STRICT, "
+            "2 threads)") in out
     assert "== Results (metrics/eval.json, rates in %)" in out
     header = next(line for line in out.splitlines() if "ASR easy" in line)
     assert header.split() == ["model", "ASR", "easy", "ASR", "hard", "RSR", "hard", "RR",
