@@ -54,9 +54,15 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def run() -> int:
+    """The ``mirage`` command (and ``python -m mirage_safety.cli``): the CPU numerics of its
+    params first, since the libraries read them once, before anything imports torch; then
+    :func:`main`.  In-process callers of :func:`main` keep their own environment."""
+    numerics.apply_for_command(sys.argv[1:])
+    return main()
+
+
 def main(argv: list[str] | None = None) -> int:
-    # before anything imports torch: the CPU numerics are read once, at library start-up
-    numerics.apply_for_command(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(
@@ -81,4 +87,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run())

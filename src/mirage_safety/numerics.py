@@ -16,25 +16,21 @@ involved takes its CPU-independent path:
 
 These are read once, when each library initialises, so they must be in the environment
 before ``import torch``: the ``mirage`` command applies them first thing
-(:func:`apply_for_command`), and every subprocess it starts inherits them.  A process that
-imported torch before (an in-process test) gets the thread count only; :func:`describe`
+(:func:`apply_for_command`, from ``cli.run``), and every subprocess it starts inherits
+them.  An in-process call of ``cli.main`` (a test) keeps its own numerics; :func:`describe`
 records what really ran, and stages put it in their metrics.
 """
 
 from __future__ import annotations
 
 import argparse
-import logging
 import os
-import sys
 from collections.abc import Sequence
 from functools import cache
 from pathlib import Path
 from typing import Any
 
 from mirage_safety.config import DEFAULT_PARAMS, ConfigError, NumericsConfig, load_params
-
-log = logging.getLogger(__name__)
 
 #: the environment of ``portable`` mode, besides the thread counts
 PORTABLE_ENV = {
@@ -53,20 +49,10 @@ def environment(cfg: NumericsConfig) -> dict[str, str]:
 
 
 def apply(cfg: NumericsConfig) -> dict[str, str]:
-    """Put ``cfg``'s variables in this process's environment (and its children's).
-
-    Returns what was set.  If torch is already imported, only the thread count can still
-    change; the rest takes effect in subprocesses.
-    """
+    """Put ``cfg``'s variables in this process's environment (and its children's); call it
+    before torch loads.  Returns what was set."""
     env = environment(cfg)
     os.environ.update(env)
-    if env and "torch" in sys.modules:
-        import torch
-
-        torch.set_num_threads(cfg.threads)
-        if torch.backends.cpu.get_cpu_capability() != "DEFAULT":
-            log.debug("numerics: torch was imported before the portable settings; "
-                      "this process keeps its native kernels")
     return env
 
 

@@ -298,8 +298,7 @@ def build_builtin_base(cfg: BaseConfig, data_dir: Path, out_dir: Path, metrics_d
                            max_length=1024, seed=cfg.seed,
                            packing=b.pretrain_fast, labelled_logits=b.pretrain_fast,
                            preprocess="once" if b.pretrain_fast else "per_batch",
-                           cache_vision_features=b.pretrain_fast
-                           and b.freeze_vision_in_pretrain)
+                           cache_vision_features="auto" if b.pretrain_fast else False)
     fingerprint = {"stage": "base", "config": cfg.model_dump(mode="json"),
                    "image_size": image_size,
                    "data": [os.path.getsize(p) for p in train_files]}
