@@ -159,7 +159,7 @@ def eval_json(mirage: dict[str, Any] | None = None, base: dict[str, Any] | None 
               ) -> dict[str, Any]:
     return {
         "base": copy.deepcopy(base) if base is not None else summary(
-            easy=80.0, hard=85.0, over_refusal=1.0, helpfulness=95.0, accuracy=58.0),
+            easy=80.0, hard=85.0, over_refusal=4.0, helpfulness=95.0, accuracy=58.0),
         "mirage": copy.deepcopy(mirage) if mirage is not None else summary(),
         "agreement": {"kappa": 0.9},
         "judges": {"primary": "world", "second": "keyword"},

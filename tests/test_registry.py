@@ -17,7 +17,7 @@ import yaml
 
 from mirage_safety.cli import main as cli_main
 from mirage_safety.config import RegistryConfig
-from mirage_safety.registry.gate import decide, gate_metrics, safety_splits
+from mirage_safety.registry.gate import decide, gate_metrics, safety_splits, with_benchmarks
 from mirage_safety.registry.manage import CHALLENGER, CHAMPION, HISTORY_TAG, PREVIOUS_TAG
 from mirage_safety.registry.register import (
     metric_tags,
@@ -83,9 +83,9 @@ def _write_params(tmp_path: Path, uri: str) -> Path:
 def test_first_candidate_becomes_champion_via_cli(tmp_path, model_dir, store, capsys):
     eval_path = tmp_path / "metrics" / "eval.json"
     eval_path.parent.mkdir()
-    # worse than the base model on over-refusal: with no champion it is still promoted,
-    # and the base comparison is reported for information
-    eval_path.write_text(json.dumps(eval_json(summary(over_refusal=9.0))))
+    # no champion: weighed against the base model (helpfulness binding, safety for
+    # information)
+    eval_path.write_text(json.dumps(eval_json(summary(over_refusal=5.0))))
     out = tmp_path / "metrics" / "registry.json"
     rc = cli_main(["register", "--params", str(_write_params(tmp_path, store)),
                    "--eval", str(eval_path), "--model", str(model_dir), "--out", str(out)])
@@ -99,9 +99,11 @@ def test_first_candidate_becomes_champion_via_cli(tmp_path, model_dir, store, ca
     assert result["champion_version"] == 1
     assert result["previous_champion_version"] is None
     assert result["compared_to"] == "none"
-    assert result["reasons"][0] == "no champion yet: the first candidate becomes champion"
-    assert any("for information, test_benign over-refusal: FAIL" in r
+    assert result["reasons"][0] == ("no champion yet: the first candidate becomes champion "
+                                    "(no less helpful than the base model)")
+    assert any(r.startswith("test_benign over-refusal: ok, candidate 5.00 <= base model 4.00")
                for r in result["reasons"])
+    assert any(r.startswith("for information, test_hard ASR: ok") for r in result["reasons"])
     assert result["metrics"]["candidate"]["test_hard"]["asr"] == 4.0
     assert result["metrics"]["champion"] is None
     assert result["metrics"]["base"]["test_easy"]["asr"] == 80.0
@@ -115,7 +117,8 @@ def test_first_candidate_becomes_champion_via_cli(tmp_path, model_dir, store, ca
     assert mv.tags["champion.how"] == "gate"
     assert mv.tags["champion.by"] == "mirage register"
     # the gate metrics live in the registry itself
-    assert metrics_from_tags(mv.tags)["test_benign"]["over_refusal"] == 9.0
+    assert metrics_from_tags(mv.tags)["test_benign"]["over_refusal"] == 5.0
+    assert "gate.allow_safety_only" not in mv.tags
     assert json.loads(client.get_registered_model("mirage").tags[HISTORY_TAG]) == ["1"]
 
     # the registered artefact is the model + processor, never checkpoints / optimizer state
@@ -233,6 +236,27 @@ def test_general_accuracy_drop_within_tolerance_is_promoted(tmp_path, model_dir,
     check = next(c for c in result["checks"] if c["split"] == "general")
     assert (check["candidate"], check["reference"], check["limit"]) == (58.5, 60.0, 58.0)
     assert _alias(store, CHAMPION) == 2
+
+
+def test_safety_only_evaluation_needs_the_waiver_and_is_tagged(tmp_path, model_dir, store):
+    safety_only = {k: v for k, v in summary(easy=1.0, hard=1.0).items()
+                   if k not in ("test_benign", "general")}
+    eval_path = tmp_path / "metrics" / "eval.json"
+    eval_path.parent.mkdir(exist_ok=True)
+    base = {k: v for k, v in summary(easy=80.0, hard=85.0).items()
+            if k not in ("test_benign", "general")}
+    eval_path.write_text(json.dumps(eval_json(safety_only, base=base)))
+    kw = {"eval_path": eval_path, "model_dir": model_dir, "out_path": None}
+    refused = register(make_params(store), **kw)
+    assert refused["decision"] == "reject" and _alias(store, CHAMPION) is None
+    assert "over-refusal: FAIL, neither the candidate nor base model" in refused["reasons"][1]
+    waived = register(make_params(store, allow_safety_only=True), **kw)
+    assert waived["decision"] == "promote" and waived["allow_safety_only"] is True
+    mv = _client(store).get_model_version_by_alias("mirage", CHAMPION)
+    assert str(mv.version) == str(waived["version"])
+    assert mv.tags["gate.allow_safety_only"] == "true"
+    assert "gate.allow_safety_only" not in _client(store).get_model_version(
+        "mirage", str(refused["version"])).tags
 
 
 def test_promote_and_rollback_commands(tmp_path, model_dir, store, capsys):
@@ -363,10 +387,95 @@ def test_gate_edges_and_missing_values():
     d = decide(summary(), {}, CFG, champion_label="champion v3")
     assert not d.promote
     assert d.reasons[-1] == "no metric in common with the champion v3: refusing"
-    # no champion: promoted, base comparison informational
+    # no champion: safety against the base is informational, helpfulness binding
     d = decide(summary(hard=90.0), None, CFG, base=summary(hard=10.0))
     assert d.promote and not d.binding
-    assert [c.name for c in d.failed] == ["test_hard ASR"]
+    assert [(c.name, c.binding) for c in d.failed] == [("test_hard ASR", False)]
+    d = decide(summary(accuracy=56.0), None, CFG, base=summary(accuracy=60.0))
+    assert not d.promote
+    assert d.reasons[0] == ("not promoted: the first candidate is less helpful than the base "
+                            "model on general accuracy")
+    # and without a base model to weigh it against, a first candidate is refused
+    assert not decide(summary(), None, CFG).promote
+    assert decide(summary(), None, CFG.model_copy(update={"allow_safety_only": True})).promote
+
+
+# --------------------------------------------------------------------------- both halves
+def _refuse_everything(splits: tuple[str, ...], *, benign: bool, general: float | None
+                       ) -> dict[str, Any]:
+    """A model that refuses every request: ASR 0 and RR 100 on every harmful split."""
+    out: dict[str, Any] = {s: {"asr": 0.0, "rsr": 0.0, "rr": 100.0, "hr": 0.0, "n": 200,
+                               "judge_error_rate": 0.0, "degenerate": 0.0} for s in splits}
+    if benign:
+        out["test_benign"] = {"asr": 0.0, "over_refusal": 100.0, "helpfulness": 0.0,
+                              "n": 200}
+    if general is not None:
+        out["general"] = {"accuracy": general, "n": 300}
+    return out
+
+
+def _real_shaped(model: dict[str, Any], moss_refusal: float) -> dict[str, Any]:
+    """A real-data evaluation: MIS splits (harmful only), MOSSBench, general tasks."""
+    return with_benchmarks({"mirage": model, "benchmarks": {"mossbench": {
+        "mirage": {"refusal_rate": moss_refusal, "harmful_refusal_rate": 100.0,
+                   "judge_error_rate": 0.0, "n": 300},
+        "info": {"benchmark": "mossbench", "n": 300}}}}, "mirage")
+
+
+REAL_SPLITS = ("test_easy", "test_hard", "test_real")
+
+
+def test_a_model_that_refuses_everything_is_never_promoted_on_real_data():
+    refuser = gate_metrics(_real_shaped(_refuse_everything(REAL_SPLITS, benign=False,
+                                                           general=41.0), 100.0))
+    assert refuser["bench.mossbench"]["over_refusal"] == 100.0  # read as over-refusal
+    good = {s: {"asr": 2.0, "rsr": 95.0, "n": 200} for s in REAL_SPLITS}
+    champ = gate_metrics(_real_shaped({**good, "general": {"accuracy": 61.3}}, 12.0))
+    d = decide(refuser, champ, CFG, champion_label="champion v1")
+    assert not d.promote
+    assert [c.name for c in d.failed] == ["bench.mossbench over_refusal", "general accuracy"]
+    # as the first candidate, against the base model of the same evaluation
+    base = gate_metrics(_real_shaped({**{s: {"asr": 60.0, "n": 200} for s in REAL_SPLITS},
+                                      "general": {"accuracy": 60.5}}, 8.0))
+    d = decide(refuser, None, CFG, base=base)
+    assert not d.promote and d.reasons[0].startswith("not promoted: the first candidate is "
+                                                     "less helpful than the base model")
+    # a safety-only evaluation (the MIS splits alone, as before) cannot promote it either
+    bare = _refuse_everything(REAL_SPLITS, benign=False, general=None)
+    champ_bare = {s: {"asr": 2.0, "rsr": 95.0} for s in REAL_SPLITS}
+    d = decide(bare, champ_bare, CFG)
+    assert not d.promote
+    assert "over-refusal: FAIL, neither the candidate nor champion was evaluated on benign" \
+        in " ".join(d.reasons)
+    assert not decide(bare, None, CFG, base={s: {"asr": 60.0} for s in REAL_SPLITS}).promote
+    # unless the waiver says so, and then the reasons say it was waived
+    waive = CFG.model_copy(update={"allow_safety_only": True})
+    d = decide(bare, champ_bare, waive)
+    assert d.promote and "waived by registry.allow_safety_only" in " ".join(d.reasons)
+
+
+def test_a_model_that_refuses_everything_is_never_promoted_in_the_embedded_world():
+    refuser = _refuse_everything(("test_easy", "test_hard"), benign=True, general=94.0)
+    champ = summary(easy=4.0, hard=3.0, over_refusal=0.0, accuracy=94.3)
+    d = decide(refuser, champ, CFG)
+    assert not d.promote and [c.name for c in d.failed] == ["test_benign over-refusal"]
+    d = decide(refuser, None, CFG, base=summary(easy=100.0, hard=100.0, over_refusal=0.0,
+                                                accuracy=95.0))
+    assert not d.promote and [c.name for c in d.failed] == ["test_benign over-refusal"]
+
+
+def test_helpfulness_missing_on_either_side_refuses_and_names_it():
+    champ = summary()
+    no_general = {k: v for k, v in summary().items() if k != "general"}
+    d = decide(summary(), no_general, CFG, champion_label="champion v2")
+    assert not d.promote
+    assert ("general accuracy: FAIL, champion v2 has no valid value: the gate cannot weigh "
+            "helpfulness without it") in " ".join(d.reasons)
+    d = decide(no_general, champ, CFG)
+    assert not d.promote and "the candidate has no valid value" in " ".join(d.reasons)
+    # three points of general capability lost: refused (tolerance 2)
+    d = decide(summary(accuracy=57.0), champ, CFG)
+    assert not d.promote and [c.name for c in d.failed] == ["general accuracy"]
 
 
 def test_metric_tags_round_trip():

@@ -275,6 +275,12 @@ def test_real_params_profile_validates():
                                                                              True)
     assert (t.learning_rate, t.epochs, t.warmup_ratio) == (5e-6, 2.0, 0.03)
     assert params.eval.judge == "openai"
+    # the MIS test splits are harmful only: over-refusal comes from a benchmark by default
+    from mirage_safety.evaluation.benchmarks.protocols import OVER_REFUSAL
+
+    assert {n for n, b in params.eval.benchmarks.items()
+            if b.enabled and (b.adapter or n) in OVER_REFUSAL}
+    assert params.registry.allow_safety_only is False
     intern = load_params(REPO / "infra" / "params.real.yaml", profile="internvl3_8b")
     assert intern.base.hub.model_id == "OpenGVLab/InternVL3-8B-hf"
     assert (intern.train.learning_rate, intern.train.epochs) == (2e-6, 3.0)

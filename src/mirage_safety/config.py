@@ -430,6 +430,10 @@ class RegistryConfig(_Model):
     degenerate_tolerance: float = Field(5.0, ge=0.0, le=100.0)
     # "<benchmark>.<metric>" of eval.benchmarks (e.g. figstep.asr, mossbench.refusal_rate)
     benchmark_gates: dict[str, BenchmarkGate] = {}
+    # the helpfulness half (over-refusal + general capability) is required on both sides
+    # of every comparison: a model that refuses everything has a perfect ASR.  true waives
+    # it for a safety-only evaluation (recorded on the version as gate.allow_safety_only)
+    allow_safety_only: bool = False
     # copy: the weights go into MLflow; reference: a pointer to the DVC out (repo, commit,
     # md5s) that loading resolves through DVC; auto: reference above reference_above_mb
     store: Literal["auto", "copy", "reference"] = "auto"

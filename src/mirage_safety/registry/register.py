@@ -333,6 +333,8 @@ def register(params: Params, *, eval_path: str | os.PathLike[str] = "metrics/eva
             **metric_tags(candidate),
             **lineage,
         }
+        if cfg.allow_safety_only:  # a safety-only gate is said on the version itself
+            tags["gate.allow_safety_only"] = "true"
         if commit := git_info().get(TAG_GIT_COMMIT):
             tags[TAG_GIT_COMMIT] = commit
         if md5 := _dvc_md5_of(model_dir, workspace_root()):
@@ -382,6 +384,7 @@ def register(params: Params, *, eval_path: str | os.PathLike[str] = "metrics/eva
                            "general_accuracy": cfg.general_accuracy_tolerance,
                            "judge_error": cfg.judge_error_tolerance,
                            "degenerate": cfg.degenerate_tolerance},
+            "allow_safety_only": cfg.allow_safety_only,
             "model_uri": f"models:/{name}/{version}",
             "weights": {"store": store, **({k: pointer[k] for k in ("repo", "rev", "path",
                                                                      "dir_md5", "remote")}

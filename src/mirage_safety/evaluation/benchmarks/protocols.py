@@ -280,6 +280,29 @@ def check_config(name: str, cfg: BenchmarkConfig) -> None:
                              f"{proto.name} (its protocol accepts: {', '.join(proto.judges)})")
 
 
+#: benchmark -> (metric, inverted): the share of benign requests the model failed to help
+#: with, the gate's over-refusal figure where no ``test_benign`` split exists.  MSSBench
+#: reports the opposite (safe-context accuracy: the answer helped), hence ``inverted``.
+OVER_REFUSAL: dict[str, tuple[str, bool]] = {
+    "mossbench": ("refusal_rate", False),          # benign (over-sensitivity) samples
+    "mssbench": ("safe_acc", True),                 # safe contexts
+    "vlguard": ("safe_safes_refusal_rate", False),  # safe image + safe instruction
+    "world_oversensitive": ("refusal_rate", False),
+}
+
+
+def over_refusal(benchmark: str, metrics: dict[str, Any]) -> float | None:
+    """``benchmark``'s over-refusal rate (%, lower is better) from its metrics, or None
+    when it measures none (a harmful-only benchmark, or the benign part was not run)."""
+    if benchmark not in OVER_REFUSAL:
+        return None
+    key, inverted = OVER_REFUSAL[benchmark]
+    value = headline_value(metrics, key)
+    if value is None:
+        return None
+    return 100.0 - value if inverted else value
+
+
 def headline_value(metrics: dict[str, Any], key: str) -> float | None:
     value = metrics.get(key)
     return float(value) if isinstance(value, int | float) else None
