@@ -17,7 +17,20 @@ $(STAMP): pyproject.toml constraints.txt
 	$(BIN)/pip install --quiet -c constraints.txt -e '.[dev]'
 	touch $(STAMP)
 
-setup: $(STAMP)
+# lmms-eval (general-capability benchmarks) in its own environment: its pins (wandb,
+# protobuf < 7, a CUDA torchvision) clash with ours; `mirage evaluate` runs it as a command
+LMMS_VENV := .venv-lmms
+LMMS_STAMP := $(LMMS_VENV)/.installed
+$(LMMS_STAMP): constraints-lmms.txt
+	$(PYTHON) -m venv $(LMMS_VENV)
+	$(LMMS_VENV)/bin/pip install --quiet --upgrade pip
+	$(LMMS_VENV)/bin/pip install --quiet -c constraints-lmms.txt torch
+	$(LMMS_VENV)/bin/pip install --quiet -c constraints-lmms.txt lmms-eval
+	# the torchvision paired with torch 2.13 on the index is a CUDA build: it breaks imports
+	$(LMMS_VENV)/bin/pip uninstall --yes --quiet torchvision
+	touch $(LMMS_STAMP)
+
+setup: $(STAMP) $(LMMS_STAMP)
 
 run: setup
 	$(BIN)/dvc repro

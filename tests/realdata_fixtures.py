@@ -137,3 +137,37 @@ def build_msr(root: Path, *, n: int = 4, file: str = "msr_align.json") -> Path:
         recs.append(rec)
     write_json(root / file, recs)
     return root
+
+
+def build_general(root: Path, *, n: int = 6, file: str = "m4_instruct_annotations.json",
+                  image_dir: str = "Split1") -> Path:
+    """A general instruction set in the LLaVA / ShareGPT layout (M4-Instruct style).
+
+    Record ``i`` has ``1 + i % 3`` images under ``image``: a plain path for one image, a
+    list otherwise (with one ``<image>`` per image in the human turn); ids are strings
+    ``m4-<i>`` and every record carries a ``metadata`` extra.  Record 4 (when present) is
+    a two-round chat whose second human turn holds the last image.  A video annotation
+    file sits next to it, as in the release, and must not be picked.
+    """
+    root.mkdir(parents=True, exist_ok=True)
+    recs = []
+    for i in range(n):
+        images = [f"{image_dir}/task{i % 2}/{i}_{k}.png" for k in range(1 + i % 3)]
+        for k, rel in enumerate(images):
+            write_png(root / rel, _color(i, k))
+        question = f"Compare the pictures ({i}): what differs?"
+        conv = [{"from": "human", "value": "<image>\n" * len(images) + question},
+                {"from": "gpt", "value": f"Picture {i} differs in colour."}]
+        if i == 4:
+            conv = [{"from": "human", "value": "<image>\n" * (len(images) - 1) + question},
+                    {"from": "gpt", "value": "The first ones match."},
+                    {"from": "human", "value": "And this one? <image>"},
+                    {"from": "gpt", "value": "It is darker."}]
+        recs.append({"id": f"m4-{i}", "image": images[0] if len(images) == 1 else images,
+                     "conversations": conv, "metadata": {"dataset": f"task{i % 2}"}})
+    write_json(root / file, recs)
+    write_json(root / "m4_instruct_video.json",
+               [{"id": "v0", "video": "clip.mp4",
+                 "conversations": [{"from": "human", "value": "<image>\nWhat happens?"},
+                                   {"from": "gpt", "value": "Nothing."}]}])
+    return root

@@ -62,3 +62,12 @@ def test_config_is_frozen():
     p = parse_params({})
     with pytest.raises(Exception):  # noqa: B017 - pydantic's frozen-instance error
         p.train.batch_size = 3  # type: ignore[misc]
+
+
+def test_general_ability_is_measured_through_lmms_eval_only() -> None:
+    with pytest.raises(ConfigError, match="general_test is measured through lmms-eval"):
+        parse_params({"eval": {"splits": ["test_hard", "general_test"]}})
+    p = load_params(REPO / "params.yaml")
+    assert "general_test" not in p.eval.splits
+    assert p.eval.general.tasks["mirage_world_general"].metric == "exact_match"
+    assert p.eval.general.include_path == ["data/lmms_tasks"]

@@ -26,7 +26,7 @@ from tiny_world import copy_world, read_jsonl, tiny_model, world_data
 
 N = 6  # samples per split
 SAFETY = ("test_easy", "test_hard", "test_benign", "test_benign_shift")
-SPLITS = len(SAFETY) + 1  # + general_test
+SPLITS = len(SAFETY)  # general ability: lmms-eval (test_general_lmms.py, the e2e smoke run)
 RATES = ("asr", "rsr", "rr", "hr", "degenerate", "judge_error_rate")
 EVAL = {"max_samples_per_split": N, "max_new_tokens": 8, "batch_size": 4}
 
@@ -106,7 +106,7 @@ def test_metrics_report_and_plots(clean):
                 assert math.fsum(c[k] for k in RATES) == pytest.approx(100.0)
         assert {"over_refusal", "helpfulness"} <= set(m["test_benign"])
         assert {"over_refusal", "helpfulness"} <= set(m["test_benign_shift"])
-        assert m["general"]["n"] == N and 0.0 <= m["general"]["accuracy"] <= 100.0
+        assert "general" not in m  # no eval.general.tasks here
         # the second judge saw every safety answer
         assert metrics["agreement"][model]["n"] == len(SAFETY) * N
 
@@ -141,7 +141,7 @@ def test_metrics_report_and_plots(clean):
     with open(out / "per_sample.csv", newline="") as fh:
         rows = list(csv.DictReader(fh))
     assert len(rows) == 2 * SPLITS * N
-    assert Counter((r["model"], r["split"]) for r in rows)[("mirage", "general_test")] == N
+    assert Counter((r["model"], r["split"]) for r in rows)[("mirage", "test_hard")] == N
     for png in ("rates_by_split.png", "asr_by_category.png", "helpfulness.png"):
         assert (out / "plots" / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     plot_rows = (work / "plots" / "eval_rates.csv").read_text().splitlines()
@@ -292,7 +292,6 @@ def test_cli_writes_dvc_readable_metrics(clean, tmp_path, capsys):
     for model in ("base", "mirage"):
         for split in SAFETY:
             assert all(isinstance(shown[model][split][k], float) for k in RATES)
-        assert isinstance(shown[model]["general"]["accuracy"], float)
 
 
 def _no_lists_or_nulls(d: dict[str, Any]) -> dict[str, Any]:

@@ -611,5 +611,16 @@ def test_real_pipeline_smoke_end_to_end(
             assert bench[name][model]["n"] > 0 and bench[name][model]["judge_errors"] == 0
             assert isinstance(bench[name][model][key], float)
     assert "## External benchmarks" in (repo / "eval/report.md").read_text()
+    # general ability through lmms-eval against a loopback server of each model; the gate
+    # weighed it (helpfulness half) and its per-sample logs are kept
+    evaluated = json.loads((repo / "metrics/eval.json").read_text())
+    for model in ("base", "mirage"):
+        g = evaluated[model]["general"]
+        assert g["harness"] == "lmms-eval" and g["n"] == 40
+        assert g["accuracy"] == g["tasks"]["mirage_world_general"]["score"]
+        assert list((repo / "eval/general" / model).rglob("*_samples_mirage_world_general.jsonl"))
+    assert any(c["name"] == "general accuracy" and c["passed"] is not None
+               for c in registry["checks"])
+    assert "## General capability (lmms-eval)" in (repo / "eval/report.md").read_text()
     evaluate_run = next(r for r in children if r.data.tags.get("stage") == "evaluate")
     assert "benchmarks.world_single.mirage.asr" in evaluate_run.data.metrics

@@ -274,6 +274,10 @@ def test_real_params_profile_validates():
     assert (t.method, t.freeze_vision, t.bf16, t.gradient_checkpointing) == ("full", True, True,
                                                                              True)
     assert (t.learning_rate, t.epochs, t.warmup_ratio) == (5e-6, 2.0, 0.03)
+    # the paper's mix: ~11% general data, 500 samples drawn from M4-Instruct by generate
+    g = params.data.general
+    assert g is not None and (g.hub_id, g.max_samples) == ("lmms-lab/M4-Instruct-Data", 500)
+    assert t.general_ratio == 0.11
     assert params.eval.judge == "openai"
     # the MIS test splits are harmful only: over-refusal comes from a benchmark by default
     from mirage_safety.evaluation.benchmarks.protocols import OVER_REFUSAL
@@ -281,6 +285,9 @@ def test_real_params_profile_validates():
     assert {n for n, b in params.eval.benchmarks.items()
             if b.enabled and (b.adapter or n) in OVER_REFUSAL}
     assert params.registry.allow_safety_only is False
+    # and general ability through lmms-eval: the paper's five general benchmarks
+    assert set(params.eval.general.tasks) == {"qbench_dev", "mmstar", "mmmu_val", "muirbench",
+                                              "mmt_mi_val"}
     intern = load_params(REPO / "infra" / "params.real.yaml", profile="internvl3_8b")
     assert intern.base.hub.model_id == "OpenGVLab/InternVL3-8B-hf"
     assert (intern.train.learning_rate, intern.train.epochs) == (2e-6, 3.0)

@@ -53,23 +53,36 @@ class WorldConfig(_Model):
     jitter: float = Field(0.5, ge=0.0, le=2.0)
 
 
-class HubDataConfig(_Model):
-    """A real dataset: a local directory in the public layout, or a Hub dataset id.
+class DatasetLocation(_Model):
+    """Where a real dataset is: a local directory, or a Hub dataset id (+ revision).
 
-    Public releases: MIS is ``hub_id: Tuwhy/MIS_Train`` with ``test_hub_id: Tuwhy/MIS_Test``
-    (train and test are separate Hub datasets); MSR-Align is ``hub_id: Leigest/MSR-Align``.
     Hub snapshots are downloaded as plain files into ``download_dir`` (default
     ``$HF_HOME/mirage-datasets/<owner>--<name>``) and then read exactly like ``local_dir``.
-    Accepted layouts and field names: :mod:`mirage_safety.data.importers`.
     """
 
     local_dir: str | None = None
     hub_id: str | None = None
     revision: str | None = None
+    download_dir: str | None = None
+
+    @model_validator(mode="after")
+    def _one_location(self) -> DatasetLocation:
+        if self.local_dir and self.hub_id:
+            raise ValueError("set either local_dir or hub_id, not both")
+        return self
+
+
+class HubDataConfig(DatasetLocation):
+    """A real safety dataset in its public layout (``data.mis``, ``data.msr_align``).
+
+    Public releases: MIS is ``hub_id: Tuwhy/MIS_Train`` with ``test_hub_id: Tuwhy/MIS_Test``
+    (train and test are separate Hub datasets); MSR-Align is ``hub_id: Leigest/MSR-Align``.
+    Accepted layouts and field names: :mod:`mirage_safety.data.importers`.
+    """
+
     # a second Hub dataset holding the test split (MIS); it lands in <root>/mis_test/
     test_hub_id: str | None = None
     test_revision: str | None = None
-    download_dir: str | None = None
     # train file relative to the dataset root; None = the source's default
     # (MIS: mis_train.json; MSR-Align: auto-detected, see importers)
     train_file: str | None = None
@@ -81,12 +94,37 @@ class HubDataConfig(_Model):
     skip_categories: list[str] = []
 
     @model_validator(mode="after")
-    def _one_source(self) -> HubDataConfig:
-        if self.local_dir and self.hub_id:
-            raise ValueError("set either local_dir or hub_id, not both")
+    def _test_needs_hub(self) -> HubDataConfig:
         if (self.test_hub_id or self.test_revision) and not self.hub_id:
             raise ValueError("test_hub_id / test_revision need hub_id (with local_dir, put "
                              "the test files in the same directory)")
+        return self
+
+
+class GeneralDataConfig(DatasetLocation):
+    """``data.general``: a general multi-image instruction set in the LLaVA / ShareGPT layout
+    (e.g. M4-Instruct, ``hub_id: lmms-lab/M4-Instruct-Data``) imported into
+    ``data/general/train.json``, the general share ``train.general_ratio`` mixes in.
+
+    Real sources only: the embedded world writes its own general split.  Layout and
+    checks: :func:`mirage_safety.data.importers.load_general`.
+    """
+
+    # the JSON / JSON Lines file relative to the root; None = m4_instruct_annotations.json
+    # if present, else the only .json/.jsonl file in the root
+    file: str | None = None
+    # records drawn (seeded, without replacement) from the file; -1 = all of them
+    max_samples: int = Field(-1, ge=-1)
+    seed: int = 1234
+
+    @model_validator(mode="after")
+    def _located(self) -> GeneralDataConfig:
+        if not (self.local_dir or self.hub_id):
+            raise ValueError("set local_dir (a copy of the release) or hub_id (a Hub dataset "
+                             "id); remove data.general for no general import")
+        if self.max_samples == 0:
+            raise ValueError("max_samples 0 imports nothing: use -1 (all) or a positive "
+                             "count, or remove data.general")
         return self
 
 
@@ -96,6 +134,9 @@ class DataConfig(_Model):
     world: WorldConfig = WorldConfig()
     mis: HubDataConfig = HubDataConfig()
     msr_align: HubDataConfig = HubDataConfig()
+    # general instruction data for a real source's data/general/train.json; None = none
+    # (the file stays empty, as train.general_ratio: 0 expects)
+    general: GeneralDataConfig | None = None
     max_errors_shown: int = Field(20, ge=1)
 
     @model_validator(mode="after")
@@ -106,6 +147,13 @@ class DataConfig(_Model):
                 raise ValueError(f"data.source is {self.source!r} but neither "
                                  f"data.{self.source}.local_dir nor data.{self.source}.hub_id "
                                  "is set")
+        if self.source == "world" and self.general is not None:
+            # refused rather than ignored: a configured import that silently does nothing
+            # would train on a different mix than the params say
+            raise ValueError("data.general imports general data for a real source "
+                             "(data.source: mis | msr_align); the embedded world writes its "
+                             "own general split (data.world.n_general_train): remove "
+                             "data.general or change data.source")
         return self
 
 
@@ -370,14 +418,42 @@ class BenchmarkConfig(_Model):
         return self
 
 
+class GeneralTask(_Model):
+    """How one lmms-eval task's score is read (``results.<task>["<metric>,none"]``)."""
+
+    # the metric key of the task's metric_list (null: the first one lmms-eval reports)
+    metric: str | None = None
+    # lmms-eval reports most accuracies as fractions: x100 makes them percentages like every
+    # other rate here; 1 for a task that already reports percent
+    scale: float = Field(100.0, gt=0)
+
+
+class GeneralEvalConfig(_Model):
+    """General capability through lmms-eval (``evaluation/general.py``), for every
+    evaluated model: against the served model (``eval.engine: openai``) or a loopback
+    ``transformers serve`` the stage starts for an in-process one."""
+
+    # lmms-eval task name -> how its score is read; the scores' mean is general.accuracy
+    tasks: dict[str, GeneralTask] = {}
+    # directories of extra task YAMLs (--include_path), relative to the working directory
+    include_path: list[str] = []
+    limit: int | None = Field(None, ge=1)  # first N documents of each task (a quick look)
+    # the lmms-eval command: its own virtual environment (`make setup` builds .venv-lmms)
+    command: str = ".venv-lmms/bin/lmms-eval"
+    num_concurrent: int = Field(1, ge=1)  # requests in flight
+    max_retries: int = Field(2, ge=1)  # per request; a request that still fails is an error
+    # more of lmms-eval's options, verbatim (e.g. ["--seed", "0"])
+    extra_args: list[str] = []
+    timeout_s: float = Field(7200.0, gt=0)  # per model, the whole lmms-eval run
+
+
 class EvalConfig(_Model):
     # hf: transformers in this process; openai: the models of eval.server.models served
     engine: Literal["hf", "openai"] = "hf"
     server: ServedConfig = ServedConfig()
     judge: Literal["world", "keyword", "openai"] = "world"
     second_judge: Literal["world", "keyword", "openai", "none"] = "keyword"
-    splits: list[str] = ["test_easy", "test_hard", "test_benign", "test_benign_shift",
-                         "general_test"]
+    splits: list[str] = ["test_easy", "test_hard", "test_benign", "test_benign_shift"]
     max_new_tokens: int = Field(96, ge=1)
     batch_size: int = Field(32, ge=1)
     max_samples_per_split: int = Field(-1, ge=-1)
@@ -388,9 +464,21 @@ class EvalConfig(_Model):
     openai: EndpointConfig = EndpointConfig()
     # external safety / over-refusal benchmarks, each with its own protocol (name -> where)
     benchmarks: dict[str, BenchmarkConfig] = {}
+    # general capability (the helpfulness half beside over-refusal) through lmms-eval
+    general: GeneralEvalConfig = GeneralEvalConfig()
+
+    @model_validator(mode="after")
+    def _general_through_lmms_eval(self) -> EvalConfig:
+        if "general_test" in self.splits:
+            raise ValueError("eval.splits: general_test is measured through lmms-eval now: "
+                             "list its task in eval.general.tasks (mirage_world_general, "
+                             "written by `mirage generate` under data/lmms_tasks)")
+        return self
 
     @model_validator(mode="after")
     def _benchmarks_known(self) -> EvalConfig:
+        if not self.benchmarks:  # nothing to check (and no import of protocols while the
+            return self          # defaults are built, which would be circular)
         from mirage_safety.evaluation.benchmarks.protocols import check_config
 
         for name, bench in self.benchmarks.items():

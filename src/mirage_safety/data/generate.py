@@ -1,4 +1,5 @@
-"""The ``generate`` stage: the embedded MIS world, or an import of real MIS / MSR-Align data.
+"""The ``generate`` stage: the embedded MIS world, or an import of real MIS / MSR-Align data
+(plus, with ``data.general``, a general instruction mix into ``data/general/train.json``).
 
 Writes the canonical layout (see :mod:`mirage_safety.data.schema`) into ``data/``.
 Everything is built in a temporary sibling directory, validated record by record, and
@@ -30,6 +31,7 @@ from tqdm.auto import tqdm
 from mirage_safety.config import DataConfig, WorldConfig, add_params_arguments, load_params
 from mirage_safety.data import world as W
 from mirage_safety.data.image_packs import PACK_SUFFIX, pack_bytes
+from mirage_safety.data.lmms_task import write_world_general_task
 from mirage_safety.data.schema import GENERAL_CATEGORY, IMAGE_TOKEN, UNKNOWN_CATEGORY, Validator
 from mirage_safety.io import (
     atomic_dir,
@@ -416,8 +418,13 @@ def _validate(tmp: Path, files: Files, max_errors: int, progress: bool, *,
 def _manifest(tmp: Path, source: str, cfg: DataConfig,
               files: Files,
               image_hashes: dict[str, dict[str, str]] | None = None) -> dict[str, Any]:
+    params = cfg.model_dump(mode="json")
+    if params.get("general") is None:
+        # no general import: the manifest stays byte-identical to one written before
+        # data.general existed (the world's data need not be regenerated)
+        params.pop("general", None)
     out: dict[str, Any] = {"generator": GENERATOR_VERSION, "source": source,
-                           "seed": cfg.seed, "params": cfg.model_dump(mode="json"), "files": {}}
+                           "seed": cfg.seed, "params": params, "files": {}}
     for sub, by_name in files.items():
         for name, records in by_name.items():
             rel = f"{sub}/{name}"
@@ -436,12 +443,16 @@ def generate(cfg: DataConfig, out_dir: str | os.PathLike[str] = "data", *, worke
     """Run the stage; returns the manifest.  Nothing under ``out_dir`` changes on error."""
     out_dir = Path(out_dir)
     with atomic_dir(out_dir) as tmp:
+        provenance: dict[str, Any] = {}  # extra manifest entries of an import
         if cfg.source == "world":  # validated while the images render
             files, hashes = _generate_world(cfg, tmp, workers=workers, progress=progress)
+            # its general split, scored through lmms-eval like a real run's general tasks
+            write_world_general_task(tmp)
         else:  # imported images are opened and verified one by one
-            files, hashes = _import_real(cfg, tmp, progress=progress), None
+            files, provenance = _import_real(cfg, tmp, progress=progress)
+            hashes = None
             _validate(tmp, files, cfg.max_errors_shown, progress)
-        manifest = _manifest(tmp, cfg.source, cfg, files, hashes)
+        manifest = {**_manifest(tmp, cfg.source, cfg, files, hashes), **provenance}
         manifest["benchmarks_sha256"] = tree_hash(tmp / "benchmarks")
         write_text_atomic(tmp / "manifest.json", dumps_json(manifest))
     log.info("wrote %s: %s", out_dir,
@@ -490,21 +501,49 @@ def _generate_world(cfg: DataConfig, tmp: Path, *, workers: int,
     return files, hashes
 
 
-def _import_real(cfg: DataConfig, tmp: Path, *, progress: bool) -> Files:
-    from mirage_safety.data.importers import load_source
-
-    ds = load_source(cfg, progress=progress, max_errors=cfg.max_errors_shown)
-    mis = tmp / "mis"
+def _copier(src_root: Path, dst_root: Path) -> Callable[[str], str]:
+    """``rel -> "images/<rel>"``, copying ``src_root/rel`` to ``dst_root/images/rel`` once."""
     copied: set[str] = set()
 
     def copy(rel: str) -> str:
         if rel not in copied:
-            dst = mis / "images" / rel
+            dst = dst_root / "images" / rel
             dst.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(ds.root / rel, dst)
+            shutil.copyfile(src_root / rel, dst)
             copied.add(rel)
         return f"images/{rel}"
 
+    return copy
+
+
+def _import_general(cfg: DataConfig, tmp: Path, *,
+                    progress: bool) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """``data.general`` -> (general train records with images under tmp/general, the
+    manifest's ``general_import`` entry); nothing configured: ``([], {})``."""
+    if cfg.general is None:
+        return [], {}
+    from mirage_safety.data.importers import load_general
+
+    ds = load_general(cfg.general, progress=progress, max_errors=cfg.max_errors_shown)
+    copy = _copier(ds.root, tmp / "general")
+    records = [{**r, "images": [copy(p) for p in r["images"]]}
+               for r in tqdm(ds.train, desc="copy general", disable=not progress)]
+    g = cfg.general
+    provenance = {"origin": ds.origin, "hub_id": g.hub_id, "revision": g.revision,
+                  "file": ds.files["train"], "records_in_file": ds.available,
+                  "max_samples": g.max_samples, "seed": g.seed, "imported": len(records)}
+    return records, {"general_import": provenance}
+
+
+def _import_real(cfg: DataConfig, tmp: Path, *,
+                 progress: bool) -> tuple[Files, dict[str, Any]]:
+    """Files written under ``tmp`` and extra manifest entries (the general import's
+    provenance).  Both sources are read and validated before any image is copied."""
+    from mirage_safety.data.importers import load_source
+
+    ds = load_source(cfg, progress=progress, max_errors=cfg.max_errors_shown)
+    general, provenance = _import_general(cfg, tmp, progress=progress)
+    copy = _copier(ds.root, tmp / "mis")
     train = [{**r, "images": [copy(p) for p in r["images"]]}
              for r in tqdm(ds.train, desc="copy train", disable=not progress)]
     files: Files = {"mis": {"train.json": train}, "general": {}}
@@ -514,8 +553,8 @@ def _import_real(cfg: DataConfig, tmp: Path, *, progress: bool) -> Files:
              "image_path2": copy(r["image_path2"])}
             for r in tqdm(records, desc=f"copy {split}", disable=not progress)
         ]
-    for name in ("train.json", "instruct.json", "test.json"):
-        files["general"][name] = []
+    # real sources have no general VQA test set or helpful-only instruction data: empty
+    files["general"] = {"train.json": general, "instruct.json": [], "test.json": []}
     (tmp / "general").mkdir(parents=True, exist_ok=True)
     # the embedded benchmark splits exist only in the world; an empty directory keeps the
     # stage's outs the same for every source (external benchmarks: eval.benchmarks)
@@ -525,7 +564,7 @@ def _import_real(cfg: DataConfig, tmp: Path, *, progress: bool) -> Files:
     for sub, by_name in files.items():
         for name, records in by_name.items():
             _write_json(tmp / sub / name, records)
-    return files
+    return files, provenance
 
 
 # --------------------------------------------------------------------------- CLI
@@ -535,7 +574,8 @@ def add_cli(sub: argparse._SubParsersAction) -> None:
         help="build the MIS-schema dataset (embedded world or real import)",
         description=(
             "Generate the embedded MIS world (data.source: world) or import real MIS / MSR-Align "
-            "data (data.source: mis | msr_align) into the canonical layout: data/mis/ "
+            "data (data.source: mis | msr_align; data.general adds a general instruction mix "
+            "in the LLaVA / ShareGPT layout) into the canonical layout: data/mis/ "
             "(train.json, test_easy.json, test_hard.json, test_benign.json, "
             "test_benign_shift.json, images/), "
             "data/general/ (train.json, instruct.json, test.json, images/) and "

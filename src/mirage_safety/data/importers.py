@@ -1,4 +1,5 @@
-"""Importers for the REAL datasets: public MIS and MSR-Align, from a local copy or the Hub.
+"""Importers for the REAL datasets: public MIS and MSR-Align, from a local copy or the Hub,
+and a general instruction mix in the LLaVA / ShareGPT layout (``data.general``).
 
 Each loader returns an :class:`ImportedDataset` whose records are already canonical (see
 :mod:`mirage_safety.data.schema`) and have ALL been validated; the ``generate`` stage then
@@ -73,6 +74,27 @@ are its own policy taxonomy: :data:`MSR_CATEGORY_MAP` maps the names with a clea
 counterpart, everything else is an error until mapped or skipped in the config.  Other
 JSON-compatible source fields (judge scores, source dataset...) are kept.
 
+General instruction mix (``data.general``; e.g. M4-Instruct, Hub: ``lmms-lab/M4-Instruct-Data``)
+-------------------------------------------------------------------------------------------
+For a real source only (the embedded world writes its own general split).  One data file:
+``data.general.file``, else ``m4_instruct_annotations.json``, else the only
+``.json``/``.jsonl`` file in the root.  Records in the LLaVA / ShareGPT layout::
+
+    {"id": ..., "image": "a.jpg" | ["a.jpg", "b.jpg", ...]   (or "images"; none: text only),
+     "conversations": [{"from": "human", "value": "<image>\n<image>\nWhat changed?"},
+                       {"from": "gpt", "value": "..."}, ...]}
+
+Turns alternate human, gpt, ... from a human turn and end with a gpt turn; the human turns
+hold one ``<image>`` per image (multi-image records are the point, single-image and
+text-only ones are accepted); ``video`` records are an error.  ``max_samples`` records are
+drawn with ``seed`` (same file and seed, same records) BEFORE validation, so a 500-record
+mix of a 600k-record release opens 500 records' images, and only those must be valid.  Each
+becomes a general train record as the world writes them: ``{id, images, conversations,
+category: General, sub_category: null, kind: general}`` plus the source's other
+JSON-compatible fields (a source ``category`` is kept as ``source_category``); ids follow
+the common rules with the prefix ``general``.  M4-Instruct ships its images as ``*.zip``
+archives: extract them in place (the error message says so when images are missing).
+
 Hub
 ---
 ``data.<source>.hub_id`` (+ ``revision``) is downloaded with
@@ -88,6 +110,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import random
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -96,7 +119,13 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from mirage_safety.config import ConfigError, DataConfig, HubDataConfig
+from mirage_safety.config import (
+    ConfigError,
+    DataConfig,
+    DatasetLocation,
+    GeneralDataConfig,
+    HubDataConfig,
+)
 from mirage_safety.data.schema import (
     ASSISTANT_ROLES,
     CATEGORIES,
@@ -114,6 +143,7 @@ from mirage_safety.data.schema import (
 log = logging.getLogger(__name__)
 
 SOURCES = ("mis", "msr_align")
+GENERAL_KEY = "general"  # data.general: the general instruction mix of a real source
 
 # ----------------------------------------------------------------------------- MIS layout
 MIS_TRAIN_FILE = "mis_train.json"
@@ -126,6 +156,13 @@ MIS_TEST_FILES: dict[str, tuple[str, ...]] = {
 }
 MIS_TEST_DIRS = ("", "mis_test", "MIS_Test")
 MIS_TEST_SUBDIR = "mis_test"  # where a separate test Hub repo is downloaded
+
+# ----------------------------------------------------------------------------- general mix layout
+# M4-Instruct's image annotations (its video annotations, m4_instruct_video.json, sit next to
+# them and are not supported)
+GENERAL_FILE_CANDIDATES = ("m4_instruct_annotations.json",)
+# source fields the general importer turns into canonical ones (the rest is kept)
+_GENERAL_CONSUMED = frozenset({"id", "image", "images", "conversations", "messages"})
 
 # ----------------------------------------------------------------------------- MSR-Align layout
 MSR_FILE_CANDIDATES = (
@@ -221,6 +258,7 @@ class ImportedDataset:
     source: str = ""  # "mis" | "msr_align"
     origin: str = ""  # the local directory, or hf://datasets/<id>@<revision>
     files: dict[str, str] = field(default_factory=dict)  # split -> source file (rel. root)
+    available: int = 0  # records in the source file before any down-sampling (general mix)
 
 
 # ============================================================================ helpers
@@ -323,7 +361,7 @@ def _default_download_dir(repo_id: str, revision: str | None) -> Path:
     return home / "mirage-datasets" / name
 
 
-def _resolve_root(cfg: HubDataConfig, key: str) -> tuple[Path, str]:
+def _resolve_root(cfg: DatasetLocation, key: str) -> tuple[Path, str]:
     """The dataset root (downloading first for a Hub id) and a provenance string."""
     if cfg.local_dir:
         root = Path(cfg.local_dir).expanduser()
@@ -337,18 +375,18 @@ def _resolve_root(cfg: HubDataConfig, key: str) -> tuple[Path, str]:
             else _default_download_dir(cfg.hub_id, cfg.revision))
     root = _download(cfg.hub_id, cfg.revision, dest, key).resolve()
     origin = f"hf://datasets/{cfg.hub_id}@{cfg.revision or 'main'}"
-    if cfg.test_hub_id:
+    if isinstance(cfg, HubDataConfig) and cfg.test_hub_id:
         _download(cfg.test_hub_id, cfg.test_revision, root / MIS_TEST_SUBDIR, key)
         origin += f" + hf://datasets/{cfg.test_hub_id}@{cfg.test_revision or 'main'}"
     return root, origin
 
 
-def _inside(root: Path, rel: str, key: str) -> Path:
+def _inside(root: Path, rel: str, key: str, fld: str = "train_file") -> Path:
     path = (root / rel).resolve()
     try:
         path.relative_to(root)
     except ValueError:
-        raise DataSourceError(f"data.{key}.train_file: {rel!r} is outside the dataset root "
+        raise DataSourceError(f"data.{key}.{fld}: {rel!r} is outside the dataset root "
                               f"{root}") from None
     return path
 
@@ -557,14 +595,16 @@ def load_mis(cfg: HubDataConfig, *, progress: bool = True,
 
 
 # ============================================================================ MSR-Align
-def _find_msr_file(root: Path, cfg: HubDataConfig) -> Path:
-    if cfg.train_file:
-        path = _inside(root, cfg.train_file, "msr_align")
+def _find_data_file(root: Path, rel: str | None, candidates: Sequence[str], key: str,
+                    fld: str) -> Path:
+    """``rel`` (the config's ``data.<key>.<fld>``), else the first of ``candidates`` in the
+    root, else the root's only ``.json``/``.jsonl`` file."""
+    if rel:
+        path = _inside(root, rel, key, fld)
         if not path.is_file():
-            raise DataSourceError(f"data.msr_align.train_file: {cfg.train_file!r} not found "
-                                  f"in {root}")
+            raise DataSourceError(f"data.{key}.{fld}: {rel!r} not found in {root}")
         return path
-    found = _find(root, ("",), MSR_FILE_CANDIDATES)
+    found = _find(root, ("",), candidates)
     if found is not None:
         return found
     data = sorted(p for p in root.iterdir()
@@ -573,10 +613,14 @@ def _find_msr_file(root: Path, cfg: HubDataConfig) -> Path:
     if len(data) == 1:
         return data[0]
     if not data:
-        raise DataSourceError(f"data.msr_align: no .json/.jsonl data file in {root}; set "
-                              "data.msr_align.train_file")
-    raise DataSourceError(f"data.msr_align: several data files in {root} "
-                          f"({', '.join(p.name for p in data)}); set data.msr_align.train_file")
+        raise DataSourceError(f"data.{key}: no .json/.jsonl data file in {root}; set "
+                              f"data.{key}.{fld}")
+    raise DataSourceError(f"data.{key}: several data files in {root} "
+                          f"({', '.join(p.name for p in data)}); set data.{key}.{fld}")
+
+
+def _find_msr_file(root: Path, cfg: HubDataConfig) -> Path:
+    return _find_data_file(root, cfg.train_file, MSR_FILE_CANDIDATES, "msr_align", "train_file")
 
 
 def _image_list(value: Any) -> list[Any]:
@@ -739,6 +783,99 @@ def load_msr_align(cfg: HubDataConfig, *, progress: bool = True,
     log.info("MSR-Align from %s: %d train records", origin, len(train))
     return ImportedDataset(root=root, train=train, tests={}, source="msr_align",
                            origin=origin, files={"train": file})
+
+
+# ============================================================================ general mix
+def _sample_indices(n: int, max_samples: int, seed: int) -> list[int]:
+    """Indices of the records to import, in file order: all of them for ``max_samples``
+    -1 (or at least ``n``), else ``max_samples`` drawn without replacement.  A function of
+    ``(n, max_samples, seed)`` alone, so the same file and seed give the same picks."""
+    if max_samples < 0 or max_samples >= n:
+        return list(range(n))
+    return sorted(random.Random(seed).sample(range(n), max_samples))
+
+
+def _general_images(v: Validator, file: str, rid: str, raw: dict[str, Any],
+                    base: str) -> list[Any]:
+    """``image`` (LLaVA: a path or a list) or ``images``, joined onto the file's folder; no
+    image field is a text-only record (LLaVA mixes hold some)."""
+    present = [f for f in ("images", "image") if f in raw]
+    if len(present) == 2:
+        v.add(file, rid, "image", "both 'image' and 'images' are set; keep one")
+    items = _image_list(raw[present[0]]) if present else []
+    return [join_path(base, p) if not isinstance(p, dict) else p for p in items]
+
+
+def _check_turn_order(v: Validator, file: str, rid: str, conv: Any) -> None:
+    """Turns alternate human, gpt, human, ... (the Validator checks the roles themselves,
+    the last turn and the text; one report per record is enough to find it)."""
+    if not isinstance(conv, list):
+        return
+    for t, turn in enumerate(conv):
+        role = turn.get("from") if isinstance(turn, dict) else None
+        if role not in HUMAN_ROLES + ASSISTANT_ROLES:
+            continue
+        want = HUMAN_ROLES if t % 2 == 0 else ASSISTANT_ROLES
+        if role not in want:
+            v.add(file, rid, f"conversations[{t}].from",
+                  f"{role!r} turn out of order: turns alternate human, gpt, human, ... "
+                  "starting with a human turn")
+            return
+
+
+def _general_record(raw: Any, idx: int, file: str, base: str,
+                    v: Validator) -> dict[str, Any] | None:
+    """One LLaVA / ShareGPT record -> a canonical general train record (the layout the
+    world writes into data/general/train.json), its problems added to ``v``."""
+    if not isinstance(raw, dict):
+        v.add(file, f"#{idx}", "<record>", "record is not a JSON object")
+        return None
+    rid, source_id = _canonical_id(raw.get("id"), GENERAL_KEY, idx, generate=True)
+    if "video" in raw:
+        v.add(file, rid, "video", "video records are not supported (images only; "
+              "M4-Instruct's image annotations are m4_instruct_annotations.json)")
+        return None
+    images = _general_images(v, file, rid, raw, base)
+    conv = normalise_conversation(raw).get("conversations")
+    _check_turn_order(v, file, rid, conv)
+    out = {k: val for k, val in raw.items() if k not in _GENERAL_CONSUMED and _jsonable(val)}
+    src_cat = out.pop("category", None)
+    out.update(id=rid, images=images, conversations=conv, category=GENERAL_CATEGORY,
+               sub_category=None, kind="general")
+    if source_id is not None:
+        out["source_id"] = source_id
+    if src_cat is not None:
+        out["source_category"] = src_cat
+    # id (unique over the file), roles, text, placeholders == images, every image opened
+    v.train_records(file, [out], require_category=False)
+    return out
+
+
+def load_general(cfg: GeneralDataConfig, *, progress: bool = True,
+                 max_errors: int = 20) -> ImportedDataset:
+    """Read, down-sample and validate a general instruction set in the LLaVA / ShareGPT
+    layout (``data.general``; see the module docstring) into canonical general train
+    records, returned as the dataset's ``train``.  Nothing is returned unless every drawn
+    record passed."""
+    root, origin = _resolve_root(cfg, GENERAL_KEY)
+    path = _find_data_file(root, cfg.file, GENERAL_FILE_CANDIDATES, GENERAL_KEY, "file")
+    file = _rel(path, root)
+    base = _rel(path.parent, root) if path.parent != root else ""
+    raw = _read_records(path, root)
+    if not raw:
+        raise DataSourceError(f"{file}: contains no records")
+    picks = _sample_indices(len(raw), cfg.max_samples, cfg.seed)
+    v = Validator(root)
+    records = [_general_record(raw[i], i, file, base, v)
+               for i in _progress(picks, f"validate {file}", progress)]
+    v.raise_if_any(max_errors, hint=_zip_hint(root, v))
+    train = [r for r in records if r is not None]  # all of them once nothing was raised
+    for rec in train:
+        rec["images"] = [clean_path(p) for p in rec["images"]]
+    log.info("general mix from %s: %d of %d records of %s (seed %d)", origin, len(train),
+             len(raw), file, cfg.seed)
+    return ImportedDataset(root=root, train=train, tests={}, source=GENERAL_KEY, origin=origin,
+                           files={"train": file}, available=len(raw))
 
 
 # ============================================================================ dispatch

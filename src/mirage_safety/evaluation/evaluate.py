@@ -26,7 +26,7 @@ from mirage_safety.config import (
     load_params,
     tracking_wanted,
 )
-from mirage_safety.data.schema import GENERAL_TEST_SPLIT, SAFETY_SPLITS
+from mirage_safety.data.schema import SAFETY_SPLITS
 from mirage_safety.evaluation.engines import make_engine
 from mirage_safety.evaluation.responses import ResponseStore
 from mirage_safety.io import read_json, write_json_atomic
@@ -40,8 +40,6 @@ STORE_VERSION = "r2"  # r2: n_tokens + finished (degenerate answers cut at max_n
 
 # --------------------------------------------------------------------------- data
 def split_file(data_dir: Path, split: str) -> Path:
-    if split == GENERAL_TEST_SPLIT:
-        return data_dir / "general" / "test.json"
     return data_dir / "mis" / f"{split}.json"
 
 
@@ -206,6 +204,16 @@ def evaluate(params: Params, *, data_dir: Path = Path("data"),
                 per_model[name][split]["policy"] = cites
         if second is not None:
             agreement[name] = M.judge_agreement(rows, judge.name, second.name)
+        if cfg.general.tasks:  # general capability: lmms-eval against the model, served
+            from mirage_safety.evaluation import general
+
+            with general.target_for(name, Path(mdir) if mdir is not None else None, cfg,
+                                    log_dir=out_dir / "general") as target:
+                per_model[name]["general"] = general.run(
+                    cfg.general, target, out_dir / "general" / name,
+                    max_new_tokens=cfg.max_new_tokens, data_dir=data_dir)
+            log.info("model %s: general accuracy %.2f (lmms-eval: %s)", name,
+                     per_model[name]["general"]["accuracy"], ", ".join(cfg.general.tasks))
     result = {**per_model, "agreement": agreement,
               "judges": {"primary": judge.name, "second": second.name if second else None},
               "policies_sha256": policies.sha256,
@@ -239,10 +247,8 @@ def _by_split(rows: Sequence[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]
 def _judge_rows(store: ResponseStore, splits: dict[str, tuple[Path, list[dict[str, Any]]]],
                 judge: Any, second: Any, *, progress: bool) -> list[dict[str, Any]]:
     """One row per (split, id): the record, the response and each judge's verdict."""
-    from mirage_safety.evaluation import metrics as M
     from mirage_safety.evaluation.degenerate import degenerate_reason
     from mirage_safety.evaluation.judges.base import JudgeInput
-    from mirage_safety.labelling.formats import final_answer
 
     rows: list[dict[str, Any]] = []
     items: list[JudgeInput] = []
@@ -260,15 +266,11 @@ def _judge_rows(store: ResponseStore, splits: dict[str, tuple[Path, list[dict[st
             reason = degenerate_reason(got.get("response"), finished=got.get("finished"))
             if reason:
                 row["degenerate"] = reason
-            if split in SAFETY_SPLITS:
-                items.append(JudgeInput(
-                    id=str(rec["id"]), split=split, question=rec["question"],
-                    response=got.get("response") or "",
-                    image_paths=(str(root / rec["image_path1"]), str(root / rec["image_path2"])),
-                    meta=rec))
-            else:  # a reasoning answer is scored on its final answer (after </think>)
-                row["correct"] = M.exact_match(final_answer(got.get("response") or ""),
-                                               rec.get("answer", ""))
+            items.append(JudgeInput(
+                id=str(rec["id"]), split=split, question=rec["question"],
+                response=got.get("response") or "",
+                image_paths=(str(root / rec["image_path1"]), str(root / rec["image_path2"])),
+                meta=rec))
     index = {(r["split"], r["id"]): r for r in rows}
     for j in (judge, second):
         if j is None or not items:
@@ -305,6 +307,8 @@ def _track(params: Params, result: dict[str, Any], out_dir: Path, metrics_path: 
                 mlflow.log_artifact(str(out_dir / rel))
         if (out_dir / "plots").is_dir():
             mlflow.log_artifacts(str(out_dir / "plots"), artifact_path="plots")
+        if (out_dir / "general").is_dir():  # lmms-eval's results and per-sample logs
+            mlflow.log_artifacts(str(out_dir / "general"), artifact_path="general")
         if (out_dir / "benchmark_verdicts.jsonl").exists():
             import pandas as pd
 

@@ -67,6 +67,26 @@ def headline_table(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def general_table(result: dict[str, Any]) -> list[str]:
+    """Markdown: each lmms-eval task's score +- standard error and N, per model."""
+    models = [m for m in _models(result) if (result[m].get("general") or {}).get("tasks")]
+    if not models:
+        return []
+    tasks = sorted({t for m in models for t in result[m]["general"]["tasks"]})
+    lines = ["## General capability (lmms-eval)", "",
+             "| model | " + " | ".join(tasks) + " | average |",
+             "|---|" + "---:|" * (len(tasks) + 1)]
+    for m in models:
+        g = result[m]["general"]
+        cells = []
+        for t in tasks:
+            x = g["tasks"].get(t)
+            se = "" if not x or x.get("stderr") is None else f" ± {x['stderr']:.1f}"
+            cells.append(f"{x['score']:.1f}{se} (N={x['n']})" if x else "-")
+        lines.append(f"| {m} | " + " | ".join(cells) + f" | {_fmt(g.get('accuracy'))} |")
+    return [*lines, ""]
+
+
 def _write_plots_csv(result: dict[str, Any], path: Path) -> None:
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
@@ -169,11 +189,7 @@ def _label(row: dict[str, Any], judge: str) -> str:
     if row.get("generation_error"):  # no answer: the metrics count it as a judge error
         return "generation_error"
     v = (row.get("verdicts") or {}).get(judge)
-    if v:
-        return row_label(row, judge)
-    if "correct" in row:
-        return "correct" if row["correct"] else "wrong"
-    return ""
+    return row_label(row, judge) if v else ""
 
 
 def _write_per_sample(result: dict[str, Any], judged: dict[str, dict[str, list[dict]]],
@@ -207,7 +223,7 @@ def _gallery(result: dict[str, Any], judged: dict[str, dict[str, list[dict]]],
     models = list(judged)
     index = {m: {(r["split"], r["id"]): r for rows in judged[m].values() for r in rows}
              for m in models}
-    keys = [k for k in index[models[0]] if k[0] in splits and k[0] != "general_test"]
+    keys = [k for k in index[models[0]] if k[0] in splits]
     keys.sort(key=lambda k: (
         len({_label(index[m].get(k, {}), primary) for m in models}) == 1,  # differ first
         k[0], k[1]))
@@ -269,6 +285,7 @@ def write_outputs(result: dict[str, Any], judged: dict[str, dict[str, list[dict]
     if bench:
         lines += ["## External benchmarks (MIS paper, Table 5 layout)", "", bench, ""]
         lines += subset_tables(result)
+    lines += general_table(result)
     lines += ["## Plots", ""] + [f"![{p.stem}](plots/{p.name})" for p in charts] + [""]
     lines += _disagreements(result, judged)
     lines += _policy_table(result)

@@ -71,8 +71,9 @@ def load_mix(cfg: TrainConfig, data_dir: Path) -> tuple[list[Any], int, int]:
     if cfg.general_ratio > 0 and not general:
         raise ConfigError(
             f"train.general_ratio is {cfg.general_ratio} but {general_path} holds no records "
-            "(real MIS imports carry no general data): set train.general_ratio: 0 or provide "
-            "general VQA records")
+            "(a real source imports general data only with data.general): set data.general "
+            "(e.g. M4-Instruct, see infra/params.real.yaml) and re-run generate, or set "
+            "train.general_ratio: 0")
     rows = mix_general(safety, general, cfg.general_ratio, cfg.seed)
     return rows, len(safety), len(rows) - len(safety)
 
