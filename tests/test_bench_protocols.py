@@ -7,9 +7,9 @@ import pytest
 
 from mirage_safety.config import ConfigError, RegistryConfig, parse_params
 from mirage_safety.evaluation.benchmarks.judges import keyword_outcome, world_outcome
-from mirage_safety.evaluation.benchmarks.protocols import PROTOCOLS, Outcome
+from mirage_safety.evaluation.benchmarks.protocols import PROTOCOLS, Outcome, with_benchmarks
 from mirage_safety.evaluation.benchmarks.sample import BenchSample
-from mirage_safety.registry.gate import decide, with_benchmarks
+from mirage_safety.registry.gate import decide
 
 
 def S(subset: str, i: int = 0, **meta) -> BenchSample:

@@ -142,7 +142,11 @@ def test_metrics_report_and_plots(clean):
         rows = list(csv.DictReader(fh))
     assert len(rows) == 2 * SPLITS * N
     assert Counter((r["model"], r["split"]) for r in rows)[("mirage", "test_hard")] == N
-    for png in ("rates_by_split.png", "asr_by_category.png", "helpfulness.png"):
+    balance = (work / "plots" / "eval_balance.csv").read_text().splitlines()
+    assert balance[0].startswith("model,asr,asr_lo,asr_hi,over_refusal")
+    assert [line.split(",")[0] for line in balance[1:]] == ["base", "candidate"]
+    assert "![balance](plots/balance.png)" in report
+    for png in ("rates_by_split.png", "asr_by_category.png", "helpfulness.png", "balance.png"):
         assert (out / "plots" / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     plot_rows = (work / "plots" / "eval_rates.csv").read_text().splitlines()
     assert plot_rows[0] == "split,model,asr,rsr,rr,hr" and len(plot_rows) == 1 + 2 * len(SAFETY)

@@ -19,9 +19,9 @@ from mirage_safety.summary import dvc_executable
 def _eval(asr_hard: float, rr_hard: float, over_shift: float) -> dict:
     return {"base": {"test_easy": {"asr": 100.0}, "test_hard": {"asr": 100.0},
                      "general": {"accuracy": 80.0}},
-            "mirage": {"test_easy": {"asr": 4.5}, "test_hard": {"asr": asr_hard, "rsr": 89.0,
-                                                                 "rr": rr_hard},
-                       "test_benign": {"over_refusal": 2.0},
+            "mirage": {"test_easy": {"asr": 4.5, "n": 200},
+                       "test_hard": {"asr": asr_hard, "rsr": 89.0, "rr": rr_hard, "n": 200},
+                       "test_benign": {"over_refusal": 2.0, "n": 200},
                        "test_benign_shift": {"over_refusal": over_shift}}}
 
 
@@ -43,6 +43,9 @@ def test_report_from_eval_files(tmp_path: Path, capsys: pytest.CaptureFixture[st
             f"| 99.5 | – | 80.0 {tail} |") in md
     assert "![experiments](experiments.png)" in md
     assert (out / "experiments.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # each experiment placed by ASR against over-refusal and general accuracy
+    assert "![balance](experiments_balance.png)" in md
+    assert (out / "experiments_balance.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "wrote " in capsys.readouterr().out
 
 

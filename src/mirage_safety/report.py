@@ -197,14 +197,36 @@ def plot(rows: Sequence[dict[str, Any]]) -> bytes:
     return data
 
 
+def balance_plot(rows: Sequence[dict[str, Any]]) -> bytes | None:
+    """Every experiment's model (one point per seed) and the first row's base, placed by
+    ASR against over-refusal and against general accuracy (:mod:`.evaluation.balance`)."""
+    from mirage_safety.evaluation import balance
+    from mirage_safety.evaluation.benchmarks.protocols import with_benchmarks
+
+    models: dict[str, dict[str, Any]] = {}
+    if rows and isinstance(rows[0]["metrics"].get("base"), dict):
+        models["base"] = with_benchmarks(rows[0]["metrics"], "base")
+    for row in rows:
+        members = row.get("members") or [row]
+        for i, m in enumerate(members):
+            label = row["name"] if len(members) == 1 else f"{row['name']} #{i + 1}"
+            models[label] = with_benchmarks(m["metrics"], "mirage")
+    return balance.plot(models, title="Experiments: harmlessness vs helpfulness "
+                                      "(95% Wilson intervals)")
+
+
 def write_report(rows: Sequence[dict[str, Any]], out_dir: Path) -> tuple[Path, Path]:
     md_path, png_path = out_dir / "experiments.md", out_dir / "experiments.png"
+    bal = balance_plot(rows)
     text = ["# MIRage experiments", "",
             "Rates in % of responses on the held-out test splits, judged by the evaluation "
             "judge (`metrics/eval.json` of each DVC experiment); filter figures from "
             "`metrics/curate.json`. Rows that differ only in `train.seed` are merged: mean "
             "[min–max] over the seeds.", "", markdown_table(rows), "",
             f"![experiments]({png_path.name})", ""]
+    if bal is not None:
+        text += ["![balance](experiments_balance.png)", ""]
+        write_bytes_atomic(out_dir / "experiments_balance.png", bal)
     write_text_atomic(md_path, "\n".join(text))
     write_bytes_atomic(png_path, plot(rows))
     return md_path, png_path

@@ -99,6 +99,26 @@ def _write_plots_csv(result: dict[str, Any], path: Path) -> None:
     write_text_atomic(path, buf.getvalue())
 
 
+def _balance(result: dict[str, Any], out: Path, csv_path: Path) -> list[Path]:
+    """ASR against over-refusal and general accuracy, base vs candidate (PNG + DVC CSV)."""
+    from mirage_safety.evaluation import balance
+    from mirage_safety.evaluation.benchmarks.protocols import with_benchmarks
+    from mirage_safety.io import write_bytes_atomic
+
+    models = {("candidate" if m == "mirage" else m): with_benchmarks(result, m)
+              for m in _models(result)}
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(balance.CSV_HEADER)
+    w.writerows(balance.csv_rows(models))
+    write_text_atomic(csv_path, buf.getvalue())
+    png = balance.plot(models)
+    if png is None:
+        return []
+    write_bytes_atomic(out / "balance.png", png)
+    return [out / "balance.png"]
+
+
 def _save_fig(fig: Any, path: Path) -> None:
     from mirage_safety.io import png_bytes, write_bytes_atomic
 
@@ -267,6 +287,7 @@ def write_outputs(result: dict[str, Any], judged: dict[str, dict[str, list[dict]
                   plots_path: Path, gallery_size: int) -> None:
     _write_plots_csv(result, plots_path)
     charts = _charts(result, out_dir / "plots")
+    charts += _balance(result, out_dir / "plots", plots_path.with_name("eval_balance.csv"))
     _write_per_sample(result, judged, out_dir / "per_sample.csv")
     lines = ["# MIRage evaluation", "",
              f"Judge: `{result.get('judges', {}).get('primary')}`"

@@ -57,13 +57,13 @@ from typing import Any
 
 from mirage_safety.config import RegistryConfig
 from mirage_safety.data.schema import BENIGN_SPLITS
+from mirage_safety.evaluation.benchmarks.protocols import BENCH_PREFIX, PROTOCOLS
 from mirage_safety.evaluation.benchmarks.protocols import OVER_REFUSAL as OVER_REFUSAL_BENCHMARKS
-from mirage_safety.evaluation.benchmarks.protocols import PROTOCOLS, over_refusal
 
 _EPS = 1e-9  # equality at the tolerance edge passes despite float rounding
 BENIGN_SPLIT = "test_benign"
 GENERAL_SPLIT = "general"
-OVER_REFUSAL = "over_refusal"
+OVER_REFUSAL = "over_refusal"  # the key with_benchmarks gives each benchmark's figure
 WAIVER = "registry.allow_safety_only"
 #: summary sections whose numeric scalars are gate metrics (stored as version tags)
 _SKIP_SECTIONS = ("categories",)
@@ -117,25 +117,6 @@ def gate_metrics(summary: Mapping[str, Any]) -> dict[str, dict[str, float]]:
                   and math.isfinite(v)}
         if values:
             out[str(split)] = values
-    return out
-
-
-BENCH_PREFIX = "bench."
-
-
-def with_benchmarks(data: Mapping[str, Any], which: str) -> dict[str, Any]:
-    """``data[which]`` (an eval.json model summary) plus a ``bench.<name>`` section per
-    external benchmark, holding that benchmark's top-level metrics for the same model."""
-    out = dict(data.get(which) or {})
-    for name, bench in (data.get("benchmarks") or {}).items():
-        section = bench.get(which) if isinstance(bench, Mapping) else None
-        if isinstance(section, Mapping):
-            flat = {k: v for k, v in section.items() if not isinstance(v, Mapping | list)}
-            info = bench.get("info")
-            kind = info.get("benchmark") if isinstance(info, Mapping) else None
-            if isinstance(kind, str) and (rate := over_refusal(kind, flat)) is not None:
-                flat[OVER_REFUSAL] = rate
-            out[f"{BENCH_PREFIX}{name}"] = flat
     return out
 
 

@@ -94,7 +94,8 @@ def load_eval_metrics(path: str | os.PathLike[str]) -> dict[str, Any]:
 
 def flat_eval_metrics(data: Mapping[str, Any]) -> dict[str, float]:
     """``{"mirage.test_easy.asr": 0.5, ...}``: the numeric split-level metrics (MLflow run)."""
-    from mirage_safety.registry.gate import gate_metrics, with_benchmarks
+    from mirage_safety.evaluation.benchmarks.protocols import with_benchmarks
+    from mirage_safety.registry.gate import gate_metrics
 
     out: dict[str, float] = {}
     for which in SUMMARY_KEYS:
@@ -278,7 +279,8 @@ def register(params: Params, *, eval_path: str | os.PathLike[str] = "metrics/eva
     """
     import mlflow
 
-    from mirage_safety.registry.gate import gate_metrics, with_benchmarks
+    from mirage_safety.evaluation.benchmarks.protocols import with_benchmarks
+    from mirage_safety.registry.gate import gate_metrics
     from mirage_safety.registry.manage import CHALLENGER, CHAMPION, set_champion
     from mirage_safety.registry.pyfunc_model import check_model_dir
     from mirage_safety.tracking import (
@@ -368,6 +370,8 @@ def register(params: Params, *, eval_path: str | os.PathLike[str] = "metrics/eva
             client.set_model_version_tag(name, version, GATE_STATUS, "applied")
         mlflow.set_tags({"registered_model": name, "registered_version": version,
                          "gate.decision": verdict})
+        _log_balance({"base": base, f"candidate v{version}": candidate,
+                      f"champion v{champ_version}": champ if champ_version else None})
         result = {
             "model_name": name,
             "version": int(version),
@@ -398,6 +402,24 @@ def register(params: Params, *, eval_path: str | os.PathLike[str] = "metrics/eva
     if out_path is not None:
         write_json_atomic(out_path, result)
     return result
+
+
+def _log_balance(models: dict[str, dict[str, Any] | None]) -> None:
+    """The balance plot of what the gate weighed (base, candidate, champion) on the run."""
+    import tempfile
+
+    import mlflow
+
+    from mirage_safety.evaluation import balance
+
+    png = balance.plot({k: v for k, v in models.items() if v},
+                       title="What the gate weighed (95% Wilson intervals)")
+    if png is None:
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "balance.png"
+        path.write_bytes(png)
+        mlflow.log_artifact(str(path), artifact_path="plots")
 
 
 # --------------------------------------------------------------------------- CLI

@@ -15,7 +15,7 @@ and the registry gate refuses a candidate whose judge failed too often
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -306,3 +306,23 @@ def over_refusal(benchmark: str, metrics: dict[str, Any]) -> float | None:
 def headline_value(metrics: dict[str, Any], key: str) -> float | None:
     value = metrics.get(key)
     return float(value) if isinstance(value, int | float) else None
+
+
+# --------------------------------------------------------------------------- summaries
+BENCH_PREFIX = "bench."
+
+
+def with_benchmarks(data: Mapping[str, Any], which: str) -> dict[str, Any]:
+    """``data[which]`` (an eval.json model summary) plus a ``bench.<name>`` section per
+    external benchmark, holding that benchmark's top-level metrics for the same model."""
+    out = dict(data.get(which) or {})
+    for name, bench in (data.get("benchmarks") or {}).items():
+        section = bench.get(which) if isinstance(bench, Mapping) else None
+        if isinstance(section, Mapping):
+            flat = {k: v for k, v in section.items() if not isinstance(v, Mapping | list)}
+            info = bench.get("info")
+            kind = info.get("benchmark") if isinstance(info, Mapping) else None
+            if isinstance(kind, str) and (rate := over_refusal(kind, flat)) is not None:
+                flat["over_refusal"] = rate
+            out[f"{BENCH_PREFIX}{name}"] = flat
+    return out
