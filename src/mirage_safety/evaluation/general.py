@@ -200,7 +200,7 @@ def target_for(name: str, model_dir: Path | None, cfg: EvalConfig, *, log_dir: P
     for _ in range(3):  # a free port can be taken before the server binds it
         port = serve.free_port()
         try:
-            proc = serve.start(served, host="127.0.0.1", port=port, device="cpu",
+            proc = serve.start(served, host="127.0.0.1", port=port, device="auto",
                                log=log_dir / f"serve-{name}.log")
             break
         except RuntimeError as exc:
