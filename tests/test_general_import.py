@@ -242,6 +242,10 @@ def test_generate_without_data_general_keeps_the_file_empty(tmp_path: Path) -> N
     manifest = generate(cfg, tmp_path / "data", workers=1, progress=False)
     assert read_json(tmp_path / "data" / "general" / "train.json") == []
     assert "general_import" not in manifest and "general" not in manifest["params"]
+    # no embedded lmms-eval task for real data, only a note (the directory is a DVC output)
+    tasks = tmp_path / "data" / "lmms_tasks"
+    assert [p.name for p in tasks.iterdir()] == ["README.md"]
+    assert "eval.general.tasks" in (tasks / "README.md").read_text()
 
 
 def test_generate_with_a_bad_general_record_writes_nothing(tmp_path: Path,

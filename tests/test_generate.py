@@ -68,6 +68,10 @@ def test_layout_manifest_and_counts(world_dir):
         assert manifest[f"{sub}_images_sha256"] == tree_hash(world_dir / sub / "images")
     # every test category is represented
     assert set(manifest["files"]["mis/test_hard.json"]["categories"]) == set(CATEGORIES)
+    # the general split as an lmms-eval task, reading general/test.json relative to data/
+    task = world_dir / "lmms_tasks" / "mirage_world_general"
+    assert sorted(p.name for p in task.iterdir()) == ["mirage_world_general.yaml", "utils.py"]
+    assert "test: general/test.json" in (task / "mirage_world_general.yaml").read_text()
 
 
 def test_test_pairings_never_appear_in_training(world_dir):

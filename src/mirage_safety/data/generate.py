@@ -31,7 +31,7 @@ from tqdm.auto import tqdm
 from mirage_safety.config import DataConfig, WorldConfig, add_params_arguments, load_params
 from mirage_safety.data import world as W
 from mirage_safety.data.image_packs import PACK_SUFFIX, pack_bytes
-from mirage_safety.data.lmms_task import write_world_general_task
+from mirage_safety.data.lmms_task import write_no_task, write_world_general_task
 from mirage_safety.data.schema import GENERAL_CATEGORY, IMAGE_TOKEN, UNKNOWN_CATEGORY, Validator
 from mirage_safety.io import (
     atomic_dir,
@@ -451,6 +451,7 @@ def generate(cfg: DataConfig, out_dir: str | os.PathLike[str] = "data", *, worke
         else:  # imported images are opened and verified one by one
             files, provenance = _import_real(cfg, tmp, progress=progress)
             hashes = None
+            write_no_task(tmp)
             _validate(tmp, files, cfg.max_errors_shown, progress)
         manifest = {**_manifest(tmp, cfg.source, cfg, files, hashes), **provenance}
         manifest["benchmarks_sha256"] = tree_hash(tmp / "benchmarks")

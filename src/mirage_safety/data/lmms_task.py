@@ -45,6 +45,20 @@ metadata:
 """
 
 
+_NO_TASK = """\
+No embedded general task: this data is not the embedded world. General ability is measured
+by lmms-eval's own tasks (eval.general.tasks, e.g. mmstar, mmmu_val, muirbench).
+"""
+
+
+def write_no_task(data_dir: Path) -> Path:
+    """A real source: the task directory (a DVC output) holds only a note saying why."""
+    out = data_dir / TASK_DIR
+    out.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(out / "README.md", _NO_TASK)
+    return out
+
+
 def write_world_general_task(data_dir: Path) -> Path:
     """Write the task (YAML + utils.py) under ``data_dir/lmms_tasks/``; returns its dir."""
     out = data_dir / TASK_DIR / TASK
