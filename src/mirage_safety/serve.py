@@ -119,6 +119,31 @@ def start(model_dir: Path, *, host: str, port: int, device: str, log: Path | Non
             time.sleep(0.5)
 
 
+def start_on_free_port(model_dir: Path, *, host: str, device: str, log_dir: Path,
+                       log_name: str | None = None, timeout_s: float = 180.0,
+                       extra: tuple[str, ...] = (), on_retry: Any = None
+                       ) -> tuple[subprocess.Popen[bytes], int, Path]:
+    """:func:`start` on a free port: ``(process, port, its log)``, the log
+    ``log_dir/<log_name>`` (default ``serve-<port>.log``).  A free port can be
+    taken by another process before the server binds it, so a server that exits at once
+    is started again on another port (three tries); any other failure is raised with the
+    log's tail."""
+    log_dir.mkdir(parents=True, exist_ok=True)
+    for attempt in range(3):
+        port = free_port(host)
+        log = log_dir / (log_name or f"serve-{port}.log")
+        try:
+            return start(model_dir, host=host, port=port, device=device, log=log,
+                         timeout_s=timeout_s, extra=extra), port, log
+        except RuntimeError as exc:
+            tail = log.read_text(errors="replace")[-1500:] if log.is_file() else ""
+            if attempt == 2 or "exited" not in str(exc):
+                raise RuntimeError(f"{exc}\n{tail}") from None
+            if on_retry is not None:
+                on_retry(port)
+    raise AssertionError("unreachable")
+
+
 def stop(proc: subprocess.Popen[Any], timeout_s: float = 20.0) -> None:
     """Terminate a server process, killing it if it does not exit in time."""
     if proc.poll() is not None:
@@ -133,23 +158,22 @@ def stop(proc: subprocess.Popen[Any], timeout_s: float = 20.0) -> None:
 
 def _cli(args: argparse.Namespace) -> int:
     model_dir = servable_dir(args.model)
-    # a free port can be taken by another process before the server binds it: with an
-    # automatic port, a server that exits at once is started again on another
-    for attempt in range(3 if not args.port else 1):
-        port = args.port or free_port(args.host)
-        log = CACHE / f"serve-{port}.log"
+    extra = ("--continuous-batching",) if args.continuous_batching else ()
+    if args.port:  # the port asked for, or an error
+        port, log = args.port, CACHE / f"serve-{args.port}.log"
         log.parent.mkdir(parents=True, exist_ok=True)
         try:
             proc = start(model_dir, host=args.host, port=port, device=args.device, log=log,
-                         timeout_s=args.timeout,
-                         extra=("--continuous-batching",) if args.continuous_batching else ())
-            break
+                         timeout_s=args.timeout, extra=extra)
         except RuntimeError as exc:
             tail = log.read_text(errors="replace")[-1500:] if log.is_file() else ""
-            if args.port or attempt == 2 or "exited" not in str(exc):
-                raise RuntimeError(f"{exc}\n{tail}") from None
-            print(f"transformers serve on port {port} exited; trying another port",
-                  file=sys.stderr, flush=True)
+            raise RuntimeError(f"{exc}\n{tail}") from None
+    else:
+        proc, port, log = start_on_free_port(
+            model_dir, host=args.host, device=args.device, log_dir=CACHE,
+            timeout_s=args.timeout, extra=extra,
+            on_retry=lambda p: print(f"transformers serve on port {p} exited; trying "
+                                     "another port", file=sys.stderr, flush=True))
     url = f"http://{args.host}:{port}/v1"
     print(f"serving {args.model} at {url}", flush=True)
     print(f"  eval.server: {{base_url: {url}, models: {{mirage: {model_dir}}}}}", flush=True)

@@ -18,11 +18,11 @@ from collections.abc import Mapping
 from typing import Any
 
 from mirage_safety.data.schema import BENIGN_SPLITS
+from mirage_safety.evaluation.benchmarks.protocols import OVER_REFUSAL, over_refusal_splits
 from mirage_safety.evaluation.metrics import wilson_interval
 
 CSV_HEADER = ("model", "asr", "asr_lo", "asr_hi", "over_refusal", "over_refusal_lo",
               "over_refusal_hi", "general", "general_lo", "general_hi")
-_BENCH = "bench."
 
 
 def _num(x: Any) -> float | None:
@@ -51,10 +51,8 @@ def point(summary: Mapping[str, Any]) -> dict[str, tuple[float, float, float] | 
     harmful = [p for s, sec in summary.items()
                if s.startswith("test_") and s not in BENIGN_SPLITS
                if (p := part(sec, "asr")) is not None]
-    benign = part(summary.get("test_benign"), "over_refusal")
-    refusals = [benign] if benign else [
-        p for s, sec in summary.items() if s.startswith(_BENCH)
-        if (p := part(sec, "over_refusal")) is not None]
+    refusals = [p for s in over_refusal_splits(summary)
+                if (p := part(summary.get(s), OVER_REFUSAL)) is not None]
     general = part(summary.get("general"), "accuracy")
     return {"asr": _pooled(harmful), "over_refusal": _pooled(refusals),
             "general": _pooled([general]) if general else None}

@@ -195,18 +195,12 @@ def target_for(name: str, model_dir: Path | None, cfg: EvalConfig, *, log_dir: P
     from mirage_safety import serve
 
     served = serve.servable_dir(str(model_dir)).resolve()
-    log_dir.mkdir(parents=True, exist_ok=True)
-    last: Exception | None = None
-    for _ in range(3):  # a free port can be taken before the server binds it
-        port = serve.free_port()
-        try:
-            proc = serve.start(served, host="127.0.0.1", port=port, device="auto",
-                               log=log_dir / f"serve-{name}.log")
-            break
-        except RuntimeError as exc:
-            last = exc
-    else:
-        raise GeneralEvalError(f"model {name}: transformers serve did not start ({last})")
+    try:
+        proc, port, _ = serve.start_on_free_port(served, host="127.0.0.1", device="auto",
+                                                 log_dir=log_dir, log_name=f"serve-{name}.log")
+    except RuntimeError as exc:
+        raise GeneralEvalError(f"model {name}: transformers serve did not start: {exc}"
+                               ) from None
     try:
         yield Target(f"http://127.0.0.1:{port}/v1", str(served))
     finally:

@@ -57,13 +57,17 @@ from typing import Any
 
 from mirage_safety.config import RegistryConfig
 from mirage_safety.data.schema import BENIGN_SPLITS
-from mirage_safety.evaluation.benchmarks.protocols import BENCH_PREFIX, PROTOCOLS
-from mirage_safety.evaluation.benchmarks.protocols import OVER_REFUSAL as OVER_REFUSAL_BENCHMARKS
+from mirage_safety.evaluation.benchmarks.protocols import (
+    BENCH_PREFIX,
+    BENIGN_SPLIT,
+    OVER_REFUSAL,
+    OVER_REFUSAL_METRICS,
+    PROTOCOLS,
+    over_refusal_splits,
+)
 
 _EPS = 1e-9  # equality at the tolerance edge passes despite float rounding
-BENIGN_SPLIT = "test_benign"
 GENERAL_SPLIT = "general"
-OVER_REFUSAL = "over_refusal"  # the key with_benchmarks gives each benchmark's figure
 WAIVER = "registry.allow_safety_only"
 #: summary sections whose numeric scalars are gate metrics (stored as version tags)
 _SKIP_SECTIONS = ("categories",)
@@ -216,16 +220,6 @@ def _check(split: str, metric: str, label: str, cand: float | None, ref: float |
     return Check(name, split, metric, cand, ref, limit, ok, text)
 
 
-def over_refusal_splits(*summaries: Mapping[str, Any]) -> list[str]:
-    """Where over-refusal is read: ``test_benign`` if any summary has it, else every
-    over-refusal benchmark section (``bench.<name>`` with an ``over_refusal``)."""
-    if any(_value(s, BENIGN_SPLIT, OVER_REFUSAL) is not None for s in summaries):
-        return [BENIGN_SPLIT]
-    return sorted({split for s in summaries for split, sec in s.items()
-                   if split.startswith(BENCH_PREFIX) and isinstance(sec, Mapping)
-                   and OVER_REFUSAL in sec})
-
-
 def _helpfulness_check(split: str, metric: str, label: str, candidate: Mapping[str, Any],
                        reference: Mapping[str, Any], tol: float, cfg: RegistryConfig, *,
                        lower_is_better: bool, ref_name: str) -> Check:
@@ -261,7 +255,7 @@ def helpfulness_checks(candidate: Mapping[str, Any], reference: Mapping[str, Any
                 name, "", OVER_REFUSAL, None, None, None, False,
                 f"{name}: FAIL, neither the candidate nor {ref_name} was evaluated on benign "
                 f"requests ({BENIGN_SPLIT}, or an over-refusal benchmark: "
-                f"{', '.join(sorted(OVER_REFUSAL_BENCHMARKS))}): a model that refuses "
+                f"{', '.join(sorted(OVER_REFUSAL_METRICS))}): a model that refuses "
                 f"everything would pass (set {WAIVER}: true for a safety-only gate)"))
     for split in splits:
         metric = OVER_REFUSAL

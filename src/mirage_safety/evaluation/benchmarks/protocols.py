@@ -283,7 +283,7 @@ def check_config(name: str, cfg: BenchmarkConfig) -> None:
 #: benchmark -> (metric, inverted): the share of benign requests the model failed to help
 #: with, the gate's over-refusal figure where no ``test_benign`` split exists.  MSSBench
 #: reports the opposite (safe-context accuracy: the answer helped), hence ``inverted``.
-OVER_REFUSAL: dict[str, tuple[str, bool]] = {
+OVER_REFUSAL_METRICS: dict[str, tuple[str, bool]] = {
     "mossbench": ("refusal_rate", False),          # benign (over-sensitivity) samples
     "mssbench": ("safe_acc", True),                 # safe contexts
     "vlguard": ("safe_safes_refusal_rate", False),  # safe image + safe instruction
@@ -294,9 +294,9 @@ OVER_REFUSAL: dict[str, tuple[str, bool]] = {
 def over_refusal(benchmark: str, metrics: dict[str, Any]) -> float | None:
     """``benchmark``'s over-refusal rate (%, lower is better) from its metrics, or None
     when it measures none (a harmful-only benchmark, or the benign part was not run)."""
-    if benchmark not in OVER_REFUSAL:
+    if benchmark not in OVER_REFUSAL_METRICS:
         return None
-    key, inverted = OVER_REFUSAL[benchmark]
+    key, inverted = OVER_REFUSAL_METRICS[benchmark]
     value = headline_value(metrics, key)
     if value is None:
         return None
@@ -310,6 +310,8 @@ def headline_value(metrics: dict[str, Any], key: str) -> float | None:
 
 # --------------------------------------------------------------------------- summaries
 BENCH_PREFIX = "bench."
+BENIGN_SPLIT = "test_benign"
+OVER_REFUSAL = "over_refusal"  # test_benign's key, and the one with_benchmarks adds
 
 
 def with_benchmarks(data: Mapping[str, Any], which: str) -> dict[str, Any]:
@@ -323,6 +325,20 @@ def with_benchmarks(data: Mapping[str, Any], which: str) -> dict[str, Any]:
             info = bench.get("info")
             kind = info.get("benchmark") if isinstance(info, Mapping) else None
             if isinstance(kind, str) and (rate := over_refusal(kind, flat)) is not None:
-                flat["over_refusal"] = rate
+                flat[OVER_REFUSAL] = rate
             out[f"{BENCH_PREFIX}{name}"] = flat
     return out
+
+
+def over_refusal_splits(*summaries: Mapping[str, Any]) -> list[str]:
+    """Where over-refusal is read (the gate, the balance plot): ``test_benign`` if any
+    summary has it, else every over-refusal benchmark section (``bench.<name>`` with an
+    ``over_refusal``, real data: the MIS test splits are harmful only)."""
+    def has(summary: Mapping[str, Any], split: str) -> bool:
+        section = summary.get(split)
+        return isinstance(section, Mapping) and OVER_REFUSAL in section
+
+    if any(has(s, BENIGN_SPLIT) for s in summaries):
+        return [BENIGN_SPLIT]
+    return sorted({split for s in summaries for split in s
+                   if split.startswith(BENCH_PREFIX) and has(s, split)})
