@@ -59,8 +59,12 @@ def test_scores_from_a_real_served_model_equal_the_hand_computation(setup, tmp_p
     with general.target_for("base", setup["model"], setup["params"].eval,
                             log_dir=tmp_path / "logs") as target:
         assert target.base_url.startswith("http://127.0.0.1:")
-        got = general.run(cfg, target, tmp_path / "out", max_new_tokens=MAX_NEW, data_dir=data)
+        got = general.run(cfg, target, tmp_path / "out", max_new_tokens=MAX_NEW, data_dir=data,
+                          keep=tmp_path / "kept")
     samples = read_jsonl(next((tmp_path / "out").rglob(f"*_samples_{TASK}.jsonl")))
+    # only the per-sample log is kept (the results file and the log carry dates and paths)
+    assert [p.name for p in (tmp_path / "kept").iterdir()] == [f"samples_{TASK}.jsonl"]
+    assert read_jsonl(tmp_path / "kept" / f"samples_{TASK}.jsonl") == samples
     assert len(samples) == N_DOCS
     responses = [general._response(s) for s in sorted(samples, key=lambda s: s["doc_id"])]
     # the served model answered exactly what the in-process engine answered

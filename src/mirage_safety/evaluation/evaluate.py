@@ -207,11 +207,14 @@ def evaluate(params: Params, *, data_dir: Path = Path("data"),
         if cfg.general.tasks:  # general capability: lmms-eval against the model, served
             from mirage_safety.evaluation import general
 
+            # lmms-eval's whole output and the server's log (dates, ports, durations) go to
+            # the cache; eval/ keeps the per-sample logs, the same bytes on every run
+            scratch = cache_dir.parent / "lmms-eval"
             with general.target_for(name, Path(mdir) if mdir is not None else None, cfg,
-                                    log_dir=out_dir / "general") as target:
+                                    log_dir=scratch) as target:
                 per_model[name]["general"] = general.run(
-                    cfg.general, target, out_dir / "general" / name,
-                    max_new_tokens=cfg.max_new_tokens, data_dir=data_dir)
+                    cfg.general, target, scratch / name, max_new_tokens=cfg.max_new_tokens,
+                    data_dir=data_dir, keep=out_dir / "general" / name)
             log.info("model %s: general accuracy %.2f (lmms-eval: %s)", name,
                      per_model[name]["general"]["accuracy"], ", ".join(cfg.general.tasks))
     result = {**per_model, "agreement": agreement,

@@ -151,8 +151,14 @@ def read_results(out: Path, cfg: GeneralEvalConfig) -> dict[str, Any]:
 
 # --------------------------------------------------------------------------- run
 def run(cfg: GeneralEvalConfig, target: Target, out: Path, *, max_new_tokens: int,
-        data_dir: Path, root: Path | None = None) -> dict[str, Any]:
-    """Run lmms-eval for one model into ``out`` (emptied first) and read its results."""
+        data_dir: Path, root: Path | None = None, keep: Path | None = None
+        ) -> dict[str, Any]:
+    """Run lmms-eval for one model into ``out`` (emptied first) and read its results.
+
+    ``keep`` (emptied first) receives each task's per-sample log as
+    ``samples_<task>.jsonl``: the part of lmms-eval's output that is the same bytes on every
+    run (its results file and log carry dates, durations and paths, so they stay in
+    ``out``, outside the stage's DVC output)."""
     root = (root or Path.cwd()).resolve()
     out = out.resolve()
     shutil.rmtree(out, ignore_errors=True)
@@ -178,7 +184,14 @@ def run(cfg: GeneralEvalConfig, target: Target, out: Path, *, max_new_tokens: in
         tail = logfile.read_text(errors="replace")[-2000:]
         raise GeneralEvalError(f"lmms-eval ({', '.join(cfg.tasks)}) exited with "
                                f"{proc.returncode} (log: {logfile}):\n{tail}")
-    return read_results(out, cfg)
+    result = read_results(out, cfg)
+    if keep is not None:
+        shutil.rmtree(keep, ignore_errors=True)
+        keep.mkdir(parents=True)
+        for task in cfg.tasks:
+            if (samples := _newest(out, f"*_samples_{task}.jsonl")) is not None:
+                shutil.copyfile(samples, keep / f"samples_{task}.jsonl")
+    return result
 
 
 @contextmanager
