@@ -43,6 +43,7 @@ smoke: setup
 # mostly subprocesses and servers, ~8 min on 2 cores instead of ~12.5 serially
 test: setup
 	$(BIN)/ruff check src tests benchmarks $(wildcard flows)
+	$(BIN)/lint-imports
 	$(BIN)/pytest -q -n 2 --dist loadfile
 
 lint: setup

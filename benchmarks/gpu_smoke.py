@@ -39,14 +39,14 @@ def peak_flops(name: str) -> float | None:
 def main() -> int:
     import torch
 
-    from mirage_safety.config import BuiltinModelConfig, parse_params
+    from mirage_safety.config import BuiltinModelConfig, SFTConfig, parse_params
     from mirage_safety.data.generate import generate
     from mirage_safety.data.image_packs import image_at
     from mirage_safety.evaluation.engines import ServedEngine
     from mirage_safety.models.loading import freeze_vision_tower
+    from mirage_safety.models.serving import free_port, start, stop
     from mirage_safety.models.tiny_vlm import build_tiny_vlm, count_parameters, save_tiny_vlm
-    from mirage_safety.serve import free_port, start, stop
-    from mirage_safety.training.sft import SFTSettings, load_train_records, run_sft
+    from mirage_safety.training.sft import load_train_records, run_sft
 
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -78,7 +78,7 @@ def main() -> int:
     if args.device.startswith("cuda"):
         model.to(args.device)
 
-    settings = SFTSettings(learning_rate=1e-5, batch_size=args.batch_size, max_steps=args.steps,
+    settings = SFTConfig(learning_rate=1e-5, batch_size=args.batch_size, max_steps=args.steps,
                            epochs=1.0, warmup_ratio=0.0, save_steps=10**6, logging_steps=1,
                            max_length=1024, seed=0, bf16=args.device.startswith("cuda"))
     t_train = time.perf_counter()

@@ -1,6 +1,6 @@
 """Inference throughput: batched greedy generation vs one prompt at a time, same answers.
 
-Both paths are the project's own (:mod:`mirage_safety.evaluation.inference`) on the
+Both paths are the project's own (:mod:`mirage_safety.models.inference`) on the
 embedded model -- ``models/base`` if it exists, else an untrained tiny VLM of the default
 ``BuiltinModelConfig`` -- over the same N multi-image prompts from ``data/mis`` test splits
 (or a small world generated on the fly), with the same ``max_new_tokens``:
@@ -35,8 +35,8 @@ from typing import Any
 
 import torch
 
-from mirage_safety.evaluation.inference import generate_one, generate_responses
 from mirage_safety.io import write_json_atomic
+from mirage_safety.models.inference import generate_one, generate_responses
 from mirage_safety.training.sft import set_cpu_threads
 
 RESULTS = Path(__file__).parent / "results" / "inference_throughput.json"

@@ -28,7 +28,7 @@ from mirage_safety.config import parse_params
 from mirage_safety.data.image_packs import image_at
 from mirage_safety.evaluation.engines import HFEngine, ServedEngine
 from mirage_safety.io import write_json_atomic
-from mirage_safety.serve import free_port, start, stop
+from mirage_safety.models.serving import free_port, start, stop
 
 RESULTS = Path(__file__).parent / "results" / "served_inference.json"
 SPLITS = ("test_easy", "test_hard", "test_benign", "test_benign_shift")

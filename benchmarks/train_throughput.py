@@ -65,7 +65,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import copy
-import dataclasses
 import os
 import platform
 import resource
@@ -87,17 +86,13 @@ numerics.apply(PIPELINE.numerics)
 import torch
 from transformers import TrainerCallback
 
+from mirage_safety.config import SFTConfig as MirageSFTConfig
+from mirage_safety.data.chat import load_image, record_to_messages, resolve_image
 from mirage_safety.data.generate import generate
 from mirage_safety.io import write_json_atomic
 from mirage_safety.models.tiny_vlm import build_tiny_vlm, count_parameters
-from mirage_safety.training.collator import (
-    IGNORE_INDEX,
-    load_image,
-    record_to_messages,
-    resolve_image,
-)
+from mirage_safety.training.collator import IGNORE_INDEX
 from mirage_safety.training.sft import (
-    SFTSettings,
     ThroughputCallback,
     load_train_records,
     mix_general,
@@ -118,7 +113,7 @@ SPEED_OPTIONS = ("preprocess", "packing", "labelled_logits", "cache_vision_featu
 ALL_OPTIONS = {"preprocess": "once", "packing": True, "labelled_logits": True}
 PLAIN = {"preprocess": "per_batch", "packing": False, "labelled_logits": False,
          "cache_vision_features": False, "compile": False}
-#: ``--variants``: mirage with these SFTSettings changed (train.* options of the same name),
+#: ``--variants``: mirage with these settings changed (train.* options of the same name),
 #: each starting from every option off; the ``mirage`` contender itself runs the pipeline's
 #: own options (``train`` in params.yaml)
 VARIANTS: dict[str, dict[str, Any]] = {
@@ -172,7 +167,7 @@ class TRLRows(torch.utils.data.Dataset):
                 "images": [load_image(resolve_image(root, p)) for p in rec.get("images") or []]}
 
 
-def shared_args(settings: SFTSettings, out_dir: Path) -> dict[str, Any]:
+def shared_args(settings: MirageSFTConfig, out_dir: Path) -> dict[str, Any]:
     """The TrainingArguments every non-mirage contender shares with ``run_sft``'s."""
     return {"output_dir": str(out_dir), "per_device_train_batch_size": settings.batch_size,
             "max_steps": settings.max_steps, "learning_rate": settings.learning_rate,
@@ -183,7 +178,7 @@ def shared_args(settings: SFTSettings, out_dir: Path) -> dict[str, Any]:
             "disable_tqdm": True}
 
 
-def run_reference(model: Any, processor: Any, rows: list[Any], settings: SFTSettings,
+def run_reference(model: Any, processor: Any, rows: list[Any], settings: MirageSFTConfig,
                   out_dir: Path, *, trl: bool = False,
                   callbacks: tuple[Any, ...] = ()) -> ThroughputCallback:
     from transformers import Trainer, TrainingArguments
@@ -207,7 +202,7 @@ def run_reference(model: Any, processor: Any, rows: list[Any], settings: SFTSett
     return throughput
 
 
-def run_sfttrainer(model: Any, processor: Any, rows: list[Any], settings: SFTSettings,
+def run_sfttrainer(model: Any, processor: Any, rows: list[Any], settings: MirageSFTConfig,
                    out_dir: Path, *, callbacks: tuple[Any, ...] = ()) -> ThroughputCallback:
     """TRL's own SFTTrainer, its defaults except where noted in the module docstring."""
     from datasets import Dataset
@@ -317,7 +312,7 @@ def build_world(tmp: Path, n_safety: int, ratio: float) -> tuple[list[Any], int]
     return mix_general(safety, general, ratio, seed=1234), len(general)
 
 
-def measure(name: str, fn: Any, model: Any, settings: SFTSettings, *,
+def measure(name: str, fn: Any, model: Any, settings: MirageSFTConfig, *,
             varlen: bool = False) -> dict[str, Any]:
     recorder = ShapeRecorder()
     steps = StepTimes()
@@ -380,7 +375,7 @@ def main() -> None:
     peak = matmul_peak()
     print(f"torch threads {threads}; matmul peak {peak / 1e9:.1f} GFLOP/s; "
           f"numerics {numerics.describe()}")
-    settings = SFTSettings(batch_size=args.batch_size, max_steps=args.steps,
+    settings = MirageSFTConfig(batch_size=args.batch_size, max_steps=args.steps,
                            logging_steps=args.steps, save_steps=10**6,
                            max_length=args.max_length, learning_rate=1e-3)
     # the `mirage` contender is the default pipeline: train's speed options from params.yaml
@@ -423,7 +418,7 @@ def main() -> None:
             if name.startswith("mirage"):
                 def fn(steps: StepTimes, model: Any = model, ckpt: Path = ckpt,
                        options: dict[str, Any] = options) -> ThroughputCallback:
-                    run = dataclasses.replace(settings, **options)
+                    run = settings.model_copy(update=options)
                     # a fresh preprocessing cache per run: its build is in time-to-first-step
                     trainer, result = run_sft(model, processor, rows, run, ckpt,
                                               image_size=IMAGE_SIZE, progress=False,

@@ -41,12 +41,9 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
-import re
 import subprocess
 import sys
-import threading
 import time
-from collections import deque
 from collections.abc import Iterator, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -79,6 +76,7 @@ from mirage_safety.orchestration.lock import (
     run_logger,
 )
 from mirage_safety.orchestration.report import _read_json, metrics_rows, report_markdown
+from mirage_safety.orchestration.streaming import ran_stages, stream_command
 from mirage_safety.orchestration.workspace import (
     PARAMS_FILE,
     cache_false_paths,
@@ -96,8 +94,6 @@ __all__ = ["CONFIG_ERROR_EXIT", "LOCK_RELPATH", "PARAMS_FILE", "STAGES", "TRANSI
            "report_markdown", "retrain"]
 
 STAGES = PIPELINE_STAGES
-_RAN = re.compile(r"Running stage '(?:[^']*:)?([^':]+)'")
-_TAIL_LINES = 200  # lines of a stage's output kept for its failure message
 REPO_ENV = "MIRAGE_REPO_DIR"
 
 
@@ -112,50 +108,6 @@ def default_repo() -> Path:
 
 
 # --------------------------------------------------------------------------- tasks
-def _stream(
-    cmd: Sequence[str], cwd: Path, env: Mapping[str, str], timeout_s: float | None
-) -> tuple[int, str, bool]:
-    """Run ``cmd``, log its output line by line; return (returncode, tail, timed_out)."""
-    log = run_logger()
-    tail: deque[str] = deque(maxlen=_TAIL_LINES)
-    proc = subprocess.Popen(
-        list(cmd),
-        cwd=cwd,
-        env=dict(env),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        errors="replace",
-        start_new_session=True,
-    )
-    timed_out = threading.Event()
-
-    def _kill() -> None:
-        timed_out.set()
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, 15)  # the whole group: dvc and the stage command
-
-    timer = threading.Timer(timeout_s, _kill) if timeout_s else None
-    if timer:
-        timer.start()
-    try:
-        assert proc.stdout is not None
-        for line in proc.stdout:  # universal newlines: tqdm's \r updates become lines
-            line = line.rstrip()
-            if line:
-                tail.append(line)
-                log.info(line)
-        returncode = proc.wait()
-    finally:
-        if timer:
-            timer.cancel()
-        if proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, 9)
-            proc.wait()
-    return returncode, "\n".join(tail), timed_out.is_set()
-
-
 @task(
     name="dvc-repro",
     task_run_name="dvc repro {stage}",
@@ -174,7 +126,7 @@ def repro_stage(
     here, so secrets in the environment never become task parameters).
     """
     start = time.monotonic()
-    returncode, tail, timed_out = _stream(
+    returncode, tail, timed_out = stream_command(
         dvc_cmd("repro", stage), Path(repo), stage_env(env), timeout_s
     )
     if timed_out:
@@ -184,7 +136,7 @@ def repro_stage(
     if returncode != 0:
         transient, reason, stage_exit = classify_failure(returncode, tail)
         raise StageFailed(stage, returncode, stage_exit, transient, reason, tail[-4000:])
-    ran = list(dict.fromkeys(_RAN.findall(tail)))
+    ran = ran_stages(tail)
     return {
         "stage": stage,
         "ran": ran,

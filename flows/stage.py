@@ -40,6 +40,7 @@ from prefect.artifacts import create_markdown_artifact
 
 from mirage_safety.orchestration import handoff
 from mirage_safety.orchestration.failures import StageFailed, classify_failure
+from mirage_safety.orchestration.streaming import ran_stages, stream_command
 from mirage_safety.orchestration.workspace import PARAMS_FILE, dvc_cmd, git, stage_env
 
 RESULT_KEY = "mirage-stage-result"
@@ -56,7 +57,6 @@ def checkout(repo: Path, repo_url: str, commit: str) -> None:
 def run_stage(stage: str, repo_url: str, commit: str, params_yaml: str, dvc_lock: str,
               env: dict[str, str], remote: str | None = None,
               files: dict[str, str] | None = None) -> dict[str, Any]:
-    from flows.retrain import _RAN, _stream
 
     log = get_run_logger()
     repo = Path.cwd()
@@ -70,7 +70,7 @@ def run_stage(stage: str, repo_url: str, commit: str, params_yaml: str, dvc_lock
     log.info("%s at %s on %s: pulling what %s depends on", repo, commit[:7],
              socket.gethostname(), stage)
     handoff.pull_inputs(repo, stage, remote=remote, env=env)
-    returncode, tail, _ = _stream(dvc_cmd("repro", "--single-item", stage), repo,
+    returncode, tail, _ = stream_command(dvc_cmd("repro", "--single-item", stage), repo,
                                   stage_env(env), None)
     if returncode != 0:
         transient, reason, stage_exit = classify_failure(returncode, tail)
@@ -80,7 +80,7 @@ def run_stage(stage: str, repo_url: str, commit: str, params_yaml: str, dvc_lock
              if (repo / p).is_file()}
     result = {"stage": stage, "commit": commit, "host": socket.gethostname(),
               "checkout": str(repo), "lock": handoff.lock_entry(repo, stage), "files": files,
-              "reran": stage in _RAN.findall(tail),
+              "reran": stage in ran_stages(tail),
               "seconds": round(time.monotonic() - start, 2)}
     create_markdown_artifact(key=RESULT_KEY, markdown="```json\n" + json.dumps(result)
                              + "\n```", description=f"{stage}: dvc.lock entry and files")

@@ -1,5 +1,5 @@
 """A real ``transformers serve`` (OpenAI-compatible) on loopback for tests: started for a
-saved model directory with :func:`mirage_safety.serve.start`, stopped afterwards."""
+saved model directory with :func:`mirage_safety.models.serving.start`, stopped afterwards."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import contextlib
 from collections.abc import Iterator
 from pathlib import Path
 
-from mirage_safety.serve import free_port, start, stop
+from mirage_safety.models.serving import free_port, start, stop
 
 
 @contextlib.contextmanager

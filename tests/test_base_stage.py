@@ -114,7 +114,7 @@ def test_builtin_base_builds_a_loadable_checkpoint_with_metrics(tmp_path, tmp_pa
                                                                 capsys):
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
-    from mirage_safety.evaluation.inference import generate_one
+    from mirage_safety.models.inference import generate_one
 
     data = world_data(tmp_path_factory)
     rc, work = _builtin(tmp_path, data, "a")

@@ -4,10 +4,17 @@ config checks and the registry gate on benchmark metrics."""
 from __future__ import annotations
 
 import pytest
+import yaml
 
+from mirage_safety import cli
 from mirage_safety.config import ConfigError, RegistryConfig, parse_params
 from mirage_safety.evaluation.benchmarks.judges import keyword_outcome, world_outcome
-from mirage_safety.evaluation.benchmarks.protocols import PROTOCOLS, Outcome, with_benchmarks
+from mirage_safety.evaluation.benchmarks.protocols import (
+    PROTOCOLS,
+    Outcome,
+    check_benchmarks,
+    with_benchmarks,
+)
 from mirage_safety.evaluation.benchmarks.sample import BenchSample
 from mirage_safety.registry.gate import decide
 
@@ -127,17 +134,25 @@ def test_world_and_keyword_judges() -> None:
 
 
 def test_config_names_benchmark_and_judge_it_cannot_use(tmp_path) -> None:
+    def check(benchmarks: dict) -> None:
+        check_benchmarks(parse_params({"eval": {"benchmarks": benchmarks}}).eval)
+
     with pytest.raises(ConfigError, match=r"eval\.benchmarks\.mssbench\.judge.*llama_guard"):
-        parse_params({"eval": {"benchmarks": {"mssbench": {"local_dir": str(tmp_path),
-                                                           "judge": "llama_guard"}}}})
+        check({"mssbench": {"local_dir": str(tmp_path), "judge": "llama_guard"}})
     with pytest.raises(ConfigError, match="unknown benchmark 'nope'"):
-        parse_params({"eval": {"benchmarks": {"nope": {"local_dir": str(tmp_path)}}}})
+        check({"nope": {"local_dir": str(tmp_path)}})
     with pytest.raises(ConfigError, match="set local_dir"):
-        parse_params({"eval": {"benchmarks": {"figstep": {}}}})
+        check({"figstep": {}})
     # a second copy of a benchmark under another name
+    check({"figstep_tiny": {"adapter": "figstep", "local_dir": str(tmp_path),
+                            "judge": "qwen3guard"}})
     p = parse_params({"eval": {"benchmarks": {"figstep_tiny": {
         "adapter": "figstep", "local_dir": str(tmp_path), "judge": "qwen3guard"}}}})
     assert p.eval.benchmarks["figstep_tiny"].adapter == "figstep"
+    # the `mirage` command runs the check before any stage works
+    bad = tmp_path / "params.yaml"
+    bad.write_text(yaml.safe_dump({"eval": {"benchmarks": {"nope": {"local_dir": str(tmp_path)}}}}))
+    assert cli.main(["evaluate", "--params", str(bad)]) == 2
 
 
 def _eval_json(asr: float, refusal: float, errors: float = 0.0) -> dict:

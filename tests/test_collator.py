@@ -7,8 +7,9 @@ import pytest
 import torch
 
 from mirage_safety.config import BuiltinModelConfig, parse_params
+from mirage_safety.data.chat import RecordError
 from mirage_safety.data.generate import generate
-from mirage_safety.training.collator import IGNORE_INDEX, ChatCollator, RecordError
+from mirage_safety.training.collator import IGNORE_INDEX, ChatCollator
 
 TINY = BuiltinModelConfig(vision_hidden=16, vision_layers=1, vision_heads=2, patch_size=8,
                           text_hidden=32, text_layers=1, text_heads=2, intermediate_size=64,

@@ -18,8 +18,8 @@ import pytest
 import torch
 import yaml
 
-import mirage_safety.evaluation.inference as inference
 import mirage_safety.evaluation.metrics as M
+import mirage_safety.models.inference as inference
 from mirage_safety.config import Params, parse_params
 from mirage_safety.evaluation.evaluate import evaluate
 from tiny_world import copy_world, read_jsonl, tiny_model, world_data

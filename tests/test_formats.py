@@ -9,7 +9,7 @@ from mirage_safety.evaluation import metrics as M
 from mirage_safety.evaluation.judges.base import JudgeInput
 from mirage_safety.evaluation.judges.keyword import judge_one as keyword_judge
 from mirage_safety.evaluation.judges.world_judge import judge_one as world_judge
-from mirage_safety.labelling.formats import compose, final_answer, split_think
+from mirage_safety.labelling.formats import compose, exact_match, final_answer, split_think
 from mirage_safety.labelling.policies import load_policies
 
 POLICIES = load_policies(Path(__file__).resolve().parents[1] / "policies")
@@ -45,9 +45,9 @@ def test_judges_read_the_whole_response_reasoning_included():
 
 
 def test_general_accuracy_reads_the_final_answer_only():
-    assert M.exact_match(final_answer("<think>a knife? a crowbar no</think>\nsecond"), "second")
-    assert not M.exact_match(final_answer("<think>second</think>"), "second")
-    assert not M.exact_match(final_answer("<think>never closed second"), "second")
+    assert exact_match(final_answer("<think>a knife? a crowbar no</think>\nsecond"), "second")
+    assert not exact_match(final_answer("<think>second</think>"), "second")
+    assert not exact_match(final_answer("<think>never closed second"), "second")
 
 
 def test_rule_citation_metric():

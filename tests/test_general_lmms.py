@@ -13,12 +13,12 @@ from typing import Any
 import pytest
 import torch
 
-import mirage_safety.evaluation.metrics as M
 from mirage_safety.config import GeneralEvalConfig, parse_params
 from mirage_safety.data.lmms_task import TASK, TASK_DIR
 from mirage_safety.evaluation import general
 from mirage_safety.evaluation.engines import make_engine
-from mirage_safety.serve import free_port
+from mirage_safety.labelling.formats import exact_match
+from mirage_safety.models.serving import free_port
 from tiny_world import read_jsonl, tiny_model, world_data
 
 MAX_NEW = 8
@@ -69,7 +69,7 @@ def test_scores_from_a_real_served_model_equal_the_hand_computation(setup, tmp_p
     responses = [general._response(s) for s in sorted(samples, key=lambda s: s["doc_id"])]
     # the served model answered exactly what the in-process engine answered
     assert responses == setup["answers"]
-    by_hand = 100.0 * sum(M.exact_match(general._response(s), s["target"])
+    by_hand = 100.0 * sum(exact_match(general._response(s), s["target"])
                           for s in samples) / len(samples)
     task = got["tasks"][TASK]
     assert task["score"] == pytest.approx(by_hand) == pytest.approx(50.0)
@@ -128,6 +128,6 @@ def test_the_world_task_scores_like_the_project(tmp_path):
              ("<think>it is a spoon</think> spoon", "spoon"), ("<think>spoon", "spoon"),
              ("second", ""), ("first", "second")]
     for response, answer in cases:
-        ours = M.exact_match(final_answer(response), answer)
+        ours = exact_match(final_answer(response), answer)
         assert utils.process_results({"answer": answer}, [response]) == {
             "exact_match": float(ours)}, (response, answer)

@@ -188,7 +188,7 @@ def test_general_answers_are_consistent(world_dir):
 def test_general_images_are_packed_and_every_record_resolves(world_dir):
     """General data: one zip per 256 samples of a split, not one file per image; the MIS
     data keeps the public layout of one file per image."""
-    from mirage_safety.training.collator import load_image, resolve_image
+    from mirage_safety.data.chat import load_image, resolve_image
 
     general = world_dir / "general"
     packs = sorted(p.relative_to(general).as_posix() for p in (general / "images").rglob("*")

@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from mirage_safety.data.chat import RecordError, load_image, resolve_image
 from mirage_safety.data.image_packs import PackedImage, pack_bytes
 from mirage_safety.data.schema import Validator
-from mirage_safety.training.collator import RecordError, load_image, resolve_image
 
 
 def _png(colour: tuple[int, int, int]) -> bytes:

@@ -10,7 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
-from mirage_safety.evaluation.inference import generate_one, generate_responses
+from mirage_safety.models.inference import generate_one, generate_responses
 from tiny_world import tiny_model, world_data
 
 MAX_NEW = 12

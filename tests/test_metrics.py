@@ -8,12 +8,12 @@ import pytest
 import mirage_safety.evaluation.metrics as M
 from mirage_safety.evaluation.judges.base import Verdict
 from mirage_safety.evaluation.metrics import (
-    exact_match,
     judge_agreement,
     rates,
     summarise_model,
     wilson_interval,
 )
+from mirage_safety.labelling.formats import exact_match
 
 
 def V(label: str, judge: str = "world", refused: bool | None = None) -> dict:

@@ -14,10 +14,10 @@ import pytest
 import torch
 import yaml
 
-from mirage_safety.evaluation.inference import generate_responses
+from mirage_safety.models.folder import ModelDirError
+from mirage_safety.models.inference import generate_responses
 from mirage_safety.models.loading import apply_lora, load_for_inference
 from mirage_safety.registry.pyfunc_model import (
-    ModelDirError,
     check_model_dir,
     decode_image,
     encode_image,
@@ -235,7 +235,7 @@ def test_mlflow_models_serve_answers_from_the_registry(tmp_path, dirs, store):
                           "params": {"max_new_tokens": MAX_NEW}})
         assert listed == columns and len(listed) == 1 and listed[0]
     finally:
-        from mirage_safety.serve import stop
+        from mirage_safety.models.serving import stop
 
         stop(proc)
         log.close()

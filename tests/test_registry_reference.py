@@ -15,7 +15,7 @@ import pandas as pd
 import pytest
 
 from mirage_safety.config import BuiltinModelConfig
-from mirage_safety.registry.pyfunc_model import ModelDirError
+from mirage_safety.models.folder import ModelDirError
 from mirage_safety.registry.register import register
 from mirage_safety.registry.weights_ref import REF_FILE, WeightsReferenceError
 from registry_fixtures import (

@@ -16,7 +16,7 @@ import pytest
 from mirage_safety.config import parse_params
 from mirage_safety.evaluation import engines
 from mirage_safety.evaluation.evaluate import evaluate
-from mirage_safety.serve import free_port, start
+from mirage_safety.models.serving import free_port, start
 from served import serve
 from tiny_world import read_jsonl, tiny_model, world_data
 

@@ -11,6 +11,7 @@ import argparse
 import importlib
 import logging
 import sys
+from pathlib import Path
 
 from mirage_safety import __version__, numerics
 from mirage_safety.config import ConfigError
@@ -22,7 +23,7 @@ _STAGE_MODULES = (
     "mirage_safety.data.generate",
     "mirage_safety.labelling.label",
     "mirage_safety.labelling.curate",
-    "mirage_safety.models.base",
+    "mirage_safety.training.base",
     "mirage_safety.models.tiny_hub",
     "mirage_safety.training.train",
     "mirage_safety.evaluation.evaluate",
@@ -72,18 +73,31 @@ def main(argv: list[str] | None = None) -> int:
     from mirage_safety.labelling.curate import CurationError
     from mirage_safety.labelling.label import LabellingError
     from mirage_safety.labelling.policies import PolicyError
-    from mirage_safety.models.base import HubResolveError
-    from mirage_safety.models.loading import ModelLoadError
+    from mirage_safety.models.folder import ModelDirError
+    from mirage_safety.training.base import HubResolveError
 
     try:
+        _check_params(args)
         return int(args.func(args) or 0)
-    except (ConfigError, DataValidationError, HubResolveError, ModelLoadError, PolicyError,
+    except (ConfigError, DataValidationError, HubResolveError, ModelDirError, PolicyError,
             LabellingError, CurationError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+
+
+def _check_params(args: argparse.Namespace) -> None:
+    """The checks of a command's params whose rules live above ``config.py`` (which
+    benchmarks exist and which judges each accepts), before the command does any work."""
+    params_path = getattr(args, "params", None)
+    if not params_path or not Path(params_path).is_file():
+        return  # a command without params, or one that reports the missing file itself
+    from mirage_safety.config import load_params
+    from mirage_safety.evaluation.benchmarks.protocols import check_benchmarks
+
+    check_benchmarks(load_params(params_path, profile=getattr(args, "profile", None)).eval)
 
 
 if __name__ == "__main__":

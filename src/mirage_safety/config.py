@@ -214,25 +214,31 @@ class LoraConfig(_Model):
     target_modules: list[str] = ["q_proj", "k_proj", "v_proj", "o_proj"]
 
 
-class TrainConfig(_Model):
-    method: Literal["lora", "full"] = "full"
+class SFTConfig(_Model):
+    """One supervised fine-tuning run's optimisation settings, handed as they are to
+    ``run_sft`` and from there to ``TrainingArguments``: ``train`` is one (with the train
+    stage's own keys added), the base stage's language-model phase builds another."""
+
     seed: int = 1234
-    lora: LoraConfig = LoraConfig()
-    general_ratio: float = Field(0.11, ge=0.0, lt=1.0)
     epochs: float = Field(2.0, gt=0)
     max_steps: int = Field(-1, ge=-1)
     learning_rate: float = Field(1e-3, gt=0)
+    lr_scheduler: str = "cosine"
     batch_size: int = Field(16, ge=1)
     grad_accum: int = Field(1, ge=1)
     warmup_ratio: float = Field(0.03, ge=0.0, lt=1.0)
     weight_decay: float = Field(0.0, ge=0.0)
     save_steps: int = Field(100, ge=1)
+    save_total_limit: int = Field(2, ge=1)
     logging_steps: int = Field(10, ge=1)
     max_length: int = Field(512, ge=16)
     bf16: bool = False
     gradient_checkpointing: bool = False
-    freeze_vision: bool = True
     dataloader_workers: int = Field(0, ge=0)
+    # off: in templated data length tracks the task (every "same object?" question has the
+    # same length), so length-grouped batches hold one task each and the model learns a
+    # per-batch answer prior instead of reading the question
+    group_by_length: bool = False
     # compute the frozen vision tower's output once per image and reuse it across epochs
     # (exact: keyed by the processed pixels; not for Qwen2-VL, whose projector is inside)
     # auto: where the family allows it (a frozen tower that is not the projector's host)
@@ -250,6 +256,13 @@ class TrainConfig(_Model):
     # torch.compile the language model's decoder layers (dynamic shapes, in place): fused
     # element-wise work; a first step of tens of seconds, so it pays on long runs only
     compile: bool = False
+
+
+class TrainConfig(SFTConfig):
+    method: Literal["lora", "full"] = "full"
+    lora: LoraConfig = LoraConfig()
+    general_ratio: float = Field(0.11, ge=0.0, lt=1.0)
+    freeze_vision: bool = True
 
     @model_validator(mode="after")
     def _cache_needs_frozen_tower(self) -> TrainConfig:
@@ -473,16 +486,6 @@ class EvalConfig(_Model):
             raise ValueError("eval.splits: general_test is measured through lmms-eval now: "
                              "list its task in eval.general.tasks (mirage_world_general, "
                              "written by `mirage generate` under data/lmms_tasks)")
-        return self
-
-    @model_validator(mode="after")
-    def _benchmarks_known(self) -> EvalConfig:
-        if not self.benchmarks:  # nothing to check (and no import of protocols while the
-            return self          # defaults are built, which would be circular)
-        from mirage_safety.evaluation.benchmarks.protocols import check_config
-
-        for name, bench in self.benchmarks.items():
-            check_config(name, bench)  # a ValueError naming the benchmark and the field
         return self
 
     @model_validator(mode="after")

@@ -207,6 +207,23 @@ def dvc_lock_hash(stage: str, root: Path | None = None) -> str | None:
     return dvc_lock_hashes(root).get(stage.rsplit(":", 1)[-1])
 
 
+def dvc_out_md5(path: Path, root: Path) -> str | None:
+    """md5 DVC recorded for ``path`` as some stage's out in dvc.lock (lineage tag)."""
+    lock = root / "dvc.lock"
+    if not lock.is_file():
+        return None
+    try:
+        rel = path.resolve().relative_to(root.resolve()).as_posix()
+        data = yaml.safe_load(lock.read_text()) or {}
+    except (ValueError, yaml.YAMLError):
+        return None
+    for entry in (data.get("stages") or {}).values():
+        for out in (entry or {}).get("outs") or []:
+            if str(out.get("path", "")).rstrip("/") == rel:
+                return out.get("md5")
+    return None
+
+
 def flatten_params(params: Mapping[str, Any] | Any, prefix: str = "") -> dict[str, str]:
     """Nested mapping (or pydantic model) -> ``{"a.b.c": "value"}`` strings MLflow accepts."""
     if hasattr(params, "model_dump"):

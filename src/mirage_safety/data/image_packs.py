@@ -3,7 +3,7 @@
 A record's image path may pass through a pack: ``images/general_train/pack-00003.zip/
 general_train-00777_1.png`` is the member ``general_train-00777_1.png`` of the zip file
 ``images/general_train/pack-00003.zip`` under the dataset root.  Every reader resolves paths
-through :func:`mirage_safety.training.collator.resolve_image`, so a pack and a folder of files
+through :func:`mirage_safety.data.chat.resolve_image`, so a pack and a folder of files
 are interchangeable in any record, and a pack can be unpacked with any zip tool.
 
 Why: the embedded world's general VQA data holds ~50k images of ~2 KB.  As separate files,

@@ -40,7 +40,7 @@ from mirage_safety.data.image_packs import PackedImage, split_pack_path
 
 IMAGE_TOKEN = "<image>"
 
-# The MIS taxonomy: 6 categories, 12 sub-categories (DESIGN.md section 1).
+# The MIS taxonomy: 6 categories, 12 sub-categories (the MIS paper's).
 CATEGORIES: dict[str, tuple[str, ...]] = {
     "Illegal Activity": (
         "Property Crimes",

@@ -289,7 +289,7 @@ def general_answer(task: str, a: str, b: str, x: str | None = None) -> str:
     object asked about, then check each image against it ("a knife? a crowbar no, a knife
     yes: second").  Every step is then local to the answer: a bare verdict would need the
     2-layer embedded decoder to match a name in the question to an image in one step, which
-    it does not learn (measured: "which" at chance, "count" always "1"; see the README).
+    it does not learn (measured: "which" at chance, "count" always "1"; see docs/tuning.md).
     Names carry the question's leading-space tokens ("shows a knife?")."""
     if task == "name_first":
         return a

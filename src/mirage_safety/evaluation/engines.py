@@ -2,7 +2,7 @@
 
 * :class:`HFEngine` (``eval.engine: hf``) -- the model directory loaded with
   ``transformers`` in this process, batched greedy decoding
-  (:mod:`mirage_safety.evaluation.inference`); a batch that fails is retried one prompt at
+  (:mod:`mirage_safety.models.inference`); a batch that fails is retried one prompt at
   a time, so one bad sample is one error row.
 * :class:`ServedEngine` (``eval.engine: openai``) -- the model under test behind any
   OpenAI-compatible server (``vllm serve``, SGLang, ``transformers serve``; ``mirage
@@ -14,7 +14,7 @@
   again by the next run; an empty answer or one cut at ``max_tokens`` is an answer
   (``finished`` false for the latter) that the degenerate-answer check sees.
 
-Both return, per prompt, a :class:`~mirage_safety.evaluation.inference.Generation` or the
+Both return, per prompt, a :class:`~mirage_safety.models.inference.Generation` or the
 error string of that prompt.  The response store's fingerprint says which engine wrote a
 row: a served model is identified by its served id and the revision the user gives
 (``eval.server.revisions``), since its weights are not on this machine.
@@ -46,7 +46,7 @@ class HFEngine:
         return model_fingerprint(self.model_dir)
 
     def answer(self, prompts: Sequence[Prompt], *, progress: bool) -> list[Any]:
-        from mirage_safety.evaluation.inference import generate
+        from mirage_safety.models.inference import generate
         from mirage_safety.models.loading import load_for_inference
 
         if self._loaded is None:
@@ -84,7 +84,7 @@ class ServedEngine:
 
     def answer(self, prompts: Sequence[Prompt], *, progress: bool) -> list[Any]:
         from mirage_safety.endpoints import ChatRequest, Image, Text
-        from mirage_safety.evaluation.inference import Generation
+        from mirage_safety.models.inference import Generation
 
         requests = [ChatRequest(system="", parts=(*(Image(p) for p in images),
                                                   Text(question)))

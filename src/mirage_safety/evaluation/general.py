@@ -205,11 +205,11 @@ def target_for(name: str, model_dir: Path | None, cfg: EvalConfig, *, log_dir: P
         return
     if model_dir is None:
         raise GeneralEvalError(f"model {name}: neither served nor a model directory")
-    from mirage_safety import serve
+    from mirage_safety.models import serving
 
-    served = serve.servable_dir(str(model_dir)).resolve()
+    served = serving.servable_dir(Path(model_dir)).resolve()
     try:
-        proc, port, _ = serve.start_on_free_port(served, host="127.0.0.1", device="auto",
+        proc, port, _ = serving.start_on_free_port(served, host="127.0.0.1", device="auto",
                                                  log_dir=log_dir, log_name=f"serve-{name}.log")
     except RuntimeError as exc:
         raise GeneralEvalError(f"model {name}: transformers serve did not start: {exc}"
@@ -217,4 +217,4 @@ def target_for(name: str, model_dir: Path | None, cfg: EvalConfig, *, log_dir: P
     try:
         yield Target(f"http://127.0.0.1:{port}/v1", str(served))
     finally:
-        serve.stop(proc)
+        serving.stop(proc)

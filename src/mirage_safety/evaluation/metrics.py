@@ -19,7 +19,6 @@ category.
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
@@ -89,19 +88,6 @@ def label_rates(labels: Sequence[str]) -> dict[str, Any]:
         if abs(total - 100.0) > 1e-6:  # a label outside RATE_LABELS would be lost
             raise AssertionError(f"rates sum to {total}, not 100: {sorted(set(labels))}")
     return out
-
-
-def normalise_answer(text: str) -> str:
-    """Lower-case, collapse spaces, drop trailing punctuation: exact match of short answers."""
-    return re.sub(r"\s+", " ", text.strip().lower()).rstrip(" .!")
-
-
-def exact_match(response: str, answer: str) -> bool:
-    """Exact match after :func:`normalise_answer` (strip,
-    lower-case, collapse whitespace, drop trailing ``.``/``!``).  An empty reference
-    answer never matches (a record without an answer cannot be scored as correct)."""
-    ref = normalise_answer(answer or "")
-    return bool(ref) and normalise_answer(response or "") == ref
 
 
 # --------------------------------------------------------------------------- per model

@@ -1,7 +1,7 @@
 """Label formats: ``prose`` (one answer, MIS) and ``think`` (reasoning in ``<think>...</think>``
 then the final answer, as reasoning models and MSR-Align-trained models emit it).
 
-Who reads what (documented in the README, tested in ``tests/test_formats.py``):
+Who reads what (documented in docs/labelling.md, tested in ``tests/test_formats.py``):
 
 * the evaluation judges (``world``, ``keyword``, ``openai``) see the **whole** response,
   reasoning included: a user of a reasoning model usually sees the trace, so a harmful
@@ -51,3 +51,16 @@ def compose(reasoning: Sequence[str], answer: Sequence[str], fmt: str) -> str:
     if fmt != "prose":
         raise ValueError(f"unknown label format {fmt!r} (prose | think)")
     return " ".join([*reasoning, *answer])
+
+
+def normalise_answer(text: str) -> str:
+    """Lower-case, collapse spaces, drop trailing punctuation: exact match of short answers."""
+    return re.sub(r"\s+", " ", text.strip().lower()).rstrip(" .!")
+
+
+def exact_match(response: str, answer: str) -> bool:
+    """Exact match after :func:`normalise_answer` (strip,
+    lower-case, collapse whitespace, drop trailing ``.``/``!``).  An empty reference
+    answer never matches (a record without an answer cannot be scored as correct)."""
+    ref = normalise_answer(answer or "")
+    return bool(ref) and normalise_answer(response or "") == ref

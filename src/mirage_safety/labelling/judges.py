@@ -39,7 +39,7 @@ from typing import Any
 from mirage_safety.config import ConfigError, CurateConfig
 from mirage_safety.data import world as W
 from mirage_safety.data.schema import IMAGE_TOKEN, assistant_text, user_text
-from mirage_safety.evaluation.judges.compliance import REFUSAL, instructs
+from mirage_safety.labelling.answers import REFUSAL, instructs
 from mirage_safety.labelling.formats import split_think
 from mirage_safety.labelling.policies import PolicySet
 from mirage_safety.labelling.rubric import Rubric, parse_scores
@@ -61,7 +61,7 @@ class ScoreOutcome:
 def world_scores(rec: dict[str, Any], policies: PolicySet) -> dict[str, int | None]:
     """The rubric scores of one world record's label (raises ValueError without ground
     truth)."""
-    from mirage_safety.evaluation.judges.world_judge import perception_correct
+    from mirage_safety.labelling.answers import perception_correct
 
     objects = rec.get("objects")
     if not (isinstance(objects, list) and len(objects) == 2):

@@ -14,7 +14,7 @@ Gemma 3's bidirectional image attention from ``token_type_ids``), and generation
   by sample on CPU (training/packing.py);
 * whether the frozen vision module's output can be cached (training/vision_cache.py);
 * whether the processor carries a video processor.  Those need torchvision, which CPU
-  installs of this project do not have (DESIGN.md section 6), so the processor is then
+  installs of this project do not have (torch is pinned CPU-only), so the processor is then
   loaded image-only: the same class, the same saved files, without its video half.
   Images are unaffected; a video input would be refused by the processor.
 

@@ -1,19 +1,5 @@
-"""Load a model directory for training or inference, builtin or Hub, full or LoRA.
-
-Directory kinds this understands:
-
-* a ``save_pretrained`` checkpoint (``config.json`` + weights + processor files):
-  ``models/base`` of the builtin world, or a full fine-tune in ``models/mirage``;
-* a Hub pin (``pin.json`` = ``{model_id, commit, trust_remote_code, dtype}``), written by
-  ``mirage base`` with ``base.source: hub``: the weights come from the Hub cache at exactly
-  that commit;
-* a trained dir with ``mirage_model.json`` (written by ``mirage train``):
-  ``{"method": "full" | "lora", "base_path", "base_model_id", "base_revision",
-  "trust_remote_code", "dtype" (inference dtype, when trained in bf16), ...}``;
-  for ``lora`` the dir holds a PEFT adapter applied to the base (merged for inference).
-
-The same conventions are read by :mod:`mirage_safety.registry.pyfunc_model`.
-"""
+"""Load a model directory for training or inference, builtin or Hub, full or LoRA (the
+directory kinds are :mod:`mirage_safety.models.folder`'s)."""
 
 from __future__ import annotations
 
@@ -24,18 +10,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from mirage_safety.io import read_json
 from mirage_safety.models.families import GENERIC, family_of, load_processor
+from mirage_safety.models.folder import (
+    PIN_FILE,
+    ModelDirError,
+    find_base,
+    has_processor,
+    read_model_meta,
+    read_pin,
+)
 
 log = logging.getLogger(__name__)
-
-PIN_FILE = "pin.json"
-MODEL_META_FILE = "mirage_model.json"
-
-
-class ModelLoadError(RuntimeError):
-    """A model directory or Hub pin that cannot be loaded; the message names it."""
-
 
 @dataclass(frozen=True)
 class ModelSource:
@@ -54,18 +39,14 @@ class ModelSource:
 def resolve_source(model_dir: str | os.PathLike[str]) -> ModelSource:
     """A base dir (checkpoint or ``pin.json``) -> where to load its weights from."""
     d = Path(model_dir)
-    pin_path = d / PIN_FILE
-    if pin_path.is_file():
-        pin = read_json(pin_path)
-        for key in ("model_id", "commit"):
-            if not pin.get(key):
-                raise ModelLoadError(f"{pin_path}: field {key!r} is missing")
+    pin = read_pin(d)
+    if pin is not None:
         return ModelSource(pin["model_id"], pin["commit"], bool(pin.get("trust_remote_code")),
                            str(pin.get("dtype") or "auto"), is_hub=True)
     if (d / "config.json").is_file():
         return ModelSource(str(d))
-    raise ModelLoadError(f"{d}: neither a checkpoint (config.json) nor a Hub pin ({PIN_FILE}); "
-                         "run `mirage base` first")
+    raise ModelDirError(f"{d}: neither a checkpoint (config.json) nor a Hub pin ({PIN_FILE}); "
+                        "run `mirage base` first")
 
 
 def _torch_dtype(name: str) -> Any:
@@ -91,14 +72,14 @@ def load_pretrained(source: ModelSource, *, dtype: str | None = None,
         # remote-code VLMs (e.g. the original InternVL2.5 repos) register only AutoModel /
         # AutoModelForCausalLM
         if not source.trust_remote_code:
-            raise ModelLoadError(f"{source.describe()}: not loadable as an image-text-to-text "
-                                 f"model ({exc}); set base.hub.trust_remote_code if the "
-                                 "repo ships its own modelling code") from exc
+            raise ModelDirError(f"{source.describe()}: not loadable as an image-text-to-text "
+                                f"model ({exc}); set base.hub.trust_remote_code if the "
+                                "repo ships its own modelling code") from exc
         from transformers import AutoModelForCausalLM
 
         model = AutoModelForCausalLM.from_pretrained(source.path, **kwargs)
     except OSError as exc:
-        raise ModelLoadError(f"{source.describe()}: cannot load weights: {exc}") from exc
+        raise ModelDirError(f"{source.describe()}: cannot load weights: {exc}") from exc
     processor = load_processor(source.path, revision=source.revision,
                                trust_remote_code=source.trust_remote_code,
                                model_type=getattr(model.config, "model_type", None))
@@ -164,48 +145,47 @@ def apply_lora(model: Any, *, r: int, alpha: int, dropout: float,
                 torch.manual_seed(seed)
             return get_peft_model(model, config)
     except ValueError as exc:
-        raise ModelLoadError(f"LoRA target modules {target_modules} match no language-model "
-                             f"layer: {exc}") from exc
+        raise ModelDirError(f"LoRA target modules {target_modules} match no language-model "
+                            f"layer: {exc}") from exc
 
 
 # --------------------------------------------------------------------------- inference
-def _meta_base(meta: dict[str, Any], model_dir: Path) -> ModelSource:
-    raw = str(meta.get("base_path") or "")
-    root = Path(os.environ.get("DVC_ROOT") or os.getcwd())
-    for cand in (Path(raw), root / raw, model_dir / raw, model_dir.parent / raw):
-        if raw and cand.is_dir() and ((cand / "config.json").is_file()
-                                      or (cand / PIN_FILE).is_file()):
-            return resolve_source(cand)
-    if meta.get("base_model_id"):
-        return ModelSource(meta["base_model_id"], meta.get("base_revision"),
-                           bool(meta.get("trust_remote_code")), is_hub=True)
-    raise ModelLoadError(f"{model_dir / MODEL_META_FILE}: base {raw!r} not found")
+def base_source(meta: dict[str, Any], model_dir: Path) -> ModelSource:
+    """Where a trained dir's base weights come from (:func:`~.folder.find_base`)."""
+    base = find_base(meta, model_dir)
+    if isinstance(base, Path):
+        return resolve_source(base)
+    return ModelSource(base, meta.get("base_revision"), bool(meta.get("trust_remote_code")),
+                       is_hub=True)
 
 
 def load_for_inference(model_dir: str | os.PathLike[str], *, device: str | None = None,
-                       dtype: str | None = None) -> tuple[Any, Any]:
-    """``(model, processor)`` ready for :func:`generate_responses`, LoRA merged.
+                       dtype: str | None = None,
+                       base_dir: str | os.PathLike[str] | None = None) -> tuple[Any, Any]:
+    """``(model, processor)`` ready for :func:`generate_responses`, a LoRA adapter merged
+    into its base (merged weights run as fast as a full checkpoint and need no peft later).
 
     ``model_dir`` is a base dir (checkpoint or pin) or a trained dir with
-    ``mirage_model.json``.
+    ``mirage_model.json``.  ``base_dir`` (a LoRA adapter's base packaged next to it, as in a
+    registered model) replaces the metadata's ``base_path``, which points into the training
+    workspace and does not exist where the registered model is served.
     """
     import torch
 
     d = Path(model_dir)
     if not d.is_dir():
-        raise ModelLoadError(f"{d}: model directory not found")
+        raise ModelDirError(f"{d}: model directory not found")
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    meta_path = d / MODEL_META_FILE
-    meta = read_json(meta_path) if meta_path.is_file() else None
+    meta = read_model_meta(d)
     # a bf16-trained model is saved from fp32 master weights; serve it in bf16
     dtype = dtype or (meta or {}).get("dtype")
-    if meta and meta.get("method") == "lora":
+    if meta and meta["method"] == "lora":
         from peft import PeftModel
 
-        base = _meta_base(meta, d)
+        base = resolve_source(base_dir) if base_dir is not None else base_source(meta, d)
         model, processor = load_pretrained(base, dtype=dtype)
         model = PeftModel.from_pretrained(model, str(d)).merge_and_unload()
-        if (d / "processor_config.json").is_file() or (d / "tokenizer_config.json").is_file():
+        if has_processor(d):
             processor = load_processor(str(d), trust_remote_code=base.trust_remote_code,
                                        model_type=getattr(model.config, "model_type", None))
     else:

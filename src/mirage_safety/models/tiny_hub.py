@@ -131,7 +131,7 @@ def snapshot_dir(cache_dir: str | os.PathLike[str], family: str, commit: str) ->
 
 
 def _corpus() -> Iterable[str]:
-    from mirage_safety.models.base import world_label_corpus
+    from mirage_safety.data.corpus import world_label_corpus
 
     yield from world_label_corpus()
     yield "You are a helpful assistant. user model assistant system"

@@ -13,6 +13,7 @@ from pathlib import Path
 import yaml
 
 from mirage_safety.config import ConfigError, Params, load_params
+from mirage_safety.evaluation.benchmarks.protocols import check_benchmarks
 from mirage_safety.orchestration.lock import LOCK_RELPATH, run_logger
 
 PARAMS_FILE = "params.yaml"
@@ -105,6 +106,7 @@ def prepare_params(
             overrides.append(f"++data.{source}.revision={_quote(data_revision)}")
         apply_overrides(path, overrides)
         cfg = load_params(path, profile=profile)
+        check_benchmarks(cfg.eval)
         if data_seed is not None and cfg.data.seed != data_seed:
             raise ConfigError(
                 f"profile {profile!r} sets data.seed itself; the data_seed "

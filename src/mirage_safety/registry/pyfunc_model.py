@@ -16,7 +16,7 @@ Input (a DataFrame, one row per query):
   layout's ``image_path1`` / ``image_path2`` renamed); a row uses the ones it fills.
 
 Params: ``max_new_tokens`` (long), ``batch_size`` (long).  Output: a DataFrame with one
-string column ``response``.  Decoding is :func:`mirage_safety.evaluation.inference.
+string column ``response``.  Decoding is :func:`mirage_safety.models.inference.
 generate_responses` (batched greedy), the one decoding path ``mirage evaluate`` uses, so a
 served answer equals the evaluated one.
 
@@ -46,8 +46,12 @@ from typing import TYPE_CHECKING, Any
 
 import mlflow.pyfunc
 
-from mirage_safety.io import read_json
-from mirage_safety.models.loading import MODEL_META_FILE, PIN_FILE
+from mirage_safety.models.folder import (
+    MODEL_META_FILE,
+    ModelDirError,
+    find_base,
+    read_model_meta,
+)
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -71,100 +75,12 @@ DEFAULT_BATCH_SIZE = 8
 EXCLUDE_PATTERNS = ("checkpoint-*", "checkpoints", "runs", "optimizer.pt", "optimizer.bin",
                     "scheduler.pt", "rng_state*.pth", "trainer_state.json",
                     "training_args.bin", "*.tmp", ".*", "__pycache__")
-_PROCESSOR_FILES = ("processor_config.json", "preprocessor_config.json", "tokenizer.json",
-                    "tokenizer_config.json")
 # Distributions the served model needs, pinned to the versions it was logged with.
 _RUNTIME_DISTS = ("mlflow", "torch", "transformers", "tokenizers", "safetensors", "peft",
                   "accelerate", "pillow", "numpy", "pandas", "pydantic", "pyyaml", "tqdm")
 _MAX_PATH_LEN = 4096  # longer strings cannot be paths: treat as base64 without a stat
 
 
-class ModelDirError(ValueError):
-    """A model directory that cannot be packaged or loaded; the message names the path."""
-
-
-# --------------------------------------------------------------------------- model dir
-def read_model_meta(model_dir: str | os.PathLike[str]) -> dict[str, Any] | None:
-    """``mirage_model.json`` of a trained model dir, or None for a plain full checkpoint."""
-    path = Path(model_dir) / MODEL_META_FILE
-    if not path.is_file():
-        return None
-    try:
-        meta = read_json(path)
-    except ValueError as exc:
-        raise ModelDirError(f"{path}: not valid JSON: {exc}") from None
-    if not isinstance(meta, dict):
-        raise ModelDirError(f"{path}: expected a JSON object")
-    method = meta.get("method", "full")
-    if method not in ("full", "lora"):
-        raise ModelDirError(f"{path}: field 'method' must be 'full' or 'lora' (got {method!r})")
-    if method == "lora" and not (meta.get("base_path") or meta.get("base_model_id")):
-        raise ModelDirError(f"{path}: method is 'lora' but neither field 'base_path' nor "
-                            "'base_model_id' is set")
-    return {**meta, "method": method}
-
-
-def resolve_base(meta: dict[str, Any], model_dir: Path) -> Path | str:
-    """The LoRA base of a model dir, for packaging: ``base_path`` as an existing base dir
-    (a checkpoint or a Hub pin; tried as given, against the repo root -- ``$DVC_ROOT`` or
-    cwd -- and against the model dir and its parent, like
-    :mod:`mirage_safety.models.loading`), else ``base_model_id`` (a Hub id)."""
-    raw = str(meta.get("base_path") or "")
-    root = Path(os.environ.get("DVC_ROOT") or os.getcwd())
-    if raw:
-        for cand in (Path(raw), root / raw, model_dir / raw, model_dir.parent / raw):
-            if (cand / "config.json").is_file() or (cand / PIN_FILE).is_file():
-                return cand.resolve()
-    if meta.get("base_model_id"):
-        return str(meta["base_model_id"])
-    raise ModelDirError(f"{model_dir / MODEL_META_FILE}: base_path {raw!r} is not a model "
-                        "directory (config.json or pin.json; relative paths are tried against "
-                        "the repo root and the model dir) and no base_model_id is given")
-
-
-def _has_processor(path: Path) -> bool:
-    return any((path / f).is_file() for f in _PROCESSOR_FILES)
-
-
-def load_model_dir(model_dir: str | os.PathLike[str],
-                   base_dir: str | os.PathLike[str] | None = None,
-                   *, device: str | None = None) -> tuple[Any, Any]:
-    """Load ``(model, processor)`` for inference, merging a LoRA adapter.
-
-    Without ``base_dir`` this is :func:`mirage_safety.models.loading.load_for_inference`
-    (the code path ``mirage evaluate`` uses).  ``base_dir`` is the base packaged next to the
-    adapter: it replaces ``mirage_model.json``'s ``base_path``, which points into the
-    training workspace and does not exist where the registered model is served.
-    """
-    from mirage_safety.models.loading import load_for_inference, load_pretrained, resolve_source
-    from mirage_safety.registry.weights_ref import is_reference, materialize
-
-    model_dir = Path(model_dir)
-    if not model_dir.is_dir():
-        raise ModelDirError(f"{model_dir}: model directory not found")
-    if is_reference(model_dir):  # registered by reference: fetch the weights through DVC
-        model_dir = materialize(model_dir)
-    meta = read_model_meta(model_dir)
-    if base_dir is None or meta is None or meta["method"] != "lora":
-        return load_for_inference(model_dir, device=device)
-    import torch
-    from peft import PeftModel
-
-    from mirage_safety.models.families import load_processor
-
-    source = resolve_source(base_dir)  # a checkpoint, or a pin.json of a Hub commit
-    model, processor = load_pretrained(source)
-    # merged weights run as fast as a full checkpoint and need no peft at predict time
-    model = PeftModel.from_pretrained(model, str(model_dir)).merge_and_unload()
-    if _has_processor(model_dir):
-        processor = load_processor(str(model_dir), trust_remote_code=source.trust_remote_code,
-                                   model_type=getattr(model.config, "model_type", None))
-    model.to(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    model.eval()
-    return model, processor
-
-
-# --------------------------------------------------------------------------- inputs
 def decode_image(value: Any, *, row: int, index: int = 0) -> Image.Image:
     """A file path, base64 PNG/JPEG or data URL -> RGB PIL image (errors name row + image)."""
     from PIL import Image, UnidentifiedImageError
@@ -260,15 +176,23 @@ class MiragePyfuncModel(mlflow.pyfunc.PythonModel):
         self.default_max_new_tokens = int(config.get("max_new_tokens",
                                                      self.default_max_new_tokens))
         self.default_batch_size = int(config.get("batch_size", self.default_batch_size))
+        from mirage_safety.models.loading import load_for_inference
+        from mirage_safety.registry.weights_ref import is_reference, materialize
+
         artifacts = context.artifacts
-        self.model, self.processor = load_model_dir(artifacts[MODEL_ARTIFACT],
-                                                    artifacts.get(BASE_ARTIFACT))
+        model_dir = Path(artifacts[MODEL_ARTIFACT])
+        if not model_dir.is_dir():
+            raise ModelDirError(f"{model_dir}: model directory not found")
+        if is_reference(model_dir):  # registered by reference: fetch the weights through DVC
+            model_dir = materialize(model_dir)
+        self.model, self.processor = load_for_inference(model_dir,
+                                                        base_dir=artifacts.get(BASE_ARTIFACT))
 
     def predict(self, context: mlflow.pyfunc.PythonModelContext, model_input: pd.DataFrame,
                 params: dict[str, Any] | None = None) -> pd.DataFrame:
         import pandas as pd
 
-        from mirage_safety.evaluation.inference import generate_responses
+        from mirage_safety.models.inference import generate_responses
 
         params = params or {}
         max_new = int(params.get("max_new_tokens") or self.default_max_new_tokens)
@@ -322,7 +246,7 @@ def check_model_dir(model_dir: str | os.PathLike[str]) -> dict[str, Any] | None:
         raise ModelDirError(f"{model_dir}: neither {MODEL_META_FILE} nor a full checkpoint "
                             "(config.json) found")
     if meta is not None and meta["method"] == "lora":
-        resolve_base(meta, model_dir)
+        find_base(meta, model_dir)
     return meta
 
 
@@ -353,7 +277,7 @@ def log_pyfunc_model(model_dir: str | os.PathLike[str], *, name: str = "model",
 
             write_pointer(Path(artifacts[MODEL_ARTIFACT]), reference)
         if meta is not None and meta["method"] == "lora":
-            base = resolve_base(meta, model_dir)
+            base = find_base(meta, model_dir)
             if isinstance(base, Path):  # a Hub id (no local base) is fetched at load time
                 artifacts[BASE_ARTIFACT] = str(stage_model_dir(base, Path(tmp) / "base"))
         with warnings.catch_warnings():

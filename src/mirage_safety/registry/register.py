@@ -42,8 +42,6 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
-import yaml
-
 from mirage_safety.config import ConfigError, Params, add_params_arguments, load_params
 from mirage_safety.io import read_json, sha256_file, write_json_atomic
 
@@ -250,23 +248,6 @@ def champion_metrics(client: MlflowClient, name: str
     return str(champ.version), metrics or None, tags
 
 
-def _dvc_md5_of(path: Path, root: Path) -> str | None:
-    """md5 DVC recorded for ``path`` as some stage's out in dvc.lock (lineage tag)."""
-    lock = root / "dvc.lock"
-    if not lock.is_file():
-        return None
-    try:
-        rel = path.resolve().relative_to(root.resolve()).as_posix()
-        data = yaml.safe_load(lock.read_text()) or {}
-    except (ValueError, yaml.YAMLError):
-        return None
-    for entry in (data.get("stages") or {}).values():
-        for out in (entry or {}).get("outs") or []:
-            if str(out.get("path", "")).rstrip("/") == rel:
-                return out.get("md5")
-    return None
-
-
 # --------------------------------------------------------------------------- stage
 def register(params: Params, *, eval_path: str | os.PathLike[str] = "metrics/eval.json",
              model_dir: str | os.PathLike[str] = "models/mirage",
@@ -286,6 +267,7 @@ def register(params: Params, *, eval_path: str | os.PathLike[str] = "metrics/eva
     from mirage_safety.tracking import (
         TAG_GIT_COMMIT,
         TAG_PROFILE,
+        dvc_out_md5,
         git_info,
         policies_tags,
         resolve_tracking_uri,
@@ -339,7 +321,7 @@ def register(params: Params, *, eval_path: str | os.PathLike[str] = "metrics/eva
             tags["gate.allow_safety_only"] = "true"
         if commit := git_info().get(TAG_GIT_COMMIT):
             tags[TAG_GIT_COMMIT] = commit
-        if md5 := _dvc_md5_of(model_dir, workspace_root()):
+        if md5 := dvc_out_md5(model_dir, workspace_root()):
             tags["model_dvc_md5"] = md5
         mv = mlflow.register_model(info.model_uri, name, tags=tags)
         version = str(mv.version)
@@ -466,7 +448,7 @@ def unreachable(exc: BaseException) -> bool:
 def _cli(args: argparse.Namespace) -> int:
     import sys
 
-    from mirage_safety.registry.pyfunc_model import ModelDirError
+    from mirage_safety.models.folder import ModelDirError
     from mirage_safety.tracking import resolve_tracking_uri
 
     params = load_params(args.params, profile=args.profile)

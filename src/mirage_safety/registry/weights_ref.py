@@ -12,7 +12,7 @@ and code, and ``weights_ref.json``::
 Loading the version anywhere (:func:`materialize`) fetches the listed files through DVC
 (:class:`dvc.api.DVCFileSystem` at ``rev``: the repo's cache if it has them, else its DVC
 remote) and checks each file's md5 against the pointer: a tampered or truncated file is a
-clear :class:`~mirage_safety.registry.pyfunc_model.ModelDirError`, never a silently
+clear :class:`~mirage_safety.models.folder.ModelDirError`, never a silently
 different model.  ``registry.store: auto`` (the default) references models whose weights
 exceed ``registry.reference_above_mb`` and copies smaller ones (the embedded model stays
 self-contained).
@@ -72,14 +72,14 @@ def _md5(path: Path) -> str:
 def make_pointer(model_dir: Path, root: Path, *, repo: str | None = None) -> dict[str, Any]:
     """The pointer for ``model_dir`` (a DVC out of the repo at ``root``); raises
     :class:`WeightsReferenceError` naming what is missing."""
-    from mirage_safety.registry.register import _dvc_md5_of
+    from mirage_safety.tracking import dvc_out_md5
 
     model_dir, root = model_dir.resolve(), root.resolve()
     try:
         rel = model_dir.relative_to(root).as_posix()
     except ValueError:
         raise WeightsReferenceError(f"{model_dir}: not inside the repository {root}") from None
-    dir_md5 = _dvc_md5_of(model_dir, root)
+    dir_md5 = dvc_out_md5(model_dir, root)
     if not dir_md5:
         raise WeightsReferenceError(f"{rel}: not a DVC out in {root / 'dvc.lock'} (registry.store "
                               "reference needs the model tracked by DVC)")
@@ -136,7 +136,7 @@ def materialize(model_dir: Path) -> Path:
     import shutil
     import tempfile
 
-    from mirage_safety.registry.pyfunc_model import ModelDirError
+    from mirage_safety.models.folder import ModelDirError
 
     model_dir = Path(model_dir)
     pointer = read_json(model_dir / REF_FILE)

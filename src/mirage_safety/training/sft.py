@@ -6,7 +6,7 @@ The work is done by ``transformers.Trainer``; this module only decides *how*:
   root), validated up front (errors name file, record and field), mixed at a seeded ratio;
 * batches: :class:`~mirage_safety.training.collator.ChatCollator` (assistant-only labels,
   dynamic right padding) fed by a random sampler (length grouping is available but off:
-  see ``SFTSettings.group_by_length``);
+  see ``SFTConfig.group_by_length``);
 * checkpoints every ``save_steps`` in a checkpoint dir *outside* the DVC output (DVC wipes
   outs before re-running a stage); a later run with the same fingerprint (params, data,
   base) resumes from the last checkpoint, a changed one starts fresh;
@@ -30,7 +30,9 @@ from typing import Any
 
 from transformers import TrainerCallback
 
+from mirage_safety.config import SFTConfig
 from mirage_safety.io import read_json, write_json_atomic
+from mirage_safety.models.folder import write_model_meta
 from mirage_safety.training.collator import (
     ChatCollator,
     reset_tokenizer_state,
@@ -42,58 +44,6 @@ log = logging.getLogger(__name__)
 FINGERPRINT_FILE = "fingerprint.json"
 #: where ``train.preprocess: once`` keeps its datasets (one per content hash)
 PREPROCESS_CACHE = Path(".cache/preprocessed")
-
-
-# --------------------------------------------------------------------------- settings
-@dataclass(frozen=True)
-class SFTSettings:
-    """Optimisation settings (from ``TrainConfig`` or the builtin pre-training config)."""
-
-    learning_rate: float = 1e-3
-    batch_size: int = 16
-    grad_accum: int = 1
-    epochs: float = 1.0
-    max_steps: int = -1
-    warmup_ratio: float = 0.03
-    weight_decay: float = 0.0
-    lr_scheduler: str = "cosine"
-    save_steps: int = 100
-    logging_steps: int = 10
-    max_length: int = 512
-    bf16: bool = False
-    gradient_checkpointing: bool = False
-    dataloader_workers: int = 0
-    seed: int = 1234
-    # Off by default: in templated data length tracks the task (every "same object?"
-    # question has the same length), so length-grouped batches hold one task each and the
-    # model learns a per-batch answer prior instead of reading the question.  Dynamic
-    # padding already keeps padding low.
-    group_by_length: bool = False
-    save_total_limit: int = 2
-    # memoise the frozen vision tower's output per image (training/vision_cache.py)
-    cache_vision_features: bool | str = False  # True, False or "auto"
-    # each batch's samples end to end in one padding-free row (training/packing.py)
-    packing: bool = False
-    # per_batch: templating, tokenising and image processing in every batch; once: done
-    # once before the first step into a cached dataset (training/preprocess.py)
-    preprocess: str = "per_batch"
-    # the LM head and loss only where the next token is labelled (training/labelled_logits.py)
-    labelled_logits: bool = False
-    # torch.compile of the decoder layers, regional and in place (training/compile.py)
-    compile: bool = False
-
-    @classmethod
-    def from_train(cls, cfg: Any) -> SFTSettings:
-        return cls(learning_rate=cfg.learning_rate, batch_size=cfg.batch_size,
-                   grad_accum=cfg.grad_accum, epochs=cfg.epochs, max_steps=cfg.max_steps,
-                   warmup_ratio=cfg.warmup_ratio, weight_decay=cfg.weight_decay,
-                   save_steps=cfg.save_steps, logging_steps=cfg.logging_steps,
-                   max_length=cfg.max_length, bf16=cfg.bf16,
-                   gradient_checkpointing=cfg.gradient_checkpointing,
-                   dataloader_workers=cfg.dataloader_workers, seed=cfg.seed,
-                   cache_vision_features=cfg.cache_vision_features, packing=cfg.packing,
-                   preprocess=cfg.preprocess, labelled_logits=cfg.labelled_logits,
-                   compile=cfg.compile)
 
 
 # --------------------------------------------------------------------------- data
@@ -399,7 +349,7 @@ class SFTResult:
         return out
 
 
-def run_sft(model: Any, processor: Any, rows: Sequence[Row], settings: SFTSettings,
+def run_sft(model: Any, processor: Any, rows: Sequence[Row], settings: SFTConfig,
             checkpoint_dir: str | os.PathLike[str], *, image_size: int,
             fingerprint: dict[str, Any] | None = None, report_to: Sequence[str] = (),
             callbacks: Sequence[Any] = (), run_name: str | None = None,
@@ -420,8 +370,8 @@ def run_sft(model: Any, processor: Any, rows: Sequence[Row], settings: SFTSettin
     set_cpu_threads()
     ckpt = Path(checkpoint_dir)
     # JSON round trip: the comparison with the stored file must not trip on tuples
-    fp = json.loads(json.dumps({"settings": asdict(settings), **(fingerprint or {})},
-                               sort_keys=True, default=str))
+    fp = json.loads(json.dumps({"settings": settings.model_dump(mode="json"),
+                                **(fingerprint or {})}, sort_keys=True, default=str))
     resume = prepare_checkpoint_dir(ckpt, fp)
     if is_main_process():
         ckpt.mkdir(parents=True, exist_ok=True)
@@ -555,7 +505,7 @@ def run_sft(model: Any, processor: Any, rows: Sequence[Row], settings: SFTSettin
 
 
 def save_trained(trainer: Any, processor: Any, out_dir: str | os.PathLike[str],
-                 extra_files: dict[str, Any] | None = None) -> None:
+                 model_meta: dict[str, Any] | None = None) -> None:
     """Atomically publish the trained model (+ processor, + JSON side files) at ``out_dir``.
 
     Every process calls this (a sharded FSDP model is gathered collectively); the main
@@ -575,8 +525,8 @@ def save_trained(trainer: Any, processor: Any, out_dir: str | os.PathLike[str],
     if trainer.is_world_process_zero():
         reset_tokenizer_state(processor)
         processor.save_pretrained(tmp)
-        for name, obj in (extra_files or {}).items():
-            write_json_atomic(tmp / name, obj)
+        if model_meta is not None:
+            write_model_meta(tmp, model_meta)
         for junk in ("training_args.bin",):  # the run's args: not part of the model
             (tmp / junk).unlink(missing_ok=True)
         old = out.with_name(f".{out.name}.old")

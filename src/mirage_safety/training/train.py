@@ -80,7 +80,7 @@ def load_mix(cfg: TrainConfig, data_dir: Path) -> tuple[list[Any], int, int]:
 
 def probe_image_size(rows: Sequence[Any]) -> int:
     """The longer side of the first training image (for length-grouping estimates)."""
-    from mirage_safety.training.collator import load_image, resolve_image
+    from mirage_safety.data.chat import load_image, resolve_image
 
     for row in rows:
         images = row.record.get("images") or []
@@ -92,7 +92,7 @@ def probe_image_size(rows: Sequence[Any]) -> int:
 
 def _tree_identity(path: Path) -> str:
     """Cheap identity of a base dir: a pin's content, or names + sizes + config hash."""
-    from mirage_safety.models.loading import PIN_FILE
+    from mirage_safety.models.folder import PIN_FILE
 
     pin = path / PIN_FILE
     if pin.is_file():
@@ -209,7 +209,6 @@ def _train(cfg: TrainConfig, data_dir: Path, base_dir: Path, out_dir: Path, metr
            plots_dir: Path, checkpoint_dir: Path, image_size: int | None,
            report_to: list[str], progress: bool, callbacks: Sequence[Any]) -> dict[str, Any]:
     from mirage_safety.training.sft import (
-        SFTSettings,
         is_main_process,
         run_sft,
         save_trained,
@@ -234,14 +233,14 @@ def _train(cfg: TrainConfig, data_dir: Path, base_dir: Path, out_dir: Path, metr
                  sha256_file(data_dir / GENERAL_FILE) if n_general else None],
         "base": _tree_identity(base_dir),
     }
-    trainer, result = run_sft(model, processor, rows, SFTSettings.from_train(cfg),
+    trainer, result = run_sft(model, processor, rows, cfg,
                               checkpoint_dir, image_size=image_size, fingerprint=fingerprint,
                               # train.preprocess once: kept beside the checkpoints, reused
                               preprocess_cache=checkpoint_dir.parent / "preprocessed",
                               report_to=report_to, callbacks=callbacks, run_name="train",
                               progress=progress)
     meta["global_step"] = result.global_step
-    save_trained(trainer, processor, out_dir, extra_files={"mirage_model.json": meta})
+    save_trained(trainer, processor, out_dir, model_meta=meta)
 
     metrics: dict[str, Any] = {
         **result.metrics(),

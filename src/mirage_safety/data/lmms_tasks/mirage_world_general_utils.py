@@ -5,7 +5,7 @@ Copied by ``mirage generate`` next to ``mirage_world_general.yaml`` under
 own environment, so it needs only the standard library and Pillow.  Paths are relative to
 the data directory, which ``mirage evaluate`` makes lmms-eval's working directory.
 
-The score is the project's exact match (``mirage_safety.evaluation.metrics.exact_match``:
+The score is the project's exact match (``mirage_safety.labelling.formats.exact_match``:
 strip, lower-case, collapse whitespace, drop a trailing ``.``/``!``; an answer after
 ``</think>`` is what counts), so lmms-eval's figure is the one ``make run`` always reported.
 """

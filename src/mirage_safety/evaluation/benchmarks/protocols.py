@@ -1,4 +1,4 @@
-"""Each external benchmark's scoring protocol, as its authors define it (DESIGN.md section 9).
+"""Each external benchmark's scoring protocol, as its authors define it (docs/benchmarks.md).
 
 A protocol says which judges may score the benchmark (the first is its default), which
 judge each subset gets by default, and how the judged answers become the benchmark's
@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 from mirage_safety.evaluation.metrics import wilson_interval
 
 if TYPE_CHECKING:
-    from mirage_safety.config import BenchmarkConfig
+    from mirage_safety.config import BenchmarkConfig, EvalConfig
     from mirage_safety.evaluation.benchmarks.sample import BenchSample
 
 
@@ -278,6 +278,20 @@ def check_config(name: str, cfg: BenchmarkConfig) -> None:
         if kind is not None and kind not in proto.judges:
             raise ValueError(f"eval.benchmarks.{name}.{where}: {kind!r} cannot score "
                              f"{proto.name} (its protocol accepts: {', '.join(proto.judges)})")
+
+
+def check_benchmarks(cfg: EvalConfig) -> None:
+    """Every configured benchmark is known and scored by judges its protocol accepts, or a
+    ConfigError naming ``eval.benchmarks.<name>.<field>``.  The ``mirage`` command runs it
+    when it parses the params, before any stage works (config.py knows no protocols:
+    they live in this layer)."""
+    from mirage_safety.config import ConfigError
+
+    for name, bench in cfg.benchmarks.items():
+        try:
+            check_config(name, bench)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
 
 
 #: benchmark -> (metric, inverted): the share of benign requests the model failed to help

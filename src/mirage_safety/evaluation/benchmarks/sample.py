@@ -1,7 +1,7 @@
 """What every external-benchmark adapter returns: :class:`BenchSample` records.
 
 An adapter reads a local copy of one benchmark in its *published* layout (the file names,
-keys and image paths of the authors' release, DESIGN.md section 9) and turns each test item
+keys and image paths of the authors' release, docs/benchmarks.md) and turns each test item
 into one or more samples: one prompt to the model under test, with its images.  A
 benchmark that asks the same question with several images (MSSBench: a safe and an unsafe
 context; MM-SafetyBench: SD, TYPO and SD+TYPO images) yields one sample per combination,

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from mirage_safety.training.collator import load_image, prompt_messages
+from mirage_safety.data.chat import load_image, prompt_messages
 
 Prompt = tuple[str, Sequence[Any]]  # (question, [PIL image or path, ...])
 

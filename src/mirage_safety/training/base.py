@@ -24,7 +24,7 @@ import logging
 import os
 import re
 from collections import defaultdict
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -32,12 +32,14 @@ from mirage_safety import numerics
 from mirage_safety.config import (
     BaseConfig,
     BuiltinModelConfig,
+    SFTConfig,
     TrackingConfig,
     add_params_arguments,
     load_params,
 )
+from mirage_safety.data.corpus import file_corpus, world_label_corpus
 from mirage_safety.io import atomic_dir, read_json, write_json_atomic
-from mirage_safety.models.loading import PIN_FILE
+from mirage_safety.models.folder import PIN_FILE
 
 log = logging.getLogger(__name__)
 
@@ -45,46 +47,6 @@ log = logging.getLogger(__name__)
 
 class HubResolveError(RuntimeError):
     """A Hub model that cannot be pinned (offline and not cached, unknown id...)."""
-
-
-# --------------------------------------------------------------------------- text corpus
-def world_label_corpus() -> Iterator[str]:
-    """Every text the embedded world can produce, in every label style.
-
-    Feeding this to the tokenizer makes refusal / CoT / text-only words single tokens
-    whichever label style ``data/mis/train.json`` currently holds.
-    """
-    from mirage_safety.data import world as W
-
-    templates = (*W.REQUEST_TEMPLATES, *W.BENIGN_TEMPLATES)
-    yield W.REFUSAL
-    for t in templates:
-        yield W.question_text(t)
-    for rule in W.RULES:
-        firsts = (*rule.hard_a, *rule.risky_a, *W.SAFE_OBJECTS)
-        for a in firsts:
-            for b in rule.targets:
-                for t in templates:
-                    yield W.question_text(t, a, b)
-                    for text_only in (False, True):
-                        for harmful in (False, True):
-                            if harmful and t in W.BENIGN_TEMPLATES:
-                                continue
-                            yield W.cot_answer(a, b, t, harmful, text_only=text_only)
-    for name in W.OBJECT_NAMES:
-        yield name
-        for task in ("which", "count"):
-            yield W.general_question(task, name)
-
-
-def file_corpus(records: Iterable[Mapping[str, Any]]) -> Iterator[str]:
-    """All conversation turns (train records) and question/answer fields (test records)."""
-    for rec in records:
-        for turn in rec.get("conversations") or []:
-            yield str(turn.get("value", "")).replace("<image>", " ").strip()
-        for key in ("question", "answer"):
-            if isinstance(rec.get(key), str):
-                yield rec[key]
 
 
 # --------------------------------------------------------------------------- accuracy
@@ -95,9 +57,9 @@ def general_accuracy(model: Any, processor: Any, records: Sequence[Mapping[str, 
     overall and per task.  ``max_new_tokens`` defaults to the longest reference answer plus
     its end-of-turn token and one more, so a response can always show that it runs on past
     the reference, whatever the world's answer format."""
-    from mirage_safety.evaluation.inference import generate_responses
-    from mirage_safety.evaluation.metrics import exact_match
-    from mirage_safety.training.collator import resolve_image
+    from mirage_safety.data.chat import resolve_image
+    from mirage_safety.labelling.formats import exact_match
+    from mirage_safety.models.inference import generate_responses
 
     records = records[: limit or None]
     if max_new_tokens is None:
@@ -129,7 +91,7 @@ def labelled_images(records: Iterable[tuple[Mapping[str, Any], Path]]
                     ) -> tuple[list[Any], list[str]]:
     """(image, object name) pairs from (record, image root) pairs whose records list
     their ``objects`` per image."""
-    from mirage_safety.training.collator import resolve_image
+    from mirage_safety.data.chat import resolve_image
 
     images: list[Any] = []
     names: list[str] = []
@@ -150,7 +112,7 @@ def _pixels(paths: Sequence[Any]) -> Any:
     import numpy as np
     import torch
 
-    from mirage_safety.training.collator import load_image
+    from mirage_safety.data.chat import load_image
 
     arr = np.stack([np.asarray(load_image(p)) for p in paths])
     return torch.from_numpy(arr).permute(0, 3, 1, 2).contiguous()
@@ -253,7 +215,6 @@ def build_builtin_base(cfg: BaseConfig, data_dir: Path, out_dir: Path, metrics_d
     """Tokenizer + tiny VLM + pre-training; returns the metrics written to base.json."""
     from mirage_safety.models.tiny_vlm import build_tiny_vlm, count_parameters
     from mirage_safety.training.sft import (
-        SFTSettings,
         is_main_process,
         load_train_records,
         run_sft,
@@ -291,14 +252,14 @@ def build_builtin_base(cfg: BaseConfig, data_dir: Path, out_dir: Path, metrics_d
 
         freeze_vision_tower(model)
 
-    settings = SFTSettings(learning_rate=b.pretrain_lr, batch_size=b.pretrain_batch_size,
-                           max_steps=b.pretrain_steps, epochs=1.0, warmup_ratio=0.03,
-                           save_steps=max(50, b.pretrain_steps // 4),
-                           logging_steps=max(1, min(25, b.pretrain_steps // 20 or 1)),
-                           max_length=1024, seed=cfg.seed,
-                           packing=b.pretrain_fast, labelled_logits=b.pretrain_fast,
-                           preprocess="once" if b.pretrain_fast else "per_batch",
-                           cache_vision_features="auto" if b.pretrain_fast else False)
+    settings = SFTConfig(learning_rate=b.pretrain_lr, batch_size=b.pretrain_batch_size,
+                         max_steps=b.pretrain_steps, epochs=1.0, warmup_ratio=0.03,
+                         save_steps=max(50, b.pretrain_steps // 4),
+                         logging_steps=max(1, min(25, b.pretrain_steps // 20 or 1)),
+                         max_length=1024, seed=cfg.seed,
+                         packing=b.pretrain_fast, labelled_logits=b.pretrain_fast,
+                         preprocess="once" if b.pretrain_fast else "per_batch",
+                         cache_vision_features="auto" if b.pretrain_fast else False)
     fingerprint = {"stage": "base", "config": cfg.model_dump(mode="json"),
                    "image_size": image_size,
                    "data": [os.path.getsize(p) for p in train_files]}

@@ -1,0 +1,120 @@
+"""The pipeline's code dependencies, as DVC sees them.
+
+* every project module a stage imports (directly, transitively, at module level or inside a
+  function) is one of that stage's ``deps`` in ``dvc.yaml``, so editing it marks the stage
+  changed;
+* changing a default in ``config.py`` (a setting ``params.yaml`` leaves out) makes
+  ``dvc status`` report every stage changed.
+
+(The import layers themselves are checked by ``lint-imports`` in ``make test``.)
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import grimp
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+DVC = str(Path(sys.executable).with_name("dvc"))
+
+#: the module each stage's command runs (``mirage <stage>`` -> its handler's module)
+STAGE_ENTRY = {
+    "generate": "mirage_safety.data.generate",
+    "label": "mirage_safety.labelling.label",
+    "curate": "mirage_safety.labelling.curate",
+    "base": "mirage_safety.training.base",
+    "train": "mirage_safety.training.train",
+    "evaluate": "mirage_safety.evaluation.evaluate",
+    "register": "mirage_safety.registry.register",
+}
+
+
+def _stages() -> dict:
+    return yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
+
+
+def _source_file(module: str) -> str:
+    spec = importlib.util.find_spec(module)
+    assert spec is not None and spec.origin, module
+    return Path(spec.origin).resolve().relative_to(REPO).as_posix()
+
+
+def _covered(path: str, deps: list[str]) -> bool:
+    return any(path == d or path.startswith(d.rstrip("/") + "/") for d in deps)
+
+
+def test_every_stage_command_is_in_the_entry_table() -> None:
+    commands = {name: stage["cmd"].split()[1] for name, stage in _stages().items()}
+    assert commands == {name: name for name in STAGE_ENTRY}
+
+
+def test_stage_code_deps_cover_every_module_the_stage_imports() -> None:
+    graph = grimp.build_graph("mirage_safety", cache_dir=None)
+    stages = _stages()
+    missing = {}
+    for stage, entry in STAGE_ENTRY.items():
+        deps = [d for d in stages[stage].get("deps", []) if isinstance(d, str)]
+        files = {_source_file(m) for m in graph.find_upstream_modules(entry) | {entry}}
+        if gaps := sorted(f for f in files if not _covered(f, deps)):
+            missing[stage] = gaps
+    assert not missing, f"modules imported by a stage but not in its dvc.yaml deps: {missing}"
+
+
+def _status(repo: Path) -> dict[str, set[str]]:
+    """``{stage: changed deps}`` from ``dvc status`` (``"always changed"`` for such a
+    stage)."""
+    out = subprocess.run([DVC, "status", "--json"], cwd=repo, capture_output=True, text=True,
+                         check=True, timeout=300).stdout
+    changed: dict[str, set[str]] = {}
+    for stage, entries in json.loads(out or "{}").items():
+        for entry in entries:
+            if isinstance(entry, dict):
+                changed.setdefault(stage, set()).update(entry.get("changed deps", {}))
+            else:
+                changed.setdefault(stage, set()).add(str(entry))
+    return changed
+
+
+@pytest.mark.slow
+def test_changing_a_code_default_marks_every_stage_changed(tmp_path) -> None:
+    repo = tmp_path / "repo"
+    files = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+                           cwd=REPO, capture_output=True,
+                           check=True).stdout.decode().split("\0")
+    for rel in filter(None, files):
+        src = REPO / rel
+        if src.is_file():
+            (repo / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, repo / rel)
+    subprocess.run(["git", "init", "-q"], cwd=repo, check=True)
+    config = "src/mirage_safety/config.py"
+    stages = _stages()
+    # the dep entry (the file, or a folder above it) through which each stage sees config.py
+    through = {}
+    for stage in STAGE_ENTRY:
+        entries = [d for d in stages[stage].get("deps", []) if isinstance(d, str)
+                   and _covered(config, [d])]
+        assert entries, f"stage {stage}: config.py is not among its deps"
+        through[stage] = entries[0]
+    before = _status(repo)
+    text = (repo / config).read_text()
+    old = "    batch_size: int = Field(16, ge=1)"  # TrainConfig.batch_size, not in params.yaml
+    assert old in text
+    (repo / config).write_text(text.replace(old, "    batch_size: int = Field(8, ge=1)"))
+    after = _status(repo)
+    for stage, dep in through.items():
+        if stages[stage].get("always_changed"):
+            assert "always changed" in after.get(stage, set()), (stage, after)
+            continue
+        # before the edit the committed dvc.lock agrees with the code (else it describes
+        # outputs this code would not build); after it, the stage is out of date
+        assert dep not in before.get(stage, set()), (stage, dep, "dvc.lock is stale")
+        assert dep in after.get(stage, set()), (stage, dep, after)
