@@ -31,9 +31,7 @@ RATES = ("asr", "rsr", "rr", "hr", "degenerate", "judge_error_rate")
 EVAL = {"max_samples_per_split": N, "max_new_tokens": 8, "batch_size": 4}
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    torch.set_num_threads(1)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _params(**eval_: Any) -> Params:

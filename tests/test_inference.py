@@ -7,7 +7,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import torch
 from PIL import Image
 
 from mirage_safety.models.inference import generate_one, generate_responses
@@ -16,9 +15,7 @@ from tiny_world import tiny_model, world_data
 MAX_NEW = 12
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    torch.set_num_threads(1)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -142,7 +142,7 @@ def test_prefect_server_script_schedules_and_runs_through_the_worker(
     """Server on loopback + process pool + worker; `deploy` registers the nightly cron
     deployment; a run of it goes through the worker (the scheduled path) and completes
     the pipeline of a tiny repo; `stop` ends every process."""
-    from test_flows import make_fake_repo
+    from fake_pipeline import make_fake_repo
 
     port, worker_port = _free_port(), _free_port()
     env = {**server_env, "PREFECT_HOME": str(tmp_path / "prefect-home")}

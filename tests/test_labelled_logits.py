@@ -6,20 +6,16 @@ from __future__ import annotations
 import pytest
 import torch
 
+from exact_batches import assert_same, llava_batch, loss_and_grads, qwen2_vl_batch
 from mirage_safety.training.collator import IGNORE_INDEX
 from mirage_safety.training.labelled_logits import LabelledLogits, keep_labelled
 from mirage_safety.training.packing import PackedCollator, qwen2_vl_mrope, use_varlen_attention
-from test_packing import _loss_and_grads, assert_same, llava_batch, qwen2_vl_batch
 
-
-@pytest.fixture(autouse=True)
-def _one_thread(monkeypatch):
-    monkeypatch.setenv("OMP_NUM_THREADS", "1")
-    torch.set_num_threads(1)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _same(model, full, labelled):
-    assert_same(_loss_and_grads(model, full), _loss_and_grads(model, labelled))
+    assert_same(loss_and_grads(model, full), loss_and_grads(model, labelled))
 
 
 def test_keep_labelled_positions():

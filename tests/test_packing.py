@@ -3,12 +3,11 @@ for the builtin LLaVA (1-D positions) and Qwen2-VL (M-RoPE, 4-row position ids).
 
 from __future__ import annotations
 
-import json
-
 import pytest
 import torch
 
-from mirage_safety.training.collator import IGNORE_INDEX, ChatCollator
+from exact_batches import assert_same, llava_batch, loss_and_grads, qwen2_vl_batch
+from mirage_safety.training.collator import IGNORE_INDEX
 from mirage_safety.training.packing import (
     VARLEN,
     PackedCollator,
@@ -16,82 +15,22 @@ from mirage_safety.training.packing import (
     use_varlen_attention,
     varlen_sdpa,
 )
-from tiny_world import tiny_model, world_data
 
-
-@pytest.fixture(autouse=True)
-def _one_thread(monkeypatch):
-    monkeypatch.setenv("OMP_NUM_THREADS", "1")
-    torch.set_num_threads(1)
-
-
-def _loss_and_grads(model, batch):
-    model.zero_grad(set_to_none=True)
-    loss = model(**batch).loss
-    loss.backward()
-    return loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters()
-                           if p.grad is not None}
-
-
-def assert_same(reference, other):
-    """Two ``_loss_and_grads`` results agree: loss and every gradient to 1e-5 (fp32)."""
-    (loss_a, grads_a), (loss_b, grads_b) = reference, other
-    torch.testing.assert_close(loss_b, loss_a, atol=1e-5, rtol=0)
-    assert grads_a and grads_a.keys() == grads_b.keys()
-    for name in grads_a:
-        torch.testing.assert_close(grads_b[name], grads_a[name], atol=1e-5, rtol=1e-4)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _check_equal(model, padded, packed):
     """The packed row gives the padded batch's loss and gradients, both through
     transformers' block-diagonal mask and through per-sample (varlen) attention."""
-    reference = _loss_and_grads(model, padded)
+    reference = loss_and_grads(model, padded)
     text = model.config.text_config
     before = text._attn_implementation
     with use_varlen_attention(model) as switched:
         assert switched and text._attn_implementation == VARLEN
-        varlen = _loss_and_grads(model, packed)
+        varlen = loss_and_grads(model, packed)
     assert text._attn_implementation == before  # restored: saving / generation untouched
-    assert_same(reference, _loss_and_grads(model, packed))  # through the mask
+    assert_same(reference, loss_and_grads(model, packed))  # through the mask
     assert_same(reference, varlen)
-
-
-def _records(data, n):
-    recs = json.loads((data / "mis" / "train.json").read_text())
-    # different lengths, so the padded batch really pads
-    return sorted(recs, key=lambda r: len(r["conversations"][-1]["value"]))[:: len(recs) // n][:n]
-
-
-def llava_batch(tmp_path_factory):
-    """(the builtin LLaVA in training mode, its collator, 4 records of different lengths)"""
-    from mirage_safety.models.loading import load_for_inference
-
-    data = world_data(tmp_path_factory)
-    model, processor = load_for_inference(tiny_model(tmp_path_factory), device="cpu",
-                                          dtype="float32")
-    model.train()
-    return model, ChatCollator(processor, root=data / "mis"), _records(data, 4)
-
-
-def qwen2_vl_batch(tmp_path_factory):
-    """(a tiny Qwen2-VL in training mode, its collator, 3 MIS records, one answer short)"""
-    from mirage_safety.config import HubDataConfig
-    from mirage_safety.data.importers import load_mis
-    from mirage_safety.models.loading import ModelSource, load_pretrained
-    from mirage_safety.models.tiny_hub import snapshot_dir, write_snapshot
-    from realdata_fixtures import build_mis
-
-    cache = tmp_path_factory.mktemp("hf-qwen2-vl")
-    _, commit = write_snapshot("qwen2_vl", cache)
-    model, processor = load_pretrained(ModelSource(str(snapshot_dir(cache, "qwen2_vl", commit))),
-                                       dtype="float32")
-    model.train()
-    mis = build_mis(tmp_path_factory.mktemp("mis-qwen2-vl") / "mis", n_train=3)
-    dataset = load_mis(HubDataConfig(local_dir=str(mis)), progress=False)
-    recs = dataset.train[:3]
-    recs[1] = {**recs[1], "conversations": [recs[1]["conversations"][0],
-                                            {"from": "gpt", "value": "Short."}]}
-    return model, ChatCollator(processor, root=dataset.root), recs
 
 
 def test_packed_llava_batch_equals_the_padded_one(tmp_path_factory):

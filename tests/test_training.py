@@ -13,56 +13,19 @@ import pytest
 import torch
 import yaml
 
-from mirage_safety.config import BuiltinModelConfig, ConfigError, load_params, parse_params
-from mirage_safety.data.generate import generate
+from mirage_safety.config import ConfigError, load_params, parse_params
 from mirage_safety.training.sft import StopAfterSteps
-from mirage_safety.training.train import load_mix, run_train
-from tiny_world import label_and_curate
+from mirage_safety.training.train import load_mix
+from sft_world import (
+    FAST,
+    IMAGE_SIZE,
+    run_sft_stage,
+    sft_cfg,
+    state_file,
+)
 
 REPO = Path(__file__).resolve().parents[1]
-TINY = BuiltinModelConfig(vision_hidden=16, vision_layers=1, vision_heads=2, patch_size=8,
-                          text_hidden=32, text_layers=1, text_heads=2, intermediate_size=64,
-                          vocab_size=400)
-IMAGE_SIZE = 32
-WORLD = {"image_size": IMAGE_SIZE, "n_train": 48, "n_test_per_split": 4, "n_general_train": 24,
-         "n_general_test": 4, "n_instruct": 4}
-FAST = {"batch_size": 4, "max_steps": 4, "save_steps": 2, "logging_steps": 1,
-        "general_ratio": 0.2, "learning_rate": 5e-3}
-
-
-@pytest.fixture(autouse=True)
-def _one_thread(monkeypatch):
-    # run_sft honours OMP_NUM_THREADS: one thread on the shared 2-core machine
-    monkeypatch.setenv("OMP_NUM_THREADS", "1")
-    torch.set_num_threads(1)
-
-
-@pytest.fixture(scope="module")
-def world(tmp_path_factory) -> dict[str, Path]:
-    """A tiny generated MIS world and a tiny LLaVA base saved as a standard checkpoint."""
-    from mirage_safety.models.tiny_vlm import build_tiny_vlm, save_tiny_vlm
-
-    root = tmp_path_factory.mktemp("train")
-    data = root / "data"
-    generate(parse_params({"data": {"world": WORLD}}).data, data, workers=1, progress=False)
-    label_and_curate(data)
-    corpus = [turn["value"].replace("<image>", " ")
-              for name in ("mis/train.json", "general/train.json")
-              for rec in json.loads((data / name).read_text()) for turn in rec["conversations"]]
-    model, processor = build_tiny_vlm(corpus, TINY, IMAGE_SIZE, seed=0)
-    base = save_tiny_vlm(model, processor, root / "base")
-    return {"data": data, "base": base}
-
-
-def _cfg(**train):
-    return parse_params({"data": {"world": {"image_size": IMAGE_SIZE}},
-                         "train": {**FAST, **train}}).train
-
-
-def _run(world, out: Path, cfg, **kw):
-    return run_train(cfg, data_dir=world["data"], base_dir=world["base"], out_dir=out / "model",
-                     metrics_dir=out / "metrics", plots_dir=out / "plots",
-                     checkpoint_dir=out / "ckpt", image_size=IMAGE_SIZE, progress=False, **kw)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _curve(out: Path) -> list[tuple[int, float]]:
@@ -77,14 +40,8 @@ def _state(path: Path) -> dict[str, torch.Tensor]:
     return load_file(str(path / "model.safetensors"))
 
 
-def _state_file(path: Path) -> dict[str, torch.Tensor]:
-    from safetensors.torch import load_file
-
-    return load_file(str(path))
-
-
 # --------------------------------------------------------------------------- full
-def test_full_sft_with_mlflow_frozen_vision_and_reload(world, tmp_path, monkeypatch):
+def test_full_sft_with_mlflow_frozen_vision_and_reload(sft_world, tmp_path, monkeypatch):
     import mlflow
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
@@ -97,7 +54,8 @@ def test_full_sft_with_mlflow_frozen_vision_and_reload(world, tmp_path, monkeypa
     tracking = parse_params({"tracking": {"tracking_uri": "sqlite:///mlflow.db",
                                           "experiment": "t"}}).tracking
     out = tmp_path / "full"
-    metrics = _run(world, out, _cfg(method="full"), tracking=tracking, profile="test")
+    metrics = run_sft_stage(sft_world, out, sft_cfg(method="full"), tracking=tracking,
+                            profile="test")
 
     assert metrics["global_step"] == 4 and metrics["method"] == "full"
     assert math.isfinite(metrics["final_loss"]) and math.isfinite(metrics["train_loss"])
@@ -124,11 +82,11 @@ def test_full_sft_with_mlflow_frozen_vision_and_reload(world, tmp_path, monkeypa
     # a standard checkpoint: Auto* classes load it; the vision tower is bit-identical
     model_dir = out / "model"
     meta = json.loads((model_dir / "mirage_model.json").read_text())
-    assert meta["method"] == "full" and meta["base_path"] == str(world["base"])
+    assert meta["method"] == "full" and meta["base_path"] == str(sft_world["base"])
     model = AutoModelForImageTextToText.from_pretrained(model_dir)
     AutoProcessor.from_pretrained(model_dir)
     assert type(model).__name__ == "LlavaForConditionalGeneration"
-    before, after = _state(world["base"]), _state(model_dir)
+    before, after = _state(sft_world["base"]), _state(model_dir)
     vision = [k for k in before if "vision_tower" in k]
     trained = [k for k in before if "language_model" in k or "multi_modal_projector" in k]
     assert vision and all(torch.equal(before[k], after[k]) for k in vision)
@@ -138,13 +96,13 @@ def test_full_sft_with_mlflow_frozen_vision_and_reload(world, tmp_path, monkeypa
 
 
 # --------------------------------------------------------------------------- LoRA
-def test_lora_sft_saves_adapter_that_merges(world, tmp_path):
+def test_lora_sft_saves_adapter_that_merges(sft_world, tmp_path):
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
     from mirage_safety.models.loading import load_for_inference
 
     out = tmp_path / "lora"
-    metrics = _run(world, out, _cfg(method="lora", lora={"r": 4, "alpha": 8}))
+    metrics = run_sft_stage(sft_world, out, sft_cfg(method="lora", lora={"r": 4, "alpha": 8}))
     assert metrics["global_step"] == 4 and math.isfinite(metrics["final_loss"])
     # r=4 on q/k/v/o of one 32-wide decoder layer: 4 * (32*4 + 4*32) parameters
     assert metrics["trainable_params"] == 4 * 2 * 32 * 4
@@ -160,7 +118,7 @@ def test_lora_sft_saves_adapter_that_merges(world, tmp_path):
     assert type(merged).__name__ == "LlavaForConditionalGeneration"  # PEFT unwrapped
     assert not any("lora_" in name for name, _ in merged.named_parameters())
     state = merged.state_dict()
-    base = AutoModelForImageTextToText.from_pretrained(world["base"]).state_dict()
+    base = AutoModelForImageTextToText.from_pretrained(sft_world["base"]).state_dict()
     q_keys = [k for k in base if "language_model" in k and k.endswith("q_proj.weight")]
     v_keys = [k for k in base if "vision_tower" in k and k.endswith("q_proj.weight")]
     assert q_keys and v_keys
@@ -169,46 +127,46 @@ def test_lora_sft_saves_adapter_that_merges(world, tmp_path):
 
 
 # --------------------------------------------------------------------------- mixing
-def test_general_mix_ratio_is_exact_and_seeded(world):
-    data = world["data"]
+def test_general_mix_ratio_is_exact_and_seeded(sft_world):
+    data = sft_world["data"]
     for ratio, n_general in ((0.0, 0), (0.2, 12), (0.11, 6)):
-        rows, n_safety, got = load_mix(_cfg(general_ratio=ratio), data)
+        rows, n_safety, got = load_mix(sft_cfg(general_ratio=ratio), data)
         kinds = [r.record["kind"] for r in rows]
         assert (n_safety, got, kinds.count("general")) == (48, n_general, n_general)
         assert got == round(ratio * 48 / (1 - ratio))
-    ids = lambda seed: [r.record["id"] for r in load_mix(_cfg(seed=seed), data)[0]]  # noqa: E731
+    ids = lambda seed: [r.record["id"] for r in load_mix(sft_cfg(seed=seed), data)[0]]  # noqa: E731
     assert ids(1) == ids(1) and ids(1) != ids(2)
     # more general records than exist: cycled, still the exact share
-    rows, _, got = load_mix(_cfg(general_ratio=0.5), data)
+    rows, _, got = load_mix(sft_cfg(general_ratio=0.5), data)
     assert got == 48 and len({r.record["id"] for r in rows if r.record["kind"] == "general"}) == 24
 
 
-def test_general_ratio_without_general_data_fails_naming_the_key(world, tmp_path):
+def test_general_ratio_without_general_data_fails_naming_the_key(sft_world, tmp_path):
     data = tmp_path / "data"
     (data / "general").mkdir(parents=True)
     (data / "general" / "train.json").write_text("[]")
-    (data / "mis").symlink_to(world["data"] / "mis")
-    (data / "curated").symlink_to(world["data"] / "curated")
+    (data / "mis").symlink_to(sft_world["data"] / "mis")
+    (data / "curated").symlink_to(sft_world["data"] / "curated")
     with pytest.raises(ConfigError, match=r"train\.general_ratio"):
-        load_mix(_cfg(general_ratio=0.11), data)
-    assert load_mix(_cfg(general_ratio=0.0), data)[2] == 0
+        load_mix(sft_cfg(general_ratio=0.11), data)
+    assert load_mix(sft_cfg(general_ratio=0.0), data)[2] == 0
 
 
 # --------------------------------------------------------------------------- resume
 @pytest.mark.parametrize("method", ["full", "lora"])
-def test_interrupted_run_resumes_to_the_same_result(world, tmp_path, method, caplog):
+def test_interrupted_run_resumes_to_the_same_result(sft_world, tmp_path, method, caplog):
     """Weights, optimizer, scheduler, RNG and data order come back from the checkpoint:
     the resumed run's losses equal the uninterrupted run's."""
-    cfg = _cfg(max_steps=6, method=method)
-    straight = _run(world, tmp_path / "straight", cfg)
+    cfg = sft_cfg(max_steps=6, method=method)
+    straight = run_sft_stage(sft_world, tmp_path / "straight", cfg)
 
     out = tmp_path / "resumed"
     with pytest.raises(KeyboardInterrupt):
-        _run(world, out, cfg, callbacks=[StopAfterSteps(3)])
+        run_sft_stage(sft_world, out, cfg, callbacks=[StopAfterSteps(3)])
     assert sorted(p.name for p in (out / "ckpt").glob("checkpoint-*")) == ["checkpoint-2"]
     assert not (out / "model").exists() and not (out / "metrics").exists()  # nothing published
 
-    resumed = _run(world, out, cfg)
+    resumed = run_sft_stage(sft_world, out, cfg)
     assert "missing keys" not in caplog.text  # every checkpoint weight was restored
     assert resumed["resumed_from"] is not None and resumed["resumed_from"].endswith("checkpoint-2")
     assert resumed["global_step"] == straight["global_step"] == 6
@@ -220,13 +178,13 @@ def test_interrupted_run_resumes_to_the_same_result(world, tmp_path, method, cap
 
     # checkpoints made under other params are discarded, not resumed
     with pytest.raises(KeyboardInterrupt):
-        _run(world, out, cfg, callbacks=[StopAfterSteps(3)])
-    fresh = _run(world, out, _cfg(max_steps=6, method=method, learning_rate=1e-3))
+        run_sft_stage(sft_world, out, cfg, callbacks=[StopAfterSteps(3)])
+    fresh = run_sft_stage(sft_world, out, sft_cfg(max_steps=6, method=method, learning_rate=1e-3))
     assert fresh["resumed_from"] is None and fresh["global_step"] == 6
 
 
 # --------------------------------------------------------------------------- DDP
-def test_two_process_accelerate_launch(world, tmp_path):
+def test_two_process_accelerate_launch(sft_world, tmp_path):
     params = tmp_path / "params.yaml"
     params.write_text(yaml.safe_dump({"data": {"world": {"image_size": IMAGE_SIZE}},
                                       "train": {**FAST, "max_steps": 3}}))
@@ -234,7 +192,8 @@ def test_two_process_accelerate_launch(world, tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
     cmd = [str(Path(sys.executable).with_name("accelerate")), "launch", "--config_file",
            str(REPO / "infra/accelerate/cpu_2proc.yaml"), "-m", "mirage_safety.cli", "train",
-           "--params", str(params), "--data", str(world["data"]), "--base", str(world["base"]),
+           "--params", str(params), "--data", str(sft_world["data"]),
+           "--base", str(sft_world["base"]),
            "--out", str(out / "model"), "--metrics", str(out / "metrics"),
            "--plots", str(out / "plots"), "--checkpoints", str(out / "ckpt"),
            "--no-mlflow", "--no-progress"]
@@ -316,7 +275,7 @@ def test_accelerate_configs_parse():
 
 
 @pytest.mark.slow
-def test_sigkill_mid_training_then_rerun_reaches_the_uninterrupted_result(world, tmp_path):
+def test_sigkill_mid_training_then_rerun_reaches_the_uninterrupted_result(sft_world, tmp_path):
     """``mirage train`` killed with SIGKILL after a checkpoint (and a later checkpoint left
     half-written, as a kill during the save leaves it): the re-run resumes from the last
     complete one and ends where the uninterrupted run ends."""
@@ -332,7 +291,7 @@ def test_sigkill_mid_training_then_rerun_reaches_the_uninterrupted_result(world,
 
     def cmd(out: Path) -> list[str]:
         return [str(Path(sys.executable).with_name("mirage")), "train", "--params", str(params),
-                "--data", str(world["data"]), "--base", str(world["base"]),
+                "--data", str(sft_world["data"]), "--base", str(sft_world["base"]),
                 "--out", str(out / "model"), "--metrics", str(out / "metrics"),
                 "--plots", str(out / "plots"), "--checkpoints", str(out / "ckpt"),
                 "--no-mlflow", "--no-progress"]
@@ -370,13 +329,13 @@ def test_sigkill_mid_training_then_rerun_reaches_the_uninterrupted_result(world,
 
 
 # --------------------------------------------------------------------------- vision cache
-def _batch(world, n: int = 4):
+def _batch(sft_world, n: int = 4):
     from mirage_safety.models.loading import load_pretrained, resolve_source
     from mirage_safety.training.collator import ChatCollator
 
-    model, processor = load_pretrained(resolve_source(world["base"]), dtype="float32")
-    recs = json.loads((world["data"] / "curated" / "train.json").read_text())[:n]
-    return model, ChatCollator(processor, root=world["data"] / "mis")(recs)
+    model, processor = load_pretrained(resolve_source(sft_world["base"]), dtype="float32")
+    recs = json.loads((sft_world["data"] / "curated" / "train.json").read_text())[:n]
+    return model, ChatCollator(processor, root=sft_world["data"] / "mis")(recs)
 
 
 def _loss_and_grads(model, batch):
@@ -387,11 +346,11 @@ def _loss_and_grads(model, batch):
                          if p.grad is not None}
 
 
-def test_cached_vision_features_equal_the_live_tower(world):
+def test_cached_vision_features_equal_the_live_tower(sft_world):
     from mirage_safety.models.loading import freeze_vision_tower
     from mirage_safety.training import vision_cache
 
-    model, batch = _batch(world)
+    model, batch = _batch(sft_world)
     freeze_vision_tower(model)
     live_loss, live_grads = _loss_and_grads(model, batch)
     cache = vision_cache.install(model)
@@ -410,10 +369,10 @@ def test_cached_vision_features_equal_the_live_tower(world):
     assert _loss_and_grads(model, batch)[0] == pytest.approx(live_loss, abs=1e-6)
 
 
-def test_vision_cache_refuses_a_training_tower_and_an_inner_projector(world):
+def test_vision_cache_refuses_a_training_tower_and_an_inner_projector(sft_world):
     from mirage_safety.training import vision_cache
 
-    model, _ = _batch(world, 1)  # nothing frozen
+    model, _ = _batch(sft_world, 1)  # nothing frozen
     with pytest.raises(vision_cache.VisionCacheError, match="needs a frozen vision tower"):
         vision_cache.install(model)
     model.config.model_type = "qwen2_vl"  # a family whose projector is inside the tower
@@ -428,44 +387,46 @@ def test_vision_cache_refuses_a_training_tower_and_an_inner_projector(world):
 
 
 @pytest.mark.parametrize("method", ["full", "lora"])
-def test_training_with_cached_vision_features_reaches_the_same_model(world, tmp_path, method):
+def test_training_with_cached_vision_features_reaches_the_same_model(sft_world, tmp_path, method):
     # 20 steps of 4 over 60 rows: a third of the way into the second epoch, cache hits
     cfg = {"method": method, "max_steps": 20, "save_steps": 100}
-    live = _run(world, tmp_path / "live", _cfg(**cfg))
-    cached = _run(world, tmp_path / "cached", _cfg(**cfg, cache_vision_features=True))
+    live = run_sft_stage(sft_world, tmp_path / "live", sft_cfg(**cfg))
+    cached = run_sft_stage(sft_world, tmp_path / "cached",
+                           sft_cfg(**cfg, cache_vision_features=True))
     # 80 samples drawn from 60 rows: the second epoch's images come from the cache
     assert cached["vision_cache_hits"] > 0 and cached["vision_cache_misses"] > 0
     assert live["vision_cache_hits"] == live["vision_cache_misses"] == 0
     assert cached["final_loss"] == pytest.approx(live["final_loss"], abs=1e-5)
     assert cached["train_loss"] == pytest.approx(live["train_loss"], abs=1e-5)
     name = "model.safetensors" if method == "full" else "adapter_model.safetensors"
-    a, b = (_state_file(tmp_path / run / "model" / name) for run in ("live", "cached"))
+    a, b = (state_file(tmp_path / run / "model" / name) for run in ("live", "cached"))
     assert a.keys() == b.keys()
     for key in a:
         torch.testing.assert_close(a[key], b[key], atol=1e-5, rtol=1e-4)
 
 
-def test_packed_training_reaches_the_same_model(world, tmp_path, monkeypatch):
+def test_packed_training_reaches_the_same_model(sft_world, tmp_path, monkeypatch):
     from mirage_safety.training import packing
 
     cfg = {"method": "full", "max_steps": 6, "save_steps": 100}
-    padded = _run(world, tmp_path / "padded", _cfg(**cfg))
+    padded = run_sft_stage(sft_world, tmp_path / "padded", sft_cfg(**cfg))
     calls = []
     varlen = packing.varlen_sdpa
     monkeypatch.setattr(packing, "varlen_sdpa",
                         lambda *a, **kw: calls.append(1) or varlen(*a, **kw))
     # packed rows attend sample by sample (mirage_varlen); then also the LM head only at
     # labelled positions
-    packed = _run(world, tmp_path / "packed", _cfg(**cfg, packing=True))
-    both = _run(world, tmp_path / "both", _cfg(**cfg, packing=True, labelled_logits=True))
+    packed = run_sft_stage(sft_world, tmp_path / "packed", sft_cfg(**cfg, packing=True))
+    both = run_sft_stage(sft_world, tmp_path / "both",
+                         sft_cfg(**cfg, packing=True, labelled_logits=True))
     assert calls  # the language model's attention went through it
-    a = _state_file(tmp_path / "padded" / "model" / "model.safetensors")
+    a = state_file(tmp_path / "padded" / "model" / "model.safetensors")
     for run, metrics in (("packed", packed), ("both", both)):
         assert metrics["final_loss"] == pytest.approx(padded["final_loss"], abs=1e-5)
         # the same non-padding tokens were counted (packed rows carry no attention mask)
         tokens = [m["tokens_per_s"] * m["train_s"] for m in (padded, metrics)]
         assert tokens[0] > 0 and tokens[1] == pytest.approx(tokens[0], rel=1e-9)
-        b = _state_file(tmp_path / run / "model" / "model.safetensors")
+        b = state_file(tmp_path / run / "model" / "model.safetensors")
         for key in a:
             torch.testing.assert_close(b[key], a[key], atol=1e-5, rtol=1e-4)
         # the attention switch was for training only: the saved model loads as it was
@@ -473,37 +434,38 @@ def test_packed_training_reaches_the_same_model(world, tmp_path, monkeypatch):
         assert "mirage_varlen" not in json.dumps(saved)
 
 
-def test_packed_lora_training_with_labelled_logits_reaches_the_same_adapter(world, tmp_path):
+def test_packed_lora_training_with_labelled_logits_reaches_the_same_adapter(sft_world, tmp_path):
     # through PEFT's wrapper: the attention switch finds the base model, logits_to_keep and
     # shift_labels pass through its forward.  It also needs lora_A drawn from train.seed:
     # from the process's RNG, the first LoRA run of a process started elsewhere (final
     # losses 4e-4 apart)
     cfg = {"method": "lora", "max_steps": 6, "save_steps": 100}
-    padded = _run(world, tmp_path / "padded", _cfg(**cfg))
-    both = _run(world, tmp_path / "both", _cfg(**cfg, packing=True, labelled_logits=True))
+    padded = run_sft_stage(sft_world, tmp_path / "padded", sft_cfg(**cfg))
+    both = run_sft_stage(sft_world, tmp_path / "both",
+                         sft_cfg(**cfg, packing=True, labelled_logits=True))
     assert both["final_loss"] == pytest.approx(padded["final_loss"], abs=1e-5)
-    a, b = (_state_file(tmp_path / run / "model" / "adapter_model.safetensors")
+    a, b = (state_file(tmp_path / run / "model" / "adapter_model.safetensors")
             for run in ("padded", "both"))
     assert a.keys() == b.keys() and a
     for key in a:
         torch.testing.assert_close(b[key], a[key], atol=1e-5, rtol=1e-4)
 
 
-def test_preprocessed_once_batches_and_training_equal_the_per_batch_ones(world, tmp_path):
+def test_preprocessed_once_batches_and_training_equal_the_per_batch_ones(sft_world, tmp_path):
     from mirage_safety.models.loading import load_for_inference
     from mirage_safety.training.collator import ChatCollator
     from mirage_safety.training.preprocess import PaddingCollator, build
     from mirage_safety.training.sft import Row
 
-    _, processor = load_for_inference(world["base"], device="cpu", dtype="float32")
-    recs = json.loads((world["data"] / "mis" / "train.json").read_text())[:6]
-    rows = [Row(r, world["data"] / "mis") for r in recs]
+    _, processor = load_for_inference(sft_world["base"], device="cpu", dtype="float32")
+    recs = json.loads((sft_world["data"] / "mis" / "train.json").read_text())[:6]
+    rows = [Row(r, sft_world["data"] / "mis") for r in recs]
     collator = ChatCollator(processor, max_length=512)
     ds = build(rows, collator, [0] * len(rows), cache_dir=tmp_path / "pre")
     batcher = PaddingCollator(processor.tokenizer.pad_token_id)
     for pad_to in (None, 8):
         batcher.pad_to_multiple_of = collator.pad_to_multiple_of = pad_to
-        live = collator([{"record": r, "root": str(world["data"] / "mis")} for r in recs])
+        live = collator([{"record": r, "root": str(sft_world["data"] / "mis")} for r in recs])
         cached = batcher([ds[i] for i in range(len(rows))])
         assert live.keys() == cached.keys()
         for key in live:
@@ -515,20 +477,20 @@ def test_preprocessed_once_batches_and_training_equal_the_per_batch_ones(world, 
     assert entry.stat().st_mtime_ns == stamp
     # a training run on preprocessed samples reaches the same weights, bit for bit
     cfg = {"method": "full", "max_steps": 6, "save_steps": 100}
-    per_batch = _run(world, tmp_path / "per_batch", _cfg(**cfg))
-    once = _run(world, tmp_path / "once", _cfg(**cfg, preprocess="once"))
+    per_batch = run_sft_stage(sft_world, tmp_path / "per_batch", sft_cfg(**cfg))
+    once = run_sft_stage(sft_world, tmp_path / "once", sft_cfg(**cfg, preprocess="once"))
     assert once["final_loss"] == per_batch["final_loss"]
-    a, b = (_state_file(tmp_path / run / "model" / "model.safetensors")
+    a, b = (state_file(tmp_path / run / "model" / "model.safetensors")
             for run in ("per_batch", "once"))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert any((tmp_path / "once" / "preprocessed").iterdir())
 
 
-def test_lora_initialisation_is_drawn_from_the_seed(world):
+def test_lora_initialisation_is_drawn_from_the_seed(sft_world):
     from mirage_safety.models.loading import apply_lora, load_for_inference
 
     def adapters(seed):
-        model, _ = load_for_inference(world["base"], device="cpu", dtype="float32")
+        model, _ = load_for_inference(sft_world["base"], device="cpu", dtype="float32")
         lora = apply_lora(model, r=4, alpha=8, dropout=0.0, target_modules=["q_proj"],
                           seed=seed)
         return {n: p.detach().clone() for n, p in lora.named_parameters() if "lora_A" in n}
