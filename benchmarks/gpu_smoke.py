@@ -79,8 +79,8 @@ def main() -> int:
         model.to(args.device)
 
     settings = SFTConfig(learning_rate=1e-5, batch_size=args.batch_size, max_steps=args.steps,
-                           epochs=1.0, warmup_ratio=0.0, save_steps=10**6, logging_steps=1,
-                           max_length=1024, seed=0, bf16=args.device.startswith("cuda"))
+                         epochs=1.0, warmup_ratio=0.0, save_steps=10**6, logging_steps=1,
+                         max_length=1024, seed=0, bf16=args.device.startswith("cuda"))
     t_train = time.perf_counter()
     trainer, result = run_sft(model, processor, rows, settings, work / "ckpt",
                               image_size=args.image_size, progress=False)

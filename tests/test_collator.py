@@ -6,15 +6,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from mirage_safety.config import BuiltinModelConfig, parse_params
+from mirage_safety.config import parse_params
 from mirage_safety.data.chat import RecordError
 from mirage_safety.data.generate import generate
 from mirage_safety.training.collator import IGNORE_INDEX, ChatCollator
+from sft_world import IMAGE_SIZE, TINY
 
-TINY = BuiltinModelConfig(vision_hidden=16, vision_layers=1, vision_heads=2, patch_size=8,
-                          text_hidden=32, text_layers=1, text_heads=2, intermediate_size=64,
-                          vocab_size=400)
-IMAGE_SIZE = 32
 WORLD = {"image_size": IMAGE_SIZE, "n_train": 24, "n_test_per_split": 4, "n_general_train": 12,
          "n_general_test": 4, "n_instruct": 4}
 

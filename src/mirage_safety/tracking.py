@@ -181,14 +181,10 @@ def _entry_md5(entry: Mapping[str, Any]) -> str:
     return hashlib.md5(canon.encode()).hexdigest()  # md5 like DVC's own hashes
 
 
-def dvc_lock_hashes(root: Path | None = None) -> dict[str, str]:
-    """``{stage: md5}`` of every stage entry (cmd, deps, params, outs) in ``dvc.lock``.
-
-    Under ``dvc repro`` DVC rewrites a stage's lock entry after its command finishes, so
-    while a stage runs its own entry is that of its *previous* completed run (absent on a
-    first run) while the upstream stages' entries are those of the data it reads.
-    """
-    lock = (root or workspace_root()) / "dvc.lock"
+def _lock_stages(root: Path) -> Mapping[str, Any]:
+    """The ``stages`` mapping of ``root/dvc.lock``; empty when it is missing or unreadable
+    (lineage tags are best effort, never a reason to fail a stage)."""
+    lock = root / "dvc.lock"
     if not lock.is_file():
         return {}
     try:
@@ -196,8 +192,17 @@ def dvc_lock_hashes(root: Path | None = None) -> dict[str, str]:
     except (OSError, yaml.YAMLError):
         return {}
     stages = data.get("stages") if isinstance(data, Mapping) else None
-    if not isinstance(stages, Mapping):
-        return {}
+    return stages if isinstance(stages, Mapping) else {}
+
+
+def dvc_lock_hashes(root: Path | None = None) -> dict[str, str]:
+    """``{stage: md5}`` of every stage entry (cmd, deps, params, outs) in ``dvc.lock``.
+
+    Under ``dvc repro`` DVC rewrites a stage's lock entry after its command finishes, so
+    while a stage runs its own entry is that of its *previous* completed run (absent on a
+    first run) while the upstream stages' entries are those of the data it reads.
+    """
+    stages = _lock_stages(root or workspace_root())
     return {str(name): _entry_md5(entry) for name, entry in stages.items()
             if isinstance(entry, Mapping)}
 
@@ -209,15 +214,11 @@ def dvc_lock_hash(stage: str, root: Path | None = None) -> str | None:
 
 def dvc_out_md5(path: Path, root: Path) -> str | None:
     """md5 DVC recorded for ``path`` as some stage's out in dvc.lock (lineage tag)."""
-    lock = root / "dvc.lock"
-    if not lock.is_file():
-        return None
     try:
         rel = path.resolve().relative_to(root.resolve()).as_posix()
-        data = yaml.safe_load(lock.read_text()) or {}
-    except (ValueError, yaml.YAMLError):
+    except ValueError:  # not inside the repo: no out of it
         return None
-    for entry in (data.get("stages") or {}).values():
+    for entry in _lock_stages(root).values():
         for out in (entry or {}).get("outs") or []:
             if str(out.get("path", "")).rstrip("/") == rel:
                 return out.get("md5")

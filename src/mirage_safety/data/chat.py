@@ -27,7 +27,7 @@ class RecordError(ValueError):
     """A train record that cannot be turned into model inputs (names file/record/field)."""
 
 
-def rid(rec: Mapping[str, Any]) -> str:
+def record_id(rec: Mapping[str, Any]) -> str:
     return str(rec.get("id", "<no id>"))
 
 
@@ -62,19 +62,19 @@ def record_to_messages(rec: Mapping[str, Any]) -> list[dict[str, Any]]:
     """Canonical conversation -> chat messages with one image part per placeholder."""
     conv = rec.get("conversations")
     if not isinstance(conv, list) or not conv:
-        raise RecordError(f"record {rid(rec)!r}: field 'conversations': missing or empty")
+        raise RecordError(f"record {record_id(rec)!r}: field 'conversations': missing or empty")
     messages = []
     for t, turn in enumerate(conv):
         role = _ROLE.get(turn.get("from")) if isinstance(turn, Mapping) else None
         value = turn.get("value") if isinstance(turn, Mapping) else None
         if role is None or not isinstance(value, str):
-            raise RecordError(f"record {rid(rec)!r}: field 'conversations[{t}]': "
+            raise RecordError(f"record {record_id(rec)!r}: field 'conversations[{t}]': "
                               "needs 'from' (human/gpt) and a text 'value'")
         content = ([{"type": "text", "text": value}] if role == "assistant"
                    else user_parts(value))
         messages.append({"role": role, "content": content})
     if messages[-1]["role"] != "assistant":
-        raise RecordError(f"record {rid(rec)!r}: field 'conversations': "
+        raise RecordError(f"record {record_id(rec)!r}: field 'conversations': "
                           "last turn must be the assistant's")
     return messages
 

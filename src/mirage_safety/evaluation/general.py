@@ -3,7 +3,7 @@
 For each evaluated model, ``lmms-eval eval --model openai`` runs the tasks of
 ``eval.general.tasks`` against an OpenAI-compatible server: the served model itself
 (``eval.engine: openai``), or a loopback ``transformers serve`` started here for a model
-directory (:mod:`mirage_safety.serve`).  lmms-eval lives in its own virtual environment
+directory (:mod:`mirage_safety.models.serving`).  lmms-eval lives in its own virtual environment
 (``.venv-lmms``; its pins clash with ours), so it is a subprocess, not an import.
 
 What comes back: per task the score (``results.<task>["<metric>,none"]``, in percent), its
@@ -33,8 +33,8 @@ from mirage_safety.evaluation.degenerate import degenerate_reason
 
 log = logging.getLogger(__name__)
 
-#: what lmms-eval's OpenAI model answers in place of a request that failed
 LOG = "lmms-eval.log"
+#: what lmms-eval's OpenAI model answers in place of a request that failed
 FAILED_MARKERS = ("[LMMS_EVAL_REQUEST_FAILED", "[LMMS_EVAL_BUDGET_EXCEEDED")
 
 
@@ -210,7 +210,7 @@ def target_for(name: str, model_dir: Path | None, cfg: EvalConfig, *, log_dir: P
     served = serving.servable_dir(Path(model_dir)).resolve()
     try:
         proc, port, _ = serving.start_on_free_port(served, host="127.0.0.1", device="auto",
-                                                 log_dir=log_dir, log_name=f"serve-{name}.log")
+                                                   log_dir=log_dir, log_name=f"serve-{name}.log")
     except RuntimeError as exc:
         raise GeneralEvalError(f"model {name}: transformers serve did not start: {exc}"
                                ) from None

@@ -46,29 +46,34 @@ def has_processor(path: Path) -> bool:
     return any((path / f).is_file() for f in PROCESSOR_FILES)
 
 
+def _read_object(path: Path) -> dict[str, Any] | None:
+    """The JSON object in ``path``, None when there is no such file."""
+    if not path.is_file():
+        return None
+    try:
+        obj = read_json(path)
+    except ValueError as exc:
+        raise ModelDirError(f"{path}: not valid JSON: {exc}") from None
+    if not isinstance(obj, dict):
+        raise ModelDirError(f"{path}: expected a JSON object")
+    return obj
+
+
 def read_pin(model_dir: Path) -> dict[str, Any] | None:
     """The Hub pin of ``model_dir`` (``model_id`` and ``commit`` checked), or None."""
-    pin_path = model_dir / PIN_FILE
-    if not pin_path.is_file():
-        return None
-    pin = read_json(pin_path)
+    pin = _read_object(model_dir / PIN_FILE)
     for key in ("model_id", "commit"):
-        if not isinstance(pin, dict) or not pin.get(key):
-            raise ModelDirError(f"{pin_path}: field {key!r} is missing")
+        if pin is not None and not pin.get(key):
+            raise ModelDirError(f"{model_dir / PIN_FILE}: field {key!r} is missing")
     return pin
 
 
 def read_model_meta(model_dir: str | os.PathLike[str]) -> dict[str, Any] | None:
     """``mirage_model.json`` of a trained model dir, or None for a plain checkpoint or pin."""
     path = Path(model_dir) / MODEL_META_FILE
-    if not path.is_file():
+    meta = _read_object(path)
+    if meta is None:
         return None
-    try:
-        meta = read_json(path)
-    except ValueError as exc:
-        raise ModelDirError(f"{path}: not valid JSON: {exc}") from None
-    if not isinstance(meta, dict):
-        raise ModelDirError(f"{path}: expected a JSON object")
     method = meta.get("method", "full")
     if method not in ("full", "lora"):
         raise ModelDirError(f"{path}: field 'method' must be 'full' or 'lora' (got {method!r})")

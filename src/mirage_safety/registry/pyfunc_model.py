@@ -181,8 +181,6 @@ class MiragePyfuncModel(mlflow.pyfunc.PythonModel):
 
         artifacts = context.artifacts
         model_dir = Path(artifacts[MODEL_ARTIFACT])
-        if not model_dir.is_dir():
-            raise ModelDirError(f"{model_dir}: model directory not found")
         if is_reference(model_dir):  # registered by reference: fetch the weights through DVC
             model_dir = materialize(model_dir)
         self.model, self.processor = load_for_inference(model_dir,

@@ -39,10 +39,10 @@ from mirage_safety.data.chat import (
     RecordError,
     load_image,
     prompt_messages,
+    record_id,
     record_to_messages,
     resolve_image,
 )
-from mirage_safety.data.chat import rid as _rid
 from mirage_safety.data.schema import IMAGE_TOKEN
 from mirage_safety.models.families import processor_family
 
@@ -159,7 +159,7 @@ class ChatCollator:
         key = (str(root), str(rec["id"])) if "id" in rec else None
         if self._cache is not None and key in self._cache:
             return self._cache[key]
-        enc = encode_text(self.processor, record_to_messages(rec), _rid(rec))
+        enc = encode_text(self.processor, record_to_messages(rec), record_id(rec))
         if self._cache is not None and key is not None:
             self._cache[key] = enc
         return enc
@@ -169,9 +169,9 @@ class ChatCollator:
         n_placeholders = sum(t.get("value", "").count(IMAGE_TOKEN)
                              for t in rec["conversations"])
         if len(paths) != n_placeholders:
-            raise RecordError(f"record {_rid(rec)!r}: field 'images': {len(paths)} image(s) "
+            raise RecordError(f"record {record_id(rec)!r}: field 'images': {len(paths)} image(s) "
                               f"but {n_placeholders} {IMAGE_TOKEN} placeholder(s)")
-        return [load_image(resolve_image(root, p, rid=_rid(rec), field=f"images[{k}]"))
+        return [load_image(resolve_image(root, p, rid=record_id(rec), field=f"images[{k}]"))
                 for k, p in enumerate(paths)]
 
     # ------------------------------------------------------------------ batch
@@ -200,7 +200,7 @@ class ChatCollator:
             start = n - len(tail_ids)
             if start < 0 or input_ids[b, start:n].tolist() != list(tail_ids):
                 raise RecordError(
-                    f"record {_rid(recs[b])!r}: the processor's token ids do not end with the "
+                    f"record {record_id(recs[b])!r}: the processor's token ids do not end with the "
                     f"assistant tokens (images after an assistant turn are not supported)")
             tail_loss = torch.tensor(enc.loss[enc.first:], dtype=torch.bool)
             labels[b, start:n] = torch.where(tail_loss, input_ids[b, start:n],
@@ -220,7 +220,7 @@ class ChatCollator:
         for b in range(dropped.shape[0]):
             if any(int(t) in self.image_token_ids for t in dropped[b].tolist()):
                 raise RecordError(
-                    f"record {_rid(recs[b])!r}: max_length {cut} would cut image tokens; "
+                    f"record {record_id(recs[b])!r}: max_length {cut} would cut image tokens; "
                     f"raise train.max_length")
         if not self._warned_truncation:
             log.warning("truncating batch from %d to max_length=%d tokens (answer tails lose "

@@ -270,16 +270,6 @@ def protocol_of(name: str, cfg: BenchmarkConfig) -> Protocol:
     return PROTOCOLS[adapter]
 
 
-def check_config(name: str, cfg: BenchmarkConfig) -> None:
-    """Raise ValueError naming the key when a benchmark's judges do not fit its protocol."""
-    proto = protocol_of(name, cfg)
-    for where, kind in (("judge", cfg.judge), *((f"subset_judges.{k}", v)
-                                                 for k, v in cfg.subset_judges.items())):
-        if kind is not None and kind not in proto.judges:
-            raise ValueError(f"eval.benchmarks.{name}.{where}: {kind!r} cannot score "
-                             f"{proto.name} (its protocol accepts: {', '.join(proto.judges)})")
-
-
 def check_benchmarks(cfg: EvalConfig) -> None:
     """Every configured benchmark is known and scored by judges its protocol accepts, or a
     ConfigError naming ``eval.benchmarks.<name>.<field>``.  The ``mirage`` command runs it
@@ -289,9 +279,15 @@ def check_benchmarks(cfg: EvalConfig) -> None:
 
     for name, bench in cfg.benchmarks.items():
         try:
-            check_config(name, bench)
+            proto = protocol_of(name, bench)
         except ValueError as exc:
             raise ConfigError(str(exc)) from None
+        for where, kind in (("judge", bench.judge),
+                            *((f"subset_judges.{k}", v) for k, v in bench.subset_judges.items())):
+            if kind is not None and kind not in proto.judges:
+                raise ConfigError(f"eval.benchmarks.{name}.{where}: {kind!r} cannot score "
+                                  f"{proto.name} (its protocol accepts: "
+                                  f"{', '.join(proto.judges)})")
 
 
 #: benchmark -> (metric, inverted): the share of benign requests the model failed to help
