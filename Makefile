@@ -49,6 +49,8 @@ test: setup
 lint: setup
 	$(BIN)/ruff check src tests benchmarks $(wildcard flows)
 	$(BIN)/ruff format --check src tests benchmarks $(wildcard flows)
+	$(BIN)/lint-imports
+	$(BIN)/mypy
 
 # The teacher-noise / label-style experiments of the README, each over three training seeds,
 # as DVC experiments, then one table (reports/experiments.md): `make experiments`.

@@ -44,7 +44,7 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -86,6 +86,7 @@ from mirage_safety.orchestration.workspace import (
     stage_env,
     validate_exp_name,
 )
+from mirage_safety.tracking import pipeline_run, resolve_tracking_uri
 
 # the flow's API (tests and deployments import these from here)
 __all__ = ["CONFIG_ERROR_EXIT", "LOCK_RELPATH", "PARAMS_FILE", "STAGES", "TRANSIENT_EXITS",
@@ -184,57 +185,6 @@ def push_outputs(repo: str, env: dict[str, str]) -> str:
     return text
 
 
-# --------------------------------------------------------------------------- tracking
-def _tracking_uri(repo: Path, params: Params) -> str:
-    from mirage_safety.tracking import resolve_tracking_uri
-
-    return resolve_tracking_uri(params.tracking, root=repo)
-
-
-@contextlib.contextmanager
-def parent_run(
-    repo: Path, params: Params, *, name: str, tags: Mapping[str, str]
-) -> Iterator[tuple[Any, str, str]]:
-    """The pipeline's MLflow parent run: yields ``(client, run_id, tracking_uri)``.
-
-    Made here rather than with ``mirage_safety.tracking.pipeline_run`` because that
-    resolves the store, the artefact root and the git commit against the *current
-    directory*, and a Prefect worker does not run in the repo.  The URI is resolved
-    like the stages resolve it (relative SQLite paths against the repo root) and is
-    passed to them as ``$MLFLOW_TRACKING_URI`` so parent and children share one store.
-    """
-    import mlflow
-
-    from mirage_safety import tracking as T
-
-    uri = _tracking_uri(repo, params)
-    client = mlflow.MlflowClient(tracking_uri=uri)
-    exp = client.get_experiment_by_name(params.tracking.experiment)
-    if exp is not None:
-        exp_id = exp.experiment_id
-    else:
-        local = uri.startswith(("sqlite:", "file:")) or "://" not in uri
-        location = (repo / "mlruns").as_uri() if local else None
-        try:
-            exp_id = client.create_experiment(
-                params.tracking.experiment, artifact_location=location
-            )
-        except mlflow.exceptions.MlflowException:  # created concurrently
-            exp_id = client.get_experiment_by_name(params.tracking.experiment).experiment_id
-    git = T.git_info(repo)
-    all_tags = {T.TAG_KIND: "pipeline", T.TAG_PROFILE: params.profile, **git, **tags}
-    if T.TAG_GIT_COMMIT in git:
-        all_tags[T.MLFLOW_GIT_COMMIT] = git[T.TAG_GIT_COMMIT]
-    run_id = client.create_run(exp_id, run_name=name, tags=all_tags).info.run_id
-    status = "FAILED"
-    try:
-        yield client, run_id, uri
-        status = "FINISHED"
-    finally:
-        client.set_terminated(run_id, status=status)
-
-
-
 @task(name="publish-report", cache_policy=NO_CACHE)
 def publish_report(repo: str, summary: dict[str, Any]) -> dict[str, Any]:
     """Markdown + table artefacts from metrics/eval.json and metrics/registry.json."""
@@ -327,13 +277,19 @@ def retrain(
         if pools:
             _check_shared_tracking(repo, params)
             _check_dvc_remote(repo, params)
+        # the parent is resolved against the repo (a Prefect worker does not run in it);
+        # the stages get its id and store through `env`, not through this process
         tracker = (
-            parent_run(repo, params, name=name, tags=run_tags)
+            pipeline_run(params.tracking, name=name, tags=run_tags, profile=params.profile,
+                         root=repo, export=False)
             if track
-            else contextlib.nullcontext((None, None, _tracking_uri(repo, params)))
+            else contextlib.nullcontext(None)
         )
         slot = pipeline_slot(repo) if pools else contextlib.nullcontext()
-        with slot, tracker as (client, run_id, uri):
+        with slot, tracker as parent:
+            run_id = parent.run_id if parent else None
+            uri = (parent.tracking_uri if parent
+                   else resolve_tracking_uri(params.tracking, root=repo))
             env = {
                 "MIRAGE_PIPELINE_ID": name,
                 "MLFLOW_TRACKING_URI": uri,
@@ -371,8 +327,9 @@ def retrain(
                 "repo": str(repo),
             }
             report = publish_report(str(repo), summary)
-            if client is not None:
-                _log_to_parent(client, run_id, report["rows"], report["registry"], experiment)
+            if parent is not None:
+                _log_to_parent(parent.client, parent.run_id, report["rows"], report["registry"],
+                               experiment)
     summary["metrics"] = report["rows"]
     summary["registry"] = report["registry"]
     reran = [s["stage"] for s in stages if s["reran"]]
@@ -387,7 +344,7 @@ def retrain(
 
 def _check_shared_tracking(repo: Path, params: Params) -> None:
     """Stages on other pools log from other machines: they need a tracking server."""
-    uri = _tracking_uri(repo, params)
+    uri = resolve_tracking_uri(params.tracking, root=repo)
     if not uri.startswith(("http://", "https://", "databricks")):
         placed = ", ".join(f"{s} -> {p}" for s, p in params.orchestration.pools.items())
         raise ConfigError(

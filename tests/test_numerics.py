@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from mirage_safety import numerics
+from mirage_safety import cli, numerics
 from mirage_safety.config import ConfigError, NumericsConfig, parse_params
 
 # a few training steps through every kind of kernel the tiny VLM uses: oneDNN convolution,
@@ -20,7 +20,8 @@ from mirage_safety.config import ConfigError, NumericsConfig, parse_params
 KERNELS = textwrap.dedent("""
     import hashlib, sys
     from mirage_safety import numerics
-    numerics.apply_for_command(sys.argv[1:])
+    from mirage_safety.config import load_params
+    numerics.apply(load_params(sys.argv[1]).numerics)  # as `mirage` does before torch loads
     import torch
     torch.manual_seed(0)
     conv = torch.nn.Conv2d(3, 32, 8, stride=8)
@@ -52,7 +53,7 @@ def _params(tmp_path: Path, mode: str) -> Path:
 def _train(params: Path, shell: dict[str, str]) -> list[str]:
     env = {k: v for k, v in os.environ.items() if k not in SHELL_VARS}
     env.update(shell)
-    out = subprocess.run([sys.executable, "-c", KERNELS, "--params", str(params)], env=env,
+    out = subprocess.run([sys.executable, "-c", KERNELS, str(params)], env=env,
                          capture_output=True, text=True, timeout=120, check=True)
     return out.stdout.split()
 
@@ -100,13 +101,17 @@ def test_portable_environment_and_native_leaves_the_process_alone():
     assert parse_params({}).numerics.mode == "portable"
 
 
-def test_a_params_file_that_does_not_load_is_left_to_the_command(tmp_path, monkeypatch):
+def test_a_params_file_that_does_not_load_stops_the_command_before_numerics(
+        tmp_path, monkeypatch, capsys):
     for var in SHELL_VARS:
         monkeypatch.delenv(var, raising=False)
     bad = tmp_path / "bad.yaml"
     bad.write_text("numerics: {mode: fastest}\n")
-    assert numerics.apply_for_command(["train", "--params", str(bad)]) == {}
-    assert numerics.apply_for_command(["--params", str(tmp_path / "missing.yaml")]) == {}
+    assert cli.main(["train", "--params", str(bad)], set_numerics=True) == 2
+    assert "numerics.mode" in capsys.readouterr().err
+    assert cli.main(["train", "--params", str(tmp_path / "missing.yaml")],
+                    set_numerics=True) == 2
+    assert "missing.yaml" in capsys.readouterr().err
     assert "ATEN_CPU_CAPABILITY" not in os.environ
     with pytest.raises(ConfigError, match=r"numerics\.mode"):
         parse_params(yaml.safe_load(bad.read_text()))

@@ -144,7 +144,8 @@ def test_stage_run_is_a_tagged_child_of_one_pipeline_parent(repo, monkeypatch):
 
 
 def test_parent_from_environment_and_failures(repo):
-    with pipeline_run(CFG, name="prefect-flow") as parent_id:
+    with pipeline_run(CFG, name="prefect-flow") as parent:
+        parent_id = parent.run_id
         assert os.environ[PARENT_RUN_ENV] == parent_id
         with stage_run("generate", CFG) as run:
             first = run.info.run_id
@@ -166,6 +167,16 @@ def test_parent_from_environment_and_failures(repo):
     assert lone_parent.info.run_id != parent_id
     assert lone_parent.info.status == "FAILED"
     assert mlflow.active_run() is None
+    # one maker of parent runs: both carry the same lineage tags
+    owned = client.get_run(parent_id).data.tags
+    lineage = {"run_kind", "profile", "git_commit", "git_dirty", "mlflow.source.git.commit"}
+    assert lineage <= owned.keys() and lineage <= lone_parent.data.tags.keys()
+    assert owned["git_commit"] == lone_parent.data.tags["git_commit"]
+
+    # without `export` the caller hands the id on itself; the environment stays clean
+    with pipeline_run(CFG, name="worker", export=False, root=repo) as quiet:
+        assert PARENT_RUN_ENV not in os.environ
+    assert client.get_run(quiet.run_id).info.status == "FINISHED"
 
 
 def test_tracking_uri_resolution(tmp_path, monkeypatch):

@@ -670,16 +670,6 @@ def load_params(path: str | os.PathLike[str] = DEFAULT_PARAMS, *,
     return parse_params(raw, profile=profile, source=str(p))
 
 
-def add_params_arguments(parser: Any, section: str | None = None) -> None:
-    """``--params`` and ``--profile``, the same for every ``mirage`` subcommand."""
-    used = f"; the `{section}` section is used" if section else ""
-    parser.add_argument("--params", default=str(DEFAULT_PARAMS),
-                        help=f"params file (default: %(default)s){used}")
-    parser.add_argument("--profile", default=None,
-                        help="params profile (default: $MIRAGE_PROFILE, else the params' "
-                             "`profile` key)")
-
-
 def add_run_arguments(parser: Any, *, cache_user: str | None = None) -> None:
     """``--no-progress`` and ``--no-track`` (and ``--cache-dir`` for a stage whose
     ``cache_user`` calls an OpenAI-compatible endpoint), the same for every stage."""
@@ -687,7 +677,7 @@ def add_run_arguments(parser: Any, *, cache_user: str | None = None) -> None:
         parser.add_argument("--cache-dir", default=ENDPOINT_CACHE,
                             help=f"endpoint answer cache ({cache_user}; default: %(default)s)")
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
-    parser.add_argument("--no-track", action="store_true",
+    parser.add_argument("--no-track", "--no-mlflow", dest="no_track", action="store_true",
                         help=f"do not log to MLflow (also: {NO_TRACK_ENV}=1)")
 
 

@@ -189,7 +189,7 @@ class Completion:
 def summarise(results: Sequence[Completion]) -> dict[str, Any]:
     """Counts for reports and metrics: requests, cached, errors by kind, tokens."""
     kinds = Counter(r.kind for r in results if r.error)
-    tokens = Counter()
+    tokens: Counter[str] = Counter()
     for r in results:
         if not r.cached:
             tokens.update({k: int(v) for k, v in r.usage.items() if isinstance(v, int)})

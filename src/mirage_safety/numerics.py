@@ -15,22 +15,20 @@ involved takes its CPU-independent path:
 * threads: a fixed count (ATen splits parallel reductions by thread count).
 
 These are read once, when each library initialises, so they must be in the environment
-before ``import torch``: the ``mirage`` command applies them first thing
-(:func:`apply_for_command`, from ``cli.run``), and every subprocess it starts inherits
+before ``import torch``: the ``mirage`` command applies them (:func:`apply`) right after
+it parses its params, before any handler runs, and every subprocess it starts inherits
 them.  An in-process call of ``cli.main`` (a test) keeps its own numerics; :func:`describe`
 records what really ran, and stages put it in their metrics.
 """
 
 from __future__ import annotations
 
-import argparse
 import os
-from collections.abc import Sequence
 from functools import cache
 from pathlib import Path
 from typing import Any
 
-from mirage_safety.config import DEFAULT_PARAMS, ConfigError, NumericsConfig, load_params
+from mirage_safety.config import NumericsConfig
 
 #: the environment of ``portable`` mode, besides the thread counts
 PORTABLE_ENV = {
@@ -54,26 +52,6 @@ def apply(cfg: NumericsConfig) -> dict[str, str]:
     env = environment(cfg)
     os.environ.update(env)
     return env
-
-
-def apply_for_command(argv: Sequence[str]) -> dict[str, str]:
-    """Apply the numerics of the params a ``mirage`` command line names.
-
-    Called before the command imports anything numeric.  A params file that does not load
-    is left to the command itself to report (it fails with the full message), so this
-    never hides an error and never fails on its own.
-    """
-    pre = argparse.ArgumentParser(add_help=False)
-    pre.add_argument("--params", default=str(DEFAULT_PARAMS))
-    pre.add_argument("--profile", default=None)
-    known, _ = pre.parse_known_args(list(argv))
-    if not Path(known.params).is_file():
-        return {}
-    try:
-        cfg = load_params(known.params, profile=known.profile).numerics
-    except ConfigError:
-        return {}
-    return apply(cfg)
 
 
 @cache

@@ -251,7 +251,7 @@ def _cli(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_cli(sub: Any) -> None:
+def add_cli(sub: Any) -> argparse.ArgumentParser:
     p = sub.add_parser(
         "report", help="DVC experiments -> one markdown table and one plot",
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -266,3 +266,4 @@ def add_cli(sub: Any) -> None:
     p.add_argument("--metrics", nargs="*", default=None, metavar="EVAL_JSON",
                    help="tabulate these eval.json files instead of the DVC experiments")
     p.set_defaults(func=_cli)
+    return p

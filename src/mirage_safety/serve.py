@@ -80,7 +80,7 @@ def _cli(args: argparse.Namespace) -> int:
         return 0
 
 
-def add_cli(sub: Any) -> None:
+def add_cli(sub: Any) -> argparse.ArgumentParser:
     p = sub.add_parser("serve", help="serve a model on loopback (transformers serve)",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("model", help="a model directory or a registry URI (models:/mirage@champion)")
@@ -91,3 +91,4 @@ def add_cli(sub: Any) -> None:
     p.add_argument("--continuous-batching", action="store_true",
                    help="transformers serve's continuous batching (many requests in flight)")
     p.set_defaults(func=_cli)
+    return p

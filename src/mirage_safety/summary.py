@@ -28,7 +28,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from mirage_safety.config import Params, TrackingConfig, add_params_arguments, load_params
+from mirage_safety.config import Params, TrackingConfig
 from mirage_safety.io import read_json
 from mirage_safety.report import get_dotted
 
@@ -282,7 +282,7 @@ def summary_text(params: Params, *, root: Path | None = None, use_dvc: bool = Tr
     return "\n".join(out) + "\n"
 
 
-def add_cli(sub: argparse._SubParsersAction) -> None:
+def add_cli(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p = sub.add_parser(
         "summary",
         help="where to look after a run: metrics, the MLflow UI command, the champion",
@@ -290,16 +290,15 @@ def add_cli(sub: argparse._SubParsersAction) -> None:
                     "that opens the MLflow UI on the configured store, and the registered "
                     "model's champion.",
     )
-    add_params_arguments(p)
     p.add_argument("--all", action="store_true", dest="show_all",
                    help="print every metric (`dvc metrics show`) instead of the headline table")
     p.add_argument("--no-dvc", action="store_true",
                    help="with --all: read metrics/*.json instead of running `dvc metrics show`")
-    p.set_defaults(func=_cli)
+    p.set_defaults(func=_cli, params_section="")
+    return p
 
 
-def _cli(args: argparse.Namespace) -> int:
-    params = load_params(args.params, profile=args.profile)
+def _cli(args: argparse.Namespace, params: Params) -> int:
     root = Path(args.params).resolve().parent
     sys.stdout.write(summary_text(params, root=root, use_dvc=not args.no_dvc,
                                   show_all=args.show_all))

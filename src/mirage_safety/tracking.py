@@ -41,7 +41,8 @@ import platform
 import subprocess
 import sys
 from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -49,7 +50,7 @@ from typing import TYPE_CHECKING, Any
 import yaml
 
 from mirage_safety import numerics
-from mirage_safety.config import TrackingConfig
+from mirage_safety.config import TrackingConfig, load_params
 
 if TYPE_CHECKING:
     import mlflow
@@ -123,31 +124,38 @@ def is_local_store(uri: str) -> bool:
 
 
 def configure(tracking: TrackingConfig) -> str:
-    """Set the tracking URI and experiment (created if needed); return the experiment id.
+    """Set this process's tracking URI and experiment (created if needed); return the
+    experiment id.  Stages call it; :func:`pipeline_run` leaves the process alone."""
+    import mlflow
+
+    uri = resolve_tracking_uri(tracking)
+    mlflow.set_tracking_uri(uri)
+    exp_id = ensure_experiment(mlflow.MlflowClient(), tracking.experiment, uri)
+    mlflow.set_experiment(experiment_id=exp_id)
+    return exp_id
+
+
+def ensure_experiment(client: mlflow.MlflowClient, name: str, uri: str,
+                  root: Path | None = None) -> str:
+    """The id of experiment ``name`` in ``client``'s store, created if needed.
 
     With a local store the experiment's artefacts go to ``<repo>/mlruns`` (git- and
     DVC-ignored); with a server the server decides (``--artifacts-destination``).
     """
     import mlflow
 
-    uri = resolve_tracking_uri(tracking)
-    mlflow.set_tracking_uri(uri)
-    client = mlflow.MlflowClient()
-    exp = client.get_experiment_by_name(tracking.experiment)
-    if exp is None:
-        location = (repo_root() / "mlruns").as_uri() if is_local_store(uri) else None
-        try:
-            exp_id = client.create_experiment(tracking.experiment, artifact_location=location)
-        except mlflow.exceptions.MlflowException:
-            # another process created it between our lookup and create
-            exp = client.get_experiment_by_name(tracking.experiment)
-            if exp is None:
-                raise
-            exp_id = exp.experiment_id
-    else:
-        exp_id = exp.experiment_id
-    mlflow.set_experiment(experiment_id=exp_id)
-    return exp_id
+    exp = client.get_experiment_by_name(name)
+    if exp is not None:
+        return str(exp.experiment_id)
+    location = ((root or repo_root()) / "mlruns").as_uri() if is_local_store(uri) else None
+    try:
+        return str(client.create_experiment(name, artifact_location=location))
+    except mlflow.exceptions.MlflowException:
+        # another process created it between our lookup and create
+        exp = client.get_experiment_by_name(name)
+        if exp is None:
+            raise
+        return str(exp.experiment_id)
 
 
 # --------------------------------------------------------------------------- metadata
@@ -393,14 +401,32 @@ def _find_or_create_parent(experiment_id: str, key: str | None, profile: str) ->
         )
         if found:
             return found[0].info.run_id
-    tags = {TAG_KIND: "pipeline", TAG_PROFILE: profile, **git_info()}
-    if key:
-        tags[TAG_PIPELINE_ID] = key
+    return create_pipeline_run(
+        client, experiment_id, name=f"pipeline-{key}" if key else "pipeline", profile=profile,
+        tags={TAG_PIPELINE_ID: key} if key else None)
+
+
+def create_pipeline_run(
+    client: mlflow.MlflowClient,
+    experiment_id: str,
+    *,
+    name: str,
+    profile: str,
+    tags: Mapping[str, str] | None = None,
+    root: Path | None = None,
+) -> str:
+    """Create a pipeline's parent run; return its id.  Every parent is made here, so
+    every parent carries the same lineage tags (kind, profile, git commit and dirty flag,
+    the DVC experiment name) whoever opens it: a stage, :func:`pipeline_run`, the Prefect
+    flow or ``python -m mirage_safety.tracking start``."""
+    git = git_info(root)
+    all_tags = {TAG_KIND: "pipeline", TAG_PROFILE: profile, **git}
+    if TAG_GIT_COMMIT in git:
+        all_tags[MLFLOW_GIT_COMMIT] = git[TAG_GIT_COMMIT]
     if exp := os.environ.get(DVC_EXP_NAME_ENV):
-        tags[TAG_DVC_EXP] = exp
-    name = f"pipeline-{key}" if key else "pipeline"
-    run = client.create_run(experiment_id, run_name=name, tags=tags)
-    return run.info.run_id
+        all_tags[TAG_DVC_EXP] = exp
+    all_tags.update(tags or {})
+    return str(client.create_run(experiment_id, run_name=name, tags=all_tags).info.run_id)
 
 
 @contextmanager
@@ -481,6 +507,16 @@ def stage_run(
             client.set_terminated(parent_id, status=status)
 
 
+@dataclass(frozen=True)
+class PipelineRun:
+    """An open parent run: the client on its store, its id and the store's URI (which
+    child processes get as ``$MLFLOW_TRACKING_URI``)."""
+
+    client: mlflow.MlflowClient
+    run_id: str
+    tracking_uri: str
+
+
 @contextmanager
 def pipeline_run(
     tracking: TrackingConfig,
@@ -488,25 +524,29 @@ def pipeline_run(
     name: str = "pipeline",
     tags: Mapping[str, str] | None = None,
     profile: str | None = None,
-) -> Iterator[str]:
-    """Open a parent run and export ``$MIRAGE_PARENT_RUN_ID`` for child stages.
+    root: Path | None = None,
+    export: bool = True,
+) -> Iterator[PipelineRun]:
+    """Open a pipeline's parent run for the block; it ends FINISHED, or FAILED if the block
+    raises.
 
-    Subprocesses started inside the block (``dvc repro``) inherit the variable, so every
-    stage they run becomes a child of this run.  Yields the parent run id; the run ends
-    FINISHED, or FAILED if the block raises.
+    The store, the artefact root and the git commit are resolved against ``root`` (default:
+    the current repository), so a Prefect worker outside the repo opens the same run.  This
+    process's MLflow globals are left alone.  With ``export`` the block runs with
+    ``$MIRAGE_PARENT_RUN_ID`` set, so the stages of a ``dvc repro`` started inside it
+    become its children; without it the caller hands the id to its subprocesses itself.
     """
     import mlflow
 
-    experiment_id = configure(tracking)
-    client = mlflow.MlflowClient()
-    all_tags = {TAG_KIND: "pipeline", TAG_PROFILE: _profile(None, profile), **git_info()}
-    if tags:
-        all_tags.update(tags)
-    run_id = client.create_run(experiment_id, run_name=name, tags=all_tags).info.run_id
+    uri = resolve_tracking_uri(tracking, root=root)
+    client = mlflow.MlflowClient(tracking_uri=uri)
+    exp_id = ensure_experiment(client, tracking.experiment, uri, root)
+    run_id = create_pipeline_run(client, exp_id, name=name, profile=_profile(None, profile),
+                                 tags=tags, root=root)
     status = "FAILED"
     try:
-        with _env(PARENT_RUN_ENV, run_id):
-            yield run_id
+        with _env(PARENT_RUN_ENV, run_id) if export else nullcontext():
+            yield PipelineRun(client, run_id, uri)
         status = "FINISHED"
     finally:
         client.set_terminated(run_id, status=status)
@@ -522,8 +562,6 @@ def main(argv: list[str] | None = None) -> int:
 
     import mlflow
 
-    from mirage_safety.config import load_params
-
     parser = argparse.ArgumentParser(prog="python -m mirage_safety.tracking")
     parser.add_argument("--params", default="params.yaml")
     sub = parser.add_subparsers(dest="cmd", required=True)
@@ -534,13 +572,14 @@ def main(argv: list[str] | None = None) -> int:
     end.add_argument("--status", default="FINISHED", choices=["FINISHED", "FAILED", "KILLED"])
     args = parser.parse_args(argv)
     cfg = load_params(args.params)
-    experiment_id = configure(cfg.tracking)
-    client = mlflow.MlflowClient()
     if args.cmd == "start":
-        tags = {TAG_KIND: "pipeline", TAG_PROFILE: cfg.profile, **git_info()}
-        print(client.create_run(experiment_id, run_name=args.name, tags=tags).info.run_id)
+        uri = resolve_tracking_uri(cfg.tracking)
+        client = mlflow.MlflowClient(tracking_uri=uri)
+        exp_id = ensure_experiment(client, cfg.tracking.experiment, uri)
+        print(create_pipeline_run(client, exp_id, name=args.name, profile=cfg.profile))
     else:
-        client.set_terminated(args.run_id, status=args.status)
+        mlflow.MlflowClient(tracking_uri=resolve_tracking_uri(cfg.tracking)).set_terminated(
+            args.run_id, status=args.status)
     return 0
 
 

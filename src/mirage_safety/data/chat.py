@@ -19,8 +19,10 @@ from typing import Any
 from mirage_safety.data.image_packs import PackedImage, image_at
 from mirage_safety.data.schema import ASSISTANT_ROLES, HUMAN_ROLES, IMAGE_TOKEN
 
-_ROLE = {**dict.fromkeys(HUMAN_ROLES, "user"), **dict.fromkeys(ASSISTANT_ROLES, "assistant"),
-         "system": "system"}
+# Keyed by role name; looked up with whatever a record's "from" holds (None when absent).
+_ROLE: Mapping[object, str] = {**dict.fromkeys(HUMAN_ROLES, "user"),
+                               **dict.fromkeys(ASSISTANT_ROLES, "assistant"),
+                               "system": "system"}
 
 
 class RecordError(ValueError):

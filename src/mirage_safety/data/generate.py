@@ -17,18 +17,18 @@ import logging
 import os
 import shutil
 from collections import Counter
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from contextlib import ExitStack
 from dataclasses import dataclass
 from itertools import product
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 from tqdm.auto import tqdm
 
-from mirage_safety.config import DataConfig, WorldConfig, add_params_arguments, load_params
+from mirage_safety.config import DataConfig, Params, WorldConfig
 from mirage_safety.data import world as W
 from mirage_safety.data.image_packs import PACK_SUFFIX, pack_bytes
 from mirage_safety.data.lmms_task import write_no_task, write_world_general_task
@@ -111,7 +111,10 @@ def pair_splits(cfg: WorldConfig, seed: int) -> dict[str, dict[str, PairSplit]]:
     return out
 
 
-def _pick(rng: np.random.Generator, seq: Sequence[Any]) -> Any:
+_T = TypeVar("_T")
+
+
+def _pick(rng: np.random.Generator, seq: Sequence[_T]) -> _T:
     return seq[int(rng.integers(len(seq)))]
 
 
@@ -327,7 +330,7 @@ def _render_chunk(args: tuple[str, int, int, float, list[Plan]]) -> list[tuple[s
     return [(rel, sha256_bytes(data)) for rel, data in files]
 
 
-def render_images(jobs: dict[str, tuple[Path, Sequence[Plan]]], cfg: WorldConfig, seed: int,
+def render_images(jobs: Mapping[str, tuple[Path, Sequence[Plan]]], cfg: WorldConfig, seed: int,
                   *, workers: int, progress: bool,
                   meanwhile: Callable[[], None] | None = None) -> dict[str, dict[str, str]]:
     """Render every plan's two images under its job's root.
@@ -569,7 +572,7 @@ def _import_real(cfg: DataConfig, tmp: Path, *,
 
 
 # --------------------------------------------------------------------------- CLI
-def add_cli(sub: argparse._SubParsersAction) -> None:
+def add_cli(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p = sub.add_parser(
         "generate",
         help="build the MIS-schema dataset (embedded world or real import)",
@@ -585,17 +588,16 @@ def add_cli(sub: argparse._SubParsersAction) -> None:
             "command lists each offending record id and field and exits 2, leaving data/ as it was."
         ),
     )
-    add_params_arguments(p, "data")
     p.add_argument("--out", default="data", help="output directory (default: %(default)s)")
     p.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1),
                    help="image rendering processes (default: %(default)s); output bytes do not "
                         "depend on it")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
-    p.set_defaults(func=_cli)
+    p.set_defaults(func=_cli, params_section="data")
+    return p
 
 
-def _cli(args: argparse.Namespace) -> int:
-    params = load_params(args.params, profile=args.profile)
+def _cli(args: argparse.Namespace, params: Params) -> int:
     manifest = generate(params.data, args.out, workers=args.workers,
                         progress=not args.no_progress)
     for rel, info in manifest["files"].items():

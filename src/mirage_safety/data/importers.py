@@ -532,6 +532,7 @@ def load_mis(cfg: HubDataConfig, *, progress: bool = True,
     files: dict[str, str] = {}
     dropped: dict[str, int] = {}
 
+    train_path: Path | None
     if cfg.train_file:
         train_path = _inside(root, cfg.train_file, "mis")
         if not train_path.is_file():

@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Collection, Iterable, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -162,7 +162,7 @@ class Validator:
             self._seen_ids[rid] = file
         return rid
 
-    def check_text(self, file: str, rid: str, rec: dict[str, Any], fld: str) -> str | None:
+    def check_text(self, file: str, rid: str, rec: Mapping[Any, Any], fld: str) -> str | None:
         value = rec.get(fld)
         if not isinstance(value, str) or not value.strip():
             self.add(file, rid, fld, "missing or empty text")

@@ -25,6 +25,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from functools import cache
+from typing import cast
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -462,4 +463,6 @@ def png_bytes(img: Image.Image) -> bytes:
     ~4 % larger files."""
     import imagecodecs
 
-    return imagecodecs.png_encode(np.asarray(img), level=1, filter=imagecodecs.PNG.FILTER.UP)
+    # the stub says ``bytes | bytearray``: a bytearray comes back only for an ``out=`` buffer
+    return cast(bytes, imagecodecs.png_encode(np.asarray(img), level=1,
+                                              filter=imagecodecs.PNG.FILTER.UP))

@@ -64,7 +64,8 @@ def csv_rows(models: Mapping[str, Mapping[str, Any]]) -> list[list[Any]]:
         p = point(summary)
         row: list[Any] = [name]
         for key in ("asr", "over_refusal", "general"):
-            row += [round(v, 4) for v in p[key]] if p[key] else ["", "", ""]
+            cell = p[key]
+            row += [round(v, 4) for v in cell] if cell else ["", "", ""]
         rows.append(row)
     return rows
 

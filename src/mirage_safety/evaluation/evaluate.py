@@ -21,9 +21,7 @@ from typing import Any
 from mirage_safety.config import (
     EvalConfig,
     Params,
-    add_params_arguments,
     add_run_arguments,
-    load_params,
     tracking_wanted,
 )
 from mirage_safety.data.schema import SAFETY_SPLITS
@@ -104,12 +102,14 @@ def _generate_missing(engine: Any, store: ResponseStore, asks: Sequence[Ask], cf
     """Answer every (split, id) not yet in ``store`` (or stored for another input, or
     stored as a failed generation); returns how many rows were added."""
     shas = {(a.split, a.id): a.sha for a in asks}
-    stale = [k for k, sha in shas.items() if k in store and store.get(*k).get("input_sha") != sha]
+    stale = [k for k, sha in shas.items()
+             if (stored := store.get(*k)) is not None and stored.get("input_sha") != sha]
     if stale:
         dropped = store.discard(stale)
         log.info("%s: %d stored answer(s) are for an older input, answering again",
                  store.path, dropped)
-    failed = [k for k in shas if k in store and store.get(*k).get("generation_error")]
+    failed = [k for k in shas
+              if (stored := store.get(*k)) is not None and stored.get("generation_error")]
     if failed:  # a failed request (a server that went away) is asked again, never kept
         store.discard(failed)
         log.info("%s: answering %d failed generation(s) again", store.path, len(failed))
@@ -334,7 +334,7 @@ def _is_number(v: Any) -> bool:
 
 
 # --------------------------------------------------------------------------- CLI
-def add_cli(sub: argparse._SubParsersAction) -> None:
+def add_cli(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p = sub.add_parser(
         "evaluate",
         help="answer every test split with the base and MIRage models, judge and score",
@@ -346,7 +346,6 @@ def add_cli(sub: argparse._SubParsersAction) -> None:
             "metrics/eval.json for `dvc metrics show`, plots and a markdown report with a gallery."
         ),
     )
-    add_params_arguments(p, "eval")
     p.add_argument("--data", default="data", help="dataset dir (default: %(default)s)")
     p.add_argument("--base-model", default="models/base", help="base model dir")
     p.add_argument("--model", default="models/mirage", help="fine-tuned model dir")
@@ -354,11 +353,11 @@ def add_cli(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--metrics", default="metrics/eval.json", help="metrics file")
     p.add_argument("--plots", default="plots/eval_rates.csv", help="DVC plots CSV")
     add_run_arguments(p, cache_user="openai judge")
-    p.set_defaults(func=_cli)
+    p.set_defaults(func=_cli, params_section="eval")
+    return p
 
 
-def _cli(args: argparse.Namespace) -> int:
-    params = load_params(args.params, profile=args.profile)
+def _cli(args: argparse.Namespace, params: Params) -> int:
     result = evaluate(
         params, data_dir=Path(args.data),
         model_dirs={"base": Path(args.base_model), "mirage": Path(args.model)},

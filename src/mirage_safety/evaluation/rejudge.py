@@ -92,7 +92,7 @@ def _cli(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_cli(sub: Any) -> None:
+def add_cli(sub: Any) -> argparse.ArgumentParser:
     p = sub.add_parser("rejudge", help="judge the stored answers again, list changed verdicts",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--eval", default="eval", help="evaluation dir (default: %(default)s)")
@@ -100,3 +100,4 @@ def add_cli(sub: Any) -> None:
                    help="judges to re-run (default: both)")
     p.add_argument("--out", default=None, help="also write the markdown here")
     p.set_defaults(func=_cli)
+    return p

@@ -137,7 +137,8 @@ def _charts(result: dict[str, Any], out: Path) -> list[Path]:
     # 1. before/after: stacked ASR/RSR/RR/HR per split and model
     if splits:
         fig, ax = plt.subplots(figsize=(1.6 + 1.4 * len(splits) * len(models), 3.6))
-        labels, x = [], 0
+        labels: list[str] = []
+        x: float = 0  # +0.5 between splits
         for split in splits:
             for m in models:
                 s = result[m].get(split) or {}
@@ -247,7 +248,8 @@ def _gallery(result: dict[str, Any], judged: dict[str, dict[str, list[dict]]],
     keys.sort(key=lambda k: (
         len({_label(index[m].get(k, {}), primary) for m in models}) == 1,  # differ first
         k[0], k[1]))
-    chosen, per_split = [], {}
+    chosen: list[tuple[Any, Any]] = []  # (split, id)
+    per_split: dict[str, int] = {}
     for k in keys:
         if per_split.get(k[0], 0) >= max(1, size // max(1, len(splits))):
             continue
@@ -264,12 +266,12 @@ def _gallery(result: dict[str, Any], judged: dict[str, dict[str, list[dict]]],
         root = splits[split][0]
         rec = index[models[0]][(split, rid)]["record"]
         imgs = []
-        for k in (1, 2):
-            src = image_at(root, rec[f"image_path{k}"])
-            dst = gdir / f"{rid}_{k}{src.suffix or '.png'}"
+        for n in (1, 2):
+            src = image_at(root, rec[f"image_path{n}"])
+            dst = gdir / f"{rid}_{n}{src.suffix or '.png'}"
             if src.is_file():
                 dst.write_bytes(src.read_bytes())
-                imgs.append(f"![image {k}](gallery/{dst.name})")
+                imgs.append(f"![image {n}](gallery/{dst.name})")
         truth = rec.get("objects")
         lines += [f"### {split} / {rid} — {rec.get('sub_category') or rec.get('category')}",
                   "", " ".join(imgs), "", f"**Question:** {rec['question']}", ""]

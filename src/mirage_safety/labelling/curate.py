@@ -32,9 +32,7 @@ from typing import Any
 from mirage_safety.config import (
     CurateConfig,
     Params,
-    add_params_arguments,
     add_run_arguments,
-    load_params,
     tracking_wanted,
 )
 from mirage_safety.data.schema import assistant_text, read_train_file
@@ -157,8 +155,8 @@ def run_curate(cfg: CurateConfig, *, policies_dir: str | Path, prompts_dir: str 
                "kept": not r, "reasons": r}
         if o.error:
             row.update(error=o.error, kind=o.kind, raw=o.raw)
-        teacher = rec.get("teacher") if isinstance(rec.get("teacher"), dict) else {}
-        if "defect" in teacher:
+        teacher = rec.get("teacher")
+        if isinstance(teacher, dict) and "defect" in teacher:
             row["planted_defect"] = teacher["defect"]
         rows.append(row)
     labelled_manifest = data_dir / "labelled" / "manifest.json"
@@ -313,8 +311,7 @@ def _is_number(v: Any) -> bool:
     return not isinstance(v, bool)
 
 
-def _cli(args: argparse.Namespace) -> int:
-    params = load_params(args.params, profile=args.profile)
+def _cli(args: argparse.Namespace, params: Params) -> int:
     metrics = run_curate(params.curate, policies_dir=params.label.policies,
                          prompts_dir=params.label.prompts, data_dir=Path(args.data),
                          out_dir=Path(args.out), metrics_path=Path(args.metrics),
@@ -331,14 +328,14 @@ def _cli(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_cli(sub: Any) -> None:
+def add_cli(sub: Any) -> argparse.ArgumentParser:
     p = sub.add_parser("curate", help="a judge scores every label on the rubric; weak ones go",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_params_arguments(p, "curate")
     p.add_argument("--data", default="data", help="dataset dir holding labelled/train.json "
                                                   "(default: %(default)s)")
     p.add_argument("--out", default="data/curated", help="output dir (default: %(default)s)")
     p.add_argument("--metrics", default="metrics/curate.json", help="metrics file")
     p.add_argument("--plots", default="plots/curate_scores.csv", help="DVC plots CSV")
     add_run_arguments(p, cache_user="openai judge")
-    p.set_defaults(func=_cli)
+    p.set_defaults(func=_cli, params_section="curate")
+    return p

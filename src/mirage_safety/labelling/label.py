@@ -35,9 +35,7 @@ from typing import Any
 from mirage_safety.config import (
     LabelConfig,
     Params,
-    add_params_arguments,
     add_run_arguments,
-    load_params,
     tracking_wanted,
 )
 from mirage_safety.data.schema import ASSISTANT_ROLES, HUMAN_ROLES, IMAGE_TOKEN, read_train_file
@@ -122,7 +120,7 @@ def _manifest(cfg: LabelConfig, policies: PolicySet, src: Path, records: Sequenc
               labelled: Sequence[dict], failures: Sequence[dict],
               outcomes: Sequence[LabelOutcome]) -> dict[str, Any]:
     defects = Counter(o.meta.get("defect") for o in outcomes if o.text is not None)
-    usage = Counter()
+    usage: Counter[str] = Counter()
     cached = 0
     for o in outcomes:
         if o.meta.get("cached"):
@@ -172,8 +170,7 @@ def _track(params: Params, manifest: dict[str, Any]) -> None:
             mlflow.log_metric(f"defect_{name}", n)
 
 
-def _cli(args: argparse.Namespace) -> int:
-    params = load_params(args.params, profile=args.profile)
+def _cli(args: argparse.Namespace, params: Params) -> int:
     manifest = run_label(params.label, data_dir=Path(args.data), out_dir=Path(args.out),
                          metrics_path=Path(args.metrics), cache_dir=Path(args.cache_dir),
                          progress=not args.no_progress)
@@ -187,13 +184,13 @@ def _cli(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_cli(sub: Any) -> None:
+def add_cli(sub: Any) -> argparse.ArgumentParser:
     p = sub.add_parser("label", help="a teacher writes the safety labels (world / openai / keep)",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_params_arguments(p, "label")
     p.add_argument("--data", default="data", help="dataset dir holding mis/train.json "
                                                   "(default: %(default)s)")
     p.add_argument("--out", default="data/labelled", help="output dir (default: %(default)s)")
     p.add_argument("--metrics", default="metrics/label.json", help="metrics file")
     add_run_arguments(p, cache_user="openai teacher")
-    p.set_defaults(func=_cli)
+    p.set_defaults(func=_cli, params_section="label")
+    return p

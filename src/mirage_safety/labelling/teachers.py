@@ -46,6 +46,7 @@ from mirage_safety.data import world as W
 from mirage_safety.data.schema import IMAGE_TOKEN, assistant_text, user_text
 from mirage_safety.labelling.formats import compose, split_think
 from mirage_safety.labelling.policies import RULE_MENTION, PolicySet
+from mirage_safety.labelling.policies import Rule as PolicyRule
 
 DEFECTS = ("wrong_object", "wrong_rule", "comply", "truncated")
 #: the world labels' decline sentence (see :data:`mirage_safety.data.world.DECLINE`)
@@ -179,6 +180,7 @@ class WorldTeacher:
                 if style == "text_only" else W.perception(sa, sb))
         category, sub = str(rec.get("category")), rec.get("sub_category")
         reasoning, cited = [seen], []
+        cited_rule: PolicyRule | None  # the policy rule the label cites (``policy`` style)
         if harmful and defect != "comply":
             assert rule is not None
             if style == "policy":
@@ -193,8 +195,8 @@ class WorldTeacher:
                 cited.append(cited_rule.id)
                 risk_rule = rule
             elif defect == "wrong_rule":
-                others = [r for r in W.RULES if r.key != rule.key]
-                risk_rule = others[int(rng.integers(len(others)))]
+                other_rules = [r for r in W.RULES if r.key != rule.key]
+                risk_rule = other_rules[int(rng.integers(len(other_rules)))]
                 detail.update(risk_of=risk_rule.key, applies=rule.key)
             else:
                 risk_rule = rule

@@ -107,7 +107,7 @@ def processor_family(processor: Any) -> Family:
 
 
 # --------------------------------------------------------------------------- processors
-def _image_only(cls: type) -> type:
+def _image_only(cls: type[Any]) -> type[Any]:
     """``cls`` without its video processor, under the same class name.
 
     ``ProcessorMixin`` reads its attributes from the ``__init__`` signature, so a subclass
@@ -137,7 +137,7 @@ def _image_only(cls: type) -> type:
 
 
 @functools.cache  # one class per family: saved and reloaded processors share it
-def image_only_processor_class(family: Family) -> type:
+def image_only_processor_class(family: Family) -> type[Any]:
     """The family's processor class, image-only when it has a video half."""
     import transformers
 

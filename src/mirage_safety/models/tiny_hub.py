@@ -324,7 +324,7 @@ def _handler(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_cli(subparsers: Any) -> None:
+def add_cli(subparsers: Any) -> argparse.ArgumentParser:
     p = subparsers.add_parser(
         "tiny-hub", help="build tiny random-weight Hub snapshots of real VLM families",
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -333,3 +333,4 @@ def add_cli(subparsers: Any) -> None:
                    help="Hugging Face hub cache to write into (default: HF_HUB_CACHE)")
     p.add_argument("--seed", type=int, default=0, help="weight initialisation seed")
     p.set_defaults(func=_handler)
+    return p

@@ -24,7 +24,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from mirage_safety.config import BuiltinModelConfig
 
@@ -186,7 +186,8 @@ def build_model(tokenizer: PreTrainedTokenizerFast, cfg: BuiltinModelConfig, ima
     config = LlavaConfig(
         vision_config=vision,
         text_config=text,
-        image_token_index=tokenizer.convert_tokens_to_ids(IMAGE_TOKEN),
+        # one token in, one id out (the stub has no overload for a single str)
+        image_token_index=cast(int, tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)),
         vision_feature_select_strategy="default",
         # the last layer: with two vision layers the usual -2 would waste half the tower
         vision_feature_layer=-1,

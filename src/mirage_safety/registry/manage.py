@@ -25,7 +25,7 @@ import sys
 import time
 from typing import TYPE_CHECKING, Any
 
-from mirage_safety.config import add_params_arguments
+from mirage_safety.config import Params
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
@@ -261,19 +261,17 @@ def show(client: MlflowClient, name: str) -> dict[str, Any]:
 
 
 # --------------------------------------------------------------------------- CLI
-def _client(args: argparse.Namespace) -> tuple[MlflowClient, str]:
+def _client(args: argparse.Namespace, params: Params) -> tuple[MlflowClient, str]:
     import mlflow
 
-    from mirage_safety.config import load_params
     from mirage_safety.tracking import resolve_tracking_uri
 
-    params = load_params(args.params, profile=args.profile)
     mlflow.set_tracking_uri(resolve_tracking_uri(params.tracking))
     return mlflow.MlflowClient(), args.model_name or params.registry.model_name
 
 
-def _cli_promote(args: argparse.Namespace) -> int:
-    client, name = _client(args)
+def _cli_promote(args: argparse.Namespace, params: Params) -> int:
+    client, name = _client(args, params)
     out = promote(client, name, args.version, reason=args.reason, by=args.by)
     if not out["changed"]:
         print(f"version {out['champion_version']} of {name!r} is already the champion")
@@ -286,16 +284,16 @@ def _cli_promote(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cli_rollback(args: argparse.Namespace) -> int:
-    client, name = _client(args)
+def _cli_rollback(args: argparse.Namespace, params: Params) -> int:
+    client, name = _client(args, params)
     out = rollback(client, name, reason=args.reason, by=args.by)
     print(f"{name}@{CHAMPION} -> version {out['champion_version']} "
           f"(rolled back from {out['previous_champion_version']})")
     return 0
 
 
-def _cli_show(args: argparse.Namespace) -> int:
-    client, name = _client(args)
+def _cli_show(args: argparse.Namespace, params: Params) -> int:
+    client, name = _client(args, params)
     info = show(client, name)
     if args.json:
         print(json.dumps(info, indent=1, sort_keys=True))
@@ -312,9 +310,9 @@ def _cli_show(args: argparse.Namespace) -> int:
 
 
 def _guard(func: Any) -> Any:
-    def run(args: argparse.Namespace) -> int:
+    def run(args: argparse.Namespace, params: Params) -> int:
         try:
-            return func(args)
+            return func(args, params)
         except RegistryError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 1
@@ -322,7 +320,7 @@ def _guard(func: Any) -> Any:
     return run
 
 
-def add_cli(sub: argparse._SubParsersAction) -> None:
+def add_cli(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p = sub.add_parser(
         "registry",
         help="show the MLflow registry, promote a version or roll the champion back",
@@ -333,7 +331,7 @@ def add_cli(sub: argparse._SubParsersAction) -> None:
             "$MLFLOW_TRACKING_URI or params' tracking.tracking_uri."
         ),
     )
-    add_params_arguments(p, "registry")
+    p.set_defaults(params_section="registry")
     p.add_argument("--model-name", default=None,
                    help="registered model (default: params' registry.model_name)")
     rsub = p.add_subparsers(dest="registry_command", metavar="ACTION", required=True)
@@ -351,3 +349,4 @@ def add_cli(sub: argparse._SubParsersAction) -> None:
     sh = rsub.add_parser("show", help="versions, aliases and gate verdicts")
     sh.add_argument("--json", action="store_true", help="machine-readable output")
     sh.set_defaults(func=_guard(_cli_show))
+    return p

@@ -46,6 +46,10 @@ from typing import TYPE_CHECKING, Any
 
 import mlflow.pyfunc
 
+# by name: mlflow's __init__ binds ``mlflow.pyfunc`` to a lazy loader that type checkers
+# cannot see through (``mlflow.pyfunc.PythonModel`` is no type to them); the same class
+from mlflow.pyfunc import PythonModel
+
 from mirage_safety.models.folder import (
     MODEL_META_FILE,
     ModelDirError,
@@ -57,6 +61,7 @@ if TYPE_CHECKING:
     import pandas as pd
     from mlflow.models import ModelSignature
     from mlflow.models.model import ModelInfo
+    from mlflow.pyfunc import PythonModelContext
     from PIL import Image
 
 MODEL_ARTIFACT = "model_dir"
@@ -163,7 +168,7 @@ def parse_queries(model_input: pd.DataFrame) -> list[tuple[str, list[Image.Image
 
 
 # --------------------------------------------------------------------------- pyfunc
-class MiragePyfuncModel(mlflow.pyfunc.PythonModel):
+class MiragePyfuncModel(PythonModel):
     """Answers multi-image safety queries with the packaged VLM (greedy decoding)."""
 
     def __init__(self, default_max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
@@ -171,7 +176,7 @@ class MiragePyfuncModel(mlflow.pyfunc.PythonModel):
         self.default_max_new_tokens = default_max_new_tokens
         self.default_batch_size = default_batch_size
 
-    def load_context(self, context: mlflow.pyfunc.PythonModelContext) -> None:
+    def load_context(self, context: PythonModelContext) -> None:
         config = getattr(context, "model_config", None) or {}
         self.default_max_new_tokens = int(config.get("max_new_tokens",
                                                      self.default_max_new_tokens))
@@ -186,7 +191,7 @@ class MiragePyfuncModel(mlflow.pyfunc.PythonModel):
         self.model, self.processor = load_for_inference(model_dir,
                                                         base_dir=artifacts.get(BASE_ARTIFACT))
 
-    def predict(self, context: mlflow.pyfunc.PythonModelContext, model_input: pd.DataFrame,
+    def predict(self, context: PythonModelContext, model_input: pd.DataFrame,
                 params: dict[str, Any] | None = None) -> pd.DataFrame:
         import pandas as pd
 

@@ -42,7 +42,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
-from mirage_safety.config import ConfigError, Params, add_params_arguments, load_params
+from mirage_safety.config import ConfigError, Params
 from mirage_safety.io import read_json, sha256_file, write_json_atomic
 
 if TYPE_CHECKING:
@@ -342,6 +342,7 @@ def register(params: Params, *, eval_path: str | os.PathLike[str] = "metrics/eva
             client.update_model_version(
                 name, version, description=f"MIRage candidate ({verdict}; compared to "
                                            f"{decision.compared_to})")
+            champion_now: str | None  # the champion's version once the decision is applied
             if decision.promote:
                 set_champion(client, name, version, how="gate", by=REGISTERED_BY,
                              reason=reasons[0])
@@ -405,7 +406,7 @@ def _log_balance(models: dict[str, dict[str, Any] | None]) -> None:
 
 
 # --------------------------------------------------------------------------- CLI
-def add_cli(sub: argparse._SubParsersAction) -> None:
+def add_cli(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p = sub.add_parser(
         "register",
         help="register the trained model in MLflow; the gate decides champion vs challenger",
@@ -418,14 +419,14 @@ def add_cli(sub: argparse._SubParsersAction) -> None:
             "metrics/registry.json."
         ),
     )
-    add_params_arguments(p, "registry")
     p.add_argument("--eval", dest="eval_path", default="metrics/eval.json",
                    help="evaluation summary (default: %(default)s)")
     p.add_argument("--model", dest="model_dir", default="models/mirage",
                    help="trained model directory (default: %(default)s)")
     p.add_argument("--out", default="metrics/registry.json",
                    help="registry result (default: %(default)s)")
-    p.set_defaults(func=_cli)
+    p.set_defaults(func=_cli, params_section="registry")
+    return p
 
 
 #: exit status for "try again later" (EX_TEMPFAIL): the Prefect flow retries it
@@ -445,13 +446,12 @@ def unreachable(exc: BaseException) -> bool:
     return False
 
 
-def _cli(args: argparse.Namespace) -> int:
+def _cli(args: argparse.Namespace, params: Params) -> int:
     import sys
 
     from mirage_safety.models.folder import ModelDirError
     from mirage_safety.tracking import resolve_tracking_uri
 
-    params = load_params(args.params, profile=args.profile)
     try:
         result = register(params, eval_path=args.eval_path, model_dir=args.model_dir,
                           out_path=args.out)

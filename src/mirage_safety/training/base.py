@@ -32,10 +32,11 @@ from mirage_safety import numerics
 from mirage_safety.config import (
     BaseConfig,
     BuiltinModelConfig,
+    Params,
     SFTConfig,
     TrackingConfig,
-    add_params_arguments,
-    load_params,
+    add_run_arguments,
+    tracking_wanted,
 )
 from mirage_safety.data.corpus import file_corpus, world_label_corpus
 from mirage_safety.io import atomic_dir, read_json, write_json_atomic
@@ -368,12 +369,11 @@ def _mlflow_env() -> None:
     os.environ["HF_MLFLOW_LOG_ARTIFACTS"] = "FALSE"
 
 
-def _handler(args: argparse.Namespace) -> int:
-    params = load_params(args.params, profile=args.profile)
+def _handler(args: argparse.Namespace, params: Params) -> int:
     metrics = run_base(params.base, data_dir=Path(args.data), out_dir=Path(args.out),
                        metrics_dir=Path(args.metrics), image_size=params.data.world.image_size,
                        checkpoint_dir=Path(args.checkpoints),
-                       tracking=None if args.no_mlflow else params.tracking,
+                       tracking=params.tracking if tracking_wanted(args) else None,
                        progress=not args.no_progress, profile=params.profile)
     if "general_accuracy" in metrics:
         print(f"base: general accuracy {metrics['general_accuracy']:.1f}% "
@@ -383,17 +383,16 @@ def _handler(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_cli(subparsers: Any) -> None:
+def add_cli(subparsers: Any) -> argparse.ArgumentParser:
     p = subparsers.add_parser(
         "base", help="build/pre-train the builtin tiny VLM, or pin a Hub base model",
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_params_arguments(p, "base")
     p.add_argument("--data", default="data", help="dataset root (default: data)")
     p.add_argument("--out", default="models/base", help="output dir (default: models/base)")
     p.add_argument("--metrics", default="metrics", help="metrics dir (default: metrics)")
     p.add_argument("--checkpoints", default=".cache/checkpoints/base",
                    help="resumable checkpoints, outside DVC outs "
                         "(default: .cache/checkpoints/base)")
-    p.add_argument("--no-mlflow", action="store_true", help="do not log to MLflow")
-    p.add_argument("--no-progress", action="store_true", help="hide progress bars")
-    p.set_defaults(func=_handler)
+    add_run_arguments(p)
+    p.set_defaults(func=_handler, params_section="base")
+    return p

@@ -221,6 +221,8 @@ def make_trainer_class() -> type:
             rename = None if self.is_fsdp_enabled else checkpoint_key_renamer(target)
             if rename is None:  # PEFT adapters, FSDP shards: already in the model's names
                 return super()._load_from_checkpoint(resume_from_checkpoint, model)
+            # a renamer exists only for a model (checkpoint_key_renamer(None) is None)
+            assert target is not None
             original = target.load_state_dict
             aliases: dict[int, list[str]] = {}  # tied weights: one tensor, several names
             for name, param in target.named_parameters(remove_duplicate=False):
@@ -239,7 +241,8 @@ def make_trainer_class() -> type:
                 return result._replace(
                     missing_keys=[k for k in result.missing_keys if k not in tied])
 
-            target.load_state_dict = load_renamed
+            # an instance attribute shadowing the method for this one load (deleted below)
+            target.load_state_dict = load_renamed  # type: ignore[method-assign]
             try:
                 return super()._load_from_checkpoint(resume_from_checkpoint, model)
             finally:

@@ -21,7 +21,7 @@ one.  Writes, atomically:
 * ``metrics/train.json``: steps, final / mean loss, throughput, data and parameter counts;
 * ``plots/train_loss.csv``: ``step,loss`` for ``dvc plots``.
 
-MLflow (unless ``--no-mlflow``): a ``train`` child run of the pipeline run with the train
+MLflow (unless ``--no-track``): a ``train`` child run of the pipeline run with the train
 params, per-step loss / learning rate / grad norm from the Trainer's MLflow callback and
 the summary metrics.  Checkpoints are never copied to MLflow.
 
@@ -44,10 +44,11 @@ from typing import Any
 from mirage_safety import numerics
 from mirage_safety.config import (
     ConfigError,
+    Params,
     TrackingConfig,
     TrainConfig,
-    add_params_arguments,
-    load_params,
+    add_run_arguments,
+    tracking_wanted,
 )
 from mirage_safety.io import sha256_file, write_json_atomic
 
@@ -265,15 +266,14 @@ def _train(cfg: TrainConfig, data_dir: Path, base_dir: Path, out_dir: Path, metr
 
 
 # --------------------------------------------------------------------------- CLI
-def _handler(args: argparse.Namespace) -> int:
-    params = load_params(args.params, profile=args.profile)
+def _handler(args: argparse.Namespace, params: Params) -> int:
     world = params.data.source == "world"
     metrics = run_train(
         params.train, data_dir=Path(args.data), base_dir=Path(args.base),
         out_dir=Path(args.out), metrics_dir=Path(args.metrics), plots_dir=Path(args.plots),
         checkpoint_dir=Path(args.checkpoints),
         image_size=params.data.world.image_size if world else None,
-        tracking=None if args.no_mlflow else params.tracking, profile=params.profile,
+        tracking=params.tracking if tracking_wanted(args) else None, profile=params.profile,
         progress=not args.no_progress)
     from mirage_safety.training.sft import is_main_process
 
@@ -286,11 +286,10 @@ def _handler(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_cli(subparsers: Any) -> None:
+def add_cli(subparsers: Any) -> argparse.ArgumentParser:
     p = subparsers.add_parser(
         "train", help="MIRage SFT of the base model on safety-CoT data (+ general mix)",
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_params_arguments(p, "train")
     p.add_argument("--data", default="data",
                    help="dataset root holding curated/train.json (images under mis/) and "
                         "general/train.json "
@@ -306,6 +305,6 @@ def add_cli(subparsers: Any) -> None:
     p.add_argument("--checkpoints", default=".cache/checkpoints/train",
                    help="resumable checkpoints, outside DVC outs; removed after success "
                         "(default: %(default)s)")
-    p.add_argument("--no-mlflow", action="store_true", help="do not log to MLflow")
-    p.add_argument("--no-progress", action="store_true", help="hide progress bars")
-    p.set_defaults(func=_handler)
+    add_run_arguments(p)
+    p.set_defaults(func=_handler, params_section="train")
+    return p

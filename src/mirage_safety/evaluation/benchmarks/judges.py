@@ -97,6 +97,7 @@ def stages(proto: str, kind: str, cfg: BenchmarkConfig) -> list[Stage]:
             out["controversial"] = True
         return out
 
+    build: Callable[..., Any]  # (sample, response, root) -> the judge's request
     if kind == "llama_guard":
         build = J.request_figstep_llama_guard if proto == "figstep" else J.request_llama_guard
         return [("llama_guard", build, lambda c: guard_fields(J.parse_llama_guard(c)))]

@@ -14,7 +14,7 @@ outcome labels that the metrics count are:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
@@ -56,7 +56,7 @@ class Verdict:
         return {**asdict(self), "label": self.label}
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> Verdict:
+    def from_dict(cls, d: Mapping[str, Any]) -> Verdict:
         """Inverse of :meth:`to_dict` (``label`` is derived, so it is ignored)."""
         return cls(judge=str(d.get("judge", "")), safe=d.get("safe"), level=d.get("level"),
                    refused=d.get("refused"), error=d.get("error"), raw=d.get("raw"))

@@ -95,8 +95,10 @@ def _read_csv(v: Validator, root: Path, file: str) -> list[dict[str | None, Any]
 def _sample(v: Validator, file: str, image_dir: str, idx: int,
             row: dict[str | None, Any]) -> BenchSample | None:
     ids = {fld: row.get(fld) for fld in ("category_id", "task_id")}
-    ok = all(isinstance(x, str) and _INT_RE.fullmatch(x.strip()) for x in ids.values())
-    rid = f"{int(ids['category_id'])}_{int(ids['task_id'])}" if ok else f"#{idx}"
+    nums = {fld: int(x) for fld, x in ids.items()
+            if isinstance(x, str) and _INT_RE.fullmatch(x.strip())}
+    ok = len(nums) == len(ids)
+    rid = f"{nums['category_id']}_{nums['task_id']}" if ok else f"#{idx}"
     for fld, value in ids.items():
         if not (isinstance(value, str) and _INT_RE.fullmatch(value.strip())):
             v.add(file, rid, fld, f"must be a non-negative integer, not {value!r}")
@@ -113,6 +115,6 @@ def _sample(v: Validator, file: str, image_dir: str, idx: int,
         return None
     return BenchSample(
         id=rid, subset="all", question=PROMPT, images=(image,),
-        meta={"category": texts["category_name"], "category_id": int(ids["category_id"]),
-              "task_id": int(ids["task_id"]), "question": texts["question"],
+        meta={"category": texts["category_name"], "category_id": nums["category_id"],
+              "task_id": nums["task_id"], "question": texts["question"],
               "instruction": texts["instruction"], "harmful": True})
