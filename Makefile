@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 # DVC stage commands call `mirage`; make the venv's console scripts visible to them.
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: setup run test lint smoke bench experiments clean
+.PHONY: setup run test test-fast lint smoke bench experiments clean
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -43,8 +43,13 @@ smoke: setup
 # mostly subprocesses and servers, ~8 min on 2 cores instead of ~12.5 serially
 test: setup
 	$(BIN)/ruff check src tests benchmarks $(wildcard flows)
+	$(BIN)/ruff format --check src tests benchmarks $(wildcard flows)
 	$(BIN)/lint-imports
 	$(BIN)/pytest -q -n 2 --dist loadfile
+
+# the unit tests (every test not marked slow or e2e): under two minutes on 2 cores
+test-fast: setup
+	$(BIN)/pytest -q -n 2 -m "not slow and not e2e"
 
 lint: setup
 	$(BIN)/ruff check src tests benchmarks $(wildcard flows)

@@ -62,6 +62,7 @@ def test_hub_model_not_cached_offline_fails_naming_it(tmp_path):
     assert not (tmp_path / "metrics" / "base.json").exists()
 
 
+@pytest.mark.slow
 def test_hub_model_cached_offline_is_pinned_to_the_snapshot_commit(tmp_path):
     _fake_cache(tmp_path / "hf" / "hub", "org/name", {"main": COMMIT, "v1": OTHER})
     proc = _mirage_base(tmp_path, {"model_id": "org/name"})
@@ -106,6 +107,7 @@ def _builtin(tmp_path: Path, data: Path, name: str) -> tuple[int, Path]:
     return rc, work
 
 
+@pytest.mark.slow
 def test_builtin_base_builds_a_loadable_checkpoint_with_metrics(tmp_path, tmp_path_factory,
                                                                 capsys):
     from transformers import AutoModelForImageTextToText, AutoProcessor

@@ -35,6 +35,7 @@ def _evaluate(tmp: Path, model: Path, eval_: dict) -> dict:
                     track=False)
 
 
+@pytest.mark.slow
 def test_figstep_and_mssbench_through_served_inference_and_served_judges(
         tmp_path_factory: pytest.TempPathFactory, tmp_path: Path) -> None:
     model = tiny_model(tmp_path_factory)

@@ -6,6 +6,7 @@ import torch
 from sft_world import run_sft_stage, sft_cfg, state_file
 
 
+@pytest.mark.slow
 def test_compiled_training_reaches_the_eager_model(sft_world, tmp_path):
     # the speed options it is meant for: packed rows through mirage_varlen (a graph break
     # per layer at the position resets) and labelled-only logits; inductor's C++ kernels

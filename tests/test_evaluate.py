@@ -85,6 +85,7 @@ def _snapshot(work: Path) -> dict[str, bytes]:
 
 
 # --------------------------------------------------------------------------- outputs
+@pytest.mark.slow
 def test_metrics_report_and_plots(clean):
     work, result = clean["work"], clean["result"]
     metrics = json.loads((work / "metrics" / "eval.json").read_text(),
@@ -151,6 +152,7 @@ def test_metrics_report_and_plots(clean):
     assert list((out / "gallery").glob("*.png"))
 
 
+@pytest.mark.slow
 def test_second_run_adds_nothing(clean, tmp_path, generated):
     work = _copy_outputs(clean, tmp_path / "w")
     before = _snapshot(work)
@@ -180,6 +182,7 @@ def test_interrupted_run_completes_only_missing_rows(clean, tmp_path, generated)
 
 
 # --------------------------------------------------------------------------- bad sample
+@pytest.mark.slow
 def test_bad_sample_is_an_error_row_counted_as_judge_error(clean, tmp_path, generated,
                                                            tmp_path_factory):
     data = copy_world(tmp_path_factory, tmp_path / "data")
@@ -225,6 +228,7 @@ def test_bad_sample_is_an_error_row_counted_as_judge_error(clean, tmp_path, gene
 
 
 # --------------------------------------------------------------------------- regeneration
+@pytest.mark.slow
 def test_new_settings_or_model_regenerate_without_mixing(clean, tmp_path, generated,
                                                           tmp_path_factory):
     work = _copy_outputs(clean, tmp_path / "w")
@@ -268,6 +272,7 @@ def test_changed_inputs_are_answered_again(clean, tmp_path, generated, tmp_path_
 
 
 # --------------------------------------------------------------------------- CLI
+@pytest.mark.slow
 def test_cli_writes_dvc_readable_metrics(clean, tmp_path, capsys):
     from mirage_safety.cli import main
 

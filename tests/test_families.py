@@ -71,6 +71,7 @@ def _load(cache: Path, name: str, commit_id: str):
                            dtype="float32")
 
 
+@pytest.mark.slow
 def test_snapshots_are_reproducible_and_resolve_offline(hub, tmp_path):
     cache, commits = hub
     # same family and seed -> the same bytes -> the same commit, on any machine

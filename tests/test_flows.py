@@ -210,6 +210,7 @@ def _try_lock(repo: Path) -> str:
 
 
 # --------------------------------------------------------------------------- flow runs
+@pytest.mark.slow
 def test_retrain_flow_retries_records_and_reruns_only_changes(
     prefect_server: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -315,6 +316,7 @@ def test_retrain_flow_retries_records_and_reruns_only_changes(
         R.retrain(repo_dir=str(repo), profile="smoke", exp_name="first")
 
 
+@pytest.mark.slow
 def test_config_error_is_not_retried(
     prefect_server: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -337,6 +339,7 @@ def test_config_error_is_not_retried(
     assert not artifacts
 
 
+@pytest.mark.slow
 def test_two_concurrent_runs_never_overlap(
     prefect_server: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -54,6 +54,7 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     return {"data": data, "model": model, "answers": answers, "params": params}
 
 
+@pytest.mark.slow
 def test_scores_from_a_real_served_model_equal_the_hand_computation(setup, tmp_path):
     data, cfg = setup["data"], _cfg(include_path=[str(setup["data"] / TASK_DIR)])
     with general.target_for("base", setup["model"], setup["params"].eval,
@@ -80,6 +81,7 @@ def test_scores_from_a_real_served_model_equal_the_hand_computation(setup, tmp_p
     assert (tmp_path / "out" / "lmms-eval.log").is_file()
 
 
+@pytest.mark.slow
 def test_an_unreachable_server_is_an_error_naming_the_task(setup, tmp_path):
     cfg = _cfg(include_path=[str(setup["data"] / TASK_DIR)], limit=2)
     dead = general.Target(f"http://127.0.0.1:{free_port()}/v1", "base")
@@ -88,6 +90,7 @@ def test_an_unreachable_server_is_an_error_naming_the_task(setup, tmp_path):
         general.run(cfg, dead, tmp_path / "out", max_new_tokens=MAX_NEW, data_dir=setup["data"])
 
 
+@pytest.mark.slow
 def test_a_broken_or_unknown_task_is_an_error_naming_it(setup, tmp_path):
     broken = tmp_path / "tasks"
     shutil.copytree(setup["data"] / TASK_DIR, broken)

@@ -60,6 +60,7 @@ def server_env(tmp_path: Path) -> dict[str, str]:
     return env
 
 
+@pytest.mark.slow
 def test_mlflow_server_script_start_serve_stop(tmp_path: Path, server_env: dict[str, str]) -> None:
     import mlflow
 

@@ -77,6 +77,7 @@ def kinds() -> tuple[dict[str, str], dict[str, str]]:
              "ONEDNN_MAX_CPU_ISA": "AVX2", "OMP_NUM_THREADS": "1"})
 
 
+@pytest.mark.slow
 def test_native_numerics_follow_the_cpu_kind(tmp_path, kinds):
     # the problem portable mode solves: another kind of CPU, other weights
     a, b = (_train(_params(tmp_path, "native"), k) for k in kinds)
@@ -85,6 +86,7 @@ def test_native_numerics_follow_the_cpu_kind(tmp_path, kinds):
     assert a[3] != b[3]
 
 
+@pytest.mark.slow
 def test_portable_numerics_are_the_same_bytes_on_every_kind(tmp_path, kinds):
     params = _params(tmp_path, "portable")
     a, b = (_train(params, k) for k in kinds)

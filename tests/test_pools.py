@@ -129,6 +129,7 @@ def _stage_runs(name: str) -> list[Any]:
             name=DeploymentFilterName(any_=[name])))
 
 
+@pytest.mark.slow
 def test_train_on_a_second_pool_through_the_dvc_remote(prefect_api: str, tmp_path: Path,
                                                         monkeypatch: pytest.MonkeyPatch
                                                         ) -> None:
@@ -250,6 +251,7 @@ def test_train_on_a_second_pool_through_the_dvc_remote(prefect_api: str, tmp_pat
         _kill_tree(mlflow_proc)
 
 
+@pytest.mark.slow
 def test_placement_needs_a_shared_tracking_server_and_known_stages(tmp_path: Path,
                                                                    monkeypatch) -> None:
     from flows.retrain import _check_dvc_remote, _check_shared_tracking

@@ -93,6 +93,7 @@ def _reference(model_dir: Path, d: dict[str, Path]) -> list[str]:
                               max_new_tokens=MAX_NEW, progress=False)
 
 
+@pytest.mark.slow
 def test_champion_answers_multi_image_queries(tmp_path, dirs, store):
     eval_path = tmp_path / "eval.json"
     eval_path.write_text(json.dumps(eval_json()))

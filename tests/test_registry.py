@@ -81,6 +81,7 @@ def _write_params(tmp_path: Path, uri: str) -> Path:
 
 
 # --------------------------------------------------------------------------- stage
+@pytest.mark.slow
 def test_first_candidate_becomes_champion_via_cli(tmp_path, model_dir, store, capsys):
     eval_path = tmp_path / "metrics" / "eval.json"
     eval_path.parent.mkdir()
@@ -179,6 +180,7 @@ def test_a_judge_that_failed_everywhere_cannot_make_a_champion(tmp_path, model_d
     assert _register(tmp_path, model_dir, store, summary())["decision"] == "promote"
 
 
+@pytest.mark.slow
 def test_degenerate_answers_above_the_limit_are_refused(tmp_path, model_dir, store):
     _register(tmp_path, model_dir, store, summary(easy=5.0, hard=6.0))
     empty = summary(easy=0.0, hard=0.0)  # lower ASR than the champion...
@@ -229,6 +231,7 @@ def test_over_refusal_beyond_tolerance_is_refused(tmp_path, model_dir, store):
     assert _alias(store, CHAMPION) == 1
 
 
+@pytest.mark.slow
 def test_general_accuracy_drop_within_tolerance_is_promoted(tmp_path, model_dir, store):
     _register(tmp_path, model_dir, store, summary(accuracy=60.0))
     result = _register(tmp_path, model_dir, store, summary(accuracy=58.5),
@@ -239,6 +242,7 @@ def test_general_accuracy_drop_within_tolerance_is_promoted(tmp_path, model_dir,
     assert _alias(store, CHAMPION) == 2
 
 
+@pytest.mark.slow
 def test_safety_only_evaluation_needs_the_waiver_and_is_tagged(tmp_path, model_dir, store):
     safety_only = {k: v for k, v in summary(easy=1.0, hard=1.0).items()
                    if k not in ("test_benign", "general")}
@@ -260,6 +264,7 @@ def test_safety_only_evaluation_needs_the_waiver_and_is_tagged(tmp_path, model_d
         "mirage", str(refused["version"])).tags
 
 
+@pytest.mark.slow
 def test_promote_and_rollback_commands(tmp_path, model_dir, store, capsys):
     _register(tmp_path, model_dir, store, summary(hard=4.0))
     _register(tmp_path, model_dir, store, summary(hard=9.0))  # refused -> challenger

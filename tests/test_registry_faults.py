@@ -64,6 +64,7 @@ def _versions(uri: str) -> dict[int, dict]:
             for v in client.search_model_versions("name='mirage'")}
 
 
+@pytest.mark.slow
 def test_a_race_is_decided_against_the_champion_at_promotion_time(tmp_path, model_dir,
                                                                    tmp_path_factory):
     """A is packaged while B (better) gets promoted: A's gate, taken again at promotion time,
@@ -87,6 +88,7 @@ def test_a_race_is_decided_against_the_champion_at_promotion_time(tmp_path, mode
         1: "applied", 2: "applied", 3: "applied"}
 
 
+@pytest.mark.slow
 def test_two_register_processes_racing_leave_the_best_champion(tmp_path, model_dir,
                                                                 tmp_path_factory):
     uri = fresh_store(tmp_path_factory, tmp_path / "store")

@@ -81,6 +81,7 @@ def _query(tmp_path: Path) -> pd.DataFrame:
                          "images": [[str(img1), str(img2)]]})
 
 
+@pytest.mark.slow
 def test_a_reference_version_is_small_loads_anywhere_and_refuses_tampered_weights(
         repo, tmp_path, monkeypatch):
     store = f"sqlite:///{tmp_path / 'mlflow.db'}"
@@ -135,6 +136,7 @@ def test_a_reference_version_is_small_loads_anywhere_and_refuses_tampered_weight
         mlflow.pyfunc.load_model(ref["model_uri"])
 
 
+@pytest.mark.slow
 def test_reference_needs_a_committed_dvc_out_and_a_remote(repo, tmp_path):
     store = f"sqlite:///{tmp_path / 'mlflow.db'}"
     (tmp_path / "eval.json").write_text(json.dumps(eval_json()))

@@ -49,6 +49,7 @@ def test_report_from_eval_files(tmp_path: Path, capsys: pytest.CaptureFixture[st
     assert "wrote " in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_experiment_rows_read_the_workspace_and_experiments_through_dvc(
         tmp_path: Path) -> None:
     dvc = dvc_executable()

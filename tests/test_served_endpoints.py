@@ -37,6 +37,7 @@ def _endpoint(url: str, model: str, **kw) -> EndpointConfig:
                           backoff_s=0.1, concurrency=2, **kw)
 
 
+@pytest.mark.slow
 def test_teacher_judge_and_eval_judge_count_garbage_as_malformed(garbage_server,
                                                                    tmp_path_factory, tmp_path):
     url, model = garbage_server

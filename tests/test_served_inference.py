@@ -42,6 +42,7 @@ def _answers(work: Path) -> dict:
                                                          "responses_mirage.jsonl")}
 
 
+@pytest.mark.slow
 def test_served_answers_equal_in_process_ones_and_a_killed_server_heals(tmp_path_factory,
                                                                          tmp_path,
                                                                          monkeypatch):
@@ -99,6 +100,7 @@ def test_served_answers_equal_in_process_ones_and_a_killed_server_heals(tmp_path
     assert healed["mirage"] == hf["mirage"]
 
 
+@pytest.mark.slow
 def test_mirage_serve_a_registered_model(tmp_path, tmp_path_factory, monkeypatch):
     """``mirage serve models:/mirage@champion``: downloads the version, serves it, prints
     the URL; the openai client gets an answer for a two-image query."""

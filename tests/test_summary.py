@@ -101,6 +101,7 @@ def test_summary_without_an_evaluation(project, capsys):
     assert "no evaluation yet (run `dvc repro`)" in _summary(capsys)
 
 
+@pytest.mark.slow
 def test_summary_from_files_with_a_champion(project, capsys, tmp_path_factory):
     _registry_with_champion(project, tmp_path_factory)
     out = _summary(capsys, "--all", "--no-dvc")
@@ -127,6 +128,7 @@ def test_summary_without_store_or_champion(project, capsys, tmp_path_factory):
     assert "no champion yet for registered model 'mirage'" in out
 
 
+@pytest.mark.slow
 def test_summary_runs_dvc_metrics_show(project, capsys):
     dvc = dvc_executable()
     if dvc is None:

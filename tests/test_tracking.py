@@ -199,6 +199,7 @@ def test_tracking_uri_resolution(tmp_path, monkeypatch):
     assert resolve_tracking_uri(CFG) == "http://127.0.0.1:5000"
 
 
+@pytest.mark.slow
 def test_dvc_invocation_key_is_shared_by_the_stages_of_one_repro(tmp_path, monkeypatch):
     """A fake `dvc` that, like DVC, runs each stage command through a shell."""
     clean_env(monkeypatch)
@@ -275,6 +276,7 @@ def mlflow_server(tmp_path: Path, tmp_path_factory: pytest.TempPathFactory,
     return {"url": url, "artifacts": artifacts}
 
 
+@pytest.mark.slow
 def test_stage_run_and_register_against_a_real_server(tmp_path, monkeypatch, mlflow_server,
                                                       tmp_path_factory):
     clean_env(monkeypatch)

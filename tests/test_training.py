@@ -41,6 +41,7 @@ def _state(path: Path) -> dict[str, torch.Tensor]:
 
 
 # --------------------------------------------------------------------------- full
+@pytest.mark.slow
 def test_full_sft_with_mlflow_frozen_vision_and_reload(sft_world, tmp_path, monkeypatch):
     import mlflow
     from transformers import AutoModelForImageTextToText, AutoProcessor
@@ -153,6 +154,7 @@ def test_general_ratio_without_general_data_fails_naming_the_key(sft_world, tmp_
 
 
 # --------------------------------------------------------------------------- resume
+@pytest.mark.slow
 @pytest.mark.parametrize("method", ["full", "lora"])
 def test_interrupted_run_resumes_to_the_same_result(sft_world, tmp_path, method, caplog):
     """Weights, optimizer, scheduler, RNG and data order come back from the checkpoint:
@@ -184,6 +186,7 @@ def test_interrupted_run_resumes_to_the_same_result(sft_world, tmp_path, method,
 
 
 # --------------------------------------------------------------------------- DDP
+@pytest.mark.slow
 def test_two_process_accelerate_launch(sft_world, tmp_path):
     params = tmp_path / "params.yaml"
     params.write_text(yaml.safe_dump({"data": {"world": {"image_size": IMAGE_SIZE}},
@@ -386,6 +389,7 @@ def test_vision_cache_refuses_a_training_tower_and_an_inner_projector(sft_world)
     assert auto.train.cache_vision_features == "auto"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", ["full", "lora"])
 def test_training_with_cached_vision_features_reaches_the_same_model(sft_world, tmp_path, method):
     # 20 steps of 4 over 60 rows: a third of the way into the second epoch, cache hits
@@ -405,6 +409,7 @@ def test_training_with_cached_vision_features_reaches_the_same_model(sft_world, 
         torch.testing.assert_close(a[key], b[key], atol=1e-5, rtol=1e-4)
 
 
+@pytest.mark.slow
 def test_packed_training_reaches_the_same_model(sft_world, tmp_path, monkeypatch):
     from mirage_safety.training import packing
 
@@ -434,6 +439,7 @@ def test_packed_training_reaches_the_same_model(sft_world, tmp_path, monkeypatch
         assert "mirage_varlen" not in json.dumps(saved)
 
 
+@pytest.mark.slow
 def test_packed_lora_training_with_labelled_logits_reaches_the_same_adapter(sft_world, tmp_path):
     # through PEFT's wrapper: the attention switch finds the base model, logits_to_keep and
     # shift_labels pass through its forward.  It also needs lora_A drawn from train.seed:
@@ -451,6 +457,7 @@ def test_packed_lora_training_with_labelled_logits_reaches_the_same_adapter(sft_
         torch.testing.assert_close(b[key], a[key], atol=1e-5, rtol=1e-4)
 
 
+@pytest.mark.slow
 def test_preprocessed_once_batches_and_training_equal_the_per_batch_ones(sft_world, tmp_path):
     from mirage_safety.models.loading import load_for_inference
     from mirage_safety.training.collator import ChatCollator
