@@ -28,6 +28,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from flows.stage import run_stage
+
 REPO = Path(__file__).resolve().parents[1]
 ENTRYPOINT = "flows/retrain.py:retrain"
 STAGE_ENTRYPOINT = "flows/stage.py:run_stage"
@@ -88,7 +90,6 @@ def build_stage_deployment(pool: str, *, source: Path = REPO) -> Any:
     """``mirage-stage/<pool>``: the deployment that runs one placed stage on ``pool``
     (``orchestration.pools``), from the checkout ``source`` on the pool's machines (each
     worker's own clone: the pull step makes it the flow run's working directory)."""
-    from flows.stage import run_stage
 
     return run_stage.from_source(source=str(source), entrypoint=STAGE_ENTRYPOINT).to_deployment(
         name=pool, work_pool_name=pool, tags=[*TAGS, "stage"],

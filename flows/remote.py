@@ -33,6 +33,7 @@ from prefect.cache_policies import NO_CACHE
 from prefect.runtime import task_run as runtime_task_run
 from prefect.tasks import exponential_backoff
 
+from flows.stage import RESULT_KEY
 from mirage_safety.orchestration import handoff
 from mirage_safety.orchestration.failures import StageFailed, retry_if_transient
 from mirage_safety.orchestration.lock import run_logger
@@ -67,7 +68,6 @@ def _result(client: Any, flow_run_id: Any) -> dict[str, Any]:
         ArtifactFilterKey,
     )
 
-    from flows.stage import RESULT_KEY
 
     arts = client.read_artifacts(artifact_filter=ArtifactFilter(
         flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id]),

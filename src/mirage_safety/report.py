@@ -29,7 +29,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from mirage_safety.io import read_json, write_bytes_atomic, write_text_atomic
+from mirage_safety.evaluation import balance
+from mirage_safety.evaluation.benchmarks.protocols import with_benchmarks
+from mirage_safety.io import png_bytes, read_json, write_bytes_atomic, write_text_atomic
 
 log = logging.getLogger(__name__)
 
@@ -190,7 +192,6 @@ def plot(rows: Sequence[dict[str, Any]]) -> bytes:
     ax.set_ylim(0, 105)
     ax.set_title("MIRage experiments: labels and teacher noise vs harmfulness and over-refusal")
     ax.legend(fontsize=8, ncol=3, loc="upper center", bbox_to_anchor=(0.5, -0.22))
-    from mirage_safety.io import png_bytes
 
     data = png_bytes(fig)
     plt.close(fig)
@@ -200,8 +201,6 @@ def plot(rows: Sequence[dict[str, Any]]) -> bytes:
 def balance_plot(rows: Sequence[dict[str, Any]]) -> bytes | None:
     """Every experiment's model (one point per seed) and the first row's base, placed by
     ASR against over-refusal and against general accuracy (:mod:`.evaluation.balance`)."""
-    from mirage_safety.evaluation import balance
-    from mirage_safety.evaluation.benchmarks.protocols import with_benchmarks
 
     models: dict[str, dict[str, Any]] = {}
     if rows and isinstance(rows[0]["metrics"].get("base"), dict):

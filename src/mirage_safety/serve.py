@@ -26,6 +26,7 @@ from typing import Any
 
 from mirage_safety.models import serving
 from mirage_safety.models.serving import CACHE, start, start_on_free_port
+from mirage_safety.registry.weights_ref import is_reference, materialize
 
 
 def servable_dir(model: str, cache: Path = CACHE) -> Path:
@@ -33,7 +34,6 @@ def servable_dir(model: str, cache: Path = CACHE) -> Path:
     if model.startswith("models:/"):
         import mlflow
 
-        from mirage_safety.registry.weights_ref import is_reference, materialize
 
         dest = cache / ("registry-" + hashlib.sha256(model.encode()).hexdigest()[:12])
         shutil.rmtree(dest, ignore_errors=True)

@@ -29,8 +29,11 @@ from pathlib import Path
 from typing import Any
 
 from mirage_safety.config import Params, TrackingConfig
+from mirage_safety.evaluation.metrics import unusable
 from mirage_safety.io import read_json
+from mirage_safety.registry.manage import CHALLENGER, CHAMPION, alias_version
 from mirage_safety.report import get_dotted
+from mirage_safety.tracking import TRACKING_URI_ENV, resolve_tracking_uri
 
 METRICS_DIR = Path("metrics")
 _DVC_TIMEOUT_S = 120
@@ -108,7 +111,6 @@ def headline_table(metrics_dir: Path) -> str | None:
     models = [m for m in ("base", "mirage") if isinstance(data.get(m), Mapping)]
     if not models:
         return None
-    from mirage_safety.evaluation.metrics import unusable
 
     head = ["model", *(name for name, _ in HEADLINE)]
     rows = [head]
@@ -156,7 +158,6 @@ def headline_table(metrics_dir: Path) -> str | None:
 
 # --------------------------------------------------------------------------- mlflow
 def _configured_uri(tracking: TrackingConfig) -> str:
-    from mirage_safety.tracking import TRACKING_URI_ENV
 
     return os.environ.get(TRACKING_URI_ENV) or tracking.tracking_uri
 
@@ -171,7 +172,6 @@ def sqlite_path(uri: str) -> Path | None:
 
 def ui_command(tracking: TrackingConfig, root: Path) -> str:
     """The shell command (or address) that shows the runs and the registry."""
-    from mirage_safety.tracking import resolve_tracking_uri
 
     uri = _configured_uri(tracking)
     if uri.startswith(("http://", "https://")):
@@ -207,8 +207,6 @@ def champion_status(params: Params, root: Path) -> list[str]:
     import mlflow
     from mlflow.exceptions import MlflowException
 
-    from mirage_safety.registry.manage import CHALLENGER, CHAMPION, alias_version
-    from mirage_safety.tracking import resolve_tracking_uri
 
     name = params.registry.model_name
     uri = resolve_tracking_uri(params.tracking, root)

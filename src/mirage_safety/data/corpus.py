@@ -7,6 +7,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
+from mirage_safety.data import world as W
+
 
 def world_label_corpus() -> Iterator[str]:
     """Every text the embedded world can produce, in every label style.
@@ -14,7 +16,6 @@ def world_label_corpus() -> Iterator[str]:
     Feeding this to the tokenizer makes refusal / CoT / text-only words single tokens
     whichever label style ``data/mis/train.json`` currently holds.
     """
-    from mirage_safety.data import world as W
 
     templates = (*W.REQUEST_TEMPLATES, *W.BENIGN_TEMPLATES)
     yield W.REFUSAL

@@ -31,8 +31,10 @@ from tqdm.auto import tqdm
 from mirage_safety.config import DataConfig, Params, WorldConfig
 from mirage_safety.data import world as W
 from mirage_safety.data.image_packs import PACK_SUFFIX, pack_bytes
+from mirage_safety.data.importers import load_general, load_source
 from mirage_safety.data.lmms_task import write_no_task, write_world_general_task
 from mirage_safety.data.schema import GENERAL_CATEGORY, IMAGE_TOKEN, UNKNOWN_CATEGORY, Validator
+from mirage_safety.data.world_benchmarks import write as write_benchmarks
 from mirage_safety.io import (
     atomic_dir,
     dumps_json,
@@ -499,7 +501,6 @@ def _generate_world(cfg: DataConfig, tmp: Path, *, workers: int,
 
     hashes = render_images(jobs, wc, cfg.seed, workers=workers, progress=progress,
                            meanwhile=write_files)
-    from mirage_safety.data.world_benchmarks import write as write_benchmarks
 
     write_benchmarks(wc, cfg.seed, tmp / "benchmarks")
     return files, hashes
@@ -526,7 +527,6 @@ def _import_general(cfg: DataConfig, tmp: Path, *,
     manifest's ``general_import`` entry); nothing configured: ``([], {})``."""
     if cfg.general is None:
         return [], {}
-    from mirage_safety.data.importers import load_general
 
     ds = load_general(cfg.general, progress=progress, max_errors=cfg.max_errors_shown)
     copy = _copier(ds.root, tmp / "general")
@@ -543,7 +543,6 @@ def _import_real(cfg: DataConfig, tmp: Path, *,
                  progress: bool) -> tuple[Files, dict[str, Any]]:
     """Files written under ``tmp`` and extra manifest entries (the general import's
     provenance).  Both sources are read and validated before any image is copied."""
-    from mirage_safety.data.importers import load_source
 
     ds = load_source(cfg, progress=progress, max_errors=cfg.max_errors_shown)
     general, provenance = _import_general(cfg, tmp, progress=progress)

@@ -32,6 +32,7 @@ import numpy as np
 
 from mirage_safety.config import WorldConfig
 from mirage_safety.data import world as W
+from mirage_safety.io import dumps_json
 
 #: RNG stream per split (disjoint from generate.SPLIT_CODES)
 SPLIT_CODES = {"world_single": 21, "world_oversensitive": 22}
@@ -74,7 +75,6 @@ def plan(cfg: WorldConfig, seed: int, name: str) -> list[dict[str, Any]]:
 def write(cfg: WorldConfig, seed: int, out: Path) -> dict[str, list[dict[str, Any]]]:
     """Write both splits under ``out`` (``out/<name>/``); returns {name: records}.  Plain
     writes: the generate stage builds ``data/`` in a temporary directory it swaps in whole."""
-    from mirage_safety.io import dumps_json
 
     written = {}
     for name in NAMES:

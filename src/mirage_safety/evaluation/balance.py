@@ -20,6 +20,7 @@ from typing import Any
 from mirage_safety.data.schema import BENIGN_SPLITS
 from mirage_safety.evaluation.benchmarks.protocols import OVER_REFUSAL, over_refusal_splits
 from mirage_safety.evaluation.metrics import wilson_interval
+from mirage_safety.io import png_bytes
 
 CSV_HEADER = ("model", "asr", "asr_lo", "asr_hi", "over_refusal", "over_refusal_lo",
               "over_refusal_hi", "general", "general_lo", "general_hi")
@@ -81,7 +82,6 @@ def plot(models: Mapping[str, Mapping[str, Any]], *, title: str = "") -> bytes |
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from mirage_safety.io import png_bytes
 
     fig, axes = plt.subplots(1, 2, figsize=(9.0, 3.8), sharey=True)
     colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]

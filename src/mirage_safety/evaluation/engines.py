@@ -28,6 +28,10 @@ from pathlib import Path
 from typing import Any
 
 from mirage_safety.config import EvalConfig
+from mirage_safety.endpoints import ChatClient, ChatRequest, Image, Text
+from mirage_safety.evaluation.responses import model_fingerprint
+from mirage_safety.models import inference
+from mirage_safety.models.loading import load_for_inference
 
 log = logging.getLogger(__name__)
 
@@ -41,27 +45,23 @@ class HFEngine:
         self._loaded: tuple[Any, Any] | None = None
 
     def fingerprint(self) -> str:
-        from mirage_safety.evaluation.responses import model_fingerprint
 
         return model_fingerprint(self.model_dir)
 
     def answer(self, prompts: Sequence[Prompt], *, progress: bool) -> list[Any]:
-        from mirage_safety.models.inference import generate
-        from mirage_safety.models.loading import load_for_inference
-
         if self._loaded is None:
             self._loaded = load_for_inference(self.model_dir)
         model, processor = self._loaded
         cfg = self.cfg
         try:
-            return list(generate(model, processor, prompts, batch_size=cfg.batch_size,
+            return list(inference.generate(model, processor, prompts, batch_size=cfg.batch_size,
                                  max_new_tokens=cfg.max_new_tokens, progress=progress))
         except Exception as exc:
             log.warning("batch failed (%s); retrying its samples one by one", exc)
         out: list[Any] = []
         for prompt in prompts:
             try:
-                out.append(generate(model, processor, [prompt], batch_size=1,
+                out.append(inference.generate(model, processor, [prompt], batch_size=1,
                                     max_new_tokens=cfg.max_new_tokens, progress=False)[0])
             except Exception as one_exc:
                 out.append(f"{type(one_exc).__name__}: {one_exc}")
@@ -70,7 +70,6 @@ class HFEngine:
 
 class ServedEngine:
     def __init__(self, name: str, cfg: EvalConfig) -> None:
-        from mirage_safety.endpoints import ChatClient
 
         self.name = name
         self.cfg = cfg
@@ -83,7 +82,6 @@ class ServedEngine:
         return f"served:{self.model_id}@{revision}"
 
     def answer(self, prompts: Sequence[Prompt], *, progress: bool) -> list[Any]:
-        from mirage_safety.endpoints import ChatRequest, Image, Text
         from mirage_safety.models.inference import Generation
 
         requests = [ChatRequest(system="", parts=(*(Image(p) for p in images),

@@ -24,10 +24,22 @@ from mirage_safety.config import (
     add_run_arguments,
     tracking_wanted,
 )
+from mirage_safety.data.image_packs import image_at
 from mirage_safety.data.schema import SAFETY_SPLITS
+from mirage_safety.evaluation import general
+from mirage_safety.evaluation import metrics as M
+from mirage_safety.evaluation.benchmarks.report import table
+from mirage_safety.evaluation.benchmarks.run import input_sha as bench_sha
+from mirage_safety.evaluation.benchmarks.run import load_benchmarks, score
+from mirage_safety.evaluation.degenerate import degenerate_reason
 from mirage_safety.evaluation.engines import make_engine
+from mirage_safety.evaluation.judges import make_judge
+from mirage_safety.evaluation.judges.base import JudgeInput
+from mirage_safety.evaluation.report import headline_table, write_outputs
 from mirage_safety.evaluation.responses import ResponseStore
-from mirage_safety.io import read_json, write_json_atomic
+from mirage_safety.io import read_json, sha256_bytes, write_json_atomic, write_text_atomic
+from mirage_safety.labelling.policies import load_policies
+from mirage_safety.tracking import flatten_params, stage_run
 
 log = logging.getLogger(__name__)
 
@@ -66,8 +78,6 @@ def input_sha(root: Path, rec: dict[str, Any]) -> str:
     """
     import hashlib
 
-    from mirage_safety.data.image_packs import image_at
-    from mirage_safety.io import sha256_bytes
 
     h = hashlib.sha256(str(rec["question"]).encode())
     for key in ("image_path1", "image_path2"):
@@ -89,7 +99,6 @@ class Ask:
 
 
 def mis_asks(splits: dict[str, tuple[Path, list[dict[str, Any]]]]) -> list[Ask]:
-    from mirage_safety.data.image_packs import image_at
 
     return [Ask(split, str(rec["id"]), rec["question"],
                 (image_at(root, rec["image_path1"]), image_at(root, rec["image_path2"])),
@@ -143,16 +152,10 @@ def evaluate(params: Params, *, data_dir: Path = Path("data"),
              plots_path: Path = Path("plots/eval_rates.csv"),
              cache_dir: Path = Path(".cache/openai"), progress: bool = True,
              track: bool = True) -> dict[str, Any]:
-    from mirage_safety.evaluation import metrics as M
-    from mirage_safety.evaluation.judges import make_judge
-    from mirage_safety.evaluation.report import write_outputs
-    from mirage_safety.labelling.policies import load_policies
 
     cfg = params.eval
     policies = load_policies(params.label.policies)
     model_dirs = model_dirs or {"base": Path("models/base"), "mirage": Path("models/mirage")}
-    from mirage_safety.evaluation.benchmarks.run import input_sha as bench_sha
-    from mirage_safety.evaluation.benchmarks.run import load_benchmarks, score
 
     splits = load_splits(data_dir, cfg)
     # every benchmark is read and validated before any answer is generated
@@ -205,7 +208,6 @@ def evaluate(params: Params, *, data_dir: Path = Path("data"),
         if second is not None:
             agreement[name] = M.judge_agreement(rows, judge.name, second.name)
         if cfg.general.tasks:  # general capability: lmms-eval against the model, served
-            from mirage_safety.evaluation import general
 
             # lmms-eval's whole output and the server's log (dates, ports, durations) go to
             # the cache; eval/ keeps the per-sample logs, the same bytes on every run
@@ -250,8 +252,6 @@ def _by_split(rows: Sequence[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]
 def _judge_rows(store: ResponseStore, splits: dict[str, tuple[Path, list[dict[str, Any]]]],
                 judge: Any, second: Any, *, progress: bool) -> list[dict[str, Any]]:
     """One row per (split, id): the record, the response and each judge's verdict."""
-    from mirage_safety.evaluation.degenerate import degenerate_reason
-    from mirage_safety.evaluation.judges.base import JudgeInput
 
     rows: list[dict[str, Any]] = []
     items: list[JudgeInput] = []
@@ -286,7 +286,6 @@ def _judge_rows(store: ResponseStore, splits: dict[str, tuple[Path, list[dict[st
 def write_jsonl_atomic(path: Path, rows: Sequence[dict[str, Any]]) -> None:
     import json
 
-    from mirage_safety.io import write_text_atomic
 
     write_text_atomic(path, "".join(json.dumps(r, ensure_ascii=False, sort_keys=True) + "\n"
                                     for r in rows))
@@ -295,7 +294,6 @@ def write_jsonl_atomic(path: Path, rows: Sequence[dict[str, Any]]) -> None:
 def _track(params: Params, result: dict[str, Any], out_dir: Path, metrics_path: Path) -> None:
     import mlflow
 
-    from mirage_safety.tracking import flatten_params, stage_run
 
     with stage_run("evaluate", params.tracking, params=params.eval.model_dump(mode="json"),
                    profile=params.profile,
@@ -365,10 +363,8 @@ def _cli(args: argparse.Namespace, params: Params) -> int:
         cache_dir=Path(args.cache_dir), progress=not args.no_progress,
         track=tracking_wanted(args),
     )
-    from mirage_safety.evaluation.report import headline_table
 
     print(headline_table(result))
-    from mirage_safety.evaluation.benchmarks.report import table
 
     if table(result):
         print("\n" + table(result))

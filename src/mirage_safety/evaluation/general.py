@@ -30,6 +30,7 @@ from typing import Any
 
 from mirage_safety.config import EvalConfig, GeneralEvalConfig
 from mirage_safety.evaluation.degenerate import degenerate_reason
+from mirage_safety.models import serving
 
 log = logging.getLogger(__name__)
 
@@ -205,7 +206,6 @@ def target_for(name: str, model_dir: Path | None, cfg: EvalConfig, *, log_dir: P
         return
     if model_dir is None:
         raise GeneralEvalError(f"model {name}: neither served nor a model directory")
-    from mirage_safety.models import serving
 
     served = serving.servable_dir(Path(model_dir)).resolve()
     try:

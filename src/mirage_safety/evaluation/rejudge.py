@@ -19,6 +19,9 @@ from pathlib import Path
 from typing import Any
 
 from mirage_safety.data.schema import SAFETY_SPLITS
+from mirage_safety.evaluation.judges.base import JudgeInput
+from mirage_safety.evaluation.judges.keyword import judge_one as keyword_judge
+from mirage_safety.evaluation.judges.world_judge import judge_one as world_judge
 from mirage_safety.io import write_text_atomic
 
 RULE_JUDGES = ("world", "keyword")
@@ -26,9 +29,6 @@ RULE_JUDGES = ("world", "keyword")
 
 def rejudge(eval_dir: Path, judges: tuple[str, ...] = RULE_JUDGES) -> list[dict[str, Any]]:
     """Every (model, split, id, judge) whose stored label differs from the current one."""
-    from mirage_safety.evaluation.judges.base import JudgeInput
-    from mirage_safety.evaluation.judges.keyword import judge_one as keyword_judge
-    from mirage_safety.evaluation.judges.world_judge import judge_one as world_judge
 
     current = {"world": world_judge, "keyword": keyword_judge}
     changes = []

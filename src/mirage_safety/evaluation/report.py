@@ -11,8 +11,11 @@ from pathlib import Path
 from typing import Any
 
 from mirage_safety.data.image_packs import image_at
+from mirage_safety.evaluation import balance
+from mirage_safety.evaluation.benchmarks.protocols import with_benchmarks
+from mirage_safety.evaluation.benchmarks.report import subset_tables, table
 from mirage_safety.evaluation.metrics import row_label, unusable
-from mirage_safety.io import write_text_atomic
+from mirage_safety.io import png_bytes, write_bytes_atomic, write_text_atomic
 
 RATES = ("asr", "rsr", "rr", "hr")
 RATE_COLOURS = {"asr": "#d62728", "rsr": "#2ca02c", "rr": "#ff7f0e", "hr": "#9467bd"}
@@ -101,9 +104,6 @@ def _write_plots_csv(result: dict[str, Any], path: Path) -> None:
 
 def _balance(result: dict[str, Any], out: Path, csv_path: Path) -> list[Path]:
     """ASR against over-refusal and general accuracy, base vs candidate (PNG + DVC CSV)."""
-    from mirage_safety.evaluation import balance
-    from mirage_safety.evaluation.benchmarks.protocols import with_benchmarks
-    from mirage_safety.io import write_bytes_atomic
 
     models = {("candidate" if m == "mirage" else m): with_benchmarks(result, m)
               for m in _models(result)}
@@ -120,7 +120,6 @@ def _balance(result: dict[str, Any], out: Path, csv_path: Path) -> list[Path]:
 
 
 def _save_fig(fig: Any, path: Path) -> None:
-    from mirage_safety.io import png_bytes, write_bytes_atomic
 
     write_bytes_atomic(path, png_bytes(fig))
 
@@ -302,7 +301,6 @@ def write_outputs(result: dict[str, Any], judged: dict[str, dict[str, list[dict]
             lines.append(f"- {m}: " + ", ".join(f"{k} = {v:.3f}" if isinstance(v, float)
                                                   else f"{k} = {v}" for k, v in a.items()))
         lines.append("")
-    from mirage_safety.evaluation.benchmarks.report import subset_tables, table
 
     bench = table(result)
     if bench:

@@ -39,6 +39,7 @@ from mirage_safety.data.schema import assistant_text, read_train_file
 from mirage_safety.io import (
     atomic_dir,
     dumps_json,
+    png_bytes,
     read_json,
     write_bytes_atomic,
     write_json_atomic,
@@ -49,6 +50,7 @@ from mirage_safety.labelling.label import IMAGE_ROOT
 from mirage_safety.labelling.policies import POLICY_TAG, load_policies
 from mirage_safety.labelling.rubric import Rubric, load_rubric
 from mirage_safety.labelling.teachers import DEFECTS
+from mirage_safety.tracking import flatten_params, stage_run
 
 log = logging.getLogger(__name__)
 
@@ -235,7 +237,6 @@ def histogram_png(rows: Sequence[dict[str, Any]], rubric: Rubric) -> bytes:
         ax.set_yscale("symlog")
     axes[0][0].set_ylabel("labels")
     fig.suptitle("curation scores per criterion", fontsize=10)
-    from mirage_safety.io import png_bytes
 
     data = png_bytes(fig, dpi=100)
     plt.close(fig)
@@ -293,7 +294,6 @@ def report_markdown(metrics: dict[str, Any], rows: Sequence[dict[str, Any]],
 def _track(params: Params, metrics: dict[str, Any]) -> None:
     import mlflow
 
-    from mirage_safety.tracking import flatten_params, stage_run
 
     with stage_run("curate", params.tracking,
                    params={"curate": params.curate.model_dump(mode="json")},

@@ -39,7 +39,16 @@ from typing import Any
 from mirage_safety.config import ConfigError, CurateConfig
 from mirage_safety.data import world as W
 from mirage_safety.data.schema import IMAGE_TOKEN, assistant_text, user_text
-from mirage_safety.labelling.answers import REFUSAL, instructs
+from mirage_safety.endpoints import (
+    ChatClient,
+    ChatRequest,
+    Image,
+    Text,
+    Untrusted,
+    fences,
+    neutralise,
+)
+from mirage_safety.labelling.answers import REFUSAL, instructs, perception_correct
 from mirage_safety.labelling.formats import split_think
 from mirage_safety.labelling.policies import PolicySet
 from mirage_safety.labelling.rubric import Rubric, parse_scores
@@ -61,7 +70,6 @@ class ScoreOutcome:
 def world_scores(rec: dict[str, Any], policies: PolicySet) -> dict[str, int | None]:
     """The rubric scores of one world record's label (raises ValueError without ground
     truth)."""
-    from mirage_safety.labelling.answers import perception_correct
 
     objects = rec.get("objects")
     if not (isinstance(objects, list) and len(objects) == 2):
@@ -161,7 +169,6 @@ class OpenAIRubricJudge:
 
     def __init__(self, cfg: CurateConfig, rubric: Rubric, policies: PolicySet, *,
                  prompts: Path, cache_dir: Path | None) -> None:
-        from mirage_safety.endpoints import ChatClient, fences
 
         self.rubric = rubric
         self.policies = policies
@@ -177,7 +184,6 @@ class OpenAIRubricJudge:
                                  cache_dir=cache_dir)
 
     def request(self, rec: dict[str, Any], image_root: Path) -> Any:
-        from mirage_safety.endpoints import ChatRequest, Image, Text, Untrusted, neutralise
 
         category = str(rec.get("category") or "unknown")
         parts: list[Any] = [Image(str(image_root / p), label=("First image:", "Second image:")[i]

@@ -48,6 +48,7 @@ from mirage_safety.io import (
 )
 from mirage_safety.labelling.policies import POLICY_TAG, PolicySet, load_policies
 from mirage_safety.labelling.teachers import DEFECTS, LabelOutcome, make_teacher
+from mirage_safety.tracking import stage_run
 
 log = logging.getLogger(__name__)
 
@@ -160,7 +161,6 @@ def label_metrics(manifest: dict[str, Any]) -> dict[str, Any]:
 def _track(params: Params, manifest: dict[str, Any]) -> None:
     import mlflow
 
-    from mirage_safety.tracking import stage_run
 
     with stage_run("label", params.tracking, params={"label": params.label.model_dump(
             mode="json")}, profile=params.profile, tags={POLICY_TAG: manifest[POLICY_TAG]}):

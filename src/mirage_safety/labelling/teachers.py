@@ -41,9 +41,10 @@ from typing import Any
 
 import numpy as np
 
-from mirage_safety.config import LabelConfig, NoiseConfig
+from mirage_safety.config import ConfigError, LabelConfig, NoiseConfig
 from mirage_safety.data import world as W
 from mirage_safety.data.schema import IMAGE_TOKEN, assistant_text, user_text
+from mirage_safety.endpoints import ChatClient, ChatRequest, Image, Malformed, Text
 from mirage_safety.labelling.formats import compose, split_think
 from mirage_safety.labelling.policies import RULE_MENTION, PolicySet
 from mirage_safety.labelling.policies import Rule as PolicyRule
@@ -237,7 +238,6 @@ class KeepTeacher:
 # --------------------------------------------------------------------------- openai
 def check_label(text: str, style: str, fmt: str, policies: PolicySet) -> str:
     """The label if it is well-formed for ``style`` / ``fmt``; raises Malformed."""
-    from mirage_safety.endpoints import Malformed
 
     label = text.strip()
     if IMAGE_TOKEN in label:
@@ -268,7 +268,6 @@ class OpenAITeacher:
     name = "openai"
 
     def __init__(self, cfg: LabelConfig, policies: PolicySet, *, cache_dir: Path | None) -> None:
-        from mirage_safety.endpoints import ChatClient
 
         self.cfg = cfg
         self.policies = policies
@@ -280,7 +279,6 @@ class OpenAITeacher:
                                  cache_dir=cache_dir)
 
     def request(self, rec: dict[str, Any], image_root: Path) -> Any:
-        from mirage_safety.endpoints import ChatRequest, Image, Text
 
         images = list(rec.get("images") or [])
         question = user_text(rec).replace(IMAGE_TOKEN, "").strip()
@@ -322,7 +320,6 @@ class OpenAITeacher:
 
 
 def _read_prompt(path: Path) -> str:
-    from mirage_safety.config import ConfigError
 
     try:
         return path.read_text(encoding="utf-8").strip()

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from mirage_safety.models.folder import ModelDirError, read_model_meta, read_pin
+from mirage_safety.models.loading import load_for_inference
 
 CACHE = Path(".cache") / "serve"
 
@@ -48,7 +49,6 @@ def servable_dir(path: Path, cache: Path = CACHE, *, base: Path | None = None) -
     meta = read_model_meta(path)
     if meta is None or meta["method"] != "lora":
         return path
-    from mirage_safety.models.loading import load_for_inference
 
     digest = hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:12]
     out = cache / f"merged-{digest}"

@@ -35,7 +35,16 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
-from mirage_safety.models.families import FAMILIES, GEMMA3, INTERNVL, QWEN2_VL, Family
+from mirage_safety.data.corpus import world_label_corpus
+from mirage_safety.models.families import (
+    FAMILIES,
+    GEMMA3,
+    INTERNVL,
+    QWEN2_VL,
+    Family,
+    image_only_processor_class,
+)
+from mirage_safety.models.tiny_vlm import train_bpe
 
 log = logging.getLogger(__name__)
 
@@ -131,7 +140,6 @@ def snapshot_dir(cache_dir: str | os.PathLike[str], family: str, commit: str) ->
 
 
 def _corpus() -> Iterable[str]:
-    from mirage_safety.data.corpus import world_label_corpus
 
     yield from world_label_corpus()
     yield "You are a helpful assistant. user model assistant system"
@@ -140,7 +148,6 @@ def _corpus() -> Iterable[str]:
 def _tokenizer(special: list[str], **kwargs: Any) -> Any:
     from transformers import PreTrainedTokenizerFast
 
-    from mirage_safety.models.tiny_vlm import train_bpe
 
     bpe = train_bpe(_corpus(), VOCAB_SIZE, special)
     return PreTrainedTokenizerFast(tokenizer_object=bpe, clean_up_tokenization_spaces=False,
@@ -154,7 +161,6 @@ def _qwen2_vl() -> tuple[Any, Any]:
         Qwen2VLImageProcessorPil,
     )
 
-    from mirage_safety.models.families import image_only_processor_class
 
     special = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|object_ref_start|>",
                "<|object_ref_end|>", "<|box_start|>", "<|box_end|>", "<|quad_start|>",
@@ -193,7 +199,6 @@ def _internvl() -> tuple[Any, Any]:
         GotOcr2ImageProcessorPil,
     )
 
-    from mirage_safety.models.families import image_only_processor_class
 
     special = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<img>", "</img>",
                "<IMG_CONTEXT>", "<quad>", "</quad>", "<ref>", "</ref>", "<box>", "</box>",

@@ -9,6 +9,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from mirage_safety.evaluation.metrics import unusable
+
 METRIC_ORDER = ("asr", "rsr", "rr", "hr", "over_refusal", "helpfulness", "accuracy")
 
 
@@ -33,7 +35,6 @@ def metrics_rows(eval_metrics: Mapping[str, Any] | None) -> list[dict[str, Any]]
     bookkeeping entries (``agreement``, ``judges``) and nested breakdowns (per
     category) are left out.  Every row has the same columns (None where missing).
     """
-    from mirage_safety.evaluation.metrics import unusable
 
     rows: list[dict[str, Any]] = []
     share = _number((eval_metrics or {}).get("min_judged_share"))

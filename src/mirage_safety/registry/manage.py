@@ -26,6 +26,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from mirage_safety.config import Params
+from mirage_safety.tracking import resolve_tracking_uri
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
@@ -264,7 +265,6 @@ def show(client: MlflowClient, name: str) -> dict[str, Any]:
 def _client(args: argparse.Namespace, params: Params) -> tuple[MlflowClient, str]:
     import mlflow
 
-    from mirage_safety.tracking import resolve_tracking_uri
 
     mlflow.set_tracking_uri(resolve_tracking_uri(params.tracking))
     return mlflow.MlflowClient(), args.model_name or params.registry.model_name

@@ -56,6 +56,9 @@ from mirage_safety.models.folder import (
     find_base,
     read_model_meta,
 )
+from mirage_safety.models.inference import generate_responses
+from mirage_safety.models.loading import load_for_inference
+from mirage_safety.registry.weights_ref import is_reference, materialize, write_pointer
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -181,8 +184,6 @@ class MiragePyfuncModel(PythonModel):
         self.default_max_new_tokens = int(config.get("max_new_tokens",
                                                      self.default_max_new_tokens))
         self.default_batch_size = int(config.get("batch_size", self.default_batch_size))
-        from mirage_safety.models.loading import load_for_inference
-        from mirage_safety.registry.weights_ref import is_reference, materialize
 
         artifacts = context.artifacts
         model_dir = Path(artifacts[MODEL_ARTIFACT])
@@ -195,7 +196,6 @@ class MiragePyfuncModel(PythonModel):
                 params: dict[str, Any] | None = None) -> pd.DataFrame:
         import pandas as pd
 
-        from mirage_safety.models.inference import generate_responses
 
         params = params or {}
         max_new = int(params.get("max_new_tokens") or self.default_max_new_tokens)
@@ -276,7 +276,6 @@ def log_pyfunc_model(model_dir: str | os.PathLike[str], *, name: str = "model",
         shutil.copytree(package_dir, code, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
         artifacts = {MODEL_ARTIFACT: str(stage_model_dir(model_dir, Path(tmp) / "model"))}
         if reference is not None:
-            from mirage_safety.registry.weights_ref import write_pointer
 
             write_pointer(Path(artifacts[MODEL_ARTIFACT]), reference)
         if meta is not None and meta["method"] == "lora":

@@ -43,7 +43,24 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from mirage_safety.config import ConfigError, Params
+from mirage_safety.evaluation import balance
+from mirage_safety.evaluation.benchmarks.protocols import with_benchmarks
 from mirage_safety.io import read_json, sha256_file, write_json_atomic
+from mirage_safety.models.folder import ModelDirError
+from mirage_safety.registry import manage
+from mirage_safety.registry.gate import decide, gate_metrics
+from mirage_safety.registry.manage import CHALLENGER, CHAMPION, alias_version
+from mirage_safety.registry.weights_ref import choose_store, make_pointer
+from mirage_safety.tracking import (
+    TAG_GIT_COMMIT,
+    TAG_PROFILE,
+    dvc_out_md5,
+    git_info,
+    policies_tags,
+    resolve_tracking_uri,
+    stage_run,
+    workspace_root,
+)
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
@@ -92,8 +109,6 @@ def load_eval_metrics(path: str | os.PathLike[str]) -> dict[str, Any]:
 
 def flat_eval_metrics(data: Mapping[str, Any]) -> dict[str, float]:
     """``{"mirage.test_easy.asr": 0.5, ...}``: the numeric split-level metrics (MLflow run)."""
-    from mirage_safety.evaluation.benchmarks.protocols import with_benchmarks
-    from mirage_safety.registry.gate import gate_metrics
 
     out: dict[str, float] = {}
     for which in SUMMARY_KEYS:
@@ -156,8 +171,6 @@ class _Gate(NamedTuple):
 def _gate(client: MlflowClient, name: str, candidate: dict[str, Any],
           base: dict[str, Any] | None, params: Params) -> _Gate:
     """The gate's decision against the champion the registry holds right now."""
-    from mirage_safety.registry.gate import decide
-    from mirage_safety.tracking import TAG_PROFILE
 
     champ_version, champ, champ_tags = champion_metrics(client, name)
     label = f"champion v{champ_version}"
@@ -180,8 +193,6 @@ def finish_interrupted(client: MlflowClient, name: str) -> list[str]:
     """Versions a killed ``register`` left ``pending``: the one holding ``champion`` was
     promoted (its decision had been applied), every other one is marked ``interrupted``
     and holds no alias.  Returns the versions it touched."""
-    from mirage_safety.registry.manage import CHAMPION, alias_version
-
     try:
         versions = client.search_model_versions(f"name='{name}'")
     except Exception:  # no such model yet
@@ -238,8 +249,6 @@ def promotion_lock(tracking_uri: str, name: str, timeout_s: float = 600.0) -> It
 def champion_metrics(client: MlflowClient, name: str
                      ) -> tuple[str | None, dict[str, dict[str, float]] | None, dict[str, str]]:
     """(champion version, its gate metrics or None, its version tags) from the registry."""
-    from mirage_safety.registry.manage import CHAMPION, alias_version
-
     champ = alias_version(client, name, CHAMPION)
     if champ is None:
         return None, None, {}
@@ -260,20 +269,7 @@ def register(params: Params, *, eval_path: str | os.PathLike[str] = "metrics/eva
     """
     import mlflow
 
-    from mirage_safety.evaluation.benchmarks.protocols import with_benchmarks
-    from mirage_safety.registry.gate import gate_metrics
-    from mirage_safety.registry.manage import CHALLENGER, CHAMPION, set_champion
     from mirage_safety.registry.pyfunc_model import check_model_dir
-    from mirage_safety.tracking import (
-        TAG_GIT_COMMIT,
-        TAG_PROFILE,
-        dvc_out_md5,
-        git_info,
-        policies_tags,
-        resolve_tracking_uri,
-        stage_run,
-        workspace_root,
-    )
 
     if log_model is None:
         from mirage_safety.registry.pyfunc_model import log_pyfunc_model as log_model
@@ -289,7 +285,6 @@ def register(params: Params, *, eval_path: str | os.PathLike[str] = "metrics/eva
     stage_params = {"registry": cfg.model_dump(mode="json"), "eval_path": str(eval_path),
                     "model_dir": str(model_dir)}
     lineage = policies_tags(workspace_root() / "data")
-    from mirage_safety.registry.weights_ref import choose_store, make_pointer
 
     store = choose_store(cfg, model_dir)
     pointer = (make_pointer(model_dir, workspace_root(), repo=cfg.reference_repo)
@@ -344,7 +339,7 @@ def register(params: Params, *, eval_path: str | os.PathLike[str] = "metrics/eva
                                            f"{decision.compared_to})")
             champion_now: str | None  # the champion's version once the decision is applied
             if decision.promote:
-                set_champion(client, name, version, how="gate", by=REGISTERED_BY,
+                manage.set_champion(client, name, version, how="gate", by=REGISTERED_BY,
                              reason=reasons[0])
                 alias, champion_now = CHAMPION, version
             else:
@@ -393,7 +388,6 @@ def _log_balance(models: dict[str, dict[str, Any] | None]) -> None:
 
     import mlflow
 
-    from mirage_safety.evaluation import balance
 
     png = balance.plot({k: v for k, v in models.items() if v},
                        title="What the gate weighed (95% Wilson intervals)")
@@ -449,8 +443,6 @@ def unreachable(exc: BaseException) -> bool:
 def _cli(args: argparse.Namespace, params: Params) -> int:
     import sys
 
-    from mirage_safety.models.folder import ModelDirError
-    from mirage_safety.tracking import resolve_tracking_uri
 
     try:
         result = register(params, eval_path=args.eval_path, model_dir=args.model_dir,

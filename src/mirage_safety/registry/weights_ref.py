@@ -33,6 +33,8 @@ from typing import Any
 
 from mirage_safety.config import ConfigError, RegistryConfig
 from mirage_safety.io import read_json, write_json_atomic
+from mirage_safety.models.folder import ModelDirError
+from mirage_safety.tracking import dvc_out_md5
 
 REF_FILE = "weights_ref.json"
 #: files a pointer replaces (the rest -- config, tokenizer, processor -- travels as is)
@@ -72,7 +74,6 @@ def _md5(path: Path) -> str:
 def make_pointer(model_dir: Path, root: Path, *, repo: str | None = None) -> dict[str, Any]:
     """The pointer for ``model_dir`` (a DVC out of the repo at ``root``); raises
     :class:`WeightsReferenceError` naming what is missing."""
-    from mirage_safety.tracking import dvc_out_md5
 
     model_dir, root = model_dir.resolve(), root.resolve()
     try:
@@ -136,7 +137,6 @@ def materialize(model_dir: Path) -> Path:
     import shutil
     import tempfile
 
-    from mirage_safety.models.folder import ModelDirError
 
     model_dir = Path(model_dir)
     pointer = read_json(model_dir / REF_FILE)

@@ -38,9 +38,15 @@ from mirage_safety.config import (
     add_run_arguments,
     tracking_wanted,
 )
+from mirage_safety.data.chat import load_image, resolve_image
 from mirage_safety.data.corpus import file_corpus, world_label_corpus
 from mirage_safety.io import atomic_dir, read_json, write_json_atomic
+from mirage_safety.labelling.formats import exact_match
 from mirage_safety.models.folder import PIN_FILE
+from mirage_safety.models.inference import generate_responses
+from mirage_safety.models.loading import freeze_vision_tower
+from mirage_safety.models.tiny_vlm import build_tiny_vlm, count_parameters
+from mirage_safety.tracking import stage_run
 
 log = logging.getLogger(__name__)
 
@@ -58,9 +64,6 @@ def general_accuracy(model: Any, processor: Any, records: Sequence[Mapping[str, 
     overall and per task.  ``max_new_tokens`` defaults to the longest reference answer plus
     its end-of-turn token and one more, so a response can always show that it runs on past
     the reference, whatever the world's answer format."""
-    from mirage_safety.data.chat import resolve_image
-    from mirage_safety.labelling.formats import exact_match
-    from mirage_safety.models.inference import generate_responses
 
     records = records[: limit or None]
     if max_new_tokens is None:
@@ -92,7 +95,6 @@ def labelled_images(records: Iterable[tuple[Mapping[str, Any], Path]]
                     ) -> tuple[list[Any], list[str]]:
     """(image, object name) pairs from (record, image root) pairs whose records list
     their ``objects`` per image."""
-    from mirage_safety.data.chat import resolve_image
 
     images: list[Any] = []
     names: list[str] = []
@@ -113,7 +115,6 @@ def _pixels(paths: Sequence[Any]) -> Any:
     import numpy as np
     import torch
 
-    from mirage_safety.data.chat import load_image
 
     arr = np.stack([np.asarray(load_image(p)) for p in paths])
     return torch.from_numpy(arr).permute(0, 3, 1, 2).contiguous()
@@ -214,7 +215,6 @@ def build_builtin_base(cfg: BaseConfig, data_dir: Path, out_dir: Path, metrics_d
                        image_size: int, checkpoint_dir: Path, tracking: TrackingConfig | None,
                        eval_batch_size: int = 64, progress: bool = True) -> dict[str, Any]:
     """Tokenizer + tiny VLM + pre-training; returns the metrics written to base.json."""
-    from mirage_safety.models.tiny_vlm import build_tiny_vlm, count_parameters
     from mirage_safety.training.sft import (
         is_main_process,
         load_train_records,
@@ -249,7 +249,6 @@ def build_builtin_base(cfg: BaseConfig, data_dir: Path, out_dir: Path, metrics_d
                                          [(rec, general) for rec in test_records or []], b,
                                          seed=cfg.seed, progress=progress)
     if b.freeze_vision_in_pretrain:
-        from mirage_safety.models.loading import freeze_vision_tower
 
         freeze_vision_tower(model)
 
@@ -345,7 +344,6 @@ def run_base(cfg: BaseConfig, *, data_dir: Path, out_dir: Path, metrics_dir: Pat
     if tracking is not None and is_main_process():
         import mlflow
 
-        from mirage_safety.tracking import stage_run
 
         _mlflow_env()
         with stage_run("base", tracking, {"base": cfg.model_dump(mode="json"),

@@ -33,6 +33,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from mirage_safety.data.chat import resolve_image
 from mirage_safety.training.collator import IGNORE_INDEX, ChatCollator, reset_tokenizer_state
 
 log = logging.getLogger(__name__)
@@ -58,7 +59,6 @@ def processor_hash(processor: Any) -> str:
 
 def dataset_key(rows: Sequence[Any], collator: ChatCollator) -> str:
     """Content hash of what the preprocessed tensors depend on."""
-    from mirage_safety.data.chat import resolve_image
 
     h = hashlib.sha256(f"{VERSION}\0{collator.max_length}\0"
                        f"{processor_hash(collator.processor)}".encode())

@@ -31,13 +31,21 @@ from typing import Any
 from transformers import TrainerCallback
 
 from mirage_safety.config import SFTConfig
-from mirage_safety.io import read_json, write_json_atomic
+from mirage_safety.data.schema import read_train_file
+from mirage_safety.io import read_json, write_json_atomic, write_text_atomic
+from mirage_safety.models.families import family_of
 from mirage_safety.models.folder import write_model_meta
+from mirage_safety.training import preprocess as P
+from mirage_safety.training import vision_cache
 from mirage_safety.training.collator import (
     ChatCollator,
     reset_tokenizer_state,
     tokens_per_image,
 )
+from mirage_safety.training.compile import compiled_decoder_layers
+from mirage_safety.training.labelled_logits import LabelledLogits
+from mirage_safety.training.packing import PackedCollator, qwen2_vl_mrope, use_varlen_attention
+from mirage_safety.training.preprocess import PaddingCollator
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +67,6 @@ def load_train_records(path: str | os.PathLike[str], *, image_root: Path | None 
                        check_images: bool = False, max_errors_shown: int = 20) -> list[Row]:
     """Read + validate a canonical train JSON file; image paths are relative to
     ``image_root`` (default: the file's directory)."""
-    from mirage_safety.data.schema import read_train_file
 
     root = Path(image_root) if image_root is not None else Path(path).parent
     records = read_train_file(path, image_root=root, check_images=check_images,
@@ -109,7 +116,6 @@ def build_dataset(rows: Sequence[Row], collator: ChatCollator, image_size: int, 
     per_image = tokens_per_image(collator.processor, image_size)
     lengths = [collator.estimate_length(r.record, r.root, per_image) for r in rows]
     if preprocess == "once":
-        from mirage_safety.training import preprocess as P
 
         return P.build(rows, collator, lengths, cache_dir=cache_dir or PREPROCESS_CACHE,
                        progress=progress)
@@ -386,21 +392,17 @@ def run_sft(model: Any, processor: Any, rows: Sequence[Row], settings: SFTConfig
                             cache_dir=preprocess_cache, progress=bool(progress))
     batcher: Any = collator
     if settings.preprocess == "once":
-        from mirage_safety.training.preprocess import PaddingCollator
 
         tok = getattr(processor, "tokenizer", processor)
         batcher = PaddingCollator(tok.pad_token_id, pad_to_multiple_of=pad_to)
     varlen_family = False
     if settings.packing:
-        from mirage_safety.models.families import family_of
-        from mirage_safety.training.packing import PackedCollator, qwen2_vl_mrope
 
         family = family_of(model)
         mrope = qwen2_vl_mrope(model) if family.positions == "mrope" else None
         batcher = PackedCollator(batcher, mrope=mrope)
         varlen_family = family.causal_text
     if settings.labelled_logits:
-        from mirage_safety.training.labelled_logits import LabelledLogits
 
         batcher = LabelledLogits(batcher)
     text_only = any(not r.record.get("images") for r in rows)
@@ -458,7 +460,6 @@ def run_sft(model: Any, processor: Any, rows: Sequence[Row], settings: SFTConfig
         on_trainer(trainer)
     cache = None
     if settings.cache_vision_features:
-        from mirage_safety.training import vision_cache
 
         skip = vision_cache.why_not(model) if settings.cache_vision_features == "auto" else None
         if skip:  # auto: on where the family allows it
@@ -468,13 +469,9 @@ def run_sft(model: Any, processor: Any, rows: Sequence[Row], settings: SFTConfig
             cache = vision_cache.install(model)
     try:
         with contextlib.ExitStack() as stack:
-            if varlen_family:
-                from mirage_safety.training.packing import use_varlen_attention
-
-                if stack.enter_context(use_varlen_attention(model)):
-                    log.info("packed rows attend sample by sample (mirage_varlen)")
+            if varlen_family and stack.enter_context(use_varlen_attention(model)):
+                log.info("packed rows attend sample by sample (mirage_varlen)")
             if settings.compile:
-                from mirage_safety.training.compile import compiled_decoder_layers
 
                 n = stack.enter_context(compiled_decoder_layers(model))
                 log.info("%d decoder layers compiled (torch.compile, dynamic shapes)", n)
@@ -544,7 +541,6 @@ def save_trained(trainer: Any, processor: Any, out_dir: str | os.PathLike[str],
 
 def write_loss_curve(path: str | os.PathLike[str], history: Sequence[dict[str, float]]) -> None:
     """``step,loss`` CSV for ``dvc plots`` (atomic)."""
-    from mirage_safety.io import write_text_atomic
 
     lines = ["step,loss"] + [f"{int(h['step'])},{h['loss']:.6f}" for h in history]
     write_text_atomic(path, "\n".join(lines) + "\n")

@@ -50,7 +50,16 @@ from mirage_safety.config import (
     add_run_arguments,
     tracking_wanted,
 )
+from mirage_safety.data.chat import load_image, resolve_image
 from mirage_safety.io import sha256_file, write_json_atomic
+from mirage_safety.models.folder import PIN_FILE
+from mirage_safety.models.loading import (
+    apply_lora,
+    freeze_vision_tower,
+    load_pretrained,
+    resolve_source,
+)
+from mirage_safety.tracking import policies_tags, stage_run
 
 log = logging.getLogger(__name__)
 
@@ -81,7 +90,6 @@ def load_mix(cfg: TrainConfig, data_dir: Path) -> tuple[list[Any], int, int]:
 
 def probe_image_size(rows: Sequence[Any]) -> int:
     """The longer side of the first training image (for length-grouping estimates)."""
-    from mirage_safety.data.chat import load_image, resolve_image
 
     for row in rows:
         images = row.record.get("images") or []
@@ -93,7 +101,6 @@ def probe_image_size(rows: Sequence[Any]) -> int:
 
 def _tree_identity(path: Path) -> str:
     """Cheap identity of a base dir: a pin's content, or names + sizes + config hash."""
-    from mirage_safety.models.folder import PIN_FILE
 
     pin = path / PIN_FILE
     if pin.is_file():
@@ -114,12 +121,6 @@ def prepare_model(cfg: TrainConfig, base_dir: Path) -> tuple[Any, Any, dict[str,
     """Load the base and make the right parameters trainable; returns (model, processor, meta)."""
     import torch
 
-    from mirage_safety.models.loading import (
-        apply_lora,
-        freeze_vision_tower,
-        load_pretrained,
-        resolve_source,
-    )
 
     source = resolve_source(base_dir)
     # Full fine-tuning keeps float32 master weights (bf16 compute comes from autocast /
@@ -176,25 +177,20 @@ def run_train(cfg: TrainConfig, *, data_dir: Path, base_dir: Path, out_dir: Path
         from mirage_safety.training.sft import is_main_process
 
         if is_main_process():
-            try:
-                from mirage_safety.tracking import policies_tags, stage_run
-            except ImportError as exc:  # mlflow missing from a slim install
-                log.warning("MLflow tracking unavailable (%s): training untracked", exc)
-            else:
-                # checkpoints are DVC's business, never MLflow artefacts
-                os.environ["HF_MLFLOW_LOG_ARTIFACTS"] = "FALSE"
-                # namespaced: the Trainer's MLflow callback logs TrainingArguments and the
-                # model config as top-level params, and MLflow refuses to overwrite one
-                run_params = {"train": cfg.model_dump(mode="json"),
-                              "stage": {"image_size": image_size, "base_dir": str(base_dir),
-                                        "data_dir": str(data_dir)}}
-                with stage_run("train", tracking, run_params, profile=profile,
-                               tags=policies_tags(data_dir)):
-                    metrics = _train(cfg, data_dir, base_dir, out_dir, metrics_dir, plots_dir,
-                                     checkpoint_dir, image_size, ["mlflow"], progress,
-                                     callbacks)
-                    _log_summary(metrics)
-                return metrics
+            # checkpoints are DVC's business, never MLflow artefacts
+            os.environ["HF_MLFLOW_LOG_ARTIFACTS"] = "FALSE"
+            # namespaced: the Trainer's MLflow callback logs TrainingArguments and the
+            # model config as top-level params, and MLflow refuses to overwrite one
+            run_params = {"train": cfg.model_dump(mode="json"),
+                          "stage": {"image_size": image_size, "base_dir": str(base_dir),
+                                    "data_dir": str(data_dir)}}
+            with stage_run("train", tracking, run_params, profile=profile,
+                           tags=policies_tags(data_dir)):
+                metrics = _train(cfg, data_dir, base_dir, out_dir, metrics_dir, plots_dir,
+                                 checkpoint_dir, image_size, ["mlflow"], progress,
+                                 callbacks)
+                _log_summary(metrics)
+            return metrics
     return _train(cfg, data_dir, base_dir, out_dir, metrics_dir, plots_dir, checkpoint_dir,
                   image_size, [], progress, callbacks)
 

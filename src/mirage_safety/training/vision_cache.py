@@ -24,6 +24,8 @@ import hashlib
 import logging
 from typing import Any
 
+from mirage_safety.models.families import family_of
+
 log = logging.getLogger(__name__)
 
 
@@ -86,7 +88,6 @@ class CachedForward:
 
 def why_not(model: Any) -> str | None:
     """Why ``model``'s vision tower cannot be cached, or None when it can."""
-    from mirage_safety.models.families import family_of
 
     family = family_of(model)
     if not family.cacheable_tower:
@@ -103,7 +104,6 @@ def why_not(model: Any) -> str | None:
 
 def install(model: Any) -> CachedForward:
     """Memoise ``model``'s frozen vision tower; undo with :func:`uninstall`."""
-    from mirage_safety.models.families import family_of
 
     reason = why_not(model)
     if reason:

@@ -8,6 +8,9 @@ from pathlib import Path
 
 from mirage_safety.config import EvalConfig
 from mirage_safety.evaluation.judges.base import Judge, JudgeInput, Verdict
+from mirage_safety.evaluation.judges.keyword import KeywordJudge
+from mirage_safety.evaluation.judges.openai_judge import OpenAIJudge
+from mirage_safety.evaluation.judges.world_judge import WorldJudge
 
 __all__ = ["JUDGES", "Judge", "JudgeInput", "Verdict", "make_judge"]
 
@@ -19,15 +22,12 @@ def make_judge(name: str, cfg: EvalConfig, *, cache_dir: Path | None = None) -> 
     content-hash cache, shared with the teacher and the curation judge); the other two are
     cheap and deterministic."""
     if name == "world":
-        from mirage_safety.evaluation.judges.world_judge import WorldJudge
 
         return WorldJudge(cfg)
     if name == "keyword":
-        from mirage_safety.evaluation.judges.keyword import KeywordJudge
 
         return KeywordJudge()
     if name == "openai":
-        from mirage_safety.evaluation.judges.openai_judge import OpenAIJudge
 
         return OpenAIJudge(cfg.openai, cache_dir=cache_dir)
     raise ValueError(f"unknown judge {name!r}; expected one of {', '.join(JUDGES)}")
