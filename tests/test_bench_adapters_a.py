@@ -16,7 +16,7 @@ from bench_fixtures import mm_safetybench as mm_fx
 from bench_fixtures import siuo as siuo_fx
 from bench_fixtures import vlguard as vlguard_fx
 from mirage_safety.data.schema import DataValidationError
-from mirage_safety.evaluation.benchmarks.adapters import figstep, mm_safetybench, siuo, vlguard
+from mirage_safety.evaluation.benchmarks.catalog import figstep, mm_safetybench, siuo, vlguard
 from mirage_safety.evaluation.benchmarks.sample import BenchSample
 
 

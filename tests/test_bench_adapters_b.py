@@ -17,7 +17,7 @@ from bench_fixtures import mossbench as moss_fx
 from bench_fixtures import mssbench as mss_fx
 from bench_fixtures import vlsbench as vls_fx
 from mirage_safety.data.schema import DataValidationError
-from mirage_safety.evaluation.benchmarks.adapters import mis, mossbench, mssbench, vlsbench
+from mirage_safety.evaluation.benchmarks.catalog import mis, mossbench, mssbench, vlsbench
 from mirage_safety.evaluation.benchmarks.sample import BenchSample
 from realdata_fixtures import read_json, write_json, write_png
 

@@ -1,21 +1,25 @@
-"""Each benchmark protocol's metric on hand-computed outcomes, the local judges, the
-config checks and the registry gate on benchmark metrics."""
+"""What every registered benchmark module defines, each benchmark protocol's metric on
+hand-computed outcomes, the local judges, the config checks and the registry gate on
+benchmark metrics."""
 
 from __future__ import annotations
+
+import inspect
+import pkgutil
+from types import ModuleType
 
 import pytest
 import yaml
 
 from mirage_safety import cli
 from mirage_safety.config import ConfigError, RegistryConfig, parse_params
+from mirage_safety.evaluation.benchmarks import catalog, registry
 from mirage_safety.evaluation.benchmarks.judges import keyword_outcome, world_outcome
-from mirage_safety.evaluation.benchmarks.protocols import (
-    PROTOCOLS,
-    Outcome,
-    check_benchmarks,
-    with_benchmarks,
-)
+from mirage_safety.evaluation.benchmarks.judging import GUARDS, Stage
+from mirage_safety.evaluation.benchmarks.protocols import Outcome, Protocol
+from mirage_safety.evaluation.benchmarks.registry import PROTOCOLS, check_benchmarks
 from mirage_safety.evaluation.benchmarks.sample import BenchSample
+from mirage_safety.evaluation.benchmarks.summaries import with_benchmarks
 from mirage_safety.registry.gate import decide
 
 
@@ -35,6 +39,72 @@ def summarise(name: str, pairs):
     return PROTOCOLS[name].summarise(pairs)
 
 
+# ------------------------------------------------------------------ the benchmark contract
+#: per benchmark, a tiny scored set on which its metric gives every headline figure
+EXAMPLES = {
+    "mis": [(S("easy", 0), ok(label="unsafe")), (S("hard", 1), ok(label="rsr"))],
+    "vlguard": [(S("unsafes", 0), ok(refused=False, unsafe=True)),
+                (S("safe_safes", 1), ok(win="win"))],
+    "mm_safetybench": [(S("SD", 0), ok(unsafe=True)), (S("TYPO", 1), ok(unsafe=False))],
+    "figstep": [(S("all", 0), ok(unsafe=False))],
+    "siuo": [(S("all", 0), ok(safe=True, effective=False))],
+    "mssbench": [(S("safe", 0), ok(cls=2)), (S("unsafe", 1), ok(cls=0))],
+    "vlsbench": [(S("all", 0), ok(cls=1))],
+    "mossbench": [(S("benign", 0), ok(refused=True)), (S("harmful", 1), ok(refused=True))],
+    "world_single": [(S("easy", 0), ok(unsafe=True, refused=False))],
+    "world_oversensitive": [(S("benign_question", 0), ok(refused=False))],
+}
+
+
+def _key(module: ModuleType) -> str:
+    return module.__name__.rpartition(".")[2]
+
+
+def test_every_benchmark_module_is_registered() -> None:
+    found = {m.name for m in pkgutil.iter_modules(catalog.__path__)
+             if not m.name.startswith("_")}
+    listed = [_key(m) for m in registry.MODULES]
+    assert found == set(listed), (f"catalog modules not in registry.MODULES: "
+                                  f"{sorted(found - set(listed))}; listed but absent: "
+                                  f"{sorted(set(listed) - found)}")
+    assert len(listed) == len(set(listed)) == len(PROTOCOLS)
+    # a judgement's key is its judge cache's namespace: one benchmark's, never a guard's
+    keys = [s.key for p in PROTOCOLS.values() for s in p.stages]
+    assert len(keys) == len(set(keys)) and not set(keys) & set(GUARDS)
+
+
+@pytest.mark.parametrize("module", registry.MODULES, ids=_key)
+def test_benchmark_module_defines_what_the_registry_needs(module: ModuleType) -> None:
+    key = _key(module)
+    assert callable(getattr(module, "load", None)), f"{key}: no load(root, *, check_images)"
+    assert "check_images" in inspect.signature(module.load).parameters, key
+    proto = getattr(module, "PROTOCOL", None)
+    assert isinstance(proto, Protocol), f"{key}: no PROTOCOL = Protocol(...)"
+    assert proto.name == module.NAME == key, f"{key}: PROTOCOL.name and NAME must be {key!r}"
+    assert PROTOCOLS[key] is proto and registry.LOADERS[key] is module.load
+    # judges: accepted ones only, and the benchmark's own judge has its judgements
+    assert proto.judges and set(proto.subset_judges.values()) <= set(proto.judges), key
+    assert set(proto.needs) <= set(proto.judges), key
+    assert set(proto.guard_requests) <= set(GUARDS) & set(proto.judges), key
+    own = "protocol" in proto.judges and not proto.mis_judges
+    assert bool(proto.stages) == own, (
+        f"{key}: a benchmark accepting the 'protocol' judge lists its judgements in "
+        "PROTOCOL.stages (the MIS judge excepted), and only then")
+    assert all(isinstance(s, Stage) and callable(s.build) and callable(s.parse)
+               for s in proto.stages), key
+    # the metric: every headline figure (and the over-refusal one) on a tiny input
+    assert key in EXAMPLES, f"{key}: add a tiny scored example to EXAMPLES"
+    metrics = proto.summarise(EXAMPLES[key])
+    wanted = [h.key for h in proto.headline]
+    if proto.over_refusal is not None:
+        wanted.append(proto.over_refusal[0])
+    for figure in wanted:
+        assert isinstance(metrics.get(figure), float), f"{key}: metric gives no {figure!r}"
+    assert all(h.better in ("lower", "higher") for h in proto.headline), key
+    assert isinstance(proto.summarise([]), dict)  # no answer is no crash
+
+
+# ------------------------------------------------------------------------------ metrics
 def test_asr_counts_judge_errors_apart_with_wilson_interval() -> None:
     # 4 answers: 1 unsafe, 2 safe, 1 judge error -> ASR 1/3 over the judged answers
     pairs = [(S("SD", 0), ok(unsafe=True)), (S("SD", 1), ok(unsafe=False)),

@@ -17,7 +17,7 @@ import yaml
 
 from mirage_safety.cli import main as cli_main
 from mirage_safety.config import RegistryConfig
-from mirage_safety.evaluation.benchmarks.protocols import with_benchmarks
+from mirage_safety.evaluation.benchmarks.summaries import with_benchmarks
 from mirage_safety.registry.gate import decide, gate_metrics, safety_splits
 from mirage_safety.registry.manage import CHALLENGER, CHAMPION, HISTORY_TAG, PREVIOUS_TAG
 from mirage_safety.registry.register import (

@@ -239,7 +239,7 @@ def test_real_params_profile_validates():
     assert t.general_ratio == 0.11
     assert params.eval.judge == "openai"
     # the MIS test splits are harmful only: over-refusal comes from a benchmark by default
-    from mirage_safety.evaluation.benchmarks.protocols import OVER_REFUSAL_METRICS
+    from mirage_safety.evaluation.benchmarks.registry import OVER_REFUSAL_METRICS
 
     assert {n for n, b in params.eval.benchmarks.items()
             if b.enabled and (b.adapter or n) in OVER_REFUSAL_METRICS}

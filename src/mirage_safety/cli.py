@@ -21,7 +21,7 @@ import sys
 from mirage_safety import __version__, numerics
 from mirage_safety.config import DEFAULT_PARAMS, ConfigError, Params, load_params
 from mirage_safety.data.schema import DataValidationError
-from mirage_safety.evaluation.benchmarks.protocols import check_benchmarks
+from mirage_safety.evaluation.benchmarks.registry import check_benchmarks
 from mirage_safety.labelling.curate import CurationError
 from mirage_safety.labelling.label import LabellingError
 from mirage_safety.labelling.policies import PolicyError

@@ -201,7 +201,7 @@ def balance_plot(rows: Sequence[dict[str, Any]]) -> bytes | None:
     """Every experiment's model (one point per seed) and the first row's base, placed by
     ASR against over-refusal and against general accuracy (:mod:`.evaluation.balance`)."""
     from mirage_safety.evaluation import balance
-    from mirage_safety.evaluation.benchmarks.protocols import with_benchmarks
+    from mirage_safety.evaluation.benchmarks.summaries import with_benchmarks
 
     models: dict[str, dict[str, Any]] = {}
     if rows and isinstance(rows[0]["metrics"].get("base"), dict):

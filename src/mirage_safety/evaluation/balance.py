@@ -18,7 +18,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from mirage_safety.data.schema import BENIGN_SPLITS
-from mirage_safety.evaluation.benchmarks.protocols import OVER_REFUSAL, over_refusal_splits
+from mirage_safety.evaluation.benchmarks.summaries import OVER_REFUSAL, over_refusal_splits
 from mirage_safety.evaluation.metrics import wilson_interval
 
 CSV_HEADER = ("model", "asr", "asr_lo", "asr_hi", "over_refusal", "over_refusal_lo",

@@ -102,7 +102,7 @@ def _write_plots_csv(result: dict[str, Any], path: Path) -> None:
 def _balance(result: dict[str, Any], out: Path, csv_path: Path) -> list[Path]:
     """ASR against over-refusal and general accuracy, base vs candidate (PNG + DVC CSV)."""
     from mirage_safety.evaluation import balance
-    from mirage_safety.evaluation.benchmarks.protocols import with_benchmarks
+    from mirage_safety.evaluation.benchmarks.summaries import with_benchmarks
     from mirage_safety.io import write_bytes_atomic
 
     models = {("candidate" if m == "mirage" else m): with_benchmarks(result, m)

@@ -57,12 +57,11 @@ from typing import Any
 
 from mirage_safety.config import RegistryConfig
 from mirage_safety.data.schema import BENIGN_SPLITS
-from mirage_safety.evaluation.benchmarks.protocols import (
+from mirage_safety.evaluation.benchmarks.registry import OVER_REFUSAL_METRICS, PROTOCOLS
+from mirage_safety.evaluation.benchmarks.summaries import (
     BENCH_PREFIX,
     BENIGN_SPLIT,
     OVER_REFUSAL,
-    OVER_REFUSAL_METRICS,
-    PROTOCOLS,
     over_refusal_splits,
 )
 

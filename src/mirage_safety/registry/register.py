@@ -92,7 +92,7 @@ def load_eval_metrics(path: str | os.PathLike[str]) -> dict[str, Any]:
 
 def flat_eval_metrics(data: Mapping[str, Any]) -> dict[str, float]:
     """``{"mirage.test_easy.asr": 0.5, ...}``: the numeric split-level metrics (MLflow run)."""
-    from mirage_safety.evaluation.benchmarks.protocols import with_benchmarks
+    from mirage_safety.evaluation.benchmarks.summaries import with_benchmarks
     from mirage_safety.registry.gate import gate_metrics
 
     out: dict[str, float] = {}
@@ -260,7 +260,7 @@ def register(params: Params, *, eval_path: str | os.PathLike[str] = "metrics/eva
     """
     import mlflow
 
-    from mirage_safety.evaluation.benchmarks.protocols import with_benchmarks
+    from mirage_safety.evaluation.benchmarks.summaries import with_benchmarks
     from mirage_safety.registry.gate import gate_metrics
     from mirage_safety.registry.manage import CHALLENGER, CHAMPION, set_champion
     from mirage_safety.registry.pyfunc_model import check_model_dir

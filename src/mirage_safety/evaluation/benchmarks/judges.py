@@ -1,9 +1,10 @@
 """Judges of the external benchmarks: answers -> protocol outcomes (:mod:`.protocols`).
 
 - ``protocol``: the benchmark authors' own judge prompt on a VLM behind an OpenAI-compatible
-  endpoint (:mod:`.judging`); MIS uses the project's MIS judge (:mod:`..judges`).
+  endpoint (the stages of its protocol, in its module in :mod:`.catalog`); MIS uses the
+  project's MIS judge (:mod:`..judges`).
 - ``llama_guard`` / ``qwen3guard``: a served guard model classifies the (question, answer)
-  conversation; its own parser (:mod:`.guards`).
+  conversation; its own parser (:mod:`.guards`, its stage :func:`.judging.guard_stage`).
 - ``keyword``: refusal phrases (VLGuard's own ASR protocol), text only.
 - ``world``: the embedded world's ground truth (which objects the image shows, whether the
   request is harmful), for the embedded benchmark splits.
@@ -23,6 +24,8 @@ from pathlib import Path
 from typing import Any
 
 from mirage_safety.config import BenchmarkConfig
+from mirage_safety.endpoints import ChatClient
+from mirage_safety.evaluation.benchmarks.judging import PROMPT_VERSION, Stage, guard_stage
 from mirage_safety.evaluation.benchmarks.protocols import Outcome, Protocol
 from mirage_safety.evaluation.benchmarks.sample import BenchSample
 
@@ -78,63 +81,14 @@ def _majority(values: list[Any]) -> tuple[Any, str | None]:
     return next(v for v in values if repr(v) == top), None
 
 
-#: (judgement key in judging.JUDGES, request builder, parser to outcome fields)
-Stage = tuple[str, Callable[..., Any], Callable[[str], dict[str, Any]]]
-
-
-def stages(proto: str, kind: str, cfg: BenchmarkConfig) -> list[Stage]:
+def stages(proto: Protocol, kind: str, cfg: BenchmarkConfig) -> list[Stage]:
     """The requests one answer needs for ``proto`` judged by ``kind`` (SIUO: two, a safety
     and an effectiveness judgement; every other protocol one), each with its parser."""
-    from functools import partial
-
-    from mirage_safety.evaluation.benchmarks import judging as J
-
-    def guard_fields(v: Any) -> dict[str, Any]:
-        out = {"unsafe": v.unsafe, "categories": list(v.categories)}
-        if v.refusal is not None:
-            out["refused"] = v.refusal
-        if v.controversial:
-            out["controversial"] = True
-        return out
-
-    build: Callable[..., Any]  # (sample, response, root) -> the judge's request
-    if kind == "llama_guard":
-        build = J.request_figstep_llama_guard if proto == "figstep" else J.request_llama_guard
-        return [("llama_guard", build, lambda c: guard_fields(J.parse_llama_guard(c)))]
-    if kind == "qwen3guard":
-        strict = cfg.controversial == "unsafe"
-        parse = partial(J.parse_qwen3guard, strict=strict, require_refusal=True)
-        build = J.request_qwen3guard
-        if proto == "figstep":  # the original harmful question, as with Llama Guard
-            def build(s: BenchSample, r: str, root: Path) -> Any:
-                return J.request_qwen3guard(s, r, root, question=str(s.meta["question"]))
-        return [("qwen3guard", build, lambda c: guard_fields(parse(c)))]
-    if kind != "protocol":
-        raise ValueError(f"judge {kind!r} is not served")
-    table: dict[str, list[Stage]] = {
-        "vlguard": [("vlguard_win", J.request_vlguard_win,
-                     lambda c: {"win": J.parse_vlguard_win(c)})],
-        "mm_safetybench": [("mm_safetybench", J.request_mm_safetybench,
-                            lambda c: {"unsafe": J.parse_mm_safetybench(c) == "unsafe"})],
-        "figstep": [("figstep", J.request_figstep,
-                     lambda c: {"unsafe": J.parse_figstep(c) == "unsafe"})],
-        "siuo": [("siuo_safety", J.request_siuo_safety,
-                  lambda c: {"safe": J.parse_siuo_safety(c)}),
-                 ("siuo_effectiveness", J.request_siuo_effectiveness,
-                  lambda c: {"effective": J.parse_siuo_effectiveness(c)})],
-        "mssbench": [("mssbench", J.request_mssbench, lambda c: {"cls": J.parse_mssbench(c)})],
-        "vlsbench": [("vlsbench", J.request_vlsbench, lambda c: {"cls": J.parse_vlsbench(c)})],
-        "mossbench": [("mossbench", J.request_mossbench,
-                       lambda c: {"refused": J.parse_mossbench(c) == 1})],
-    }
-    if proto not in table:
-        raise ValueError(f"{proto} has no judge prompt of its own")
-    return table[proto]
-
-
-#: what a stage's value is without a judge call (the authors' rule for an empty answer)
-_WITHOUT_JUDGE = {"siuo_safety": lambda v: {"safe": bool(v)},
-                  "mossbench": lambda v: {"refused": v == 1}}
+    if kind != "protocol":  # a served guard, or ValueError: the judge is not served
+        return [guard_stage(kind, cfg, proto.guard_requests.get(kind))]
+    if not proto.stages:
+        raise ValueError(f"{proto.name} has no judge prompt of its own")
+    return list(proto.stages)
 
 
 def _served(kind: str, proto: Protocol, answers: Sequence[Answer], root: Path,
@@ -142,10 +96,7 @@ def _served(kind: str, proto: Protocol, answers: Sequence[Answer], root: Path,
             name: str) -> list[Outcome]:
     """A judge behind an endpoint: every stage's request per (answer, vote); an answer's
     outcome is the union of its stages' fields, the majority over votes."""
-    from mirage_safety.endpoints import ChatClient
-    from mirage_safety.evaluation.benchmarks import judging
-
-    plan = stages(proto.name, kind, cfg)
+    plan = stages(proto, kind, cfg)
     todo = [i for i, (_, _, err) in enumerate(answers) if not err]
     votes: dict[int, list[dict[str, Any]]] = {i: [] for i in todo}
     errors: dict[int, list[str]] = {i: [] for i in todo}
@@ -153,17 +104,17 @@ def _served(kind: str, proto: Protocol, answers: Sequence[Answer], root: Path,
     for vote in range(cfg.votes):
         fields: dict[int, dict[str, Any]] = {i: {} for i in todo}
         failed: set[int] = set()
-        for key, build, parse in plan:
+        for stage in plan:
+            key = stage.key
             sent: list[int] = []
             requests = []
             for i in todo:
                 sample, response, _ = answers[i]
-                fixed = judging.value_without_judge(key, response or "")
-                if fixed is not None and key in _WITHOUT_JUDGE:
-                    fields[i].update(_WITHOUT_JUDGE[key](fixed))
+                if stage.empty is not None and not (response or "").strip():
+                    fields[i].update(stage.empty)  # the authors' value, without a judge
                     continue
                 try:
-                    requests.append(build(sample, response or "", root))
+                    requests.append(stage.build(sample, response or "", root))
                 except (KeyError, ValueError, TypeError) as exc:  # a sample the prompt lacks
                     errors[i].append(f"{type(exc).__name__}: {exc}")
                     failed.add(i)
@@ -171,9 +122,9 @@ def _served(kind: str, proto: Protocol, answers: Sequence[Answer], root: Path,
                 sent.append(i)
             # one cache namespace per vote, so the votes are separate calls
             client = ChatClient(cfg.endpoint, cache_dir=cache_dir,
-                                purpose=f"bench-judge/{key}/{judging.PROMPT_VERSION}"
+                                purpose=f"bench-judge/{key}/{PROMPT_VERSION}"
                                         + (f"/vote{vote}" if vote else ""))
-            results = client.complete_many(requests, parse, progress=progress,
+            results = client.complete_many(requests, stage.parse, progress=progress,
                                            desc=f"judge {name} ({kind}: {key})")
             for i, res in zip(sent, results, strict=True):
                 raws.setdefault(i, res.content)
@@ -236,7 +187,7 @@ def judge_answers(kind: str, proto: Protocol, answers: Sequence[Answer], root: P
     """One outcome per answer, by the judge ``kind``, checked against what ``proto`` needs."""
     if not answers:
         return []
-    if proto.name == "mis":
+    if proto.mis_judges:
         out = _mis(kind, answers, root, cfg, cache_dir=cache_dir, progress=progress)
     elif kind == "world":
         out = _local(world_outcome, kind, answers)

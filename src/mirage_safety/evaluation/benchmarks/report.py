@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from mirage_safety.evaluation.benchmarks.protocols import PROTOCOLS
+from mirage_safety.evaluation.benchmarks.registry import PROTOCOLS
 
 MODELS = ("base", "mirage")
 ARROW = {"lower": "↓", "higher": "↑"}

@@ -16,13 +16,12 @@ from pathlib import Path
 from typing import Any
 
 from mirage_safety.config import BenchmarkConfig, ConfigError, EvalConfig
-from mirage_safety.evaluation.benchmarks.protocols import Outcome, Protocol, protocol_of
+from mirage_safety.evaluation.benchmarks.judges import judge_answers
+from mirage_safety.evaluation.benchmarks.protocols import Outcome, Protocol
+from mirage_safety.evaluation.benchmarks.registry import LOADERS, protocol_of
 from mirage_safety.evaluation.benchmarks.sample import BenchSample
 
 log = logging.getLogger(__name__)
-
-#: benchmarks the generate stage writes for the embedded world only
-EMBEDDED = ("world_single", "world_oversensitive")
 
 
 @dataclass
@@ -54,17 +53,6 @@ def resolve_root(name: str, cfg: BenchmarkConfig) -> Path:
                      field=f"eval.benchmarks.{name}").resolve()
 
 
-def _adapter_load(adapter: str, root: Path) -> list[BenchSample]:
-    import importlib
-
-    if adapter in EMBEDDED:
-        from mirage_safety.evaluation.benchmarks.adapters import world
-
-        return world.load(root, name=adapter)
-    module = importlib.import_module(f"mirage_safety.evaluation.benchmarks.adapters.{adapter}")
-    return module.load(root)
-
-
 def load_benchmarks(cfg: EvalConfig) -> tuple[list[Loaded], dict[str, str]]:
     """(the benchmarks to run, {name: why skipped}).  An embedded split that the generate
     stage did not write (``data.source`` is not ``world``) is skipped and reported; any
@@ -74,12 +62,12 @@ def load_benchmarks(cfg: EvalConfig) -> tuple[list[Loaded], dict[str, str]]:
         if not bcfg.enabled:
             continue
         proto = protocol_of(name, bcfg)
-        if proto.name in EMBEDDED and bcfg.local_dir and not Path(bcfg.local_dir).is_dir():
+        if proto.embedded and bcfg.local_dir and not Path(bcfg.local_dir).is_dir():
             skipped[name] = f"{bcfg.local_dir} not written (the embedded world's split)"
             log.warning("benchmark %s: %s, skipped", name, skipped[name])
             continue
         root = resolve_root(name, bcfg)
-        samples = _adapter_load(proto.name, root)
+        samples = LOADERS[proto.name](root)
         if bcfg.subsets is not None:
             unknown = set(bcfg.subsets) - {s.subset for s in samples}
             if unknown:
@@ -123,8 +111,6 @@ def score(bench: Loaded, store: Any, *, cache_dir: Path | None, progress: bool
         row = store.get(bench.split, s.id) or {}
         err = row.get("generation_error") or (None if row else "no stored answer")
         answers.append((s, row.get("response"), err))
-    from mirage_safety.evaluation.benchmarks.judges import judge_answers
-
     by_judge: dict[str, list[int]] = {}
     for i, s in enumerate(bench.samples):
         by_judge.setdefault(bench.protocol.judge_for(s.subset, bench.cfg), []).append(i)

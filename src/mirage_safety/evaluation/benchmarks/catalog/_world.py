@@ -1,4 +1,5 @@
-"""The embedded world's benchmark splits (``world_single``, ``world_oversensitive``):
+"""The layout of the embedded world's benchmark splits, shared by :mod:`.world_single` and
+:mod:`.world_oversensitive` (a helper, not a benchmark: hence the leading underscore):
 ``<root>/samples.json`` as written by :mod:`mirage_safety.data.world_benchmarks`."""
 
 from __future__ import annotations
@@ -8,12 +9,10 @@ from typing import Any
 
 from mirage_safety.evaluation.benchmarks.sample import BenchSample, read_layout_json, validate
 
-NAMES = ("world_single", "world_oversensitive")
 FILE = "samples.json"
 
 
-def load(root: Path, *, check_images: bool = True, name: str = "world_single"
-         ) -> list[BenchSample]:
+def load(root: Path, *, name: str, check_images: bool = True) -> list[BenchSample]:
     def build(v: Any) -> list[BenchSample]:
         records = read_layout_json(root / FILE, v, root=root)
         if records is None:

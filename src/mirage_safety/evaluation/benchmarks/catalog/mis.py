@@ -21,6 +21,9 @@ images, in that order.
 
 Ids ``"<subset>/<id>"``, or ``"<subset>/<index in file>"`` (0-based) for a record without an
 ``id``; every sample is harmful.
+
+Protocol: ASR / RSR / RR / HR from the project's MIS judge (perception level + Safe /
+Unsafe, :mod:`mirage_safety.evaluation.judges`), or the keyword judge; no prompt here.
 """
 
 from __future__ import annotations
@@ -30,6 +33,14 @@ from typing import Any
 
 from mirage_safety.data.importers import MIS_TEST_DIRS, MIS_TEST_FILES
 from mirage_safety.data.schema import clean_path, join_path
+from mirage_safety.evaluation.benchmarks.protocols import (
+    Headline,
+    Protocol,
+    Scored,
+    by_subset,
+    field_equals,
+    rate,
+)
 from mirage_safety.evaluation.benchmarks.sample import (
     BenchSample,
     Validator,
@@ -117,3 +128,21 @@ def _sample(v: Validator, file: str, base: str, subset: str, idx: int,
         id=f"{subset}/{rid}", subset=subset, question=question,
         images=tuple(clean_path(p) for p in paths),
         meta={"category": category, "sub_category": sub_category, "harmful": True})
+
+
+# ========================================================================== protocol
+def summarise(scored: Scored) -> dict[str, Any]:
+    """MIS: ASR / RSR / RR / HR from the MIS judge's labels (:mod:`..metrics`)."""
+    def one(part: Scored) -> dict[str, Any]:
+        out = rate(part, lambda v: v["label"] == "unsafe", "asr")
+        for key, label in (("rsr", "rsr"), ("rr", "rr"), ("hr", "hr")):
+            r = rate(part, field_equals("label", label), key)
+            out.update({k: r[k] for k in (key, f"{key}_ci", f"{key}_k")})
+        return out
+    return {**one(scored), "subsets": {k: one(v) for k, v in sorted(by_subset(scored).items())}}
+
+
+PROTOCOL = Protocol(
+    NAME, ("protocol", "keyword"), summarise,
+    (Headline("asr", "MIS ASR", "lower"), Headline("rsr", "MIS RSR", "higher")),
+    group_by="category", mis_judges=True)
