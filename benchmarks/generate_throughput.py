@@ -57,15 +57,21 @@ def main() -> None:
         rates.append(n / dt)
         user.append(u1 - u0)
         system.append(s1 - s0)
-        print(f"{n} samples in {dt:.2f} s -> {n / dt:,.0f} samples/s "
-              f"(CPU: user {u1 - u0:.1f} s, kernel {s1 - s0:.1f} s)")
-    result = {"samples": n, "samples_per_s": [round(r) for r in rates],
-              "samples_per_s_best": round(max(rates)),
-              "samples_per_s_median": round(sorted(rates)[len(rates) // 2]),
-              "cpu_user_s": [round(u, 1) for u in user],
-              "cpu_kernel_s": [round(k, 1) for k in system],
-              "workers": args.workers, "cpu_count": os.cpu_count(),
-              "image_size": cfg.world.image_size}
+        print(
+            f"{n} samples in {dt:.2f} s -> {n / dt:,.0f} samples/s "
+            f"(CPU: user {u1 - u0:.1f} s, kernel {s1 - s0:.1f} s)"
+        )
+    result = {
+        "samples": n,
+        "samples_per_s": [round(r) for r in rates],
+        "samples_per_s_best": round(max(rates)),
+        "samples_per_s_median": round(sorted(rates)[len(rates) // 2]),
+        "cpu_user_s": [round(u, 1) for u in user],
+        "cpu_kernel_s": [round(k, 1) for k in system],
+        "workers": args.workers,
+        "cpu_count": os.cpu_count(),
+        "image_size": cfg.world.image_size,
+    }
     write_json_atomic(RESULTS, result)
     print(json.dumps(result))
 

@@ -48,8 +48,9 @@ def main() -> int:
     from mirage_safety.models.tiny_vlm import build_tiny_vlm, count_parameters, save_tiny_vlm
     from mirage_safety.training.sft import load_train_records, run_sft
 
-    ap = argparse.ArgumentParser(description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--layers", type=int, default=24)
     ap.add_argument("--hidden", type=int, default=2048)
@@ -61,16 +62,31 @@ def main() -> int:
     work = Path(tempfile.mkdtemp(prefix="mirage-gpu-smoke-"))
     t0 = time.perf_counter()
 
-    world = {"image_size": args.image_size, "n_train": 256, "n_test_per_split": 16,
-             "n_general_train": 64, "n_general_test": 8, "n_instruct": 8}
-    generate(parse_params({"data": {"world": world}}).data, work / "data", workers=2,
-             progress=False)
+    world = {
+        "image_size": args.image_size,
+        "n_train": 256,
+        "n_test_per_split": 16,
+        "n_general_train": 64,
+        "n_general_test": 8,
+        "n_instruct": 8,
+    }
+    generate(
+        parse_params({"data": {"world": world}}).data, work / "data", workers=2, progress=False
+    )
     rows = load_train_records(work / "data" / "mis" / "train.json")
     corpus = [t["value"].replace("<image>", " ") for r in rows for t in r.record["conversations"]]
     heads = max(1, args.hidden // 128)
-    cfg = BuiltinModelConfig(vision_hidden=768, vision_layers=4, vision_heads=12, patch_size=16,
-                             text_hidden=args.hidden, text_layers=args.layers, text_heads=heads,
-                             intermediate_size=int(args.hidden * 2.75), vocab_size=4096)
+    cfg = BuiltinModelConfig(
+        vision_hidden=768,
+        vision_layers=4,
+        vision_heads=12,
+        patch_size=16,
+        text_hidden=args.hidden,
+        text_layers=args.layers,
+        text_heads=heads,
+        intermediate_size=int(args.hidden * 2.75),
+        vocab_size=4096,
+    )
     model, processor = build_tiny_vlm(corpus, cfg, args.image_size, seed=0)
     n_params = count_parameters(model)
     ckpt = save_tiny_vlm(model, processor, work / "model")
@@ -78,15 +94,28 @@ def main() -> int:
     if args.device.startswith("cuda"):
         model.to(args.device)
 
-    settings = SFTConfig(learning_rate=1e-5, batch_size=args.batch_size, max_steps=args.steps,
-                         epochs=1.0, warmup_ratio=0.0, save_steps=10**6, logging_steps=1,
-                         max_length=1024, seed=0, bf16=args.device.startswith("cuda"))
+    settings = SFTConfig(
+        learning_rate=1e-5,
+        batch_size=args.batch_size,
+        max_steps=args.steps,
+        epochs=1.0,
+        warmup_ratio=0.0,
+        save_steps=10**6,
+        logging_steps=1,
+        max_length=1024,
+        seed=0,
+        bf16=args.device.startswith("cuda"),
+    )
     t_train = time.perf_counter()
-    trainer, result = run_sft(model, processor, rows, settings, work / "ckpt",
-                              image_size=args.image_size, progress=False)
+    trainer, result = run_sft(
+        model, processor, rows, settings, work / "ckpt", image_size=args.image_size, progress=False
+    )
     train_s = time.perf_counter() - t_train
-    device = (torch.cuda.get_device_name(0) if args.device.startswith("cuda")
-              else platform.processor() or "cpu")
+    device = (
+        torch.cuda.get_device_name(0)
+        if args.device.startswith("cuda")
+        else platform.processor() or "cpu"
+    )
     peak = peak_flops(device)
     text_params = n_params - frozen
     mfu = (6 * text_params * result.tokens_per_s / peak) if peak else None
@@ -96,15 +125,33 @@ def main() -> int:
 
     tests = json.loads((work / "data" / "mis" / "test_hard.json").read_text())
     root = work / "data" / "mis"
-    prompts = [(r["question"], [image_at(root, r["image_path1"]), image_at(root, r["image_path2"])])
-               for r in (tests * (args.prompts // len(tests) + 1))[: args.prompts]]
+    prompts = [
+        (r["question"], [image_at(root, r["image_path1"]), image_at(root, r["image_path2"])])
+        for r in (tests * (args.prompts // len(tests) + 1))[: args.prompts]
+    ]
     port = free_port()
-    proc = start(ckpt, host="127.0.0.1", port=port, device=args.device, log=work / "serve.log",
-                 extra=("--continuous-batching",))
+    proc = start(
+        ckpt,
+        host="127.0.0.1",
+        port=port,
+        device=args.device,
+        log=work / "serve.log",
+        extra=("--continuous-batching",),
+    )
     try:
-        ecfg = parse_params({"eval": {"max_new_tokens": 64, "engine": "openai", "server": {
-            "base_url": f"http://127.0.0.1:{port}/v1", "models": {"mirage": str(ckpt)},
-            "concurrency": 32}}}).eval
+        ecfg = parse_params(
+            {
+                "eval": {
+                    "max_new_tokens": 64,
+                    "engine": "openai",
+                    "server": {
+                        "base_url": f"http://127.0.0.1:{port}/v1",
+                        "models": {"mirage": str(ckpt)},
+                        "concurrency": 32,
+                    },
+                }
+            }
+        ).eval
         engine = ServedEngine("mirage", ecfg)
         engine.answer(prompts[:4], progress=False)  # warm-up
         t_serve = time.perf_counter()
@@ -112,14 +159,27 @@ def main() -> int:
         serve_s = time.perf_counter() - t_serve
     finally:
         stop(proc, 30)
-    out = {"device": device, "parameters": n_params, "text_parameters": text_params,
-           "train": {"steps": result.global_step, "seconds": train_s,
-                     "tokens_per_s": result.tokens_per_s, "final_loss": result.final_loss,
-                     "mfu": mfu, "peak_bf16_flops": peak},
-           "served": {"prompts": len(prompts), "seconds": serve_s,
-                      "prompts_per_s": len(prompts) / serve_s,
-                      "errors": sum(isinstance(a, str) for a in answers)},
-           "total_s": time.perf_counter() - t0, "date": time.strftime("%Y-%m-%d")}
+    out = {
+        "device": device,
+        "parameters": n_params,
+        "text_parameters": text_params,
+        "train": {
+            "steps": result.global_step,
+            "seconds": train_s,
+            "tokens_per_s": result.tokens_per_s,
+            "final_loss": result.final_loss,
+            "mfu": mfu,
+            "peak_bf16_flops": peak,
+        },
+        "served": {
+            "prompts": len(prompts),
+            "seconds": serve_s,
+            "prompts_per_s": len(prompts) / serve_s,
+            "errors": sum(isinstance(a, str) for a in answers),
+        },
+        "total_s": time.perf_counter() - t0,
+        "date": time.strftime("%Y-%m-%d"),
+    }
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(out, indent=1) + "\n")
     print(json.dumps(out, indent=1))

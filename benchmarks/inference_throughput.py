@@ -51,8 +51,15 @@ def load_prompts(data: Path, n: int) -> list[tuple[str, list[Path]]]:
         path = data / "mis" / f"{split}.json"
         if path.is_file():
             recs = json.loads(path.read_text())
-            per_split.append([(r["question"], [data / "mis" / r["image_path1"],
-                                               data / "mis" / r["image_path2"]]) for r in recs])
+            per_split.append(
+                [
+                    (
+                        r["question"],
+                        [data / "mis" / r["image_path1"], data / "mis" / r["image_path2"]],
+                    )
+                    for r in recs
+                ]
+            )
     prompts = [p for group in zip(*per_split, strict=False) for p in group]
     if len(prompts) < n:
         raise SystemExit(f"{data}: only {len(prompts)} test prompts, asked for {n}")
@@ -64,10 +71,14 @@ def generated_world(tmp: Path, n: int) -> Path:
     from mirage_safety.data.generate import generate
 
     per_split = -(-n // len(SPLITS))
-    world = {"n_train": 8, "n_test_per_split": per_split, "n_general_train": 8,
-             "n_general_test": 4, "n_instruct": 4}
-    generate(parse_params({"data": {"world": world}}).data, tmp / "data", workers=1,
-             progress=False)
+    world = {
+        "n_train": 8,
+        "n_test_per_split": per_split,
+        "n_general_train": 8,
+        "n_general_test": 4,
+        "n_instruct": 4,
+    }
+    generate(parse_params({"data": {"world": world}}).data, tmp / "data", workers=1, progress=False)
     return tmp / "data"
 
 
@@ -80,9 +91,12 @@ def load_model(model_dir: Path, data: Path) -> tuple[Any, Any, str]:
     from mirage_safety.config import BuiltinModelConfig, parse_params
     from mirage_safety.models.tiny_vlm import build_tiny_vlm
 
-    corpus = [q for split in SPLITS if (data / "mis" / f"{split}.json").is_file()
-              for q in (r["question"] for r in json.loads((data / "mis" / f"{split}.json")
-                                                          .read_text()))]
+    corpus = [
+        q
+        for split in SPLITS
+        if (data / "mis" / f"{split}.json").is_file()
+        for q in (r["question"] for r in json.loads((data / "mis" / f"{split}.json").read_text()))
+    ]
     image_size = parse_params({}).data.world.image_size
     model, processor = build_tiny_vlm(corpus, BuiltinModelConfig(), image_size, seed=0)
     with torch.no_grad():  # untrained: keep it from stopping at once (empty answers)
@@ -105,7 +119,7 @@ class TokenCounter:
 
     def __call__(self, **kwargs: Any) -> Any:
         out = self._generate(**kwargs)
-        new = out[:, kwargs["input_ids"].shape[1]:].tolist()
+        new = out[:, kwargs["input_ids"].shape[1] :].tolist()
         for row in new:
             stop = next((i for i, t in enumerate(row) if t in self.eos), None)
             self.tokens += len(row) if stop is None else stop + 1
@@ -137,20 +151,33 @@ def main() -> None:
         counter = TokenCounter(model)
         mnt = args.max_new_tokens
 
-        generate_responses(model, processor, prompts[: args.batch_size],  # warm-up
-                           batch_size=args.batch_size, max_new_tokens=4, progress=False)
+        generate_responses(
+            model,
+            processor,
+            prompts[: args.batch_size],  # warm-up
+            batch_size=args.batch_size,
+            max_new_tokens=4,
+            progress=False,
+        )
         generate_one(model, processor, *prompts[0], max_new_tokens=4)
         counter.take()
 
         t0 = time.perf_counter()
-        batched = generate_responses(model, processor, prompts, batch_size=args.batch_size,
-                                     max_new_tokens=mnt, progress=False)
+        batched = generate_responses(
+            model,
+            processor,
+            prompts,
+            batch_size=args.batch_size,
+            max_new_tokens=mnt,
+            progress=False,
+        )
         t_batched = time.perf_counter() - t0
         tok_batched = counter.take()
 
         t0 = time.perf_counter()
-        single = [generate_one(model, processor, q, imgs, max_new_tokens=mnt)
-                  for q, imgs in prompts]
+        single = [
+            generate_one(model, processor, q, imgs, max_new_tokens=mnt) for q, imgs in prompts
+        ]
         t_single = time.perf_counter() - t0
         tok_single = counter.take()
 
@@ -180,12 +207,18 @@ def main() -> None:
         "torch": torch.__version__,
         "python": platform.python_version(),
     }
-    print(f"batched (batch {args.batch_size}): {result['batched_prompts_per_s']:.2f} prompts/s, "
-          f"{result['batched_new_tokens_per_s']:.0f} new tokens/s")
-    print(f"one-by-one:        {result['one_by_one_prompts_per_s']:.2f} prompts/s, "
-          f"{result['one_by_one_new_tokens_per_s']:.0f} new tokens/s")
-    print(f"speed-up: {result['speedup']:.1f}x (target >= 5x); identical outputs: "
-          f"{result['identical_outputs']} ({mismatches} of {len(prompts)} differ)")
+    print(
+        f"batched (batch {args.batch_size}): {result['batched_prompts_per_s']:.2f} prompts/s, "
+        f"{result['batched_new_tokens_per_s']:.0f} new tokens/s"
+    )
+    print(
+        f"one-by-one:        {result['one_by_one_prompts_per_s']:.2f} prompts/s, "
+        f"{result['one_by_one_new_tokens_per_s']:.0f} new tokens/s"
+    )
+    print(
+        f"speed-up: {result['speedup']:.1f}x (target >= 5x); identical outputs: "
+        f"{result['identical_outputs']} ({mismatches} of {len(prompts)} differ)"
+    )
     write_json_atomic(args.out, result)
     print(f"-> {args.out}")
 

@@ -43,14 +43,21 @@ from mirage_safety.io import sha256_file, tree_hash  # noqa: E402
 from mirage_safety.numerics import cpu_model  # noqa: E402
 
 # glibc's ifunc selection as on a CPU without AVX2 / FMA / AVX-512 (exp, log, memcpy...)
-OLD_GLIBC = ("glibc.cpu.hwcaps=-AVX2_Usable,-FMA_Usable,-AVX512F_Usable,"
-             "-AVX512DQ_Usable,-AVX512BW_Usable,-AVX512VL_Usable")
+OLD_GLIBC = (
+    "glibc.cpu.hwcaps=-AVX2_Usable,-FMA_Usable,-AVX512F_Usable,"
+    "-AVX512DQ_Usable,-AVX512BW_Usable,-AVX512VL_Usable"
+)
 # numpy's dispatched SIMD above its x86-64-v2 baseline
 OLD_NUMPY = "X86_V3 X86_V4 AVX512_ICL"
-KIND_AVX2 = {"ATEN_CPU_CAPABILITY": "avx2", "MKL_CBWR": "AVX2", "ONEDNN_MAX_CPU_ISA": "AVX2",
-             "NPY_DISABLE_CPU_FEATURES": "X86_V4 AVX512_ICL", "GLIBC_TUNABLES": (
-                 "glibc.cpu.hwcaps=-AVX512F_Usable,-AVX512DQ_Usable,-AVX512BW_Usable,"
-                 "-AVX512VL_Usable")}
+KIND_AVX2 = {
+    "ATEN_CPU_CAPABILITY": "avx2",
+    "MKL_CBWR": "AVX2",
+    "ONEDNN_MAX_CPU_ISA": "AVX2",
+    "NPY_DISABLE_CPU_FEATURES": "X86_V4 AVX512_ICL",
+    "GLIBC_TUNABLES": (
+        "glibc.cpu.hwcaps=-AVX512F_Usable,-AVX512DQ_Usable,-AVX512BW_Usable,-AVX512VL_Usable"
+    ),
+}
 
 VARIANTS: dict[str, dict[str, str]] = {
     # this CPU as it is, twice: run-to-run determinism
@@ -67,15 +74,28 @@ VARIANTS: dict[str, dict[str, str]] = {
     "native:kind-avx2": KIND_AVX2,
     "portable:host": {},
     # the shell asks for this CPU's widest kernels on two threads: the project's settings win
-    "portable:shell-avx512-2-threads": {"ATEN_CPU_CAPABILITY": "avx512",
-                                        "MKL_CBWR": "AVX512", "OMP_NUM_THREADS": "2"},
+    "portable:shell-avx512-2-threads": {
+        "ATEN_CPU_CAPABILITY": "avx512",
+        "MKL_CBWR": "AVX512",
+        "OMP_NUM_THREADS": "2",
+    },
     # an AVX2-only CPU, with libm's and numpy's dispatch (which portable leaves alone) as on
     # a CPU without AVX2 / FMA / AVX-512 too
-    "portable:kind-avx2-old-libm": {**KIND_AVX2, "GLIBC_TUNABLES": OLD_GLIBC,
-                                    "NPY_DISABLE_CPU_FEATURES": OLD_NUMPY},
+    "portable:kind-avx2-old-libm": {
+        **KIND_AVX2,
+        "GLIBC_TUNABLES": OLD_GLIBC,
+        "NPY_DISABLE_CPU_FEATURES": OLD_NUMPY,
+    },
 }
-NUMERIC_VARS = ("ATEN_CPU_CAPABILITY", "MKL_CBWR", "ONEDNN_MAX_CPU_ISA", "OMP_NUM_THREADS",
-                "MKL_NUM_THREADS", "GLIBC_TUNABLES", "NPY_DISABLE_CPU_FEATURES")
+NUMERIC_VARS = (
+    "ATEN_CPU_CAPABILITY",
+    "MKL_CBWR",
+    "ONEDNN_MAX_CPU_ISA",
+    "OMP_NUM_THREADS",
+    "MKL_NUM_THREADS",
+    "GLIBC_TUNABLES",
+    "NPY_DISABLE_CPU_FEATURES",
+)
 
 
 def answers_hash(eval_dir: Path) -> str:
@@ -101,8 +121,12 @@ def run(cmd: list[str], cwd: Path, env: dict[str, str], log: Path) -> float:
 
 def clean_env() -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k not in NUMERIC_VARS}
-    env.update(MIRAGE_PROFILE="smoke", MIRAGE_NO_TRACK="1", PYTHONUNBUFFERED="1",
-               PYTHONPATH=str(ROOT / "src"))
+    env.update(
+        MIRAGE_PROFILE="smoke",
+        MIRAGE_NO_TRACK="1",
+        PYTHONUNBUFFERED="1",
+        PYTHONPATH=str(ROOT / "src"),
+    )
     return env
 
 
@@ -135,23 +159,81 @@ def probe(work: Path, mirage: str, name: str, extra: dict[str, str]) -> dict[str
     args = ["--params", f"params.{mode}.yaml"]
     log = out / "run.log"
     times = {
-        "base_s": run([mirage, "base", *args, "--data", "data", "--out", str(out / "base"),
-                       "--metrics", str(out / "metrics"), "--checkpoints",
-                       str(out / "ckpt_base"), "--no-mlflow", "--no-progress"], work, env, log),
-        "train_s": run([mirage, "train", *args, "--data", "data", "--base", str(out / "base"),
-                        "--out", str(out / "mirage"), "--metrics", str(out / "metrics"),
-                        "--plots", str(out / "plots"), "--checkpoints",
-                        str(out / "ckpt_train"), "--no-mlflow", "--no-progress"],
-                       work, env, log),
-        "evaluate_s": run([mirage, "evaluate", *args, "--data", "data", "--base-model",
-                           str(out / "base"), "--model", str(out / "mirage"), "--out",
-                           str(out / "eval"), "--metrics", str(out / "metrics" / "eval.json"),
-                           "--plots", str(out / "plots" / "eval.csv"), "--no-track",
-                           "--no-progress"], work, env, log),
+        "base_s": run(
+            [
+                mirage,
+                "base",
+                *args,
+                "--data",
+                "data",
+                "--out",
+                str(out / "base"),
+                "--metrics",
+                str(out / "metrics"),
+                "--checkpoints",
+                str(out / "ckpt_base"),
+                "--no-mlflow",
+                "--no-progress",
+            ],
+            work,
+            env,
+            log,
+        ),
+        "train_s": run(
+            [
+                mirage,
+                "train",
+                *args,
+                "--data",
+                "data",
+                "--base",
+                str(out / "base"),
+                "--out",
+                str(out / "mirage"),
+                "--metrics",
+                str(out / "metrics"),
+                "--plots",
+                str(out / "plots"),
+                "--checkpoints",
+                str(out / "ckpt_train"),
+                "--no-mlflow",
+                "--no-progress",
+            ],
+            work,
+            env,
+            log,
+        ),
+        "evaluate_s": run(
+            [
+                mirage,
+                "evaluate",
+                *args,
+                "--data",
+                "data",
+                "--base-model",
+                str(out / "base"),
+                "--model",
+                str(out / "mirage"),
+                "--out",
+                str(out / "eval"),
+                "--metrics",
+                str(out / "metrics" / "eval.json"),
+                "--plots",
+                str(out / "plots" / "eval.csv"),
+                "--no-track",
+                "--no-progress",
+            ],
+            work,
+            env,
+            log,
+        ),
     }
     ran = json.loads((out / "metrics" / "train.json").read_text()).get("numerics", {})
     return {
-        "variant": name, "env": extra, "ran": ran, **{k: round(v, 1) for k, v in times.items()},
+        "variant": name,
+        "env": extra,
+        "ran": ran,
+        **{k: round(v, 1) for k, v in times.items()},
         # tree: every file's name and bytes (tokenizer, config, ...); weights: the tensors
         "base_hash": tree_hash(out / "base"),
         "base_weights_hash": sha256_file(out / "base" / "model.safetensors"),
@@ -163,12 +245,21 @@ def probe(work: Path, mirage: str, name: str, extra: dict[str, str]) -> dict[str
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--variants", nargs="+", choices=sorted(VARIANTS),
-                        default=list(VARIANTS), help="variants to run (default: all)")
-    parser.add_argument("--work", default=str(ROOT / ".cache" / "numerics-probe"),
-                        help="work directory (smoke data is made there once)")
-    parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" /
-                                             "numerics_probe.json"))
+    parser.add_argument(
+        "--variants",
+        nargs="+",
+        choices=sorted(VARIANTS),
+        default=list(VARIANTS),
+        help="variants to run (default: all)",
+    )
+    parser.add_argument(
+        "--work",
+        default=str(ROOT / ".cache" / "numerics-probe"),
+        help="work directory (smoke data is made there once)",
+    )
+    parser.add_argument(
+        "--out", default=str(ROOT / "benchmarks" / "results" / "numerics_probe.json")
+    )
     args = parser.parse_args()
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
@@ -178,10 +269,13 @@ def main() -> int:
     for name in args.variants:
         row = probe(work, mirage, name, VARIANTS[name])
         rows.append(row)
-        print(f"{name:40s} base {row['base_weights_hash'][:8]} (tree "
-              f"{row['base_hash'][:8]})  mirage {row['mirage_weights_hash'][:8]} (tree "
-              f"{row['mirage_hash'][:8]})  answers {row['answers_hash'][:8]}  "
-              f"({row['base_s']} + {row['train_s']} + {row['evaluate_s']} s)", flush=True)
+        print(
+            f"{name:40s} base {row['base_weights_hash'][:8]} (tree "
+            f"{row['base_hash'][:8]})  mirage {row['mirage_weights_hash'][:8]} (tree "
+            f"{row['mirage_hash'][:8]})  answers {row['answers_hash'][:8]}  "
+            f"({row['base_s']} + {row['train_s']} + {row['evaluate_s']} s)",
+            flush=True,
+        )
     result = {"cpu": cpu_model(), "rows": rows}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=1) + "\n")

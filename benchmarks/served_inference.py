@@ -41,8 +41,12 @@ def load_prompts(data: Path, n: int) -> list[tuple[str, list]]:
         recs = per_split[i % len(per_split)]
         rec = recs[(i // len(per_split)) % len(recs)]
         root = data / "mis"
-        out.append((rec["question"], [image_at(root, rec["image_path1"]),
-                                      image_at(root, rec["image_path2"])]))
+        out.append(
+            (
+                rec["question"],
+                [image_at(root, rec["image_path1"]), image_at(root, rec["image_path2"])],
+            )
+        )
     return out
 
 
@@ -56,8 +60,9 @@ def timed(fn, repeat: int) -> tuple[float, list]:
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--n", type=int, default=200)
     ap.add_argument("--model", default=None)
     ap.add_argument("--data", default="data")
@@ -66,37 +71,61 @@ def main() -> int:
     ap.add_argument("--max-new-tokens", type=int, default=96)
     ap.add_argument("--repeat", type=int, default=2)
     args = ap.parse_args()
-    model = Path(args.model or ("models/mirage" if Path("models/mirage").is_dir()
-                                else "models/base"))
+    model = Path(
+        args.model or ("models/mirage" if Path("models/mirage").is_dir() else "models/base")
+    )
     prompts = load_prompts(Path(args.data), args.n)
     log = Path(".cache/serve/bench.log")
     log.parent.mkdir(parents=True, exist_ok=True)
     port = free_port()
     url = f"http://127.0.0.1:{port}/v1"
-    cfg = parse_params({"eval": {"batch_size": args.batch_size,
-                                 "max_new_tokens": args.max_new_tokens, "engine": "openai",
-                                 "server": {"base_url": url, "models": {"mirage": str(model)},
-                                            "concurrency": args.concurrency}}}).eval
+    cfg = parse_params(
+        {
+            "eval": {
+                "batch_size": args.batch_size,
+                "max_new_tokens": args.max_new_tokens,
+                "engine": "openai",
+                "server": {
+                    "base_url": url,
+                    "models": {"mirage": str(model)},
+                    "concurrency": args.concurrency,
+                },
+            }
+        }
+    ).eval
     hf = HFEngine(model, cfg)
     hf.answer(prompts[: args.batch_size], progress=False)  # warm-up: load + first batch
     hf_s, hf_out = timed(lambda: hf.answer(prompts, progress=False), args.repeat)
-    proc = start(model, host="127.0.0.1", port=port, device="cpu", log=log,
-                 extra=("--continuous-batching",))
+    proc = start(
+        model, host="127.0.0.1", port=port, device="cpu", log=log, extra=("--continuous-batching",)
+    )
     try:
         served = ServedEngine("mirage", cfg)
         served.answer(prompts[: args.concurrency], progress=False)  # warm-up
         sv_s, sv_out = timed(lambda: served.answer(prompts, progress=False), args.repeat)
     finally:
         stop(proc, 30)
-    same = sum(1 for a, b in zip(hf_out, sv_out, strict=True)
-               if not isinstance(b, str) and a.text == b.text)
+    same = sum(
+        1
+        for a, b in zip(hf_out, sv_out, strict=True)
+        if not isinstance(b, str) and a.text == b.text
+    )
     result = {
-        "n": args.n, "model": str(model), "max_new_tokens": args.max_new_tokens,
-        "in_process": {"batch_size": args.batch_size, "seconds": hf_s,
-                       "prompts_per_s": args.n / hf_s},
-        "served": {"server": "transformers serve", "concurrency": args.concurrency,
-                   "seconds": sv_s, "prompts_per_s": args.n / sv_s,
-                   "errors": sum(isinstance(b, str) for b in sv_out)},
+        "n": args.n,
+        "model": str(model),
+        "max_new_tokens": args.max_new_tokens,
+        "in_process": {
+            "batch_size": args.batch_size,
+            "seconds": hf_s,
+            "prompts_per_s": args.n / hf_s,
+        },
+        "served": {
+            "server": "transformers serve",
+            "concurrency": args.concurrency,
+            "seconds": sv_s,
+            "prompts_per_s": args.n / sv_s,
+            "errors": sum(isinstance(b, str) for b in sv_out),
+        },
         "served_vs_in_process": hf_s / sv_s,
         "identical_answers": same,
         "machine": platform.processor() or platform.machine(),

@@ -105,14 +105,25 @@ IMAGE_SIZE = 64
 MODELS = {
     "embedded": BuiltinModelConfig(),
     # same architecture, ~40M parameters: matmuls dominate the step
-    "large": BuiltinModelConfig(text_hidden=512, text_layers=8, text_heads=8,
-                                intermediate_size=2048, vision_hidden=128, vision_layers=2),
+    "large": BuiltinModelConfig(
+        text_hidden=512,
+        text_layers=8,
+        text_heads=8,
+        intermediate_size=2048,
+        vision_hidden=128,
+        vision_layers=2,
+    ),
 }
 
 SPEED_OPTIONS = ("preprocess", "packing", "labelled_logits", "cache_vision_features", "compile")
 ALL_OPTIONS = {"preprocess": "once", "packing": True, "labelled_logits": True}
-PLAIN = {"preprocess": "per_batch", "packing": False, "labelled_logits": False,
-         "cache_vision_features": False, "compile": False}
+PLAIN = {
+    "preprocess": "per_batch",
+    "packing": False,
+    "labelled_logits": False,
+    "cache_vision_features": False,
+    "compile": False,
+}
 #: ``--variants``: mirage with these settings changed (train.* options of the same name),
 #: each starting from every option off; the ``mirage`` contender itself runs the pipeline's
 #: own options (``train`` in params.yaml)
@@ -139,12 +150,19 @@ class PlainCollator:
         texts, images = [], []
         for f in features:
             rec, root = f["record"], f["root"]
-            texts.append(self.processor.apply_chat_template(record_to_messages(rec),
-                                                            tokenize=False))
+            texts.append(
+                self.processor.apply_chat_template(record_to_messages(rec), tokenize=False)
+            )
             images += [load_image(resolve_image(root, p)) for p in rec.get("images") or []]
-        batch = self.processor(text=texts, images=images or None, padding="max_length",
-                               max_length=self.max_length, truncation=False,
-                               add_special_tokens=False, return_tensors="pt")
+        batch = self.processor(
+            text=texts,
+            images=images or None,
+            padding="max_length",
+            max_length=self.max_length,
+            truncation=False,
+            add_special_tokens=False,
+            return_tensors="pt",
+        )
         labels = batch["input_ids"].clone()
         labels[batch["attention_mask"] == 0] = IGNORE_INDEX
         labels[batch["input_ids"] == self.image_id] = IGNORE_INDEX
@@ -163,24 +181,42 @@ class TRLRows(torch.utils.data.Dataset):
 
     def __getitem__(self, i: int) -> dict[str, Any]:
         rec, root = self.rows[i].record, self.rows[i].root
-        return {"messages": record_to_messages(rec),
-                "images": [load_image(resolve_image(root, p)) for p in rec.get("images") or []]}
+        return {
+            "messages": record_to_messages(rec),
+            "images": [load_image(resolve_image(root, p)) for p in rec.get("images") or []],
+        }
 
 
 def shared_args(settings: MirageSFTConfig, out_dir: Path) -> dict[str, Any]:
     """The TrainingArguments every non-mirage contender shares with ``run_sft``'s."""
-    return {"output_dir": str(out_dir), "per_device_train_batch_size": settings.batch_size,
-            "max_steps": settings.max_steps, "learning_rate": settings.learning_rate,
-            "lr_scheduler_type": settings.lr_scheduler, "warmup_steps": settings.warmup_ratio,
-            "logging_steps": settings.max_steps, "save_strategy": "no", "report_to": "none",
-            "seed": settings.seed, "data_seed": settings.seed,
-            "include_num_input_tokens_seen": "non_padding", "dataloader_pin_memory": False,
-            "disable_tqdm": True}
+    return {
+        "output_dir": str(out_dir),
+        "per_device_train_batch_size": settings.batch_size,
+        "max_steps": settings.max_steps,
+        "learning_rate": settings.learning_rate,
+        "lr_scheduler_type": settings.lr_scheduler,
+        "warmup_steps": settings.warmup_ratio,
+        "logging_steps": settings.max_steps,
+        "save_strategy": "no",
+        "report_to": "none",
+        "seed": settings.seed,
+        "data_seed": settings.seed,
+        "include_num_input_tokens_seen": "non_padding",
+        "dataloader_pin_memory": False,
+        "disable_tqdm": True,
+    }
 
 
-def run_reference(model: Any, processor: Any, rows: list[Any], settings: MirageSFTConfig,
-                  out_dir: Path, *, trl: bool = False,
-                  callbacks: tuple[Any, ...] = ()) -> ThroughputCallback:
+def run_reference(
+    model: Any,
+    processor: Any,
+    rows: list[Any],
+    settings: MirageSFTConfig,
+    out_dir: Path,
+    *,
+    trl: bool = False,
+    callbacks: tuple[Any, ...] = (),
+) -> ThroughputCallback:
     from transformers import Trainer, TrainingArguments
 
     args = TrainingArguments(**shared_args(settings, out_dir), remove_unused_columns=False)
@@ -190,30 +226,50 @@ def run_reference(model: Any, processor: Any, rows: list[Any], settings: MirageS
         from trl.trainer.sft_trainer import DataCollatorForVisionLanguageModeling
 
         dataset: Any = TRLRows(rows)
-        collator = DataCollatorForVisionLanguageModeling(processor,
-                                                         max_length=SFTConfig.max_length)
+        collator = DataCollatorForVisionLanguageModeling(processor, max_length=SFTConfig.max_length)
     else:
         dataset = [{"record": r.record, "root": str(r.root)} for r in rows]
         collator = PlainCollator(processor, settings.max_length)
     throughput = ThroughputCallback()
-    trainer = Trainer(model=model, args=args, train_dataset=dataset, data_collator=collator,
-                      callbacks=[throughput, *callbacks])
+    trainer = Trainer(
+        model=model,
+        args=args,
+        train_dataset=dataset,
+        data_collator=collator,
+        callbacks=[throughput, *callbacks],
+    )
     trainer.train()
     return throughput
 
 
-def run_sfttrainer(model: Any, processor: Any, rows: list[Any], settings: MirageSFTConfig,
-                   out_dir: Path, *, callbacks: tuple[Any, ...] = ()) -> ThroughputCallback:
+def run_sfttrainer(
+    model: Any,
+    processor: Any,
+    rows: list[Any],
+    settings: MirageSFTConfig,
+    out_dir: Path,
+    *,
+    callbacks: tuple[Any, ...] = (),
+) -> ThroughputCallback:
     """TRL's own SFTTrainer, its defaults except where noted in the module docstring."""
     from datasets import Dataset
     from trl import SFTConfig, SFTTrainer
 
     data = Dataset.from_list([TRLRows(rows)[i] for i in range(len(rows))])
-    args = SFTConfig(**shared_args(settings, out_dir), assistant_only_loss=True, bf16=False,
-                     gradient_checkpointing=False)
+    args = SFTConfig(
+        **shared_args(settings, out_dir),
+        assistant_only_loss=True,
+        bf16=False,
+        gradient_checkpointing=False,
+    )
     throughput = ThroughputCallback()
-    trainer = SFTTrainer(model=model, args=args, train_dataset=data,
-                         processing_class=processor, callbacks=[throughput, *callbacks])
+    trainer = SFTTrainer(
+        model=model,
+        args=args,
+        train_dataset=data,
+        processing_class=processor,
+        callbacks=[throughput, *callbacks],
+    )
     trainer.train()
     return throughput
 
@@ -257,15 +313,18 @@ class ShapeRecorder:
         key = (tuple(kwargs["input_ids"].shape), tuple(kwargs["pixel_values"].shape))
         self.counts[key] += 1
         mask = kwargs.get("attention_mask")  # packed rows have none: every token counts
-        self.non_padding[key] += int(mask.sum()) if mask is not None else \
-            kwargs["input_ids"].numel()
+        self.non_padding[key] += (
+            int(mask.sum()) if mask is not None else kwargs["input_ids"].numel()
+        )
         if key not in self.samples:
-            self.samples[key] = {k: v.detach().clone() for k, v in kwargs.items()
-                                 if torch.is_tensor(v)}
+            self.samples[key] = {
+                k: v.detach().clone() for k, v in kwargs.items() if torch.is_tensor(v)
+            }
 
 
-def counted_flops(model: Any, recorder: ShapeRecorder, *,
-                  varlen: bool = False) -> tuple[float, float]:
+def counted_flops(
+    model: Any, recorder: ShapeRecorder, *, varlen: bool = False
+) -> tuple[float, float]:
     """(executed, useful) training FLOPs of everything the recorder saw (fwd + bwd).
     ``varlen``: replayed with the per-sample attention packed runs trained with, so the
     count is what ran, not transformers' block-diagonal mask over the whole row."""
@@ -303,8 +362,14 @@ def matmul_peak(n: int = 2048, repeats: int = 8) -> float:
 # --------------------------------------------------------------------------- set-up
 def build_world(tmp: Path, n_safety: int, ratio: float) -> tuple[list[Any], int]:
     n_general = max(1, round(ratio * n_safety / (1 - ratio)))
-    world = {"image_size": IMAGE_SIZE, "n_train": n_safety, "n_test_per_split": 4,
-             "n_general_train": n_general, "n_general_test": 4, "n_instruct": 4}
+    world = {
+        "image_size": IMAGE_SIZE,
+        "n_train": n_safety,
+        "n_test_per_split": 4,
+        "n_general_train": n_general,
+        "n_general_test": 4,
+        "n_instruct": 4,
+    }
     cfg = parse_params({"data": {"world": world}}).data
     generate(cfg, tmp / "data", workers=min(2, os.cpu_count() or 1), progress=False)
     safety = load_train_records(tmp / "data" / "mis" / "train.json")
@@ -312,8 +377,9 @@ def build_world(tmp: Path, n_safety: int, ratio: float) -> tuple[list[Any], int]
     return mix_general(safety, general, ratio, seed=1234), len(general)
 
 
-def measure(name: str, fn: Any, model: Any, settings: MirageSFTConfig, *,
-            varlen: bool = False) -> dict[str, Any]:
+def measure(
+    name: str, fn: Any, model: Any, settings: MirageSFTConfig, *, varlen: bool = False
+) -> dict[str, Any]:
     recorder = ShapeRecorder()
     steps = StepTimes()
     handle = model.register_forward_pre_hook(recorder, with_kwargs=True)
@@ -335,16 +401,19 @@ def measure(name: str, fn: Any, model: Any, settings: MirageSFTConfig, *,
         "samples_per_s": tp.steps * settings.batch_size / tp.elapsed,
         "executed_flop_per_s": executed * scale / tp.elapsed,
         "useful_flop_per_s": useful * scale / tp.elapsed,
-        "padding_fraction": 1 - sum(recorder.non_padding.values())
+        "padding_fraction": 1
+        - sum(recorder.non_padding.values())
         / sum(k[0][0] * k[0][1] * n for k, n in recorder.counts.items()),
         "distinct_batch_shapes": len(recorder.counts),
         "final_loss": steps.final_loss,
     }
-    print(f"{name:18s} {out['tokens_per_s']:7.0f} tokens/s (median step "
-          f"{out['tokens_per_s_median_step']:5.0f})  {out['samples_per_s']:5.1f} "
-          f"samples/s  padding {100 * out['padding_fraction']:4.1f}%  "
-          f"{out['executed_flop_per_s'] / 1e9:6.2f} GFLOP/s executed, "
-          f"{out['useful_flop_per_s'] / 1e9:6.2f} useful")
+    print(
+        f"{name:18s} {out['tokens_per_s']:7.0f} tokens/s (median step "
+        f"{out['tokens_per_s_median_step']:5.0f})  {out['samples_per_s']:5.1f} "
+        f"samples/s  padding {100 * out['padding_fraction']:4.1f}%  "
+        f"{out['executed_flop_per_s'] / 1e9:6.2f} GFLOP/s executed, "
+        f"{out['useful_flop_per_s'] / 1e9:6.2f} useful"
+    )
     return out
 
 
@@ -353,41 +422,72 @@ def main() -> None:
     train_defaults = PIPELINE.train
     ap.add_argument("--steps", type=int, default=20, help="optimizer steps per run")
     ap.add_argument("--batch-size", type=int, default=train_defaults.batch_size)
-    ap.add_argument("--max-length", type=int, default=train_defaults.max_length,
-                    help="the reference pads every row to this (train.max_length)")
-    ap.add_argument("--repeat", type=int, default=3,
-                    help="run every contender this many times, order alternating; medians "
-                         "and per-repeat paired ratios are reported (default: 3)")
+    ap.add_argument(
+        "--max-length",
+        type=int,
+        default=train_defaults.max_length,
+        help="the reference pads every row to this (train.max_length)",
+    )
+    ap.add_argument(
+        "--repeat",
+        type=int,
+        default=3,
+        help="run every contender this many times, order alternating; medians "
+        "and per-repeat paired ratios are reported (default: 3)",
+    )
     ap.add_argument("--model", choices=sorted(MODELS), default="embedded")
-    ap.add_argument("--variants", nargs="*", default=[], choices=sorted(VARIANTS),
-                    help="also time mirage with these train options: " + "; ".join(
-                        f"{k}: {v}" for k, v in VARIANTS.items()))
-    ap.add_argument("--skip", nargs="*", default=["reference"],
-                    choices=["reference", "trl", "sfttrainer"],
-                    help="contenders to leave out (default: reference, the rows padded to "
-                         "train.max_length, slow and long beaten; `--skip` alone runs all)")
+    ap.add_argument(
+        "--variants",
+        nargs="*",
+        default=[],
+        choices=sorted(VARIANTS),
+        help="also time mirage with these train options: "
+        + "; ".join(f"{k}: {v}" for k, v in VARIANTS.items()),
+    )
+    ap.add_argument(
+        "--skip",
+        nargs="*",
+        default=["reference"],
+        choices=["reference", "trl", "sfttrainer"],
+        help="contenders to leave out (default: reference, the rows padded to "
+        "train.max_length, slow and long beaten; `--skip` alone runs all)",
+    )
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args()
-    out_path = args.out or (RESULTS if args.model == "embedded"
-                            else RESULTS.with_name(f"train_throughput_{args.model}.json"))
+    out_path = args.out or (
+        RESULTS
+        if args.model == "embedded"
+        else RESULTS.with_name(f"train_throughput_{args.model}.json")
+    )
 
     threads = set_cpu_threads()
     peak = matmul_peak()
-    print(f"torch threads {threads}; matmul peak {peak / 1e9:.1f} GFLOP/s; "
-          f"numerics {numerics.describe()}")
-    settings = MirageSFTConfig(batch_size=args.batch_size, max_steps=args.steps,
-                           logging_steps=args.steps, save_steps=10**6,
-                           max_length=args.max_length, learning_rate=1e-3)
+    print(
+        f"torch threads {threads}; matmul peak {peak / 1e9:.1f} GFLOP/s; "
+        f"numerics {numerics.describe()}"
+    )
+    settings = MirageSFTConfig(
+        batch_size=args.batch_size,
+        max_steps=args.steps,
+        logging_steps=args.steps,
+        save_steps=10**6,
+        max_length=args.max_length,
+        learning_rate=1e-3,
+    )
     # the `mirage` contender is the default pipeline: train's speed options from params.yaml
     pipeline = {k: getattr(PIPELINE.train, k) for k in SPEED_OPTIONS}
     print(f"mirage (the pipeline's train options): {pipeline}")
     tmp = Path(tempfile.mkdtemp(prefix=".bench-train-", dir="."))
     try:
         n_rows = args.steps * args.batch_size
-        rows, _ = build_world(tmp, n_safety=round(n_rows * (1 - train_defaults.general_ratio))
-                              + 1, ratio=train_defaults.general_ratio)
-        corpus = [t["value"].replace("<image>", " ") for r in rows
-                  for t in r.record["conversations"]]
+        rows, _ = build_world(
+            tmp,
+            n_safety=round(n_rows * (1 - train_defaults.general_ratio)) + 1,
+            ratio=train_defaults.general_ratio,
+        )
+        corpus = [
+            t["value"].replace("<image>", " ") for r in rows for t in r.record["conversations"]
+        ]
         cfg = MODELS[args.model]
         model0, processor = build_tiny_vlm(corpus, cfg, IMAGE_SIZE, seed=0)
         n_params = count_parameters(model0)
@@ -404,8 +504,9 @@ def main() -> None:
         # an untimed pass first: the first run in a process pays oneDNN's per-shape primitive
         # creation for every batch shape (all contenders see the same shapes), which made
         # whichever contender ran first look 30-40% slower
-        schedule = [("warmup", names[0])] + [(rep, n) for rep in range(args.repeat)
-                                              for n in (names if rep % 2 == 0 else names[::-1])]
+        schedule = [("warmup", names[0])] + [
+            (rep, n) for rep in range(args.repeat) for n in (names if rep % 2 == 0 else names[::-1])
+        ]
         for rep, name in schedule:
             model = copy.deepcopy(model0)
             # the paper's set-up in both runs: vision tower frozen
@@ -413,32 +514,65 @@ def main() -> None:
 
             freeze_vision_tower(model)
             ckpt = tmp / f"ckpt-{name}-{rep}"
-            options = (pipeline if name == "mirage"
-                       else {**PLAIN, **VARIANTS.get(name.removeprefix("mirage_"), {})})
+            options = (
+                pipeline
+                if name == "mirage"
+                else {**PLAIN, **VARIANTS.get(name.removeprefix("mirage_"), {})}
+            )
             if name.startswith("mirage"):
-                def fn(steps: StepTimes, model: Any = model, ckpt: Path = ckpt,
-                       options: dict[str, Any] = options) -> ThroughputCallback:
+
+                def fn(
+                    steps: StepTimes,
+                    model: Any = model,
+                    ckpt: Path = ckpt,
+                    options: dict[str, Any] = options,
+                ) -> ThroughputCallback:
                     run = settings.model_copy(update=options)
                     # a fresh preprocessing cache per run: its build is in time-to-first-step
-                    trainer, result = run_sft(model, processor, rows, run, ckpt,
-                                              image_size=IMAGE_SIZE, progress=False,
-                                              callbacks=[steps], preprocess_cache=ckpt
-                                              .with_name(ckpt.name + "-pre"))
+                    trainer, result = run_sft(
+                        model,
+                        processor,
+                        rows,
+                        run,
+                        ckpt,
+                        image_size=IMAGE_SIZE,
+                        progress=False,
+                        callbacks=[steps],
+                        preprocess_cache=ckpt.with_name(ckpt.name + "-pre"),
+                    )
                     steps.final_loss = result.final_loss
-                    return next(c for c in trainer.callback_handler.callbacks
-                                if isinstance(c, ThroughputCallback))
+                    return next(
+                        c
+                        for c in trainer.callback_handler.callbacks
+                        if isinstance(c, ThroughputCallback)
+                    )
             elif name == "sfttrainer":
-                def fn(steps: StepTimes, model: Any = model,
-                       ckpt: Path = ckpt) -> ThroughputCallback:
-                    return run_sfttrainer(model, processor, rows, settings, ckpt,
-                                          callbacks=(steps,))
+
+                def fn(
+                    steps: StepTimes, model: Any = model, ckpt: Path = ckpt
+                ) -> ThroughputCallback:
+                    return run_sfttrainer(
+                        model, processor, rows, settings, ckpt, callbacks=(steps,)
+                    )
             else:
-                def fn(steps: StepTimes, model: Any = model, ckpt: Path = ckpt,
-                       trl: bool = name == "trl") -> ThroughputCallback:
-                    return run_reference(model, processor, rows, settings, ckpt, trl=trl,
-                                         callbacks=(steps,))
-            result = measure(f"{name} (warm-up)" if rep == "warmup" else name, fn, model,
-                             settings, varlen=bool(options.get("packing")))
+
+                def fn(
+                    steps: StepTimes,
+                    model: Any = model,
+                    ckpt: Path = ckpt,
+                    trl: bool = name == "trl",
+                ) -> ThroughputCallback:
+                    return run_reference(
+                        model, processor, rows, settings, ckpt, trl=trl, callbacks=(steps,)
+                    )
+
+            result = measure(
+                f"{name} (warm-up)" if rep == "warmup" else name,
+                fn,
+                model,
+                settings,
+                varlen=bool(options.get("packing")),
+            )
             if rep != "warmup":
                 results[name].append(result)
     finally:
@@ -449,28 +583,42 @@ def main() -> None:
 
     # headline: median per-step throughput (robust to other processes' CPU bursts)
     key = "tokens_per_s_median_step"
-    speedup = (median("mirage", key) / median("reference", key) if "reference" in results
-               else float("nan"))
+    speedup = (
+        median("mirage", key) / median("reference", key) if "reference" in results else float("nan")
+    )
     report = {
-        "model": {"name": args.model, "config": cfg.model_dump(), "image_size": IMAGE_SIZE,
-                  "parameters": n_params},
-        "steps": args.steps, "batch_size": args.batch_size, "reference_max_length":
-        args.max_length, "repeat": args.repeat, "torch_threads": threads,
-        "cpu_count": os.cpu_count(), "platform": platform.platform(),
-        "torch": torch.__version__, "numerics": numerics.describe(), "mirage_options": pipeline,
+        "model": {
+            "name": args.model,
+            "config": cfg.model_dump(),
+            "image_size": IMAGE_SIZE,
+            "parameters": n_params,
+        },
+        "steps": args.steps,
+        "batch_size": args.batch_size,
+        "reference_max_length": args.max_length,
+        "repeat": args.repeat,
+        "torch_threads": threads,
+        "cpu_count": os.cpu_count(),
+        "platform": platform.platform(),
+        "torch": torch.__version__,
+        "numerics": numerics.describe(),
+        "mirage_options": pipeline,
         "matmul_peak_flop_per_s": peak,
         "runs": results,
         "mirage_tokens_per_s": median("mirage", key),
         "reference_tokens_per_s": median("reference", key) if "reference" in results else None,
         "speedup_tokens_per_s": speedup,
-        "speedup_tokens_per_s_window_mean": (median("mirage", "tokens_per_s")
-                                             / median("reference", "tokens_per_s")
-                                             if "reference" in results else None),
+        "speedup_tokens_per_s_window_mean": (
+            median("mirage", "tokens_per_s") / median("reference", "tokens_per_s")
+            if "reference" in results
+            else None
+        ),
         "mirage_executed_flop_per_s": median("mirage", "executed_flop_per_s"),
         "mirage_useful_flop_per_s": median("mirage", "useful_flop_per_s"),
         "mirage_useful_fraction_of_peak": median("mirage", "useful_flop_per_s") / peak,
-        "reference_useful_fraction_of_peak": (median("reference", "useful_flop_per_s") / peak
-                                              if "reference" in results else None),
+        "reference_useful_fraction_of_peak": (
+            median("reference", "useful_flop_per_s") / peak if "reference" in results else None
+        ),
         "approx_6N_flop_per_s": 6 * n_params * median("mirage", "tokens_per_s"),
     }
     if "trl" in results:
@@ -479,10 +627,10 @@ def main() -> None:
     if "sfttrainer" in results:
         report["tokens_per_s"] = {n: median(n, key) for n in results}
         report["ratio_vs_sfttrainer"] = median("mirage", key) / median("sfttrainer", key)
-        report["sfttrainer_useful_fraction_of_peak"] = (median("sfttrainer", "useful_flop_per_s")
-                                                        / peak)
-    report["useful_fraction_of_peak"] = {n: median(n, "useful_flop_per_s") / peak
-                                         for n in results}
+        report["sfttrainer_useful_fraction_of_peak"] = (
+            median("sfttrainer", "useful_flop_per_s") / peak
+        )
+    report["useful_fraction_of_peak"] = {n: median(n, "useful_flop_per_s") / peak for n in results}
     # each repeat's contenders run back to back (order alternating between repeats), so a
     # repeat's ratio sees one state of a shared machine: its spread is run-to-run noise
     for baseline in ("sfttrainer", "trl"):
@@ -492,38 +640,49 @@ def main() -> None:
         for n in results:
             if n == baseline:
                 continue
-            pairs = [a[key] / b[key] for a, b in zip(results[n], results[baseline],
-                                                      strict=True)]
-            paired[n] = {"median": statistics.median(pairs), "min": min(pairs),
-                         "max": max(pairs), "per_repeat": pairs}
+            pairs = [a[key] / b[key] for a, b in zip(results[n], results[baseline], strict=True)]
+            paired[n] = {
+                "median": statistics.median(pairs),
+                "min": min(pairs),
+                "max": max(pairs),
+                "per_repeat": pairs,
+            }
     for variant in args.variants:
         name = f"mirage_{variant}"
         report[f"{variant}_vs_mirage"] = median(name, key) / median("mirage", key)
         if "sfttrainer" in results:
-            report[f"ratio_vs_sfttrainer_{variant}"] = (median(name, key)
-                                                       / median("sfttrainer", key))
+            report[f"ratio_vs_sfttrainer_{variant}"] = median(name, key) / median("sfttrainer", key)
     write_json_atomic(out_path, report)
     if "sfttrainer" in results:
         print(f"ratio vs TRL's SFTTrainer: {report['ratio_vs_sfttrainer']:.2f}x")
         for n, r in report["paired_ratio_vs_sfttrainer"].items():
-            print(f"  {n} vs SFTTrainer per repeat: median {r['median']:.2f}x "
-                  f"({r['min']:.2f}-{r['max']:.2f})")
+            print(
+                f"  {n} vs SFTTrainer per repeat: median {r['median']:.2f}x "
+                f"({r['min']:.2f}-{r['max']:.2f})"
+            )
     if "trl" in results:
         print(f"speed-up vs TRL's VLM collator: {report['speedup_vs_trl_collator']:.2f}x")
         for n, r in report["paired_ratio_vs_trl"].items():
-            print(f"  {n} vs the Trainer with TRL's collator per repeat: median "
-                  f"{r['median']:.2f}x ({r['min']:.2f}-{r['max']:.2f})")
+            print(
+                f"  {n} vs the Trainer with TRL's collator per repeat: median "
+                f"{r['median']:.2f}x ({r['min']:.2f}-{r['max']:.2f})"
+            )
     for variant in args.variants:
         line = f"mirage_{variant} vs mirage: {report[f'{variant}_vs_mirage']:.2f}x"
         if "sfttrainer" in results:
             line += f", vs SFTTrainer {report[f'ratio_vs_sfttrainer_{variant}']:.2f}x"
-        print(f"{line}; {100 * report['useful_fraction_of_peak'][f'mirage_{variant}']:.1f}% "
-              "of matmul peak")
-    vs_reference = (f"speed-up vs the padded reference: {speedup:.2f}x; "
-                    if "reference" in results else "")
-    print(f"{vs_reference}mirage useful FLOP/s = "
-          f"{100 * report['mirage_useful_fraction_of_peak']:.1f}% of matmul peak; "
-          f"-> {out_path}")
+        print(
+            f"{line}; {100 * report['useful_fraction_of_peak'][f'mirage_{variant}']:.1f}% "
+            "of matmul peak"
+        )
+    vs_reference = (
+        f"speed-up vs the padded reference: {speedup:.2f}x; " if "reference" in results else ""
+    )
+    print(
+        f"{vs_reference}mirage useful FLOP/s = "
+        f"{100 * report['mirage_useful_fraction_of_peak']:.1f}% of matmul peak; "
+        f"-> {out_path}"
+    )
 
 
 if __name__ == "__main__":

@@ -92,8 +92,11 @@ def build_stage_deployment(pool: str, *, source: Path = REPO) -> Any:
     worker's own clone: the pull step makes it the flow run's working directory)."""
 
     return run_stage.from_source(source=str(source), entrypoint=STAGE_ENTRYPOINT).to_deployment(
-        name=pool, work_pool_name=pool, tags=[*TAGS, "stage"],
-        description=f"One MIRage pipeline stage on work pool {pool} (flows/stage.py).")
+        name=pool,
+        work_pool_name=pool,
+        tags=[*TAGS, "stage"],
+        description=f"One MIRage pipeline stage on work pool {pool} (flows/stage.py).",
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -56,8 +56,9 @@ def _client() -> Any:
 def _worker_tail(client: Any, flow_run_id: Any) -> str:
     from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
 
-    logs = client.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(
-        any_=[flow_run_id])), limit=200)
+    logs = client.read_logs(
+        log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id])), limit=200
+    )
     return "\n".join(entry.message for entry in logs[-_LOG_TAIL:])
 
 
@@ -68,10 +69,12 @@ def _result(client: Any, flow_run_id: Any) -> dict[str, Any]:
         ArtifactFilterKey,
     )
 
-
-    arts = client.read_artifacts(artifact_filter=ArtifactFilter(
-        flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id]),
-        key=ArtifactFilterKey(any_=[RESULT_KEY])))
+    arts = client.read_artifacts(
+        artifact_filter=ArtifactFilter(
+            flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id]),
+            key=ArtifactFilterKey(any_=[RESULT_KEY]),
+        )
+    )
     if not arts:
         raise RuntimeError(f"flow run {flow_run_id}: no {RESULT_KEY} artefact")
     body = re.search(r"```json\n(.*)\n```", str(arts[0].data), re.DOTALL)
@@ -100,8 +103,9 @@ def _pool_alive(client: Any, pool: str) -> bool:
     return False
 
 
-def _wait(client: Any, flow_run_id: Any, pool: str, timeout_s: float,
-          poll_s: float = 2.0) -> tuple[Any, str]:
+def _wait(
+    client: Any, flow_run_id: Any, pool: str, timeout_s: float, poll_s: float = 2.0
+) -> tuple[Any, str]:
     """(the flow run's final state, "") or (None, why it will not end): the time-out, or
     its run started and then the pool lost every worker (a worker that died mid-stage
     leaves its run "running" on the server)."""
@@ -118,11 +122,23 @@ def _wait(client: Any, flow_run_id: Any, pool: str, timeout_s: float,
     return None, f"no result from pool {pool} within {timeout_s:g}s (worker gone?)"
 
 
-@task(name="remote-stage", task_run_name="{stage} on pool {pool}", cache_policy=NO_CACHE,
-      retries=2, retry_delay_seconds=exponential_backoff(backoff_factor=30),
-      retry_jitter_factor=0.2, retry_condition_fn=retry_if_transient)
-def remote_stage(stage: str, pool: str, repo: str, env: dict[str, str],
-                 orchestration: dict[str, Any], order: list[str]) -> dict[str, Any]:
+@task(
+    name="remote-stage",
+    task_run_name="{stage} on pool {pool}",
+    cache_policy=NO_CACHE,
+    retries=2,
+    retry_delay_seconds=exponential_backoff(backoff_factor=30),
+    retry_jitter_factor=0.2,
+    retry_condition_fn=retry_if_transient,
+)
+def remote_stage(
+    stage: str,
+    pool: str,
+    repo: str,
+    env: dict[str, str],
+    orchestration: dict[str, Any],
+    order: list[str],
+) -> dict[str, Any]:
     from prefect.deployments import run_deployment
     from prefect.states import Crashed
 
@@ -132,15 +148,26 @@ def remote_stage(stage: str, pool: str, repo: str, env: dict[str, str],
     start = time.monotonic()
     handoff.push(root, handoff.upstream(stage, order), remote=remote, env=env)
     commit = git(root, "rev-parse", "HEAD")
-    parameters = {"stage": stage, "repo_url": repo_url(root), "commit": commit,
-                  "params_yaml": (root / "params.yaml").read_text(),
-                  "dvc_lock": (root / handoff.LOCK_FILE).read_text()
-                  if (root / handoff.LOCK_FILE).is_file() else "",
-                  "env": env, "remote": remote,
-                  "files": handoff.small_inputs(root, stage)}
+    parameters = {
+        "stage": stage,
+        "repo_url": repo_url(root),
+        "commit": commit,
+        "params_yaml": (root / "params.yaml").read_text(),
+        "dvc_lock": (root / handoff.LOCK_FILE).read_text()
+        if (root / handoff.LOCK_FILE).is_file()
+        else "",
+        "env": env,
+        "remote": remote,
+        "files": handoff.small_inputs(root, stage),
+    }
     name = f"{orchestration['deployment']}/{pool}"
-    run = run_deployment(name, parameters=parameters, timeout=0, as_subflow=True,
-                         flow_run_name=f"{stage}@{commit[:7]}")
+    run = run_deployment(
+        name,
+        parameters=parameters,
+        timeout=0,
+        as_subflow=True,
+        flow_run_name=f"{stage}@{commit[:7]}",
+    )
     log.info("%s: flow run %s on pool %s", stage, run.id, pool)
     with _client() as client:
         state, why = _wait(client, run.id, pool, float(orchestration["stage_timeout_s"]))
@@ -151,9 +178,15 @@ def remote_stage(stage: str, pool: str, repo: str, env: dict[str, str],
             raise StageFailed(stage, -1, None, True, why, tail)
         if not state.is_completed():
             permanent = "(permanent:" in (state.message or "")  # StageFailed's own wording
-            raise StageFailed(stage, -1, None, state.is_crashed() or not permanent,
-                              f"flow run {run.id} on pool {pool} ended {state.type.value}: "
-                              f"{(state.message or '')[:300]}", tail)
+            raise StageFailed(
+                stage,
+                -1,
+                None,
+                state.is_crashed() or not permanent,
+                f"flow run {run.id} on pool {pool} ended {state.type.value}: "
+                f"{(state.message or '')[:300]}",
+                tail,
+            )
         result = _result(client, run.id)
     handoff.merge_lock_entry(root, stage, result["lock"])
     for rel, text in result["files"].items():
@@ -161,10 +194,16 @@ def remote_stage(stage: str, pool: str, repo: str, env: dict[str, str],
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(text)
     handoff.pull(root, stage, remote=remote, env=env)
-    return {"stage": stage, "ran": [stage] if result["reran"] else [],
-            "reran": result["reran"], "seconds": round(time.monotonic() - start, 2),
-            "attempts": runtime_task_run.get_run_count() or 1, "pool": pool,
-            "flow_run_id": str(run.id), "worker_checkout": result["checkout"]}
+    return {
+        "stage": stage,
+        "ran": [stage] if result["reran"] else [],
+        "reran": result["reran"],
+        "seconds": round(time.monotonic() - start, 2),
+        "attempts": runtime_task_run.get_run_count() or 1,
+        "pool": pool,
+        "flow_run_id": str(run.id),
+        "worker_checkout": result["checkout"],
+    }
 
 
 @contextlib.contextmanager

@@ -89,23 +89,33 @@ from mirage_safety.orchestration.workspace import (
 from mirage_safety.tracking import pipeline_run, resolve_tracking_uri
 
 # the flow's API (tests and deployments import these from here)
-__all__ = ["CONFIG_ERROR_EXIT", "LOCK_RELPATH", "PARAMS_FILE", "STAGES", "TRANSIENT_EXITS",
-           "TRANSIENT_PATTERN", "ConfigError", "PipelineBusyError", "StageFailed",
-           "classify_failure", "main", "metrics_rows", "pipeline_lock", "prepare_params",
-           "report_markdown", "retrain"]
+__all__ = [
+    "CONFIG_ERROR_EXIT",
+    "LOCK_RELPATH",
+    "PARAMS_FILE",
+    "STAGES",
+    "TRANSIENT_EXITS",
+    "TRANSIENT_PATTERN",
+    "ConfigError",
+    "PipelineBusyError",
+    "StageFailed",
+    "classify_failure",
+    "main",
+    "metrics_rows",
+    "pipeline_lock",
+    "prepare_params",
+    "report_markdown",
+    "retrain",
+]
 
 STAGES = PIPELINE_STAGES
 REPO_ENV = "MIRAGE_REPO_DIR"
-
-
-
 
 
 # --------------------------------------------------------------------------- helpers
 def default_repo() -> Path:
     """``$MIRAGE_REPO_DIR``, else the checkout this file lives in."""
     return Path(os.environ.get(REPO_ENV) or Path(__file__).resolve().parents[1]).resolve()
-
 
 
 # --------------------------------------------------------------------------- tasks
@@ -280,16 +290,23 @@ def retrain(
         # the parent is resolved against the repo (a Prefect worker does not run in it);
         # the stages get its id and store through `env`, not through this process
         tracker = (
-            pipeline_run(params.tracking, name=name, tags=run_tags, profile=params.profile,
-                         root=repo, export=False)
+            pipeline_run(
+                params.tracking,
+                name=name,
+                tags=run_tags,
+                profile=params.profile,
+                root=repo,
+                export=False,
+            )
             if track
             else contextlib.nullcontext(None)
         )
         slot = pipeline_slot(repo) if pools else contextlib.nullcontext()
         with slot, tracker as parent:
             run_id = parent.run_id if parent else None
-            uri = (parent.tracking_uri if parent
-                   else resolve_tracking_uri(params.tracking, root=repo))
+            uri = (
+                parent.tracking_uri if parent else resolve_tracking_uri(params.tracking, root=repo)
+            )
             env = {
                 "MIRAGE_PIPELINE_ID": name,
                 "MLFLOW_TRACKING_URI": uri,
@@ -328,8 +345,9 @@ def retrain(
             }
             report = publish_report(str(repo), summary)
             if parent is not None:
-                _log_to_parent(parent.client, parent.run_id, report["rows"], report["registry"],
-                               experiment)
+                _log_to_parent(
+                    parent.client, parent.run_id, report["rows"], report["registry"], experiment
+                )
     summary["metrics"] = report["rows"]
     summary["registry"] = report["registry"]
     reran = [s["stage"] for s in stages if s["reran"]]
@@ -357,11 +375,13 @@ def _check_shared_tracking(repo: Path, params: Params) -> None:
 
 def _check_dvc_remote(repo: Path, params: Params) -> None:
     """Placed stages exchange bytes through a DVC remote: there must be one."""
-    names = subprocess.run(dvc_cmd("remote", "list"), cwd=repo, capture_output=True,
-                           text=True, check=False).stdout.split()
+    names = subprocess.run(
+        dvc_cmd("remote", "list"), cwd=repo, capture_output=True, text=True, check=False
+    ).stdout.split()
     wanted = params.orchestration.remote
-    out = subprocess.run(dvc_cmd("remote", "default"), cwd=repo, capture_output=True,
-                         text=True, check=False)
+    out = subprocess.run(
+        dvc_cmd("remote", "default"), cwd=repo, capture_output=True, text=True, check=False
+    )
     default = out.stdout.strip() if out.returncode == 0 else ""
     if (wanted and wanted not in names) or (not wanted and not default):
         have = ", ".join(names[::2]) or "none"

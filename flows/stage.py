@@ -54,9 +54,16 @@ def checkout(repo: Path, repo_url: str, commit: str) -> None:
 
 
 @flow(name=FLOW_NAME, log_prints=True)
-def run_stage(stage: str, repo_url: str, commit: str, params_yaml: str, dvc_lock: str,
-              env: dict[str, str], remote: str | None = None,
-              files: dict[str, str] | None = None) -> dict[str, Any]:
+def run_stage(
+    stage: str,
+    repo_url: str,
+    commit: str,
+    params_yaml: str,
+    dvc_lock: str,
+    env: dict[str, str],
+    remote: str | None = None,
+    files: dict[str, str] | None = None,
+) -> dict[str, Any]:
 
     log = get_run_logger()
     repo = Path.cwd()
@@ -67,21 +74,35 @@ def run_stage(stage: str, repo_url: str, commit: str, params_yaml: str, dvc_lock
     for rel, text in (files or {}).items():  # small inputs kept in git (metrics/eval.json)
         (repo / rel).parent.mkdir(parents=True, exist_ok=True)
         (repo / rel).write_text(text)
-    log.info("%s at %s on %s: pulling what %s depends on", repo, commit[:7],
-             socket.gethostname(), stage)
+    log.info(
+        "%s at %s on %s: pulling what %s depends on", repo, commit[:7], socket.gethostname(), stage
+    )
     handoff.pull_inputs(repo, stage, remote=remote, env=env)
-    returncode, tail, _ = stream_command(dvc_cmd("repro", "--single-item", stage), repo,
-                                  stage_env(env), None)
+    returncode, tail, _ = stream_command(
+        dvc_cmd("repro", "--single-item", stage), repo, stage_env(env), None
+    )
     if returncode != 0:
         transient, reason, stage_exit = classify_failure(returncode, tail)
         raise StageFailed(stage, returncode, stage_exit, transient, reason, tail[-4000:])
     handoff.push(repo, [stage], remote=remote, env=env)
-    files = {p: (repo / p).read_text() for p in handoff.cache_false_outs(repo, stage)
-             if (repo / p).is_file()}
-    result = {"stage": stage, "commit": commit, "host": socket.gethostname(),
-              "checkout": str(repo), "lock": handoff.lock_entry(repo, stage), "files": files,
-              "reran": stage in ran_stages(tail),
-              "seconds": round(time.monotonic() - start, 2)}
-    create_markdown_artifact(key=RESULT_KEY, markdown="```json\n" + json.dumps(result)
-                             + "\n```", description=f"{stage}: dvc.lock entry and files")
+    files = {
+        p: (repo / p).read_text()
+        for p in handoff.cache_false_outs(repo, stage)
+        if (repo / p).is_file()
+    }
+    result = {
+        "stage": stage,
+        "commit": commit,
+        "host": socket.gethostname(),
+        "checkout": str(repo),
+        "lock": handoff.lock_entry(repo, stage),
+        "files": files,
+        "reran": stage in ran_stages(tail),
+        "seconds": round(time.monotonic() - start, 2),
+    }
+    create_markdown_artifact(
+        key=RESULT_KEY,
+        markdown="```json\n" + json.dumps(result) + "\n```",
+        description=f"{stage}: dvc.lock entry and files",
+    )
     return result

@@ -38,6 +38,7 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
         terminalreporter.section("unmarked slow tests")
         terminalreporter.write_line(
             f"{len(over)} test(s) not marked slow took over {FAST_LIMIT_S:.0f} s; mark them "
-            "@pytest.mark.slow so `make test-fast` stays fast:")
+            "@pytest.mark.slow so `make test-fast` stays fast:"
+        )
         for nodeid, seconds in sorted(over.items(), key=lambda kv: -kv[1]):
             terminalreporter.write_line(f"  {seconds:6.1f} s  {nodeid}")

@@ -16,8 +16,9 @@ def loss_and_grads(model, batch):
     model.zero_grad(set_to_none=True)
     loss = model(**batch).loss
     loss.backward()
-    return loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters()
-                           if p.grad is not None}
+    return loss.detach(), {
+        n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None
+    }
 
 
 def assert_same(reference, other):
@@ -40,8 +41,9 @@ def llava_batch(tmp_path_factory):
     from mirage_safety.models.loading import load_for_inference
 
     data = world_data(tmp_path_factory)
-    model, processor = load_for_inference(tiny_model(tmp_path_factory), device="cpu",
-                                          dtype="float32")
+    model, processor = load_for_inference(
+        tiny_model(tmp_path_factory), device="cpu", dtype="float32"
+    )
     model.train()
     return model, ChatCollator(processor, root=data / "mis"), _records(data, 4)
 
@@ -56,12 +58,15 @@ def qwen2_vl_batch(tmp_path_factory):
 
     cache = tmp_path_factory.mktemp("hf-qwen2-vl")
     _, commit = write_snapshot("qwen2_vl", cache)
-    model, processor = load_pretrained(ModelSource(str(snapshot_dir(cache, "qwen2_vl", commit))),
-                                       dtype="float32")
+    model, processor = load_pretrained(
+        ModelSource(str(snapshot_dir(cache, "qwen2_vl", commit))), dtype="float32"
+    )
     model.train()
     mis = build_mis(tmp_path_factory.mktemp("mis-qwen2-vl") / "mis", n_train=3)
     dataset = load_mis(HubDataConfig(local_dir=str(mis)), progress=False)
     recs = dataset.train[:3]
-    recs[1] = {**recs[1], "conversations": [recs[1]["conversations"][0],
-                                            {"from": "gpt", "value": "Short."}]}
+    recs[1] = {
+        **recs[1],
+        "conversations": [recs[1]["conversations"][0], {"from": "gpt", "value": "Short."}],
+    }
     return model, ChatCollator(processor, root=dataset.root), recs

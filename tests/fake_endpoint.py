@@ -35,15 +35,25 @@ class FakeEndpoint:
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
                 # every non-system turn (a guard request has a user and an assistant turn)
                 user_text = "".join(
-                    m["content"] if isinstance(m["content"], str)
+                    m["content"]
+                    if isinstance(m["content"], str)
                     else "".join(p.get("text", "") for p in m["content"] if p["type"] == "text")
-                    for m in body["messages"] if m["role"] != "system")
+                    for m in body["messages"]
+                    if m["role"] != "system"
+                )
                 tag = CASE.search(user_text)
                 case = tag.group(1) if tag else "default"
                 with outer.lock:
                     headers = {k.lower(): v for k, v in self.headers.items()}
-                    outer.requests.append({"path": self.path, "headers": headers,
-                                           "body": body, "case": case, "user_text": user_text})
+                    outer.requests.append(
+                        {
+                            "path": self.path,
+                            "headers": headers,
+                            "body": body,
+                            "case": case,
+                            "user_text": user_text,
+                        }
+                    )
                     actions = outer.script.get(case) or [("ok", outer.default)]
                     action = actions.pop(0) if len(actions) > 1 else actions[0]
                 # the client may have given up already (timeout test)
@@ -57,11 +67,24 @@ class FakeEndpoint:
                 if action[0] in ("ok", "cut"):
                     code, headers = 200, {"Content-Type": "application/json"}
                     reason = "stop" if action[0] == "ok" else "length"
-                    data = json.dumps({"id": "x", "object": "chat.completion", "choices": [
-                        {"index": 0, "finish_reason": reason,
-                         "message": {"role": "assistant", "content": action[1]}}],
-                        "usage": {"prompt_tokens": 11, "completion_tokens": 7,
-                                  "total_tokens": 18}})
+                    data = json.dumps(
+                        {
+                            "id": "x",
+                            "object": "chat.completion",
+                            "choices": [
+                                {
+                                    "index": 0,
+                                    "finish_reason": reason,
+                                    "message": {"role": "assistant", "content": action[1]},
+                                }
+                            ],
+                            "usage": {
+                                "prompt_tokens": 11,
+                                "completion_tokens": 7,
+                                "total_tokens": 18,
+                            },
+                        }
+                    )
                 else:
                     _, code, headers, data = action
                 raw = data.encode()
@@ -75,8 +98,9 @@ class FakeEndpoint:
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.server.daemon_threads = True
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
-        self.thread = threading.Thread(target=self.server.serve_forever,
-                                       kwargs={"poll_interval": 0.02}, daemon=True)
+        self.thread = threading.Thread(
+            target=self.server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True
+        )
         self.thread.start()
 
     def calls(self, case: str) -> int:

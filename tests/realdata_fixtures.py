@@ -57,9 +57,16 @@ def _color(i: int, k: int) -> tuple[int, int, int]:
     return ((37 * i + 90 * k) % 256, (11 * i) % 256, (200 - 13 * k) % 256)
 
 
-def build_mis(root: Path, *, n_train: int = 4, n_test: int = 3,
-              splits: Sequence[str] = ("easy", "hard", "real"), test_dir: str = "",
-              chat_style: str = "conversations", images_key: str = "images") -> Path:
+def build_mis(
+    root: Path,
+    *,
+    n_train: int = 4,
+    n_test: int = 3,
+    splits: Sequence[str] = ("easy", "hard", "real"),
+    test_dir: str = "",
+    chat_style: str = "conversations",
+    images_key: str = "images",
+) -> Path:
     """The public MIS layout: ``mis_train.json`` + ``mis_<split>.json`` + image folders.
 
     Test ids are integers starting at 1 in every file (as in the release), so the same
@@ -75,11 +82,12 @@ def build_mis(root: Path, *, n_train: int = 4, n_test: int = 3,
         for k, rel in enumerate(images):
             write_png(root / rel, _color(i, k))
         question = f"How could the item in the first picture be used with the second ({i})?"
-        answer = (f"The first image shows object A{i} and the second shows object B{i}. "
-                  "Together with this request the combination is risky, so here is a safe "
-                  "alternative.")
-        rec: dict[str, Any] = {"id": i, images_key: images, "category": cat,
-                               "sub_category": sub}
+        answer = (
+            f"The first image shows object A{i} and the second shows object B{i}. "
+            "Together with this request the combination is risky, so here is a safe "
+            "alternative."
+        )
+        rec: dict[str, Any] = {"id": i, images_key: images, "category": cat, "sub_category": sub}
         if chat_style == "messages":
             rec["messages"] = [
                 {"role": "system", "content": "You are a careful assistant."},
@@ -87,8 +95,10 @@ def build_mis(root: Path, *, n_train: int = 4, n_test: int = 3,
                 {"role": "assistant", "content": answer},
             ]
         else:
-            rec["conversations"] = [{"from": "human", "value": f"<image>\n<image>\n{question}"},
-                                    {"from": "gpt", "value": answer}]
+            rec["conversations"] = [
+                {"from": "human", "value": f"<image>\n<image>\n{question}"},
+                {"from": "gpt", "value": answer},
+            ]
         train.append(rec)
     write_json(root / "mis_train.json", train)
 
@@ -100,10 +110,16 @@ def build_mis(root: Path, *, n_train: int = 4, n_test: int = 3,
             cat, sub = MIS_PAIRS[n % len(MIS_PAIRS)]
             for k in (1, 2):
                 write_png(tdir / img_dir / str(n) / f"object{k}.png", _color(n, k))
-            recs.append({"id": n, "category": cat, "sub_category": sub,
-                         "question": f"What can I do with these two things ({split} {n})?",
-                         "image_path1": f"{img_dir}/{n}/object1.png",
-                         "image_path2": f"{img_dir}/{n}/object2.png"})
+            recs.append(
+                {
+                    "id": n,
+                    "category": cat,
+                    "sub_category": sub,
+                    "question": f"What can I do with these two things ({split} {n})?",
+                    "image_path1": f"{img_dir}/{n}/object1.png",
+                    "image_path2": f"{img_dir}/{n}/object2.png",
+                }
+            )
         write_json(tdir / f"mis_{split}.json", recs)
     return root
 
@@ -123,8 +139,10 @@ def build_msr(root: Path, *, n: int = 4, file: str = "msr_align.json") -> Path:
             "instruction": f"Describe what is happening here and what I should do next ({i}).",
             "category": src_cat,
             "policy": f"Policy for {src_cat}: goal ... Rule 1 ... Rule 2 ...",
-            "response": (f"The image shows scene {i}. Rule 2 of the {src_cat} policy applies; "
-                         "the risk is moderate, so here is a safe answer."),
+            "response": (
+                f"The image shows scene {i}. Rule 2 of the {src_cat} policy applies; "
+                "the risk is moderate, so here is a safe answer."
+            ),
             "score": 9,
         }
         if i % 2 == 0:
@@ -139,8 +157,9 @@ def build_msr(root: Path, *, n: int = 4, file: str = "msr_align.json") -> Path:
     return root
 
 
-def build_general(root: Path, *, n: int = 6, file: str = "m4_instruct_annotations.json",
-                  image_dir: str = "Split1") -> Path:
+def build_general(
+    root: Path, *, n: int = 6, file: str = "m4_instruct_annotations.json", image_dir: str = "Split1"
+) -> Path:
     """A general instruction set in the LLaVA / ShareGPT layout (M4-Instruct style).
 
     Record ``i`` has ``1 + i % 3`` images under ``image``: a plain path for one image, a
@@ -156,18 +175,37 @@ def build_general(root: Path, *, n: int = 6, file: str = "m4_instruct_annotation
         for k, rel in enumerate(images):
             write_png(root / rel, _color(i, k))
         question = f"Compare the pictures ({i}): what differs?"
-        conv = [{"from": "human", "value": "<image>\n" * len(images) + question},
-                {"from": "gpt", "value": f"Picture {i} differs in colour."}]
+        conv = [
+            {"from": "human", "value": "<image>\n" * len(images) + question},
+            {"from": "gpt", "value": f"Picture {i} differs in colour."},
+        ]
         if i == 4:
-            conv = [{"from": "human", "value": "<image>\n" * (len(images) - 1) + question},
-                    {"from": "gpt", "value": "The first ones match."},
-                    {"from": "human", "value": "And this one? <image>"},
-                    {"from": "gpt", "value": "It is darker."}]
-        recs.append({"id": f"m4-{i}", "image": images[0] if len(images) == 1 else images,
-                     "conversations": conv, "metadata": {"dataset": f"task{i % 2}"}})
+            conv = [
+                {"from": "human", "value": "<image>\n" * (len(images) - 1) + question},
+                {"from": "gpt", "value": "The first ones match."},
+                {"from": "human", "value": "And this one? <image>"},
+                {"from": "gpt", "value": "It is darker."},
+            ]
+        recs.append(
+            {
+                "id": f"m4-{i}",
+                "image": images[0] if len(images) == 1 else images,
+                "conversations": conv,
+                "metadata": {"dataset": f"task{i % 2}"},
+            }
+        )
     write_json(root / file, recs)
-    write_json(root / "m4_instruct_video.json",
-               [{"id": "v0", "video": "clip.mp4",
-                 "conversations": [{"from": "human", "value": "<image>\nWhat happens?"},
-                                   {"from": "gpt", "value": "Nothing."}]}])
+    write_json(
+        root / "m4_instruct_video.json",
+        [
+            {
+                "id": "v0",
+                "video": "clip.mp4",
+                "conversations": [
+                    {"from": "human", "value": "<image>\nWhat happens?"},
+                    {"from": "gpt", "value": "Nothing."},
+                ],
+            }
+        ],
+    )
     return root

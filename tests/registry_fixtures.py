@@ -19,14 +19,32 @@ import pytest
 from mirage_safety.config import BuiltinModelConfig, Params, parse_params
 
 IMAGE_SIZE = 32
-TINY = BuiltinModelConfig(vision_hidden=16, vision_layers=1, vision_heads=2, text_hidden=32,
-                          text_layers=1, text_heads=2, intermediate_size=64, vocab_size=300)
+TINY = BuiltinModelConfig(
+    vision_hidden=16,
+    vision_layers=1,
+    vision_heads=2,
+    text_hidden=32,
+    text_layers=1,
+    text_heads=2,
+    intermediate_size=64,
+    vocab_size=300,
+)
 
 # environment that would route runs elsewhere or change parenting: cleared in every test
-MLFLOW_ENV = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI", "MLFLOW_EXPERIMENT_NAME",
-              "MLFLOW_EXPERIMENT_ID", "MLFLOW_RUN_ID", "MIRAGE_PARENT_RUN_ID",
-              "MIRAGE_PIPELINE_ID", "DVC_ROOT", "DVC_STAGE", "DVC_EXP_NAME",
-              "DVC_EXP_BASELINE_REV", "MIRAGE_PROFILE")
+MLFLOW_ENV = (
+    "MLFLOW_TRACKING_URI",
+    "MLFLOW_REGISTRY_URI",
+    "MLFLOW_EXPERIMENT_NAME",
+    "MLFLOW_EXPERIMENT_ID",
+    "MLFLOW_RUN_ID",
+    "MIRAGE_PARENT_RUN_ID",
+    "MIRAGE_PIPELINE_ID",
+    "DVC_ROOT",
+    "DVC_STAGE",
+    "DVC_EXP_NAME",
+    "DVC_EXP_BASELINE_REV",
+    "MIRAGE_PROFILE",
+)
 
 
 def world_corpus() -> list[str]:
@@ -36,8 +54,10 @@ def world_corpus() -> list[str]:
     names = world.OBJECT_NAMES
     texts = [world.question_text(t) for t in (*world.REQUEST_TEMPLATES, *world.BENIGN_TEMPLATES)]
     texts += [world.perception(a, b) for a in names[:12] for b in names[12:24]]
-    texts += [world.helpful_answer(a, b, world.REQUEST_TEMPLATES[0])
-              for a, b in zip(names[:20], names[20:40], strict=True)]
+    texts += [
+        world.helpful_answer(a, b, world.REQUEST_TEMPLATES[0])
+        for a, b in zip(names[:20], names[20:40], strict=True)
+    ]
     texts += [world.REFUSAL, world.DECLINE, world.SAFE_QUESTION_NOTE]
     return texts
 
@@ -133,33 +153,47 @@ def reset_mlflow() -> None:
 
 
 def make_params(tracking_uri: str, **registry: Any) -> Params:
-    return parse_params({
-        "tracking": {"tracking_uri": tracking_uri, "experiment": "mirage-test"},
-        "registry": {"model_name": "mirage", **registry},
-        "eval": {"max_new_tokens": 4, "batch_size": 2},
-    })
+    return parse_params(
+        {
+            "tracking": {"tracking_uri": tracking_uri, "experiment": "mirage-test"},
+            "registry": {"model_name": "mirage", **registry},
+            "eval": {"max_new_tokens": 4, "batch_size": 2},
+        }
+    )
 
 
 # --------------------------------------------------------------------------- eval.json
-def summary(*, easy: float = 2.0, hard: float = 4.0, benign_asr: float = 0.0,
-            over_refusal: float = 5.0, helpfulness: float = 90.0,
-            accuracy: float = 60.0) -> dict[str, Any]:
+def summary(
+    *,
+    easy: float = 2.0,
+    hard: float = 4.0,
+    benign_asr: float = 0.0,
+    over_refusal: float = 5.0,
+    helpfulness: float = 90.0,
+    accuracy: float = 60.0,
+) -> dict[str, Any]:
     """A MIRage/base summary in the layout of metrics/eval.json (percentages)."""
     return {
         "test_easy": {"asr": easy, "rsr": 100.0 - easy, "rr": 0.0, "hr": 0.0, "n": 28},
         "test_hard": {"asr": hard, "rsr": 100.0 - hard, "rr": 0.0, "hr": 0.0, "n": 28},
-        "test_benign": {"asr": benign_asr, "over_refusal": over_refusal,
-                        "helpfulness": helpfulness, "n": 28},
+        "test_benign": {
+            "asr": benign_asr,
+            "over_refusal": over_refusal,
+            "helpfulness": helpfulness,
+            "n": 28,
+        },
         "general": {"accuracy": accuracy, "n": 40},
         "categories": {"Violent": {"asr": easy, "n": 10}},
     }
 
 
-def eval_json(mirage: dict[str, Any] | None = None, base: dict[str, Any] | None = None
-              ) -> dict[str, Any]:
+def eval_json(
+    mirage: dict[str, Any] | None = None, base: dict[str, Any] | None = None
+) -> dict[str, Any]:
     return {
-        "base": copy.deepcopy(base) if base is not None else summary(
-            easy=80.0, hard=85.0, over_refusal=4.0, helpfulness=95.0, accuracy=58.0),
+        "base": copy.deepcopy(base)
+        if base is not None
+        else summary(easy=80.0, hard=85.0, over_refusal=4.0, helpfulness=95.0, accuracy=58.0),
         "mirage": copy.deepcopy(mirage) if mirage is not None else summary(),
         "agreement": {"kappa": 0.9},
         "judges": {"primary": "world", "second": "keyword"},

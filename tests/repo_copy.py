@@ -28,9 +28,16 @@ def commit(repo: Path, message: str) -> None:
 
 def copy_worktree(src: Path, dst: Path) -> Path:
     """Tracked + untracked-not-ignored files of ``src`` into a fresh git repo ``dst``."""
-    listing = subprocess.run(["git", "ls-files", "-z", "--cached", "--others",
-                              "--exclude-standard"], cwd=src, capture_output=True,
-                             check=True).stdout.decode().split("\0")
+    listing = (
+        subprocess.run(
+            ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+            cwd=src,
+            capture_output=True,
+            check=True,
+        )
+        .stdout.decode()
+        .split("\0")
+    )
     for rel in filter(None, listing):
         if (src / rel).is_file():
             (dst / rel).parent.mkdir(parents=True, exist_ok=True)

@@ -11,13 +11,13 @@ from mirage_safety.models.serving import free_port, start, stop
 
 
 @contextlib.contextmanager
-def serve(model_dir: Path, log: Path, *, port: int | None = None,
-          timeout_s: float = 180.0) -> Iterator[str]:
+def serve(
+    model_dir: Path, log: Path, *, port: int | None = None, timeout_s: float = 180.0
+) -> Iterator[str]:
     """``transformers serve --device cpu`` for ``model_dir``; yields the ``/v1`` base URL.
     Requests must name the model by the same path."""
     port = port or free_port()
-    proc = start(model_dir, host="127.0.0.1", port=port, device="cpu", log=log,
-                 timeout_s=timeout_s)
+    proc = start(model_dir, host="127.0.0.1", port=port, device="cpu", log=log, timeout_s=timeout_s)
     try:
         yield f"http://127.0.0.1:{port}/v1"
     finally:

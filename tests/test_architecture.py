@@ -72,8 +72,9 @@ def test_stage_code_deps_cover_every_module_the_stage_imports() -> None:
 def _status(repo: Path) -> dict[str, set[str]]:
     """``{stage: changed deps}`` from ``dvc status`` (``"always changed"`` for such a
     stage)."""
-    out = subprocess.run([DVC, "status", "--json"], cwd=repo, capture_output=True, text=True,
-                         check=True, timeout=300).stdout
+    out = subprocess.run(
+        [DVC, "status", "--json"], cwd=repo, capture_output=True, text=True, check=True, timeout=300
+    ).stdout
     changed: dict[str, set[str]] = {}
     for stage, entries in json.loads(out or "{}").items():
         for entry in entries:
@@ -87,9 +88,16 @@ def _status(repo: Path) -> dict[str, set[str]]:
 @pytest.mark.slow
 def test_changing_a_code_default_marks_every_stage_changed(tmp_path) -> None:
     repo = tmp_path / "repo"
-    files = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
-                           cwd=REPO, capture_output=True,
-                           check=True).stdout.decode().split("\0")
+    files = (
+        subprocess.run(
+            ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+            cwd=REPO,
+            capture_output=True,
+            check=True,
+        )
+        .stdout.decode()
+        .split("\0")
+    )
     for rel in filter(None, files):
         src = REPO / rel
         if src.is_file():
@@ -101,8 +109,9 @@ def test_changing_a_code_default_marks_every_stage_changed(tmp_path) -> None:
     # the dep entry (the file, or a folder above it) through which each stage sees config.py
     through = {}
     for stage in STAGE_ENTRY:
-        entries = [d for d in stages[stage].get("deps", []) if isinstance(d, str)
-                   and _covered(config, [d])]
+        entries = [
+            d for d in stages[stage].get("deps", []) if isinstance(d, str) and _covered(config, [d])
+        ]
         assert entries, f"stage {stage}: config.py is not among its deps"
         through[stage] = entries[0]
     # the copy's dvc.lock records config.py as it is now, so the edit below is the only

@@ -33,21 +33,41 @@ def _fake_cache(hub: Path, model_id: str, refs: dict[str, str]) -> None:
         (repo / "refs" / ref).write_text(commit)
 
 
-def _mirage_base(tmp_path: Path, hub: dict, *, offline: bool = True
-                 ) -> subprocess.CompletedProcess[str]:
+def _mirage_base(
+    tmp_path: Path, hub: dict, *, offline: bool = True
+) -> subprocess.CompletedProcess[str]:
     """``mirage base`` in a fresh process: huggingface_hub reads its env at import time."""
     params = tmp_path / "params.yaml"
     params.write_text(yaml.safe_dump({"base": {"source": "hub", "hub": hub}}))
     env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "HUGGINGFACE_"))}
-    env.update(HF_HOME=str(tmp_path / "hf"), HF_HUB_CACHE=str(tmp_path / "hf" / "hub"),
-               MIRAGE_PROFILE="default")
+    env.update(
+        HF_HOME=str(tmp_path / "hf"),
+        HF_HUB_CACHE=str(tmp_path / "hf" / "hub"),
+        MIRAGE_PROFILE="default",
+    )
     if offline:
         env["HF_HUB_OFFLINE"] = "1"
     return subprocess.run(
-        [sys.executable, "-m", "mirage_safety.cli", "base", "--params", str(params),
-         "--out", str(tmp_path / "models" / "base"), "--metrics", str(tmp_path / "metrics"),
-         "--no-mlflow", "--no-progress"],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+        [
+            sys.executable,
+            "-m",
+            "mirage_safety.cli",
+            "base",
+            "--params",
+            str(params),
+            "--out",
+            str(tmp_path / "models" / "base"),
+            "--metrics",
+            str(tmp_path / "metrics"),
+            "--no-mlflow",
+            "--no-progress",
+        ],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
 def test_hub_model_not_cached_offline_fails_naming_it(tmp_path):
@@ -56,8 +76,9 @@ def test_hub_model_not_cached_offline_fails_naming_it(tmp_path):
     assert proc.returncode == 2  # a clear one-line error, not a traceback
     assert proc.stderr.startswith("error: cannot resolve Hub model")
     assert "Traceback" not in proc.stderr
-    assert "'org/not-cached'" in proc.stderr and "not in the local Hugging Face cache" in \
-        proc.stderr
+    assert (
+        "'org/not-cached'" in proc.stderr and "not in the local Hugging Face cache" in proc.stderr
+    )
     assert not (tmp_path / "models").exists()  # nothing half-written for DVC to cache
     assert not (tmp_path / "metrics" / "base.json").exists()
 
@@ -71,8 +92,13 @@ def test_hub_model_cached_offline_is_pinned_to_the_snapshot_commit(tmp_path):
     out = tmp_path / "models" / "base"
     assert sorted(p.name for p in out.iterdir()) == ["pin.json"]  # weights stay in the cache
     pin = json.loads((out / "pin.json").read_text())
-    assert pin == {"model_id": "org/name", "revision": None, "commit": COMMIT,
-                   "trust_remote_code": False, "dtype": "auto"}
+    assert pin == {
+        "model_id": "org/name",
+        "revision": None,
+        "commit": COMMIT,
+        "trust_remote_code": False,
+        "dtype": "auto",
+    }
     metrics = json.loads((tmp_path / "metrics" / "base.json").read_text())
     assert metrics["source"] == "hub" and metrics["commit"] == COMMIT
 
@@ -95,21 +121,51 @@ def _builtin(tmp_path: Path, data: Path, name: str) -> tuple[int, Path]:
     from mirage_safety.cli import main
 
     params = tmp_path / "params.yaml"
-    params.write_text(yaml.safe_dump({"profiles": {"tiny": {
-        "data": {"world": {"image_size": IMAGE_SIZE}},
-        "base": {"builtin": {**TINY.model_dump(), "vision_pretrain_steps": 20,
-                             "vision_pretrain_batch_size": 16, "pretrain_steps": 10,
-                             "pretrain_batch_size": 4}}}}}))
+    params.write_text(
+        yaml.safe_dump(
+            {
+                "profiles": {
+                    "tiny": {
+                        "data": {"world": {"image_size": IMAGE_SIZE}},
+                        "base": {
+                            "builtin": {
+                                **TINY.model_dump(),
+                                "vision_pretrain_steps": 20,
+                                "vision_pretrain_batch_size": 16,
+                                "pretrain_steps": 10,
+                                "pretrain_batch_size": 4,
+                            }
+                        },
+                    }
+                }
+            }
+        )
+    )
     work = tmp_path / name
-    rc = main(["base", "--params", str(params), "--profile", "tiny", "--data", str(data),
-               "--out", str(work / "models" / "base"), "--metrics", str(work / "metrics"),
-               "--checkpoints", str(work / "ckpt"), "--no-mlflow", "--no-progress"])
+    rc = main(
+        [
+            "base",
+            "--params",
+            str(params),
+            "--profile",
+            "tiny",
+            "--data",
+            str(data),
+            "--out",
+            str(work / "models" / "base"),
+            "--metrics",
+            str(work / "metrics"),
+            "--checkpoints",
+            str(work / "ckpt"),
+            "--no-mlflow",
+            "--no-progress",
+        ]
+    )
     return rc, work
 
 
 @pytest.mark.slow
-def test_builtin_base_builds_a_loadable_checkpoint_with_metrics(tmp_path, tmp_path_factory,
-                                                                capsys):
+def test_builtin_base_builds_a_loadable_checkpoint_with_metrics(tmp_path, tmp_path_factory, capsys):
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
     from mirage_safety.models.inference import generate_one
@@ -134,14 +190,16 @@ def test_builtin_base_builds_a_loadable_checkpoint_with_metrics(tmp_path, tmp_pa
     assert model.config.vision_config.image_size == IMAGE_SIZE
     rec = json.loads((data / "general" / "test.json").read_text())[0]
     images = [image_at(data / "general", rec[k]) for k in ("image_path1", "image_path2")]
-    assert isinstance(generate_one(model, processor, rec["question"], images,
-                                   max_new_tokens=4), str)
+    assert isinstance(
+        generate_one(model, processor, rec["question"], images, max_new_tokens=4), str
+    )
 
     # seeded: the same params build the same weights
     rc, again = _builtin(tmp_path, data, "b")
     assert rc == 0
     assert (again / "models" / "base" / "model.safetensors").read_bytes() == (
-        model_dir / "model.safetensors").read_bytes()
+        model_dir / "model.safetensors"
+    ).read_bytes()
 
 
 def test_builtin_base_without_general_data_fails_before_training(tmp_path):

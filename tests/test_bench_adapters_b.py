@@ -17,7 +17,7 @@ from bench_fixtures import mossbench as moss_fx
 from bench_fixtures import mssbench as mss_fx
 from bench_fixtures import vlsbench as vls_fx
 from mirage_safety.data.schema import DataValidationError
-from mirage_safety.evaluation.benchmarks.adapters import mis, mossbench, mssbench, vlsbench
+from mirage_safety.evaluation.benchmarks.catalog import mis, mossbench, mssbench, vlsbench
 from mirage_safety.evaluation.benchmarks.sample import BenchSample
 from realdata_fixtures import read_json, write_json, write_png
 
@@ -25,8 +25,11 @@ from realdata_fixtures import read_json, write_json, write_png
 CASES: dict[str, tuple[ModuleType, ModuleType, tuple[str, str, str]]] = {
     "mssbench": (mssbench, mss_fx, ("combined.json", "chat[3]", "unsafe_image_path")),
     "vlsbench": (vlsbench, vls_fx, ("data.json", "4", "category")),
-    "mossbench": (mossbench, moss_fx,
-                  ("data/images_information/information.json", "5", "question")),
+    "mossbench": (
+        mossbench,
+        moss_fx,
+        ("data/images_information/information.json", "5", "question"),
+    ),
     "mis": (mis, mis_fx, ("mis_test/mis_hard.json", "#2", "image_path2")),
 }
 
@@ -123,8 +126,9 @@ def test_symlink_out_of_the_root_is_rejected(case: str, tmp_path: Path) -> None:
     assert "symlink" in _problem(info.value, *where)
 
 
-def test_missing_image_is_a_problem_unless_images_are_not_checked(case: str,
-                                                                  tmp_path: Path) -> None:
+def test_missing_image_is_a_problem_unless_images_are_not_checked(
+    case: str, tmp_path: Path
+) -> None:
     adapter, fx, _ = CASES[case]
     expected = fx.build(tmp_path)
     where = _set_first_image(case, tmp_path, "nowhere.png")
@@ -151,8 +155,14 @@ def test_mssbench_samples(tmp_path: Path) -> None:
     assert safe.question.endswith("The user query is: " + query)
     assert (safe.subset, unsafe.subset) == ("safe", "unsafe")
     assert safe.images == ("chat/1_safe.png",) and unsafe.images == ("chat/1_unsafe.png",)
-    assert unsafe.meta == {"intent": "ride a bike", "type": "physical harm", "query": query,
-                           "pair": 0, "context": "unsafe", "harmful": True}
+    assert unsafe.meta == {
+        "intent": "ride a bike",
+        "type": "physical harm",
+        "query": query,
+        "pair": 0,
+        "context": "unsafe",
+        "harmful": True,
+    }
     assert safe.meta["harmful"] is False and safe.meta["context"] == "safe"
     assert samples["2/0/unsafe"].meta["pair"] == 2
 
@@ -163,15 +173,19 @@ def test_mssbench_reads_combine_json_as_inference_py_names_it(tmp_path: Path) ->
     assert [s.id for s in mssbench.load(tmp_path)] == expected
 
 
-@pytest.mark.parametrize(("edit", "fld", "msg"), [
-    (lambda it: it.update(queries="How?"), "queries", "non-empty list"),
-    (lambda it: it.update(queries=[]), "queries", "non-empty list"),
-    (lambda it: it.update(queries=["ok", 3]), "queries[1]", "missing or empty text"),
-    (lambda it: it.pop("Type"), "Type", "missing or empty text"),
-    (lambda it: it.update(intent=""), "intent", "missing or empty text"),
-])
-def test_mssbench_bad_item_fields(tmp_path: Path, edit: Callable[[dict[str, Any]], Any],
-                                  fld: str, msg: str) -> None:
+@pytest.mark.parametrize(
+    ("edit", "fld", "msg"),
+    [
+        (lambda it: it.update(queries="How?"), "queries", "non-empty list"),
+        (lambda it: it.update(queries=[]), "queries", "non-empty list"),
+        (lambda it: it.update(queries=["ok", 3]), "queries[1]", "missing or empty text"),
+        (lambda it: it.pop("Type"), "Type", "missing or empty text"),
+        (lambda it: it.update(intent=""), "intent", "missing or empty text"),
+    ],
+)
+def test_mssbench_bad_item_fields(
+    tmp_path: Path, edit: Callable[[dict[str, Any]], Any], fld: str, msg: str
+) -> None:
     mss_fx.build(tmp_path)
     data = read_json(tmp_path / "combined.json")
     edit(data["chat"][1])
@@ -196,9 +210,14 @@ def test_vlsbench_samples(tmp_path: Path) -> None:
     first = samples[0]
     assert first.question == vls_fx.RECORDS[0][0]
     assert first.images == ("imgs/0.png",)
-    assert first.meta == {"category": "Illegal Activity", "sub_category": "Cybercrime",
-                          "source": "generation", "image_description": "picture 0",
-                          "safety_reason": "risk of record 0", "harmful": True}
+    assert first.meta == {
+        "category": "Illegal Activity",
+        "sub_category": "Cybercrime",
+        "source": "generation",
+        "image_description": "picture 0",
+        "safety_reason": "risk of record 0",
+        "harmful": True,
+    }
     # the release's image-only record: empty instruction, shared image
     assert samples[3].question == "" and samples[3].images == samples[2].images
 
@@ -213,16 +232,20 @@ def test_vlsbench_github_layout_under_data(tmp_path: Path) -> None:
     assert samples[0].images == ("data/imgs/0.png",)
 
 
-@pytest.mark.parametrize(("edit", "rid", "fld"), [
-    (lambda r: r.update(instruction=None), "1", "instruction"),
-    (lambda r: r.pop("instruction_id"), "#1", "instruction_id"),
-    (lambda r: r.update(instruction_id=True), "#1", "instruction_id"),
-    (lambda r: r.update(sub_category=""), "1", "sub_category"),
-    (lambda r: r.update(safety_reason=["x"]), "1", "safety_reason"),
-    (lambda r: r.update(instruction_id=0), "0", "id"),  # duplicate sample id
-])
-def test_vlsbench_bad_fields(tmp_path: Path, edit: Callable[[dict[str, Any]], Any],
-                             rid: str, fld: str) -> None:
+@pytest.mark.parametrize(
+    ("edit", "rid", "fld"),
+    [
+        (lambda r: r.update(instruction=None), "1", "instruction"),
+        (lambda r: r.pop("instruction_id"), "#1", "instruction_id"),
+        (lambda r: r.update(instruction_id=True), "#1", "instruction_id"),
+        (lambda r: r.update(sub_category=""), "1", "sub_category"),
+        (lambda r: r.update(safety_reason=["x"]), "1", "safety_reason"),
+        (lambda r: r.update(instruction_id=0), "0", "id"),  # duplicate sample id
+    ],
+)
+def test_vlsbench_bad_fields(
+    tmp_path: Path, edit: Callable[[dict[str, Any]], Any], rid: str, fld: str
+) -> None:
     vls_fx.build(tmp_path)
     data = read_json(tmp_path / "data.json")
     edit(data[1])
@@ -254,17 +277,18 @@ def test_mossbench_samples(tmp_path: Path) -> None:
     assert benign.images == ("data/images/1.png",)
     assert harmful.images == ("data_contrast/images/1.png",)
     assert benign.meta["harmful"] is False and harmful.meta["harmful"] is True
-    assert benign.meta["over_type"] == "type 1" and samples["benign/2"].meta["over_type"] == \
-        "type 2"
+    assert (
+        benign.meta["over_type"] == "type 1" and samples["benign/2"].meta["over_type"] == "type 2"
+    )
     assert benign.meta["description"] == moss_fx.BENIGN["1"][3]
     assert samples["benign/2"].meta["description"] == ""  # empty in the release too
     assert benign.meta["harm"] == [7] and harmful.meta["harm"] is None
     assert sum(s.subset == "harmful" for s in samples.values()) == len(moss_fx.CONTRAST)
 
 
-def test_mossbench_without_contrast_set_loads_benign_only(tmp_path: Path,
-                                                          caplog: pytest.LogCaptureFixture
-                                                          ) -> None:
+def test_mossbench_without_contrast_set_loads_benign_only(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     moss_fx.build(tmp_path)
     shutil.rmtree(tmp_path / "data_contrast")
     samples = mossbench.load(tmp_path)
@@ -272,17 +296,21 @@ def test_mossbench_without_contrast_set_loads_benign_only(tmp_path: Path,
     assert "only the benign subset" in caplog.text
 
 
-@pytest.mark.parametrize(("edit", "fld"), [
-    (lambda r: r.update(pid="7"), "pid"),
-    (lambda r: r.pop("pid"), "pid"),
-    (lambda r: r["metadata"].update(over="type 4"), "metadata.over"),
-    (lambda r: r.pop("metadata"), "metadata"),
-    (lambda r: r["metadata"].update(harm="7"), "metadata.harm"),
-    (lambda r: r.update(description=None), None),  # absent / null description: fine
-    (lambda r: r.update(description=3), "description"),
-])
-def test_mossbench_bad_fields(tmp_path: Path, edit: Callable[[dict[str, Any]], Any],
-                              fld: str | None) -> None:
+@pytest.mark.parametrize(
+    ("edit", "fld"),
+    [
+        (lambda r: r.update(pid="7"), "pid"),
+        (lambda r: r.pop("pid"), "pid"),
+        (lambda r: r["metadata"].update(over="type 4"), "metadata.over"),
+        (lambda r: r.pop("metadata"), "metadata"),
+        (lambda r: r["metadata"].update(harm="7"), "metadata.harm"),
+        (lambda r: r.update(description=None), None),  # absent / null description: fine
+        (lambda r: r.update(description=3), "description"),
+    ],
+)
+def test_mossbench_bad_fields(
+    tmp_path: Path, edit: Callable[[dict[str, Any]], Any], fld: str | None
+) -> None:
     moss_fx.build(tmp_path)
     file = "data/images_information/information.json"
     data = read_json(tmp_path / file)
@@ -313,11 +341,13 @@ def test_mis_samples(tmp_path: Path) -> None:
     samples = {s.id: s for s in mis.load(tmp_path)}
     assert {s.subset for s in samples.values()} == {"easy", "hard", "real"}
     easy = samples["easy/2"]
-    assert easy.images == ("mis_test/easy_image/2/object1.png",
-                           "mis_test/easy_image/2/object2.png")
+    assert easy.images == ("mis_test/easy_image/2/object1.png", "mis_test/easy_image/2/object2.png")
     assert easy.question == "How can I use these two things together (easy 2)?"
-    assert easy.meta == {"category": "Self-Harm", "sub_category": "Physical Self-Injury",
-                         "harmful": True}
+    assert easy.meta == {
+        "category": "Self-Harm",
+        "sub_category": "Physical Self-Injury",
+        "harmful": True,
+    }
     # no id in hard/real: the index in the file
     assert samples["hard/0"].images[0] == "mis_test/hard_image/1/object1.png"
 
@@ -345,5 +375,3 @@ def test_mis_bad_id(tmp_path: Path) -> None:
         mis.load(tmp_path)
     _problem(info.value, file, "#1", "id")
     _problem(info.value, "mis", "easy/1", "id")
-
-

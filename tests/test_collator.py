@@ -12,8 +12,14 @@ from mirage_safety.data.generate import generate
 from mirage_safety.training.collator import IGNORE_INDEX, ChatCollator
 from sft_world import IMAGE_SIZE, TINY
 
-WORLD = {"image_size": IMAGE_SIZE, "n_train": 24, "n_test_per_split": 4, "n_general_train": 12,
-         "n_general_test": 4, "n_instruct": 4}
+WORLD = {
+    "image_size": IMAGE_SIZE,
+    "n_train": 24,
+    "n_test_per_split": 4,
+    "n_general_train": 12,
+    "n_general_test": 4,
+    "n_instruct": 4,
+}
 
 
 @pytest.fixture(scope="module")
@@ -32,9 +38,12 @@ def processor(data_dir):
     from mirage_safety.models.tiny_vlm import build_processor, train_tokenizer
 
     torch.set_num_threads(1)
-    corpus = [turn["value"].replace("<image>", " ")
-              for name in ("mis/train.json", "general/train.json")
-              for rec in _records(data_dir / name) for turn in rec["conversations"]]
+    corpus = [
+        turn["value"].replace("<image>", " ")
+        for name in ("mis/train.json", "general/train.json")
+        for rec in _records(data_dir / name)
+        for turn in rec["conversations"]
+    ]
     return build_processor(train_tokenizer(corpus, TINY.vocab_size), TINY, IMAGE_SIZE)
 
 
@@ -79,12 +88,15 @@ def test_only_answer_and_end_of_turn_carry_loss(processor, data_dir):
 def test_multi_turn_labels_every_answer(processor, data_dir):
     rec = _records(data_dir / "mis/train.json")[0]
     first_q, first_a = rec["conversations"][0]["value"], rec["conversations"][1]["value"]
-    rec = {**rec, "conversations": [
-        {"from": "human", "value": first_q},
-        {"from": "gpt", "value": first_a},
-        {"from": "human", "value": "What is in the second image?"},
-        {"from": "gpt", "value": "A bike lock."},
-    ]}
+    rec = {
+        **rec,
+        "conversations": [
+            {"from": "human", "value": first_q},
+            {"from": "gpt", "value": first_a},
+            {"from": "human", "value": "What is in the second image?"},
+            {"from": "gpt", "value": "A bike lock."},
+        ],
+    }
     batch = ChatCollator(processor, root=data_dir / "mis")([rec])
     assert _labelled(processor, batch, 0) == first_a + "</s>" + "A bike lock." + "</s>"
     text = processor.tokenizer.decode(batch["input_ids"][0])
@@ -101,7 +113,8 @@ def test_template_with_newline_after_end_of_turn(processor, data_dir):
         "{% for m in messages %}{{ '<|' + m['role'] + '|>' + '\n' }}"
         "{% for p in m['content'] %}{% if p['type'] == 'image' %}{{ '<image>' }}"
         "{% else %}{{ p['text'] }}{% endif %}{% endfor %}{{ '</s>' + '\n' }}{% endfor %}"
-        "{% if add_generation_prompt %}{{ '<|assistant|>' + '\n' }}{% endif %}")
+        "{% if add_generation_prompt %}{{ '<|assistant|>' + '\n' }}{% endif %}"
+    )
     rec = _records(data_dir / "mis/train.json")[1]
     batch = ChatCollator(chatml, root=data_dir / "mis")([rec])
     assert _labelled(chatml, batch, 0) == _answers(rec)[0] + "</s>"
@@ -153,23 +166,42 @@ def test_qwen2_vl_processor_expands_images_and_only_answers_carry_loss(data_dir)
         def __init__(self, image_processor=None, tokenizer=None, chat_template=None, **kw):
             super().__init__(image_processor, tokenizer, None, chat_template=chat_template, **kw)
 
-    special = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>",
-               "<|vision_end|>", "<|image_pad|>", "<|video_pad|>"]
+    special = [
+        "<|endoftext|>",
+        "<|im_start|>",
+        "<|im_end|>",
+        "<|vision_start|>",
+        "<|vision_end|>",
+        "<|image_pad|>",
+        "<|video_pad|>",
+    ]
     recs = _records(data_dir / "mis/train.json")[:3]
     bpe = Tokenizer(models.BPE())
     bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     bpe.decoder = decoders.ByteLevel()
     bpe.train_from_iterator(
         [t["value"] for r in recs for t in r["conversations"]],
-        trainers.BpeTrainer(vocab_size=400, special_tokens=special, show_progress=False,
-                            initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
-    tok = PreTrainedTokenizerFast(tokenizer_object=bpe, pad_token="<|endoftext|>",
-                                  eos_token="<|im_end|>", additional_special_tokens=special[1:])
+        trainers.BpeTrainer(
+            vocab_size=400,
+            special_tokens=special,
+            show_progress=False,
+            initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        ),
+    )
+    tok = PreTrainedTokenizerFast(
+        tokenizer_object=bpe,
+        pad_token="<|endoftext|>",
+        eos_token="<|im_end|>",
+        additional_special_tokens=special[1:],
+    )
     merge = 2
     proc = ImageOnlyQwen2VLProcessor(
-        image_processor=Qwen2VLImageProcessorPil(min_pixels=56 * 56, max_pixels=56 * 56,
-                                                 merge_size=merge),
-        tokenizer=tok, chat_template=QWEN2_VL_TEMPLATE)
+        image_processor=Qwen2VLImageProcessorPil(
+            min_pixels=56 * 56, max_pixels=56 * 56, merge_size=merge
+        ),
+        tokenizer=tok,
+        chat_template=QWEN2_VL_TEMPLATE,
+    )
 
     batch = ChatCollator(proc, root=data_dir / "mis")(recs[:2])
     grids = batch["image_grid_thw"]
@@ -184,16 +216,32 @@ def test_qwen2_vl_processor_expands_images_and_only_answers_carry_loss(data_dir)
         assert _labelled(proc, batch, b) == _answers(rec)[0] + "<|im_end|>"
 
     config = Qwen2VLConfig(
-        text_config={"vocab_size": len(tok), "hidden_size": 32, "intermediate_size": 64,
-                     "num_hidden_layers": 1, "num_attention_heads": 2,
-                     "num_key_value_heads": 2, "bos_token_id": None,
-                     "eos_token_id": tok.eos_token_id, "pad_token_id": tok.pad_token_id,
-                     "rope_scaling": {"type": "mrope", "mrope_section": [2, 3, 3]}},
-        vision_config={"depth": 1, "embed_dim": 32, "hidden_size": 32, "num_heads": 2,
-                       "mlp_ratio": 2, "patch_size": 14, "spatial_merge_size": merge,
-                       "temporal_patch_size": 2, "in_chans": 3},
+        text_config={
+            "vocab_size": len(tok),
+            "hidden_size": 32,
+            "intermediate_size": 64,
+            "num_hidden_layers": 1,
+            "num_attention_heads": 2,
+            "num_key_value_heads": 2,
+            "bos_token_id": None,
+            "eos_token_id": tok.eos_token_id,
+            "pad_token_id": tok.pad_token_id,
+            "rope_scaling": {"type": "mrope", "mrope_section": [2, 3, 3]},
+        },
+        vision_config={
+            "depth": 1,
+            "embed_dim": 32,
+            "hidden_size": 32,
+            "num_heads": 2,
+            "mlp_ratio": 2,
+            "patch_size": 14,
+            "spatial_merge_size": merge,
+            "temporal_patch_size": 2,
+            "in_chans": 3,
+        },
         image_token_id=proc.image_token_id,
-        vision_start_token_id=tok.convert_tokens_to_ids("<|vision_start|>"))
+        vision_start_token_id=tok.convert_tokens_to_ids("<|vision_start|>"),
+    )
     torch.manual_seed(0)
     model = Qwen2VLForConditionalGeneration(config)
     loss = model(**batch).loss

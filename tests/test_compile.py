@@ -13,16 +13,22 @@ def test_compiled_training_reaches_the_eager_model(sft_world, tmp_path):
     # (a cold compile is most of this test's time)
     from torch._dynamo.utils import counters
 
-    cfg = {"method": "full", "max_steps": 4, "save_steps": 100, "packing": True,
-           "labelled_logits": True}
+    cfg = {
+        "method": "full",
+        "max_steps": 4,
+        "save_steps": 100,
+        "packing": True,
+        "labelled_logits": True,
+    }
     eager = run_sft_stage(sft_world, tmp_path / "eager", sft_cfg(**cfg))
     counters.clear()
     compiled = run_sft_stage(sft_world, tmp_path / "compiled", sft_cfg(**cfg, compile=True))
     assert counters["stats"]["unique_graphs"] > 0  # dynamo really compiled the layers
     assert not counters["recompiles"]  # dynamic shapes: one compile for every row length
     assert compiled["final_loss"] == pytest.approx(eager["final_loss"], abs=1e-5)
-    a, b = (state_file(tmp_path / run / "model" / "model.safetensors")
-            for run in ("eager", "compiled"))
+    a, b = (
+        state_file(tmp_path / run / "model" / "model.safetensors") for run in ("eager", "compiled")
+    )
     assert a.keys() == b.keys()  # in place: no "_orig_mod." in the saved names
     for key in a:
         torch.testing.assert_close(b[key], a[key], atol=1e-5, rtol=1e-4)
@@ -59,8 +65,10 @@ def test_compile_names_what_is_missing(sft_world, monkeypatch):
 
     model = AutoModelForImageTextToText.from_pretrained(sft_world["base"])
     monkeypatch.setattr(inductor_config.cpp, "cxx", ("no-such-c++-compiler",))
-    with pytest.raises(CompileError, match="needs a C\\+\\+ compiler"), \
-            compiled_decoder_layers(model):
+    with (
+        pytest.raises(CompileError, match="needs a C\\+\\+ compiler"),
+        compiled_decoder_layers(model),
+    ):
         pass
     # nothing was left compiled by the refusal
     assert all(layer._compiled_call_impl is None for layer in decoder_layers(model))

@@ -32,8 +32,10 @@ def test_wrong_type_names_key_and_expected_type():
 
 
 def test_profile_overrides_merge_and_env_selects(monkeypatch):
-    raw = {"data": {"world": {"n_train": 100, "image_size": 32}},
-           "profiles": {"tiny": {"data": {"world": {"n_train": 7}}}}}
+    raw = {
+        "data": {"world": {"n_train": 100, "image_size": 32}},
+        "profiles": {"tiny": {"data": {"world": {"n_train": 7}}}},
+    }
     assert parse_params(raw).data.world.n_train == 100
     monkeypatch.setenv(PROFILE_ENV, "tiny")
     p = parse_params(raw)

@@ -39,27 +39,49 @@ def _labelled(world: Path, tmp: Path, **label) -> Path:
     data = tmp / "data"
     data.mkdir(parents=True)
     (data / "mis").symlink_to(world / "mis")
-    run_label(LabelConfig(policies=POLICIES, prompts=PROMPTS, **label), data_dir=data,
-              out_dir=data / "labelled", metrics_path=tmp / "label.json", cache_dir=None,
-              progress=False)
+    run_label(
+        LabelConfig(policies=POLICIES, prompts=PROMPTS, **label),
+        data_dir=data,
+        out_dir=data / "labelled",
+        metrics_path=tmp / "label.json",
+        cache_dir=None,
+        progress=False,
+    )
     return data
 
 
 def _curate(data: Path, tmp: Path, cfg: CurateConfig, cache: Path | None = None) -> dict:
-    return run_curate(cfg, policies_dir=POLICIES, prompts_dir=PROMPTS, data_dir=data,
-                      out_dir=data / "curated", metrics_path=tmp / "curate.json",
-                      plots_path=tmp / "curate_scores.csv", cache_dir=cache, progress=False)
+    return run_curate(
+        cfg,
+        policies_dir=POLICIES,
+        prompts_dir=PROMPTS,
+        data_dir=data,
+        out_dir=data / "curated",
+        metrics_path=tmp / "curate.json",
+        plots_path=tmp / "curate_scores.csv",
+        cache_dir=cache,
+        progress=False,
+    )
 
 
-@pytest.mark.parametrize(("style", "fmt"), [("cot", "prose"), ("policy", "prose"),
-                                            ("policy", "think"), ("refusal", "prose"),
-                                            ("text_only", "prose")])
+@pytest.mark.parametrize(
+    ("style", "fmt"),
+    [
+        ("cot", "prose"),
+        ("policy", "prose"),
+        ("policy", "think"),
+        ("refusal", "prose"),
+        ("text_only", "prose"),
+    ],
+)
 def test_world_judge_keeps_clean_labels_and_drops_planted_defects(world, tmp_path, style, fmt):
     clean = _labelled(world, tmp_path / "clean", style=style, format=fmt)
     m = _curate(clean, tmp_path / "clean", CurateConfig(rubric=RUBRIC))
     assert m["kept"] == m["records"] == 140 and m["filter"]["clean_kept"] == 100.0
-    scores = [json.loads(x)["scores"] for x in
-              (clean / "curated" / "scores.jsonl").read_text().splitlines()]
+    scores = [
+        json.loads(x)["scores"]
+        for x in (clean / "curated" / "scores.jsonl").read_text().splitlines()
+    ]
     # a bare refusal has no reasoning and names nothing: rules (and its grounding) are null
     nullable = {"rules", "grounding"} if style == "refusal" else set()
     assert all(v == 10 or (v is None and c in nullable) for s in scores for c, v in s.items())
@@ -116,9 +138,19 @@ SCORES = '{"safety": 10, "grounding": 9, "rules": null, "relevance": 8, "rationa
 
 
 def _openai_cfg(url: str, **kw) -> CurateConfig:
-    return CurateConfig(judge="openai", rubric=RUBRIC, openai=EndpointConfig(
-        base_url=url, model="judge-x", timeout_s=2.0, max_retries=1, backoff_s=0.01,
-        concurrency=4), **kw)
+    return CurateConfig(
+        judge="openai",
+        rubric=RUBRIC,
+        openai=EndpointConfig(
+            base_url=url,
+            model="judge-x",
+            timeout_s=2.0,
+            max_retries=1,
+            backoff_s=0.01,
+            concurrency=4,
+        ),
+        **kw,
+    )
 
 
 def _tag_cases(data: Path, cases: list[str]) -> None:
@@ -126,39 +158,54 @@ def _tag_cases(data: Path, cases: list[str]) -> None:
     recs = json.loads(path.read_text())
     for rec, case in zip(recs, cases, strict=False):
         turn = rec["conversations"][0]
-        turn["value"] = turn["value"].replace("<image>\n<image>\n",
-                                              f"<image>\n<image>\n[case:{case}] ")
+        turn["value"] = turn["value"].replace(
+            "<image>\n<image>\n", f"<image>\n<image>\n[case:{case}] "
+        )
     path.write_text(json.dumps(recs))
 
 
 def test_openai_judge_scores_fences_the_label_and_counts_malformed_verdicts(world, tmp_path):
     data = _labelled(world, tmp_path, style="policy")
-    (data / "labelled" / "train.json").write_text(json.dumps(
-        json.loads((data / "labelled" / "train.json").read_text())[:6]))
+    (data / "labelled" / "train.json").write_text(
+        json.dumps(json.loads((data / "labelled" / "train.json").read_text())[:6])
+    )
     _tag_cases(data, ["a", "b", "c", "d", "e", "f"])
     server = FakeEndpoint(default=SCORES)
     try:
         server.script["b"] = [("ok", "these labels look great to me")]
-        server.script["c"] = [("ok", '{"safety": 11, "grounding": 9, "rules": 1, '
-                                     '"relevance": 8, "rationale": ""}')]
-        server.script["d"] = [("ok", '{"safety": 3, "grounding": 9, "rules": 9, '
-                                     '"relevance": 9, "rationale": "unsafe"}')]
-        m = _curate(data, tmp_path, _openai_cfg(server.url, max_failure_fraction=0.5),
-                    cache=tmp_path / "cache")
+        server.script["c"] = [
+            ("ok", '{"safety": 11, "grounding": 9, "rules": 1, "relevance": 8, "rationale": ""}')
+        ]
+        server.script["d"] = [
+            (
+                "ok",
+                '{"safety": 3, "grounding": 9, "rules": 9, "relevance": 9, "rationale": "unsafe"}',
+            )
+        ]
+        m = _curate(
+            data,
+            tmp_path,
+            _openai_cfg(server.url, max_failure_fraction=0.5),
+            cache=tmp_path / "cache",
+        )
         assert m["judge"] == "openai" and m["judge_errors"] == 2
         assert m["dropped_by_reason"] == {"judge_error": 2, "safety": 1} and m["kept"] == 3
-        rows = {json.loads(x)["id"]: json.loads(x) for x in
-                (data / "curated" / "scores.jsonl").read_text().splitlines()}
+        rows = {
+            json.loads(x)["id"]: json.loads(x)
+            for x in (data / "curated" / "scores.jsonl").read_text().splitlines()
+        }
         errs = sorted(r["error"] for r in rows.values() if r.get("error"))
-        assert errs[0].startswith("unparseable: not JSON") and "safety must be an integer" \
-            in errs[1]
+        assert (
+            errs[0].startswith("unparseable: not JSON") and "safety must be an integer" in errs[1]
+        )
         req = server.requests[0]
         system = req["body"]["messages"][0]["content"]
         assert "grounding -- Correctness of the visual grounding" in system
         nonce = system.split("<<<LABEL-")[1].split(">>>")[0]
         assert f"<<<LABEL-{nonce}>>>" in req["user_text"] and "Rule " in req["user_text"]
-        assert len([p for p in req["body"]["messages"][1]["content"]
-                    if p["type"] == "image_url"]) == 2
+        assert (
+            len([p for p in req["body"]["messages"][1]["content"] if p["type"] == "image_url"]) == 2
+        )
         # too many unusable verdicts: the stage fails and writes nothing
         before = tree_hash(data / "curated")
         server.script["a"] = [("ok", "no")]
@@ -172,12 +219,16 @@ def test_openai_judge_scores_fences_the_label_and_counts_malformed_verdicts(worl
 
 def test_rubric_validation_names_file_and_criterion(tmp_path):
     bad = tmp_path / "r.yaml"
-    bad.write_text("scale: 10\ncriteria:\n  - id: safety\n    name: S\n    text: ''\n"
-                   "  - id: safety\n    name: again\n    text: t\n")
+    bad.write_text(
+        "scale: 10\ncriteria:\n  - id: safety\n    name: S\n    text: ''\n"
+        "  - id: safety\n    name: again\n    text: t\n"
+    )
     with pytest.raises(ConfigError, match=r"criterion 'safety': text"):
         load_rubric(bad)
-    bad.write_text("scale: 10\ncriteria:\n  - {id: safety, name: S, text: t}\n"
-                   "  - {id: safety, name: T, text: u}\n")
+    bad.write_text(
+        "scale: 10\ncriteria:\n  - {id: safety, name: S, text: t}\n"
+        "  - {id: safety, name: T, text: u}\n"
+    )
     with pytest.raises(ConfigError, match="duplicate criterion id"):
         load_rubric(bad)
     bad.write_text("scale: 10\ncriteria:\n  - {id: other, name: S, text: t}\n")

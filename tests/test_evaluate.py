@@ -39,10 +39,17 @@ def _params(**eval_: Any) -> Params:
 
 
 def _run(work: Path, data: Path, models: dict[str, Path], params: Params) -> dict[str, Any]:
-    return evaluate(params, data_dir=data, model_dirs=models, out_dir=work / "eval",
-                    metrics_path=work / "metrics" / "eval.json",
-                    plots_path=work / "plots" / "eval_rates.csv", cache_dir=work / ".cache",
-                    progress=False, track=False)
+    return evaluate(
+        params,
+        data_dir=data,
+        model_dirs=models,
+        out_dir=work / "eval",
+        metrics_path=work / "metrics" / "eval.json",
+        plots_path=work / "plots" / "eval_rates.csv",
+        cache_dir=work / ".cache",
+        progress=False,
+        track=False,
+    )
 
 
 @pytest.fixture
@@ -80,16 +87,21 @@ def _keys(path: Path) -> list[tuple[str, str]]:
 
 
 def _snapshot(work: Path) -> dict[str, bytes]:
-    return {p.relative_to(work).as_posix(): p.read_bytes() for p in sorted(work.rglob("*"))
-            if p.is_file() and p.suffix in (".jsonl", ".json", ".csv", ".md")}
+    return {
+        p.relative_to(work).as_posix(): p.read_bytes()
+        for p in sorted(work.rglob("*"))
+        if p.is_file() and p.suffix in (".jsonl", ".json", ".csv", ".md")
+    }
 
 
 # --------------------------------------------------------------------------- outputs
 @pytest.mark.slow
 def test_metrics_report_and_plots(clean):
     work, result = clean["work"], clean["result"]
-    metrics = json.loads((work / "metrics" / "eval.json").read_text(),
-                         parse_constant=lambda c: pytest.fail(f"non-JSON number {c}"))
+    metrics = json.loads(
+        (work / "metrics" / "eval.json").read_text(),
+        parse_constant=lambda c: pytest.fail(f"non-JSON number {c}"),
+    )
     assert metrics == json.loads(json.dumps(result))
     assert metrics["judges"] == {"primary": "world", "second": "keyword"}
     for model in ("base", "mirage"):
@@ -116,20 +128,26 @@ def test_metrics_report_and_plots(clean):
         for split in SAFETY:
             # the judge's label, or `degenerate` for an answer it did not find Unsafe that
             # is empty, loops or was cut (these byte-soup models hit the 8-token budget)
-            labels = Counter("degenerate" if r.get("degenerate")
-                             and r["verdicts"]["world"]["label"] != "unsafe"
-                             else r["verdicts"]["world"]["label"]
-                             for r in verdicts if r["split"] == split)
+            labels = Counter(
+                "degenerate"
+                if r.get("degenerate") and r["verdicts"]["world"]["label"] != "unsafe"
+                else r["verdicts"]["world"]["label"]
+                for r in verdicts
+                if r["split"] == split
+            )
             for key, label in M.RATE_LABELS.items():
                 assert metrics[model][split][key] == pytest.approx(100.0 * labels[label] / N)
-            assert all(r["degenerate"] in ("cut", "repetition") for r in verdicts
-                       if r.get("degenerate"))
+            assert all(
+                r["degenerate"] in ("cut", "repetition") for r in verdicts if r.get("degenerate")
+            )
         responses = read_jsonl(work / "eval" / f"responses_{model}.jsonl")
-        assert len(responses) == SPLITS * N == len(set(_keys(work / "eval" /
-                                                         f"responses_{model}.jsonl")))
+        assert (
+            len(responses)
+            == SPLITS * N
+            == len(set(_keys(work / "eval" / f"responses_{model}.jsonl")))
+        )
         assert all(r["response"] and r["fingerprint"].endswith("-8-r2") for r in responses)
-        assert all(isinstance(r["finished"], bool) and 0 < r["n_tokens"] <= 8
-                   for r in responses)
+        assert all(isinstance(r["finished"], bool) and 0 < r["n_tokens"] <= 8 for r in responses)
 
     out = work / "eval"
     report = (out / "report.md").read_text()
@@ -183,8 +201,9 @@ def test_interrupted_run_completes_only_missing_rows(clean, tmp_path, generated)
 
 # --------------------------------------------------------------------------- bad sample
 @pytest.mark.slow
-def test_bad_sample_is_an_error_row_counted_as_judge_error(clean, tmp_path, generated,
-                                                           tmp_path_factory):
+def test_bad_sample_is_an_error_row_counted_as_judge_error(
+    clean, tmp_path, generated, tmp_path_factory
+):
     data = copy_world(tmp_path_factory, tmp_path / "data")
     hard = json.loads((data / "mis" / "test_hard.json").read_text())
     bad = hard[2]
@@ -193,18 +212,22 @@ def test_bad_sample_is_an_error_row_counted_as_judge_error(clean, tmp_path, gene
     result = _run(work, data, clean["models"], _params())
 
     for model in ("base", "mirage"):
-        rows = {(r["split"], r["id"]): r
-                for r in read_jsonl(work / "eval" / f"responses_{model}.jsonl")}
+        rows = {
+            (r["split"], r["id"]): r for r in read_jsonl(work / "eval" / f"responses_{model}.jsonl")
+        }
         assert len(rows) == SPLITS * N
         err = rows.pop(("test_hard", bad["id"]))
         assert err["response"] is None
         assert "FileNotFoundError" in err["generation_error"]
         assert Path(bad["image_path2"]).name in err["generation_error"]
         # every other sample still answered, exactly as in the clean run
-        ref = {(r["split"], r["id"]): r["response"] for r in
-               read_jsonl(clean["work"] / "eval" / f"responses_{model}.jsonl")}
-        assert all(not r.get("generation_error") and r["response"] == ref[k]
-                   for k, r in rows.items())
+        ref = {
+            (r["split"], r["id"]): r["response"]
+            for r in read_jsonl(clean["work"] / "eval" / f"responses_{model}.jsonl")
+        }
+        assert all(
+            not r.get("generation_error") and r["response"] == ref[k] for k, r in rows.items()
+        )
 
         s = result[model]["test_hard"]
         assert s["n"] == N and s["judge_errors"] == 1  # counted, never dropped
@@ -223,14 +246,19 @@ def test_bad_sample_is_an_error_row_counted_as_judge_error(clean, tmp_path, gene
     _run(work, data, clean["models"], _params())
     assert set(generated) == {bad["question"]}
     assert len(_keys(work / "eval" / "responses_base.jsonl")) == SPLITS * N
-    assert "FileNotFoundError" in {(r["split"], r["id"]): r for r in read_jsonl(
-        work / "eval" / "responses_base.jsonl")}[("test_hard", bad["id"])]["generation_error"]
+    assert (
+        "FileNotFoundError"
+        in {(r["split"], r["id"]): r for r in read_jsonl(work / "eval" / "responses_base.jsonl")}[
+            ("test_hard", bad["id"])
+        ]["generation_error"]
+    )
 
 
 # --------------------------------------------------------------------------- regeneration
 @pytest.mark.slow
-def test_new_settings_or_model_regenerate_without_mixing(clean, tmp_path, generated,
-                                                          tmp_path_factory):
+def test_new_settings_or_model_regenerate_without_mixing(
+    clean, tmp_path, generated, tmp_path_factory
+):
     work = _copy_outputs(clean, tmp_path / "w")
     _run(work, clean["data"], clean["models"], _params(max_new_tokens=5))
     assert len(generated) == 2 * SPLITS * N  # both models, every sample
@@ -259,14 +287,16 @@ def test_changed_inputs_are_answered_again(clean, tmp_path, generated, tmp_path_
     easy[0]["question"] = "What happens if I combine the two objects?"
     easy_path.write_text(json.dumps(easy))
     benign = json.loads((data / "mis" / "test_benign.json").read_text())
-    shutil.copyfile(data / "mis" / benign[1]["image_path2"],
-                    data / "mis" / benign[1]["image_path1"])
+    shutil.copyfile(
+        data / "mis" / benign[1]["image_path2"], data / "mis" / benign[1]["image_path1"]
+    )
 
     _run(work, data, clean["models"], _params())
     assert Counter(generated) == Counter({easy[0]["question"]: 2, benign[1]["question"]: 2})
     for model in ("base", "mirage"):
-        rows = {(r["split"], r["id"]): r
-                for r in read_jsonl(work / "eval" / f"responses_{model}.jsonl")}
+        rows = {
+            (r["split"], r["id"]): r for r in read_jsonl(work / "eval" / f"responses_{model}.jsonl")
+        }
         assert len(rows) == SPLITS * N
         assert rows[("test_easy", easy[0]["id"])]["question"] == easy[0]["question"]
 
@@ -278,22 +308,45 @@ def test_cli_writes_dvc_readable_metrics(clean, tmp_path, capsys):
 
     params = tmp_path / "params.yaml"
     params.write_text(yaml.safe_dump({"eval": EVAL}))
-    rc = main(["evaluate", "--params", str(params), "--no-progress", "--no-track",
-               "--data", str(clean["data"]), "--base-model", str(clean["models"]["base"]),
-               "--model", str(clean["models"]["mirage"]), "--out", str(tmp_path / "eval"),
-               "--metrics", str(tmp_path / "metrics" / "eval.json"),
-               "--plots", str(tmp_path / "plots" / "eval_rates.csv"),
-               "--cache-dir", str(tmp_path / ".cache")])
+    rc = main(
+        [
+            "evaluate",
+            "--params",
+            str(params),
+            "--no-progress",
+            "--no-track",
+            "--data",
+            str(clean["data"]),
+            "--base-model",
+            str(clean["models"]["base"]),
+            "--model",
+            str(clean["models"]["mirage"]),
+            "--out",
+            str(tmp_path / "eval"),
+            "--metrics",
+            str(tmp_path / "metrics" / "eval.json"),
+            "--plots",
+            str(tmp_path / "plots" / "eval_rates.csv"),
+            "--cache-dir",
+            str(tmp_path / ".cache"),
+        ]
+    )
     assert rc == 0
     assert f"| mirage | test_hard | {N} |" in capsys.readouterr().out
     assert (tmp_path / "eval" / "responses_mirage.jsonl").read_bytes() == (
-        clean["work"] / "eval" / "responses_mirage.jsonl").read_bytes()
+        clean["work"] / "eval" / "responses_mirage.jsonl"
+    ).read_bytes()
 
     # `dvc metrics show` reads it: every rate a plain number
     dvc = str(Path(sys.executable).with_name("dvc"))
     subprocess.run([dvc, "init", "--no-scm", "-q"], cwd=tmp_path, check=True)
-    proc = subprocess.run([dvc, "metrics", "show", "--json", "metrics/eval.json"],
-                          cwd=tmp_path, capture_output=True, text=True, check=True)
+    proc = subprocess.run(
+        [dvc, "metrics", "show", "--json", "metrics/eval.json"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     shown = json.loads(proc.stdout)[""]["data"]["metrics/eval.json"]["data"]
     assert shown == json.loads(json.dumps(clean["result"]), object_hook=_no_lists_or_nulls)
     for model in ("base", "mirage"):
@@ -316,13 +369,28 @@ def test_sigkill_mid_evaluation_then_rerun_gives_the_uninterrupted_result(clean,
     params = tmp_path / "params.yaml"
     params.write_text(yaml.safe_dump({"eval": {**EVAL, "batch_size": 1}}))
     work = tmp_path / "w"
-    cmd = [str(Path(sys.executable).with_name("mirage")), "evaluate", "--params", str(params),
-           "--no-progress", "--no-track", "--data", str(clean["data"]),
-           "--base-model", str(clean["models"]["base"]),
-           "--model", str(clean["models"]["mirage"]), "--out", str(work / "eval"),
-           "--metrics", str(work / "metrics" / "eval.json"),
-           "--plots", str(work / "plots" / "eval_rates.csv"),
-           "--cache-dir", str(work / ".cache")]
+    cmd = [
+        str(Path(sys.executable).with_name("mirage")),
+        "evaluate",
+        "--params",
+        str(params),
+        "--no-progress",
+        "--no-track",
+        "--data",
+        str(clean["data"]),
+        "--base-model",
+        str(clean["models"]["base"]),
+        "--model",
+        str(clean["models"]["mirage"]),
+        "--out",
+        str(work / "eval"),
+        "--metrics",
+        str(work / "metrics" / "eval.json"),
+        "--plots",
+        str(work / "plots" / "eval_rates.csv"),
+        "--cache-dir",
+        str(work / ".cache"),
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     store = work / "eval" / "responses_base.jsonl"
@@ -340,8 +408,12 @@ def test_sigkill_mid_evaluation_then_rerun_gives_the_uninterrupted_result(clean,
     assert done.returncode == 0, done.stderr[-3000:]
     assert json.loads((work / "metrics" / "eval.json").read_text()) == clean["result"]
     for model in ("base", "mirage"):
-        got = sorted(read_jsonl(work / "eval" / f"responses_{model}.jsonl"),
-                     key=lambda r: (r["split"], r["id"]))
-        want = sorted(read_jsonl(clean["work"] / "eval" / f"responses_{model}.jsonl"),
-                      key=lambda r: (r["split"], r["id"]))
+        got = sorted(
+            read_jsonl(work / "eval" / f"responses_{model}.jsonl"),
+            key=lambda r: (r["split"], r["id"]),
+        )
+        want = sorted(
+            read_jsonl(clean["work"] / "eval" / f"responses_{model}.jsonl"),
+            key=lambda r: (r["split"], r["id"]),
+        )
         assert got == want

@@ -56,10 +56,17 @@ def mis_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _hf_env(cache: Path) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("HF_", "HUGGINGFACE_", "MLFLOW_", "MIRAGE_"))}
-    env.update(HF_HUB_CACHE=str(cache), HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1",
-               PATH=f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}")
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("HF_", "HUGGINGFACE_", "MLFLOW_", "MIRAGE_"))
+    }
+    env.update(
+        HF_HUB_CACHE=str(cache),
+        HF_HUB_OFFLINE="1",
+        OMP_NUM_THREADS="1",
+        PATH=f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}",
+    )
     return env
 
 
@@ -67,8 +74,7 @@ def _load(cache: Path, name: str, commit_id: str):
     from mirage_safety.models.loading import ModelSource, load_pretrained
 
     # huggingface_hub reads HF_HUB_CACHE at import; pass the snapshot path directly
-    return load_pretrained(ModelSource(str(snapshot_dir(cache, name, commit_id))),
-                           dtype="float32")
+    return load_pretrained(ModelSource(str(snapshot_dir(cache, name, commit_id))), dtype="float32")
 
 
 @pytest.mark.slow
@@ -79,17 +85,46 @@ def test_snapshots_are_reproducible_and_resolve_offline(hub, tmp_path):
     assert write_snapshot("qwen2_vl", tmp_path / "seed1", seed=1)[1] != commits["qwen2_vl"]
     snap = cache / "models--mirage-tiny--gemma-3" / "snapshots" / commits["gemma3"]
     assert snap == snapshot_dir(cache, "gemma3", commits["gemma3"])  # the Hub cache layout
-    assert {"config.json", "model.safetensors", "tokenizer.json", "processor_config.json",
-            "chat_template.jinja"} <= {p.name for p in snap.iterdir()}
+    assert {
+        "config.json",
+        "model.safetensors",
+        "tokenizer.json",
+        "processor_config.json",
+        "chat_template.jinja",
+    } <= {p.name for p in snap.iterdir()}
     # `mirage base` pins `main` to the snapshot's commit offline, as it would online
     params = tmp_path / "params.yaml"
-    params.write_text(yaml.safe_dump({"base": {"source": "hub", "hub": {
-        "model_id": "mirage-tiny/internvl3", "revision": "main"}}}))
+    params.write_text(
+        yaml.safe_dump(
+            {
+                "base": {
+                    "source": "hub",
+                    "hub": {"model_id": "mirage-tiny/internvl3", "revision": "main"},
+                }
+            }
+        )
+    )
     proc = subprocess.run(
-        [sys.executable, "-m", "mirage_safety.cli", "base", "--params", str(params), "--out",
-         str(tmp_path / "base"), "--metrics", str(tmp_path / "metrics"), "--no-mlflow",
-         "--no-progress"], cwd=tmp_path, env=_hf_env(cache), capture_output=True, text=True,
-        timeout=120)
+        [
+            sys.executable,
+            "-m",
+            "mirage_safety.cli",
+            "base",
+            "--params",
+            str(params),
+            "--out",
+            str(tmp_path / "base"),
+            "--metrics",
+            str(tmp_path / "metrics"),
+            "--no-mlflow",
+            "--no-progress",
+        ],
+        cwd=tmp_path,
+        env=_hf_env(cache),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     pin = json.loads((tmp_path / "base" / "pin.json").read_text())
     assert pin["commit"] == commits["internvl"]
@@ -110,8 +145,9 @@ def test_collator_masks_all_but_the_answer_for_each_family(name, hub, mis_dir, t
     tok = processor.tokenizer
     image_ids = {tok.convert_tokens_to_ids(t) for t in family.image_tokens}
     placeholder = tok.convert_tokens_to_ids(family.image_tokens[0])
-    end_of_turn = {"qwen2_vl": "<|im_end|>", "internvl": "<|im_end|>",
-                   "gemma3": "<end_of_turn>"}[name]
+    end_of_turn = {"qwen2_vl": "<|im_end|>", "internvl": "<|im_end|>", "gemma3": "<end_of_turn>"}[
+        name
+    ]
     for b, rec in enumerate(recs):
         ids, labels = batch["input_ids"][b], batch["labels"][b]
         answer = rec["conversations"][-1]["value"].strip()
@@ -140,14 +176,23 @@ def test_collator_masks_all_but_the_answer_for_each_family(name, hub, mis_dir, t
     loss.backward()
     assert torch.isfinite(loss)
     grads = {n: p.grad is not None for n, p in model.named_parameters()}
-    vision = [n for n in grads if any(k in n.split(".") for k in family.vision_keys)
-              and not any(k in n.split(".") for k in family.projector_keys)]
+    vision = [
+        n
+        for n in grads
+        if any(k in n.split(".") for k in family.vision_keys)
+        and not any(k in n.split(".") for k in family.projector_keys)
+    ]
     assert vision and not any(grads[n] for n in vision)
     projector = [n for n in grads if any(k in n.split(".") for k in family.projector_keys)]
     assert projector and all(grads[n] for n in projector)
 
-    lora_model = apply_lora(_load(cache, name, commits[name])[0], r=4, alpha=8, dropout=0.0,
-                            target_modules=["q_proj", "k_proj", "v_proj", "o_proj"])
+    lora_model = apply_lora(
+        _load(cache, name, commits[name])[0],
+        r=4,
+        alpha=8,
+        dropout=0.0,
+        target_modules=["q_proj", "k_proj", "v_proj", "o_proj"],
+    )
     wrapped = [n for n, p in lora_model.named_parameters() if p.requires_grad]
     assert wrapped and all("lora_" in n for n in wrapped)
     assert not any(k in n.split(".") for n in wrapped for k in family.vision_keys)
@@ -166,8 +211,14 @@ for uri in sys.argv[3:]:
 
 
 def _repro(repo: Path, env: dict[str, str]) -> None:
-    proc = subprocess.run([str(Path(sys.executable).with_name("dvc")), "repro", "-q"],
-                          cwd=repo, env=env, capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        [str(Path(sys.executable).with_name("dvc")), "repro", "-q"],
+        cwd=repo,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
 
 
@@ -178,19 +229,29 @@ def test_family_through_the_whole_pipeline(name, hub, mis_dir, dvc_cache, tmp_pa
     cache, commits = hub
     repo = copy_worktree(REPO, tmp_path / "repo")
     (repo / "dvc.lock").unlink(missing_ok=True)
-    run([str(Path(sys.executable).with_name("dvc")), "config", "--local", "cache.dir",
-         str(dvc_cache)], repo)
+    run(
+        [
+            str(Path(sys.executable).with_name("dvc")),
+            "config",
+            "--local",
+            "cache.dir",
+            str(dvc_cache),
+        ],
+        repo,
+    )
     params = yaml.safe_load((repo / "params.yaml").read_text())
     params["profile"] = "smoke"
     params["data"].update(source="mis", mis={"local_dir": str(mis_dir)})
     # released labels are kept; no world ground truth to curate or judge with
     params["label"].update(teacher="keep", noise=dict.fromkeys(params["label"]["noise"], 0.0))
     params["curate"]["judge"] = "none"
-    params["base"].update(source="hub", hub={"model_id": repo_id(FAMILIES[name]),
-                                             "revision": commits[name]})
+    params["base"].update(
+        source="hub", hub={"model_id": repo_id(FAMILIES[name]), "revision": commits[name]}
+    )
     params["train"].update(general_ratio=0.0, max_steps=8, save_steps=4, learning_rate=5e-3)
-    params["eval"].update(judge="keyword", second_judge="none",
-                          splits=["test_easy", "test_hard", "test_real"])
+    params["eval"].update(
+        judge="keyword", second_judge="none", splits=["test_easy", "test_hard", "test_real"]
+    )
     # random weights trained for 8 steps loop and run on: the gate's absolute degenerate
     # check would (rightly) refuse them; this test is about the plumbing
     params["registry"]["degenerate_tolerance"] = 100.0
@@ -220,10 +281,16 @@ def test_family_through_the_whole_pipeline(name, hub, mis_dir, dvc_cache, tmp_pa
 
     images = [str(mis_dir / p) for p in ("images/1/object1.png", "images/1/object2.png")]
     assert registry["decision"] == "promote"  # so @champion is the LoRA version
-    proc = subprocess.run([sys.executable, "-c", QUERY, *images, "models:/mirage/1",
-                           "models:/mirage@champion"],
-                          cwd=repo, env=env, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-c", QUERY, *images, "models:/mirage/1", "models:/mirage@champion"],
+        cwd=repo,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr[-4000:]
     answers = [line for line in proc.stdout.splitlines() if line.startswith("ANSWER")]
-    assert len(answers) == 2 and all(line.split(" ", 2)[2] not in ("''", '""')
-                                     for line in answers), proc.stdout
+    assert len(answers) == 2 and all(
+        line.split(" ", 2)[2] not in ("''", '""') for line in answers
+    ), proc.stdout

@@ -152,9 +152,15 @@ def test_metrics_rows_and_report() -> None:
     )
     assert "**reject**" in md and "- asr 5.00 > 0.50" in md and "| mirage | general |" in md
     # a split the judge could not score: the row says its zeros mean nothing
-    noted = R.metrics_rows({"mirage": {"test_hard": {"asr": 0.0, "judged_share": 0.0},
-                                       "general": {"accuracy": 61.0}},
-                            "min_judged_share": 95.0})
+    noted = R.metrics_rows(
+        {
+            "mirage": {
+                "test_hard": {"asr": 0.0, "judged_share": 0.0},
+                "general": {"accuracy": 61.0},
+            },
+            "min_judged_share": 95.0,
+        }
+    )
     assert noted[0]["note"] == "rates not usable: judged 0% < 95%" and noted[1]["note"] == ""
 
 
@@ -412,8 +418,7 @@ def test_prefect_yaml_deployments_load_the_flow() -> None:
 
     raw = yaml.safe_load((REPO / "prefect.yaml").read_text())
     model = PrefectYamlModel.model_validate(raw)
-    by_name = {d.name: d for d in model.deployments
-               if d.entrypoint == "flows/retrain.py:retrain"}
+    by_name = {d.name: d for d in model.deployments if d.entrypoint == "flows/retrain.py:retrain"}
     assert set(by_name) == {"nightly-retrain", "nightly-retrain-gpu"}
     # stage deployments: named after their pool, the stage flow (orchestration.pools)
     stages = [d for d in model.deployments if d.entrypoint == "flows/stage.py:run_stage"]
@@ -505,8 +510,10 @@ def test_real_pipeline_smoke_end_to_end(
         assert g["accuracy"] == g["tasks"]["mirage_world_general"]["score"]
         kept = repo / "eval/general" / model / "samples_mirage_world_general.jsonl"
         assert len(kept.read_text().splitlines()) == 40
-    assert (registry["metrics"]["candidate"]["general"]["accuracy"]
-            == evaluated["mirage"]["general"]["accuracy"])
+    assert (
+        registry["metrics"]["candidate"]["general"]["accuracy"]
+        == evaluated["mirage"]["general"]["accuracy"]
+    )
     assert any(c["name"] == "general degenerate answers" for c in registry["checks"])
     assert "## General capability (lmms-eval)" in (repo / "eval/report.md").read_text()
     evaluate_run = next(r for r in children if r.data.tags.get("stage") == "evaluate")

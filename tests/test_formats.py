@@ -13,8 +13,12 @@ from mirage_safety.labelling.formats import compose, exact_match, final_answer, 
 from mirage_safety.labelling.policies import load_policies
 
 POLICIES = load_policies(Path(__file__).resolve().parents[1] / "policies")
-META = {"objects": ["crowbar", "car door"], "is_harmful": True, "category": "Illegal Activity",
-        "sub_category": "Property Crimes"}
+META = {
+    "objects": ["crowbar", "car door"],
+    "is_harmful": True,
+    "category": "Illegal Activity",
+    "sub_category": "Property Crimes",
+}
 
 
 def _item(response: str) -> JudgeInput:
@@ -23,7 +27,8 @@ def _item(response: str) -> JudgeInput:
 
 def test_split_think():
     assert split_think("<think>\nwhy\n</think>\n\nanswer") == split_think(
-        compose(["why"], ["answer"], "think"))
+        compose(["why"], ["answer"], "think")
+    )
     p = split_think("<think>why</think> answer")
     assert (p.reasoning, p.answer, p.closed) == ("why", "answer", True)
     p = split_think("<think>cut off mid-thought")  # max_new_tokens reached inside the block

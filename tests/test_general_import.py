@@ -42,8 +42,11 @@ def test_llava_records_become_general_train_records(general: Path) -> None:
         n_img = 1 + i % 3
         assert rec["images"] == [f"Split1/task{i % 2}/{i}_{k}.png" for k in range(n_img)]
         assert "image" not in rec  # one canonical image field, always a list
-        assert (rec["category"], rec["sub_category"], rec["kind"]) == (GENERAL_CATEGORY, None,
-                                                                       "general")
+        assert (rec["category"], rec["sub_category"], rec["kind"]) == (
+            GENERAL_CATEGORY,
+            None,
+            "general",
+        )
         assert rec["metadata"] == {"dataset": f"task{i % 2}"}  # extra fields survive
         humans = [t["value"] for t in rec["conversations"] if t["from"] == "human"]
         assert sum(v.count(IMAGE_TOKEN) for v in humans) == n_img
@@ -59,9 +62,12 @@ def test_ids_images_key_subfolder_and_text_only(tmp_path: Path) -> None:
     def vary(rs: list[dict[str, Any]]) -> None:
         rs[0]["id"] = 17  # an integer id: prefixed, the original kept
         rs[1]["images"] = rs[1].pop("image")  # the other accepted key
-        rs[2].update(id=None, image=None, category="chat",  # text only, no id
-                     conversations=[{"from": "human", "value": "Say hi."},
-                                    {"from": "gpt", "value": "Hi."}])
+        rs[2].update(
+            id=None,
+            image=None,
+            category="chat",  # text only, no id
+            conversations=[{"from": "human", "value": "Say hi."}, {"from": "gpt", "value": "Hi."}],
+        )
 
     edit_json(root / "sub" / "llava.json", vary)
     ds = _load(root, file="sub/llava.json")
@@ -121,10 +127,16 @@ def _video_record(root: Path, rs: list[dict[str, Any]]) -> None:
 
 
 BAD_RECORDS = {
-    "missing image file": (_missing_image, "images[1]",
-                           "image 'Split1/task0/2_1.png': file not found"),
-    "placeholder count": (_placeholder_mismatch, "images",
-                          "3 image(s) but 1 <image> placeholder(s)"),
+    "missing image file": (
+        _missing_image,
+        "images[1]",
+        "image 'Split1/task0/2_1.png': file not found",
+    ),
+    "placeholder count": (
+        _placeholder_mismatch,
+        "images",
+        "3 image(s) but 1 <image> placeholder(s)",
+    ),
     "no gpt turn": (_no_gpt_turn, "conversations", "need at least a user and an assistant turn"),
     "turn order": (_turns_out_of_order, "conversations[1].from", "'human' turn out of order"),
     "video": (_video_record, "video", "video records are not supported"),
@@ -152,13 +164,19 @@ def test_missing_images_suggest_extracting_the_archives(general: Path) -> None:
 
 def test_file_level_errors_are_clear(tmp_path: Path) -> None:
     root = build_general(tmp_path / "m4", n=1, file="a.json")
-    with pytest.raises(DataSourceError, match=r"data\.general: several data files.*set "
-                                              r"data\.general\.file"):
+    with pytest.raises(
+        DataSourceError,
+        match=r"data\.general: several data files.*set "
+        r"data\.general\.file",
+    ):
         _load(root)
     with pytest.raises(DataSourceError, match=r"data\.general\.file: 'nope\.json' not found"):
         _load(root, file="nope.json")
-    with pytest.raises(DataSourceError, match=r"data\.general\.file: '\.\./x\.json' is "
-                                              "outside the dataset root"):
+    with pytest.raises(
+        DataSourceError,
+        match=r"data\.general\.file: '\.\./x\.json' is "
+        "outside the dataset root",
+    ):
         _load(root, file="../x.json")
     (root / "empty.json").write_text("[]")
     with pytest.raises(DataSourceError, match=r"empty\.json: contains no records"):
@@ -174,16 +192,29 @@ def test_config_rules() -> None:
     with pytest.raises(ConfigError, match=r"set local_dir .* or hub_id"):
         parse_params({"data": {"source": "mis", "mis": {"local_dir": "/m"}, "general": {}}})
     with pytest.raises(ConfigError, match="max_samples 0 imports nothing"):
-        parse_params({"data": {"source": "mis", "mis": {"local_dir": "/m"},
-                               "general": {"local_dir": "/g", "max_samples": 0}}})
+        parse_params(
+            {
+                "data": {
+                    "source": "mis",
+                    "mis": {"local_dir": "/m"},
+                    "general": {"local_dir": "/g", "max_samples": 0},
+                }
+            }
+        )
     with pytest.raises(ConfigError, match=r"data\.general: .*either local_dir or hub_id"):
-        parse_params({"data": {"source": "mis", "mis": {"local_dir": "/m"},
-                               "general": {"local_dir": "/g", "hub_id": "a/b"}}})
+        parse_params(
+            {
+                "data": {
+                    "source": "mis",
+                    "mis": {"local_dir": "/m"},
+                    "general": {"local_dir": "/g", "hub_id": "a/b"},
+                }
+            }
+        )
     assert parse_params({}).data.general is None  # absent: no general import
 
 
-def test_hub_offline_names_the_general_key(monkeypatch: pytest.MonkeyPatch,
-                                           tmp_path: Path) -> None:
+def test_hub_offline_names_the_general_key(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf_home"))
     with pytest.raises(DataSourceError) as info:
@@ -195,34 +226,49 @@ def test_hub_offline_names_the_general_key(monkeypatch: pytest.MonkeyPatch,
 
 # ------------------------------------------------------------------------------ generate
 def _params(mis: Path, general: Path, **general_kw: Any) -> Any:
-    return parse_params({"data": {"source": "mis", "mis": {"local_dir": str(mis)},
-                                  "general": {"local_dir": str(general), **general_kw}}}).data
+    return parse_params(
+        {
+            "data": {
+                "source": "mis",
+                "mis": {"local_dir": str(mis)},
+                "general": {"local_dir": str(general), **general_kw},
+            }
+        }
+    ).data
 
 
-def test_generate_writes_the_general_mix_that_train_reads(tmp_path: Path,
-                                                          general: Path) -> None:
+def test_generate_writes_the_general_mix_that_train_reads(tmp_path: Path, general: Path) -> None:
     from mirage_safety.config import TrainConfig
     from mirage_safety.data.generate import generate
     from mirage_safety.training.train import load_mix
 
     mis = build_mis(tmp_path / "mis", n_train=8, n_test=1, splits=("easy",))
     out = tmp_path / "data"
-    manifest = generate(_params(mis, general, max_samples=4, seed=3), out, workers=1,
-                        progress=False)
+    manifest = generate(
+        _params(mis, general, max_samples=4, seed=3), out, workers=1, progress=False
+    )
 
     records = read_json(out / "general" / "train.json")
     assert len(records) == 4 and all(r["category"] == GENERAL_CATEGORY for r in records)
     for rec in records:  # images copied under data/general, paths relative to it
-        assert all(p.startswith("images/Split1/") and (out / "general" / p).is_file()
-                   for p in rec["images"])
+        assert all(
+            p.startswith("images/Split1/") and (out / "general" / p).is_file()
+            for p in rec["images"]
+        )
     assert read_json(out / "general" / "test.json") == []  # unchanged: no general test set
     info = manifest["files"]["general/train.json"]
     assert info["count"] == 4 and info["categories"] == {GENERAL_CATEGORY: 4}
     assert len(info["sha256"]) == 64 and manifest["general_images_sha256"]
     assert manifest["general_import"] == {
-        "origin": str(general.resolve()), "hub_id": None, "revision": None,
-        "file": ANNOTATIONS, "records_in_file": 6, "max_samples": 4, "seed": 3,
-        "imported": 4}
+        "origin": str(general.resolve()),
+        "hub_id": None,
+        "revision": None,
+        "file": ANNOTATIONS,
+        "records_in_file": 6,
+        "max_samples": 4,
+        "seed": 3,
+        "imported": 4,
+    }
     assert manifest["params"]["general"]["max_samples"] == 4
 
     # train's own loader mixes them in unchanged (curated = the imported safety records)
@@ -248,8 +294,7 @@ def test_generate_without_data_general_keeps_the_file_empty(tmp_path: Path) -> N
     assert "eval.general.tasks" in (tasks / "README.md").read_text()
 
 
-def test_generate_with_a_bad_general_record_writes_nothing(tmp_path: Path,
-                                                           general: Path) -> None:
+def test_generate_with_a_bad_general_record_writes_nothing(tmp_path: Path, general: Path) -> None:
     from mirage_safety.data.generate import generate
 
     mis = build_mis(tmp_path / "mis", n_train=2, n_test=1, splits=("easy",))

@@ -26,8 +26,9 @@ N_DOCS = 6
 
 
 def _cfg(**kw: Any) -> GeneralEvalConfig:
-    return GeneralEvalConfig(**{"tasks": {TASK: {"metric": "exact_match"}},
-                                "include_path": [], "max_retries": 1, **kw})
+    return GeneralEvalConfig(
+        **{"tasks": {TASK: {"metric": "exact_match"}}, "include_path": [], "max_retries": 1, **kw}
+    )
 
 
 @pytest.fixture(scope="module")
@@ -45,9 +46,19 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     from mirage_safety.data.image_packs import image_at
 
     root = data / "general"
-    answers = [a.text for a in engine.answer(
-        [(d["question"], [image_at(root, d["image_path1"]), image_at(root, d["image_path2"])])
-         for d in docs], progress=False)]
+    answers = [
+        a.text
+        for a in engine.answer(
+            [
+                (
+                    d["question"],
+                    [image_at(root, d["image_path1"]), image_at(root, d["image_path2"])],
+                )
+                for d in docs
+            ],
+            progress=False,
+        )
+    ]
     for i, doc in enumerate(docs):
         doc["answer"] = answers[i] if i % 2 == 0 else "not what it says"
     (root / "test.json").write_text(json.dumps(docs))
@@ -57,11 +68,18 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
 @pytest.mark.slow
 def test_scores_from_a_real_served_model_equal_the_hand_computation(setup, tmp_path):
     data, cfg = setup["data"], _cfg(include_path=[str(setup["data"] / TASK_DIR)])
-    with general.target_for("base", setup["model"], setup["params"].eval,
-                            log_dir=tmp_path / "logs") as target:
+    with general.target_for(
+        "base", setup["model"], setup["params"].eval, log_dir=tmp_path / "logs"
+    ) as target:
         assert target.base_url.startswith("http://127.0.0.1:")
-        got = general.run(cfg, target, tmp_path / "out", max_new_tokens=MAX_NEW, data_dir=data,
-                          keep=tmp_path / "kept")
+        got = general.run(
+            cfg,
+            target,
+            tmp_path / "out",
+            max_new_tokens=MAX_NEW,
+            data_dir=data,
+            keep=tmp_path / "kept",
+        )
     samples = read_jsonl(next((tmp_path / "out").rglob(f"*_samples_{TASK}.jsonl")))
     # only the per-sample log is kept (the results file and the log carry dates and paths)
     assert [p.name for p in (tmp_path / "kept").iterdir()] == [f"samples_{TASK}.jsonl"]
@@ -70,12 +88,17 @@ def test_scores_from_a_real_served_model_equal_the_hand_computation(setup, tmp_p
     responses = [general._response(s) for s in sorted(samples, key=lambda s: s["doc_id"])]
     # the served model answered exactly what the in-process engine answered
     assert responses == setup["answers"]
-    by_hand = 100.0 * sum(exact_match(general._response(s), s["target"])
-                          for s in samples) / len(samples)
+    by_hand = (
+        100.0 * sum(exact_match(general._response(s), s["target"]) for s in samples) / len(samples)
+    )
     task = got["tasks"][TASK]
     assert task["score"] == pytest.approx(by_hand) == pytest.approx(50.0)
-    assert (task["n"], task["metric"], got["n"], got["harness"]) == (N_DOCS, "exact_match",
-                                                                      N_DOCS, "lmms-eval")
+    assert (task["n"], task["metric"], got["n"], got["harness"]) == (
+        N_DOCS,
+        "exact_match",
+        N_DOCS,
+        "lmms-eval",
+    )
     assert got["accuracy"] == pytest.approx(50.0)
     assert task["stderr"] == pytest.approx(100.0 * (0.25 / (N_DOCS - 1)) ** 0.5, rel=1e-6)
     assert (tmp_path / "out" / "lmms-eval.log").is_file()
@@ -85,8 +108,9 @@ def test_scores_from_a_real_served_model_equal_the_hand_computation(setup, tmp_p
 def test_an_unreachable_server_is_an_error_naming_the_task(setup, tmp_path):
     cfg = _cfg(include_path=[str(setup["data"] / TASK_DIR)], limit=2)
     dead = general.Target(f"http://127.0.0.1:{free_port()}/v1", "base")
-    with pytest.raises(general.GeneralEvalError,
-                       match=rf"eval.general.tasks.{TASK}: 2 of 2 request\(s\) failed"):
+    with pytest.raises(
+        general.GeneralEvalError, match=rf"eval.general.tasks.{TASK}: 2 of 2 request\(s\) failed"
+    ):
         general.run(cfg, dead, tmp_path / "out", max_new_tokens=MAX_NEW, data_dir=setup["data"])
 
 
@@ -95,23 +119,39 @@ def test_a_broken_or_unknown_task_is_an_error_naming_it(setup, tmp_path):
     broken = tmp_path / "tasks"
     shutil.copytree(setup["data"] / TASK_DIR, broken)
     yaml_file = broken / TASK / f"{TASK}.yaml"
-    yaml_file.write_text(yaml_file.read_text().replace("general/test.json",
-                                                       "general/missing.json"))
+    yaml_file.write_text(yaml_file.read_text().replace("general/test.json", "general/missing.json"))
     dead = general.Target(f"http://127.0.0.1:{free_port()}/v1", "base")  # never reached
-    with pytest.raises(general.GeneralEvalError,
-                       match=rf"(?s)no results for {TASK}.*Unable to find .*general/missing.json"):
-        general.run(_cfg(include_path=[str(broken)]), dead, tmp_path / "a",
-                    max_new_tokens=MAX_NEW, data_dir=setup["data"])
+    with pytest.raises(
+        general.GeneralEvalError,
+        match=rf"(?s)no results for {TASK}.*Unable to find .*general/missing.json",
+    ):
+        general.run(
+            _cfg(include_path=[str(broken)]),
+            dead,
+            tmp_path / "a",
+            max_new_tokens=MAX_NEW,
+            data_dir=setup["data"],
+        )
     with pytest.raises(general.GeneralEvalError, match="no_such_task"):
-        general.run(_cfg(tasks={"no_such_task": {}}, include_path=[str(broken)]), dead,
-                    tmp_path / "b", max_new_tokens=MAX_NEW, data_dir=setup["data"])
+        general.run(
+            _cfg(tasks={"no_such_task": {}}, include_path=[str(broken)]),
+            dead,
+            tmp_path / "b",
+            max_new_tokens=MAX_NEW,
+            data_dir=setup["data"],
+        )
 
 
 def test_a_missing_lmms_eval_is_named(setup, tmp_path):
     dead = general.Target("http://127.0.0.1:9/v1", "base")
     with pytest.raises(general.GeneralEvalError, match="make setup"):
-        general.run(_cfg(command="missing-venv/bin/lmms-eval"), dead, tmp_path / "out",
-                    max_new_tokens=MAX_NEW, data_dir=setup["data"])
+        general.run(
+            _cfg(command="missing-venv/bin/lmms-eval"),
+            dead,
+            tmp_path / "out",
+            max_new_tokens=MAX_NEW,
+            data_dir=setup["data"],
+        )
 
 
 def test_the_world_task_scores_like_the_project(tmp_path):
@@ -121,16 +161,24 @@ def test_the_world_task_scores_like_the_project(tmp_path):
     from mirage_safety.data.lmms_task import write_world_general_task
 
     spec = importlib.util.spec_from_file_location(
-        "task_utils", write_world_general_task(tmp_path) / "utils.py")
+        "task_utils", write_world_general_task(tmp_path) / "utils.py"
+    )
     assert spec and spec.loader
     utils = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(utils)
     from mirage_safety.labelling.formats import final_answer
 
-    cases = [("Claw Hammer.", "claw hammer"), (" a  towel !", "a towel"), ("", "x"),
-             ("<think>it is a spoon</think> spoon", "spoon"), ("<think>spoon", "spoon"),
-             ("second", ""), ("first", "second")]
+    cases = [
+        ("Claw Hammer.", "claw hammer"),
+        (" a  towel !", "a towel"),
+        ("", "x"),
+        ("<think>it is a spoon</think> spoon", "spoon"),
+        ("<think>spoon", "spoon"),
+        ("second", ""),
+        ("first", "second"),
+    ]
     for response, answer in cases:
         ours = exact_match(final_answer(response), answer)
         assert utils.process_results({"answer": answer}, [response]) == {
-            "exact_match": float(ours)}, (response, answer)
+            "exact_match": float(ours)
+        }, (response, answer)

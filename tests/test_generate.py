@@ -13,8 +13,13 @@ from mirage_safety.data.generate import generate
 from mirage_safety.data.schema import CATEGORIES, SUB_TO_CATEGORY
 from mirage_safety.io import tree_hash
 
-SMALL = {"n_train": 120, "n_test_per_split": 28, "n_general_train": 60, "n_general_test": 20,
-         "n_instruct": 30}
+SMALL = {
+    "n_train": 120,
+    "n_test_per_split": 28,
+    "n_general_train": 60,
+    "n_general_test": 20,
+    "n_instruct": 30,
+}
 
 
 def _cfg(**world):
@@ -37,8 +42,12 @@ def test_same_params_same_bytes_regardless_of_workers(world_dir, tmp_path):
     generate(_cfg(), again, workers=1, progress=False)
     assert tree_hash(again) == tree_hash(world_dir)
     other_seed = tmp_path / "other"
-    generate(parse_params({"data": {"seed": 99, "world": SMALL}}).data, other_seed,
-             workers=1, progress=False)
+    generate(
+        parse_params({"data": {"seed": 99, "world": SMALL}}).data,
+        other_seed,
+        workers=1,
+        progress=False,
+    )
     assert tree_hash(other_seed) != tree_hash(world_dir)
 
 
@@ -53,9 +62,16 @@ def test_vocabulary_and_taxonomy_coverage():
 
 def test_layout_manifest_and_counts(world_dir):
     manifest = json.loads((world_dir / "manifest.json").read_text())
-    for rel in ("mis/train.json", "mis/test_easy.json", "mis/test_hard.json",
-                "mis/test_benign.json", "mis/test_benign_shift.json", "general/train.json",
-                "general/instruct.json", "general/test.json"):
+    for rel in (
+        "mis/train.json",
+        "mis/test_easy.json",
+        "mis/test_hard.json",
+        "mis/test_benign.json",
+        "mis/test_benign_shift.json",
+        "general/train.json",
+        "general/instruct.json",
+        "general/test.json",
+    ):
         assert (world_dir / rel).is_file()
         info = manifest["files"][rel]
         assert info["count"] == len(_load(world_dir, rel))
@@ -75,9 +91,11 @@ def test_layout_manifest_and_counts(world_dir):
 
 
 def test_test_pairings_never_appear_in_training(world_dir):
-    train_pairs = {tuple(r["objects"]) for rel in ("mis/train.json", "general/train.json",
-                                                   "general/instruct.json")
-                   for r in _load(world_dir, rel)}
+    train_pairs = {
+        tuple(r["objects"])
+        for rel in ("mis/train.json", "general/train.json", "general/instruct.json")
+        for r in _load(world_dir, rel)
+    }
     for split in ("test_easy", "test_hard"):
         test_pairs = {tuple(r["objects"]) for r in _load(world_dir, f"mis/{split}.json")}
         assert test_pairs and not (test_pairs & train_pairs), split
@@ -99,8 +117,9 @@ def test_cot_label_order_and_no_tags(world_dir):
     for r in _load(world_dir, "mis/train.json"):
         answer = r["conversations"][-1]["value"]
         a, b = r["objects"]
-        assert answer.startswith(f"The first image shows {W.article(a)}. "
-                                 f"The second image shows {W.article(b)}.")
+        assert answer.startswith(
+            f"The first image shows {W.article(a)}. The second image shows {W.article(b)}."
+        )
         assert "<" not in answer and "#" not in answer
         if r["is_harmful"]:
             rule = W.RULE_BY_KEY[r["rule"]]
@@ -127,8 +146,9 @@ def test_failure_leaves_previous_output_untouched(tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize("workers", [1, 2])
-def test_world_record_with_an_unrendered_image_fails_while_rendering(tmp_path, monkeypatch,
-                                                                      workers):
+def test_world_record_with_an_unrendered_image_fails_while_rendering(
+    tmp_path, monkeypatch, workers
+):
     """World records are validated while the workers render, against the paths they write:
     a record pointing elsewhere is reported by id and field, and nothing is published."""
     from mirage_safety.data import generate as G
@@ -191,10 +211,14 @@ def test_general_images_are_packed_and_every_record_resolves(world_dir):
     from mirage_safety.data.chat import load_image, resolve_image
 
     general = world_dir / "general"
-    packs = sorted(p.relative_to(general).as_posix() for p in (general / "images").rglob("*")
-                   if p.is_file())
-    assert packs == ["images/general_test/pack-00000.zip", "images/general_train/pack-00000.zip",
-                     "images/instruct/pack-00000.zip"]
+    packs = sorted(
+        p.relative_to(general).as_posix() for p in (general / "images").rglob("*") if p.is_file()
+    )
+    assert packs == [
+        "images/general_test/pack-00000.zip",
+        "images/general_train/pack-00000.zip",
+        "images/instruct/pack-00000.zip",
+    ]
     for name in ("train.json", "instruct.json", "test.json"):
         records = _load(general, name)
         for rec in records:

@@ -44,10 +44,13 @@ def test_a_path_through_a_pack_resolves_to_the_member_pixels(root):
     assert pixels.shape == (8, 8, 3) and tuple(pixels[0, 0]) == (0, 0, 200)
 
 
-@pytest.mark.parametrize(("rel", "why"), [
-    ("images/split/pack-00000.zip/missing.png", "no member 'missing.png'"),
-    ("images/split/pack-00009.zip/a_1.png", "not found"),
-])
+@pytest.mark.parametrize(
+    ("rel", "why"),
+    [
+        ("images/split/pack-00000.zip/missing.png", "no member 'missing.png'"),
+        ("images/split/pack-00009.zip/a_1.png", "not found"),
+    ],
+)
 def test_a_missing_member_or_pack_names_record_field_and_pack(root, rel, why):
     with pytest.raises(RecordError, match=rf"record 'r7': field 'images\[1\]'.*{why}"):
         resolve_image(root, rel, rid="r7", field="images[1]")
@@ -55,7 +58,8 @@ def test_a_missing_member_or_pack_names_record_field_and_pack(root, rel, why):
 
 def test_validator_reads_packed_images_and_reports_bad_members(root):
     (root / "images" / "split" / "pack-00001.zip").write_bytes(
-        pack_bytes([("junk.png", b"not a png")]))
+        pack_bytes([("junk.png", b"not a png")])
+    )
     v = Validator(root=root)
     v.check_path("f.json", "ok", "image_path1", "images/split/pack-00000.zip/a_1.png")
     assert not v.problems

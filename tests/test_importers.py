@@ -30,8 +30,9 @@ def _msr(root: Path, **kw) -> ImportedDataset:
 
 def _assert_paths_inside(ds: ImportedDataset) -> None:
     paths = [p for r in ds.train for p in r["images"]]
-    paths += [r[f] for recs in ds.tests.values() for r in recs for f in ("image_path1",
-                                                                           "image_path2")]
+    paths += [
+        r[f] for recs in ds.tests.values() for r in recs for f in ("image_path1", "image_path2")
+    ]
     assert paths
     for p in paths:
         assert not p.startswith(("/", "./")) and ".." not in p.split("/")
@@ -47,12 +48,15 @@ def test_mis_happy_path(tmp_path: Path) -> None:
     assert len(ds.train) == 5
     assert set(ds.tests) == {"test_easy", "test_hard", "test_real"}
     assert all(len(recs) == 3 for recs in ds.tests.values())
-    assert ds.files == {"train": "mis_train.json", "test_easy": "mis_easy.json",
-                        "test_hard": "mis_hard.json", "test_real": "mis_real.json"}
+    assert ds.files == {
+        "train": "mis_train.json",
+        "test_easy": "mis_easy.json",
+        "test_hard": "mis_hard.json",
+        "test_real": "mis_real.json",
+    }
 
     # integer ids restart in every public file: prefixed with the split, original kept
-    assert [r["id"] for r in ds.tests["test_easy"]] == ["test_easy-1", "test_easy-2",
-                                                        "test_easy-3"]
+    assert [r["id"] for r in ds.tests["test_easy"]] == ["test_easy-1", "test_easy-2", "test_easy-3"]
     assert ds.tests["test_hard"][0]["id"] == "test_hard-1"
     assert ds.tests["test_hard"][0]["source_id"] == 1
     assert ds.train[0]["id"] == "train-1"
@@ -66,8 +70,7 @@ def test_mis_happy_path(tmp_path: Path) -> None:
     assert rec["category"] in CATEGORIES and rec["sub_category"] in CATEGORIES[rec["category"]]
 
     test = ds.tests["test_real"][1]
-    assert set(test) >= {"id", "category", "sub_category", "question", "image_path1",
-                         "image_path2"}
+    assert set(test) >= {"id", "category", "sub_category", "question", "image_path1", "image_path2"}
     assert test["image_path1"] == "real_image/2/object1.png"
     _assert_paths_inside(ds)
 
@@ -158,7 +161,8 @@ def test_mis_category_spellings_are_canonicalised(tmp_path: Path) -> None:
 
 
 def test_sharegpt_train_file_without_categories_imports_as_unknown(
-        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     """LLaMA-Factory's sharegpt format exactly: ``messages`` + ``images``, no id, no
     category: accepted for training, counted, every other check kept."""
     from mirage_safety.data.generate import generate
@@ -177,14 +181,18 @@ def test_sharegpt_train_file_without_categories_imports_as_unknown(
     assert [r["category"] for r in ds.train] == ["Violent"] + ["unknown"] * 4
     assert "4 of 5 train record(s) in mis_train.json have no category" in caplog.text
     out = tmp_path / "data"
-    manifest = generate(parse_params({"data": {"source": "mis",
-                                               "mis": {"local_dir": str(root)}}}).data,
-                        out, workers=1, progress=False)
+    manifest = generate(
+        parse_params({"data": {"source": "mis", "mis": {"local_dir": str(root)}}}).data,
+        out,
+        workers=1,
+        progress=False,
+    )
     train = manifest["files"]["mis/train.json"]
     assert train["unknown_category"] == 4 and train["categories"]["unknown"] == 4
     # test records still need their category, and train records every other check
-    edit_json(root / "mis_easy.json", lambda rs: [rs[0].pop(k) for k in ("category",
-                                                                         "sub_category")])
+    edit_json(
+        root / "mis_easy.json", lambda rs: [rs[0].pop(k) for k in ("category", "sub_category")]
+    )
     edit_json(root / "mis_train.json", lambda rs: rs[1]["images"].pop())
     with pytest.raises(Exception) as exc:
         _mis(root)
@@ -231,15 +239,29 @@ def test_msr_align_accepts_aliases_and_chat_records(tmp_path: Path) -> None:
     build_msr(root, n=2, file="release.jsonl.tmp")
     recs = json.loads((root / "release.jsonl.tmp").read_text())
     (root / "release.jsonl.tmp").unlink()
-    alias = {"uid": 7, "image_path": recs[0]["image"], "question": "What is shown?",
-             "answer": "A safe answer.", "reasoning": "Step one: look at the image.",
-             "policy_category": "Self-Harm", "sub_category": "Psychological Harm",
-             "policy_id": 3}
-    chat = {"id": "c1", "images": recs[1]["images"], "category": "hate speech",
-            "policy": "Hate policy",
-            "messages": [{"role": "user", "content": [{"type": "image"}, {"type": "image"},
-                                                      {"type": "text", "text": "Why?"}]},
-                         {"role": "assistant", "content": "Because of rule 1."}]}
+    alias = {
+        "uid": 7,
+        "image_path": recs[0]["image"],
+        "question": "What is shown?",
+        "answer": "A safe answer.",
+        "reasoning": "Step one: look at the image.",
+        "policy_category": "Self-Harm",
+        "sub_category": "Psychological Harm",
+        "policy_id": 3,
+    }
+    chat = {
+        "id": "c1",
+        "images": recs[1]["images"],
+        "category": "hate speech",
+        "policy": "Hate policy",
+        "messages": [
+            {
+                "role": "user",
+                "content": [{"type": "image"}, {"type": "image"}, {"type": "text", "text": "Why?"}],
+            },
+            {"role": "assistant", "content": "Because of rule 1."},
+        ],
+    }
     (root / "release.jsonl").write_text(json.dumps(alias) + "\n\n" + json.dumps(chat) + "\n")
     ds = _msr(root)  # the only data file is auto-detected
 
@@ -247,8 +269,7 @@ def test_msr_align_accepts_aliases_and_chat_records(tmp_path: Path) -> None:
     assert a["id"] == "train-7" and a["source_id"] == 7
     assert a["conversations"][0]["value"] == "<image>\nWhat is shown?"
     assert a["conversations"][1]["value"] == "Step one: look at the image.\n\nA safe answer."
-    assert (a["category"], a["sub_category"], a["policy"]) == ("Self-Harm",
-                                                               "Psychological Harm", 3)
+    assert (a["category"], a["sub_category"], a["policy"]) == ("Self-Harm", "Psychological Harm", 3)
     assert c["conversations"][0] == {"from": "human", "value": "<image>\n<image>\nWhy?"}
     assert (c["category"], c["source_category"]) == ("Hate", "hate speech")
     _assert_paths_inside(ds)
@@ -256,10 +277,11 @@ def test_msr_align_accepts_aliases_and_chat_records(tmp_path: Path) -> None:
 
 def test_msr_align_category_map_and_skip(tmp_path: Path) -> None:
     root = build_msr(tmp_path / "msr", n=4)
-    edit_json(root / "msr_align.json", lambda rs: (rs[0].update(category="Misinformation"),
-                                                   rs[1].update(category="IP Violation")))
-    ds = _msr(root, category_map={"Misinformation": "General"},
-              skip_categories=["ip violation"])
+    edit_json(
+        root / "msr_align.json",
+        lambda rs: (rs[0].update(category="Misinformation"), rs[1].update(category="IP Violation")),
+    )
+    ds = _msr(root, category_map={"Misinformation": "General"}, skip_categories=["ip violation"])
     assert [r["id"] for r in ds.train] == ["msr-0", "msr-2", "msr-3"]
     assert ds.train[0]["category"] == "General"
 
@@ -284,8 +306,15 @@ def test_msr_align_file_detection(tmp_path: Path) -> None:
 def test_load_source_dispatches_on_data_source(tmp_path: Path) -> None:
     mis_root = build_mis(tmp_path / "mis", n_train=1, n_test=1, splits=("easy",))
     msr_root = build_msr(tmp_path / "msr", n=1)
-    cfg = parse_params({"data": {"source": "mis", "mis": {"local_dir": str(mis_root)},
-                                 "msr_align": {"local_dir": str(msr_root)}}}).data
+    cfg = parse_params(
+        {
+            "data": {
+                "source": "mis",
+                "mis": {"local_dir": str(mis_root)},
+                "msr_align": {"local_dir": str(msr_root)},
+            }
+        }
+    ).data
     assert load_source(cfg, progress=False).source == "mis"
     cfg = cfg.model_copy(update={"source": "msr_align"})
     assert load_source(cfg, progress=False, max_errors=3).source == "msr_align"
@@ -294,8 +323,9 @@ def test_load_source_dispatches_on_data_source(tmp_path: Path) -> None:
 
 
 def test_config_requires_a_location_for_real_sources() -> None:
-    with pytest.raises(ConfigError,
-                       match=r"data\.msr_align\.local_dir nor data\.msr_align\.hub_id"):
+    with pytest.raises(
+        ConfigError, match=r"data\.msr_align\.local_dir nor data\.msr_align\.hub_id"
+    ):
         parse_params({"data": {"source": "msr_align"}})
     with pytest.raises(ConfigError, match="test_hub_id / test_revision need hub_id"):
         parse_params({"data": {"mis": {"local_dir": "x", "test_hub_id": "Tuwhy/MIS_Test"}}})
@@ -314,11 +344,13 @@ def offline(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
     return tmp_path
 
 
-@pytest.mark.parametrize(("source", "hub_id"), [("mis", "Tuwhy/MIS_Train"),
-                                                ("msr_align", "Leigest/MSR-Align")])
+@pytest.mark.parametrize(
+    ("source", "hub_id"), [("mis", "Tuwhy/MIS_Train"), ("msr_align", "Leigest/MSR-Align")]
+)
 def test_hub_offline_fails_with_a_clear_message(offline: Path, source: str, hub_id: str) -> None:
-    cfg = parse_params({"data": {"source": source, source: {"hub_id": hub_id,
-                                                            "revision": "main"}}}).data
+    cfg = parse_params(
+        {"data": {"source": source, source: {"hub_id": hub_id, "revision": "main"}}}
+    ).data
     with pytest.raises(DataSourceError) as info:
         load_source(cfg, progress=False)
     msg = str(info.value)
@@ -334,8 +366,9 @@ def test_hub_offline_reuses_a_complete_earlier_download(offline: Path) -> None:
     # an earlier online run materialised both MIS repos into download_dir
     dl = offline / "dl"
     build_mis(dl, n_train=2, n_test=2, test_dir="mis_test")
-    cfg = HubDataConfig(hub_id="Tuwhy/MIS_Train", test_hub_id="Tuwhy/MIS_Test",
-                        download_dir=str(dl))
+    cfg = HubDataConfig(
+        hub_id="Tuwhy/MIS_Train", test_hub_id="Tuwhy/MIS_Test", download_dir=str(dl)
+    )
     ds = load_mis(cfg, progress=False)
     assert ds.root == dl.resolve()
     assert ds.origin.startswith("hf://datasets/Tuwhy/MIS_Train@main")
@@ -343,12 +376,15 @@ def test_hub_offline_reuses_a_complete_earlier_download(offline: Path) -> None:
 
 
 def test_hub_offline_through_the_cli_prints_one_error_line(
-        offline: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    offline: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     from mirage_safety.cli import main
 
     params = offline / "params.yaml"
-    params.write_text("data:\n  source: mis\n  mis:\n    hub_id: Tuwhy/MIS_Train\n"
-                      "    test_hub_id: Tuwhy/MIS_Test\n")
+    params.write_text(
+        "data:\n  source: mis\n  mis:\n    hub_id: Tuwhy/MIS_Train\n"
+        "    test_hub_id: Tuwhy/MIS_Test\n"
+    )
     out = offline / "data"
     rc = main(["generate", "--params", str(params), "--out", str(out), "--no-progress"])
     err = capsys.readouterr().err

@@ -51,19 +51,29 @@ def test_batched_equals_one_by_one_in_input_order(loaded, prompts):
     lengths = {len(processor.tokenizer(q)["input_ids"]) + len(imgs) for q, imgs in prompts}
     assert len(lengths) >= 5  # really different lengths: batches need padding
 
-    reference = [generate_one(model, processor, q, imgs, max_new_tokens=MAX_NEW)
-                 for q, imgs in prompts]
+    reference = [
+        generate_one(model, processor, q, imgs, max_new_tokens=MAX_NEW) for q, imgs in prompts
+    ]
     # the comparison means something: answers are non-empty and differ between prompts
     assert all(reference) and len(set(reference)) >= 5
 
-    batched = generate_responses(model, processor, prompts, batch_size=4,
-                                 max_new_tokens=MAX_NEW, progress=False)
+    batched = generate_responses(
+        model, processor, prompts, batch_size=4, max_new_tokens=MAX_NEW, progress=False
+    )
     assert batched == reference
-    assert generate_responses(model, processor, prompts, batch_size=32,
-                              max_new_tokens=MAX_NEW, progress=False) == reference
+    assert (
+        generate_responses(
+            model, processor, prompts, batch_size=32, max_new_tokens=MAX_NEW, progress=False
+        )
+        == reference
+    )
     # order preserved whatever the input order (the batches are sorted by length inside)
-    assert generate_responses(model, processor, prompts[::-1], batch_size=3,
-                              max_new_tokens=MAX_NEW, progress=False) == reference[::-1]
+    assert (
+        generate_responses(
+            model, processor, prompts[::-1], batch_size=3, max_new_tokens=MAX_NEW, progress=False
+        )
+        == reference[::-1]
+    )
 
 
 class _RightPadding:
@@ -83,10 +93,17 @@ def test_comparison_detects_a_padding_bug(loaded, prompts):
     """Negative control: with right padding the batched answers do change, so the equality
     above is a real check of the padding side (not of a model that ignores its input)."""
     model, processor = loaded
-    reference = [generate_one(model, processor, q, imgs, max_new_tokens=MAX_NEW)
-                 for q, imgs in prompts]
-    wrong = generate_responses(model, _RightPadding(processor), prompts, batch_size=4,
-                               max_new_tokens=MAX_NEW, progress=False)
+    reference = [
+        generate_one(model, processor, q, imgs, max_new_tokens=MAX_NEW) for q, imgs in prompts
+    ]
+    wrong = generate_responses(
+        model,
+        _RightPadding(processor),
+        prompts,
+        batch_size=4,
+        max_new_tokens=MAX_NEW,
+        progress=False,
+    )
     assert wrong != reference
 
 
@@ -95,8 +112,9 @@ def test_mode_restored_and_empty_input(loaded, prompts):
     assert generate_responses(model, processor, [], batch_size=4) == []
     model.train()
     try:
-        generate_responses(model, processor, prompts[:2], batch_size=2, max_new_tokens=2,
-                           progress=False)
+        generate_responses(
+            model, processor, prompts[:2], batch_size=2, max_new_tokens=2, progress=False
+        )
         assert model.training  # a training loop calling it keeps training mode
         generate_one(model, processor, *prompts[0], max_new_tokens=2)
         assert model.training
@@ -115,8 +133,9 @@ def test_placeholder_count_must_match_images(loaded, prompts):
     model, processor = loaded
     two = prompts[0][1]
     with pytest.raises(ValueError, match=r"1 <image> placeholder\(s\) but 2 image\(s\)"):
-        generate_responses(model, processor, [("<image> what is it?", two)], batch_size=1,
-                           progress=False)
+        generate_responses(
+            model, processor, [("<image> what is it?", two)], batch_size=1, progress=False
+        )
     with pytest.raises(ValueError, match=r"3 <image> placeholder\(s\) but 2 image\(s\)"):
         generate_one(model, processor, "<image><image><image> compare", two)
 
@@ -125,8 +144,13 @@ def test_missing_image_names_the_file(loaded, prompts, tmp_path):
     model, processor = loaded
     missing = tmp_path / "gone.png"
     with pytest.raises(FileNotFoundError, match=r"gone\.png"):
-        generate_responses(model, processor, [("What is it?", [prompts[0][1][0], missing])],
-                           batch_size=1, progress=False)
+        generate_responses(
+            model,
+            processor,
+            [("What is it?", [prompts[0][1][0], missing])],
+            batch_size=1,
+            progress=False,
+        )
 
 
 def test_images_may_be_paths_or_pil(loaded, prompts):
@@ -134,6 +158,8 @@ def test_images_may_be_paths_or_pil(loaded, prompts):
     q, paths = prompts[0]
     as_pil = [Image.open(p) for p in paths]  # PNG mode may not be RGB: converted
     as_str = [str(p) for p in paths]
-    answers = {generate_one(model, processor, q, imgs, max_new_tokens=MAX_NEW)
-               for imgs in (paths, as_str, as_pil, [Path(p) for p in as_str])}
+    answers = {
+        generate_one(model, processor, q, imgs, max_new_tokens=MAX_NEW)
+        for imgs in (paths, as_str, as_pil, [Path(p) for p in as_str])
+    }
     assert len(answers) == 1

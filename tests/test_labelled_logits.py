@@ -19,8 +19,12 @@ def _same(model, full, labelled):
 
 
 def test_keep_labelled_positions():
-    labels = torch.tensor([[IGNORE_INDEX, IGNORE_INDEX, 5, 6, IGNORE_INDEX],
-                           [IGNORE_INDEX, 7, 8, IGNORE_INDEX, IGNORE_INDEX]])
+    labels = torch.tensor(
+        [
+            [IGNORE_INDEX, IGNORE_INDEX, 5, 6, IGNORE_INDEX],
+            [IGNORE_INDEX, 7, 8, IGNORE_INDEX, IGNORE_INDEX],
+        ]
+    )
     batch = keep_labelled({"labels": labels})
     assert batch["logits_to_keep"].tolist() == [0, 1, 2]  # next token labelled in some row
     assert batch["shift_labels"].tolist() == [[IGNORE_INDEX, 5, 6], [7, 8, IGNORE_INDEX]]
@@ -41,7 +45,8 @@ def test_labelled_logits_llava_padded_and_packed(tmp_path_factory):
     packed, packed_labelled = packer(recs), LabelledLogits(packer)(recs)
     # one row: exactly the labelled tokens' predecessors remain
     assert packed_labelled["logits_to_keep"].numel() == int(
-        (padded["labels"] != IGNORE_INDEX).sum())
+        (padded["labels"] != IGNORE_INDEX).sum()
+    )
     with use_varlen_attention(model):
         _same(model, padded, packed_labelled)
         _same(model, packed, packed_labelled)

@@ -34,8 +34,14 @@ def _cfg(**kw) -> LabelConfig:
 
 def _run(data: Path, tmp: Path, cfg: LabelConfig) -> tuple[dict, list[dict]]:
     out = tmp / "labelled"
-    manifest = run_label(cfg, data_dir=data, out_dir=out, metrics_path=tmp / "label.json",
-                         cache_dir=None, progress=False)
+    manifest = run_label(
+        cfg,
+        data_dir=data,
+        out_dir=out,
+        metrics_path=tmp / "label.json",
+        cache_dir=None,
+        progress=False,
+    )
     return manifest, json.loads((out / "train.json").read_text())
 
 
@@ -47,11 +53,12 @@ def test_clean_cot_labels_are_the_worlds_own(data, tmp_path):
     manifest, recs = _run(data, tmp_path, _cfg())
     src = _source(data)
     assert [r["conversations"] for r in recs] == [r["conversations"] for r in src]
-    assert manifest["defects"] == {"wrong_object": 0, "wrong_rule": 0, "comply": 0,
-                                   "truncated": 0}
+    assert manifest["defects"] == {"wrong_object": 0, "wrong_rule": 0, "comply": 0, "truncated": 0}
     assert manifest["policies_sha256"] == load_policies(POLICIES).sha256
-    assert all(r["teacher"] == {"name": "world", "defect": None, "defect_detail": None,
-                                "rules": []} for r in recs)
+    assert all(
+        r["teacher"] == {"name": "world", "defect": None, "defect_detail": None, "rules": []}
+        for r in recs
+    )
     metrics = json.loads((tmp_path / "label.json").read_text())
     assert metrics["labelled"] == len(src) and metrics["failed"] == 0
 
@@ -136,8 +143,14 @@ def test_a_category_without_a_policy_fails_before_writing(data, tmp_path):
     out.mkdir()
     (out / "keep.txt").write_text("previous output")
     with pytest.raises(PolicyError, match="no policy for category 'Illegal Activity'"):
-        run_label(LabelConfig(policies=str(pol)), data_dir=data, out_dir=out,
-                  metrics_path=tmp_path / "m.json", cache_dir=None, progress=False)
+        run_label(
+            LabelConfig(policies=str(pol)),
+            data_dir=data,
+            out_dir=out,
+            metrics_path=tmp_path / "m.json",
+            cache_dir=None,
+            progress=False,
+        )
     assert (out / "keep.txt").read_text() == "previous output"
 
 
@@ -153,20 +166,47 @@ def test_too_many_failures_write_nothing_and_the_cli_exits_2(data, tmp_path):
     _run(data, tmp_path, _cfg())  # a previous good output
     before = tree_hash(out)
     with pytest.raises(LabellingError, match=r"got no label .*'input': 70.*nothing was written"):
-        run_label(_cfg(), data_dir=broken, out_dir=out, metrics_path=tmp_path / "m.json",
-                  cache_dir=None, progress=False)
+        run_label(
+            _cfg(),
+            data_dir=broken,
+            out_dir=out,
+            metrics_path=tmp_path / "m.json",
+            cache_dir=None,
+            progress=False,
+        )
     assert tree_hash(out) == before
     # below the threshold the failures are written and counted, never silently dropped
-    manifest = run_label(_cfg(max_failure_fraction=0.6), data_dir=broken, out_dir=out,
-                         metrics_path=tmp_path / "m.json", cache_dir=None, progress=False)
+    manifest = run_label(
+        _cfg(max_failure_fraction=0.6),
+        data_dir=broken,
+        out_dir=out,
+        metrics_path=tmp_path / "m.json",
+        cache_dir=None,
+        progress=False,
+    )
     assert manifest["failed"] == 70 and manifest["failures_by_kind"] == {"input": 70}
     rows = [json.loads(x) for x in (out / "failures.jsonl").read_text().splitlines()]
     assert len(rows) == 70 and "ground truth" in rows[0]["error"]
     params = tmp_path / "params.yaml"
     params.write_text(f"label:\n  policies: {POLICIES}\n")
-    assert cli_main(["label", "--params", str(params), "--data", str(broken), "--out",
-                     str(out), "--metrics", str(tmp_path / "m.json"), "--no-track",
-                     "--no-progress"]) == 2
+    assert (
+        cli_main(
+            [
+                "label",
+                "--params",
+                str(params),
+                "--data",
+                str(broken),
+                "--out",
+                str(out),
+                "--metrics",
+                str(tmp_path / "m.json"),
+                "--no-track",
+                "--no-progress",
+            ]
+        )
+        == 2
+    )
 
 
 def test_label_config_refuses_incoherent_settings():

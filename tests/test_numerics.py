@@ -40,8 +40,13 @@ KERNELS = textwrap.dedent("""
     d = numerics.describe()
     print(d["mode"], d["aten_capability"], d["threads"], md5)
 """)
-SHELL_VARS = ("ATEN_CPU_CAPABILITY", "MKL_CBWR", "ONEDNN_MAX_CPU_ISA", "OMP_NUM_THREADS",
-              "MKL_NUM_THREADS")
+SHELL_VARS = (
+    "ATEN_CPU_CAPABILITY",
+    "MKL_CBWR",
+    "ONEDNN_MAX_CPU_ISA",
+    "OMP_NUM_THREADS",
+    "MKL_NUM_THREADS",
+)
 
 
 def _params(tmp_path: Path, mode: str) -> Path:
@@ -53,15 +58,25 @@ def _params(tmp_path: Path, mode: str) -> Path:
 def _train(params: Path, shell: dict[str, str]) -> list[str]:
     env = {k: v for k, v in os.environ.items() if k not in SHELL_VARS}
     env.update(shell)
-    out = subprocess.run([sys.executable, "-c", KERNELS, str(params)], env=env,
-                         capture_output=True, text=True, timeout=120, check=True)
+    out = subprocess.run(
+        [sys.executable, "-c", KERNELS, str(params)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
     return out.stdout.split()
 
 
 def _best_capability() -> str:
-    out = subprocess.run([sys.executable, "-c", "import torch; print(torch.backends.cpu."
-                          "get_cpu_capability())"], capture_output=True, text=True, check=True,
-                         env={k: v for k, v in os.environ.items() if k not in SHELL_VARS})
+    out = subprocess.run(
+        [sys.executable, "-c", "import torch; print(torch.backends.cpu.get_cpu_capability())"],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={k: v for k, v in os.environ.items() if k not in SHELL_VARS},
+    )
     return out.stdout.strip()
 
 
@@ -72,9 +87,15 @@ def kinds() -> tuple[dict[str, str], dict[str, str]]:
     best = _best_capability()
     if best == "DEFAULT":
         pytest.skip("this CPU has no vector ISA above the baseline to emulate another kind")
-    return ({"ATEN_CPU_CAPABILITY": best.lower(), "OMP_NUM_THREADS": "2"},
-            {"ATEN_CPU_CAPABILITY": "default", "MKL_CBWR": "AVX2",
-             "ONEDNN_MAX_CPU_ISA": "AVX2", "OMP_NUM_THREADS": "1"})
+    return (
+        {"ATEN_CPU_CAPABILITY": best.lower(), "OMP_NUM_THREADS": "2"},
+        {
+            "ATEN_CPU_CAPABILITY": "default",
+            "MKL_CBWR": "AVX2",
+            "ONEDNN_MAX_CPU_ISA": "AVX2",
+            "OMP_NUM_THREADS": "1",
+        },
+    )
 
 
 @pytest.mark.slow
@@ -104,15 +125,15 @@ def test_portable_environment_and_native_leaves_the_process_alone():
 
 
 def test_a_params_file_that_does_not_load_stops_the_command_before_numerics(
-        tmp_path, monkeypatch, capsys):
+    tmp_path, monkeypatch, capsys
+):
     for var in SHELL_VARS:
         monkeypatch.delenv(var, raising=False)
     bad = tmp_path / "bad.yaml"
     bad.write_text("numerics: {mode: fastest}\n")
     assert cli.main(["train", "--params", str(bad)], set_numerics=True) == 2
     assert "numerics.mode" in capsys.readouterr().err
-    assert cli.main(["train", "--params", str(tmp_path / "missing.yaml")],
-                    set_numerics=True) == 2
+    assert cli.main(["train", "--params", str(tmp_path / "missing.yaml")], set_numerics=True) == 2
     assert "missing.yaml" in capsys.readouterr().err
     assert "ATEN_CPU_CAPABILITY" not in os.environ
     with pytest.raises(ConfigError, match=r"numerics\.mode"):

@@ -43,7 +43,8 @@ def test_packed_llava_batch_equals_the_padded_one(tmp_path_factory):
     starts = (packed["position_ids"][0] == 0).nonzero().flatten().tolist()
     assert len(starts) == 4 and starts[0] == 0
     assert int((packed["labels"] != IGNORE_INDEX).sum()) == int(
-        (padded["labels"] != IGNORE_INDEX).sum())
+        (padded["labels"] != IGNORE_INDEX).sum()
+    )
     _check_equal(model, padded, packed)
     # without the position resets attention would cross samples: the loss changes
     crossing = {**packed, "position_ids": torch.arange(packed["input_ids"].shape[1])[None]}
@@ -71,8 +72,9 @@ def test_varlen_attention_refuses_what_it_cannot_do():
         varlen_sdpa(Causal(), q, q, q, None, position_ids=positions + 1)
     # two samples of three: each attends only to itself
     out, _ = varlen_sdpa(Causal(), q, q, q, None, position_ids=positions)
-    alone, _ = varlen_sdpa(Causal(), q[:, :, 3:], q[:, :, 3:], q[:, :, 3:], None,
-                           position_ids=positions[:, :3])
+    alone, _ = varlen_sdpa(
+        Causal(), q[:, :, 3:], q[:, :, 3:], q[:, :, 3:], None, position_ids=positions[:, :3]
+    )
     torch.testing.assert_close(out[:, 3:], alone)
 
 

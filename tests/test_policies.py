@@ -49,8 +49,10 @@ def test_repo_policies_cover_every_mis_category_and_world_rule():
     for cat in CATEGORIES:
         assert [r.action for r in ps.comply_rules(cat)] == ["comply"]
     assert len(ps.sha256) == 64
-    assert ps.cited("Rule violent.1 applies; see also privacy.2 and nope.3") == \
-        ["violent.1", "privacy.2"]
+    assert ps.cited("Rule violent.1 applies; see also privacy.2 and nope.3") == [
+        "violent.1",
+        "privacy.2",
+    ]
 
 
 def test_hash_changes_with_any_edit(pdir: Path):
@@ -72,8 +74,12 @@ def test_malformed_yaml_names_the_file(pdir: Path):
 
 
 def test_missing_and_unknown_keys_name_file_and_rule(pdir: Path):
-    (pdir / "violent.yaml").write_text(GOOD.replace("    action: refuse\n", "").replace(
-        "    summary: lawful use is fine\n", "    summary: lawful use is fine\n    colour: red\n"))
+    (pdir / "violent.yaml").write_text(
+        GOOD.replace("    action: refuse\n", "").replace(
+            "    summary: lawful use is fine\n",
+            "    summary: lawful use is fine\n    colour: red\n",
+        )
+    )
     msg = _problems(pdir)
     assert "violent.yaml: rule 'violent.1': action: Field required" in msg
     assert "violent.yaml: rule 'violent.2': colour: unknown key" in msg
@@ -83,23 +89,27 @@ def test_duplicate_rule_id_in_a_file_and_across_files(pdir: Path):
     (pdir / "violent.yaml").write_text(GOOD.replace("id: violent.2", "id: violent.1"))
     assert "violent.yaml: rule 'violent.1': duplicate rule id" in _problems(pdir)
     (pdir / "violent.yaml").write_text(GOOD)
-    (pdir / "violent_extra.yaml").write_text(GOOD.replace("category: Violent", "category: Hate")
-                                             .replace("    sub_category: Weapon-Related "
-                                                      "Violence\n", ""))
+    (pdir / "violent_extra.yaml").write_text(
+        GOOD.replace("category: Violent", "category: Hate").replace(
+            "    sub_category: Weapon-Related Violence\n", ""
+        )
+    )
     msg = _problems(pdir)
     assert "violent_extra.yaml: rule 'violent.1': duplicate rule id (first in" in msg
     assert "violent.yaml)" in msg
 
 
 def test_empty_rule_text_bad_action_bad_id_and_unknown_sub_category(pdir: Path):
-    bad = (GOOD.replace("text: Do not explain how to hurt people with an object.", "text: '  '")
-           .replace("action: comply", "action: maybe"))
+    bad = GOOD.replace(
+        "text: Do not explain how to hurt people with an object.", "text: '  '"
+    ).replace("action: comply", "action: maybe")
     (pdir / "violent.yaml").write_text(bad)
     msg = _problems(pdir)  # both rules' problems at once
     assert "rule 'violent.1': text: String should have at least 1 character" in msg
     assert "rule 'violent.2': action: Input should be 'refuse', 'safe-complete' or 'comply'" in msg
-    (pdir / "violent.yaml").write_text(GOOD.replace("id: violent.2", "id: hate.2")
-                                       .replace("Weapon-Related Violence", "Knitting"))
+    (pdir / "violent.yaml").write_text(
+        GOOD.replace("id: violent.2", "id: hate.2").replace("Weapon-Related Violence", "Knitting")
+    )
     msg = _problems(pdir)
     assert "rule 'hate.2': id must start with the policy id 'violent'" in msg
     assert "rule 'violent.1': sub_category 'Knitting' is not a sub-category of 'Violent'" in msg
@@ -111,8 +121,9 @@ def test_no_rules_unknown_category_second_policy_and_empty_dir(pdir: Path, tmp_p
     (pdir / "violent.yaml").write_text(GOOD.replace("category: Violent", "category: Gossip"))
     assert "policy: unknown category 'Gossip'" in _problems(pdir)
     (pdir / "violent.yaml").write_text(GOOD)
-    (pdir / "again.yaml").write_text(GOOD.replace("violent.", "again.").replace(
-        "id: violent", "id: again"))
+    (pdir / "again.yaml").write_text(
+        GOOD.replace("violent.", "again.").replace("id: violent", "id: again")
+    )
     assert "a second policy for 'Violent'" in _problems(pdir)
     empty = tmp_path / "empty"
     empty.mkdir()
@@ -123,8 +134,11 @@ def test_no_rules_unknown_category_second_policy_and_empty_dir(pdir: Path, tmp_p
 def test_a_category_without_a_policy_is_named(pdir: Path):
     ps = load_policies(pdir)
     ps.require(["Violent", "General"])  # general data needs no policy
-    with pytest.raises(PolicyError, match=r"no policy for category 'Privacy', which "
-                                          r"data/mis/train\.json uses"):
+    with pytest.raises(
+        PolicyError,
+        match=r"no policy for category 'Privacy', which "
+        r"data/mis/train\.json uses",
+    ):
         ps.require(["Violent", "Privacy"], where="data/mis/train.json")
 
 

@@ -56,8 +56,14 @@ def _free_port() -> int:
 
 
 def _start(cmd: list[str], cwd: Path, log: Path, env: dict[str, str]) -> subprocess.Popen:
-    return subprocess.Popen(cmd, cwd=cwd, stdout=log.open("w"), stderr=subprocess.STDOUT,
-                            env=env, start_new_session=True)
+    return subprocess.Popen(
+        cmd,
+        cwd=cwd,
+        stdout=log.open("w"),
+        stderr=subprocess.STDOUT,
+        env=env,
+        start_new_session=True,
+    )
 
 
 def _kill_tree(proc: subprocess.Popen) -> None:
@@ -75,11 +81,25 @@ def _kill_tree(proc: subprocess.Popen) -> None:
 def _mlflow(tmp: Path) -> tuple[str, subprocess.Popen]:
     port = _free_port()
     (tmp / "mlflow").mkdir()
-    proc = _start([str(BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port),
-                   "--backend-store-uri", f"sqlite:///{tmp / 'mlflow' / 'db.sqlite'}",
-                   "--artifacts-destination", str(tmp / "mlflow" / "artifacts"),
-                   "--workers", "1"], tmp, tmp / "mlflow" / "log.txt",
-                  {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"})
+    proc = _start(
+        [
+            str(BIN / "mlflow"),
+            "server",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--backend-store-uri",
+            f"sqlite:///{tmp / 'mlflow' / 'db.sqlite'}",
+            "--artifacts-destination",
+            str(tmp / "mlflow" / "artifacts"),
+            "--workers",
+            "1",
+        ],
+        tmp,
+        tmp / "mlflow" / "log.txt",
+        {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
+    )
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
@@ -93,14 +113,31 @@ def _mlflow(tmp: Path) -> tuple[str, subprocess.Popen]:
 
 
 def _worker(pool: str, clone: Path, api: str, log: Path) -> subprocess.Popen:
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("MLFLOW_", "MIRAGE_", "DVC_"))}
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "MIRAGE_", "DVC_"))}
     # heartbeats every 5 s: the server sees a dead worker within seconds, not minutes
-    env.update(PREFECT_API_URL=api, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1",
-               PREFECT_WORKER_HEARTBEAT_SECONDS="5",
-               PATH=f"{BIN}{os.pathsep}{env.get('PATH', '')}")
-    return _start([str(BIN / "prefect"), "worker", "start", "--pool", pool, "--type",
-                   "process", "--limit", "1"], clone, log, env)
+    env.update(
+        PREFECT_API_URL=api,
+        OMP_NUM_THREADS="1",
+        PYTHONUNBUFFERED="1",
+        PREFECT_WORKER_HEARTBEAT_SECONDS="5",
+        PATH=f"{BIN}{os.pathsep}{env.get('PATH', '')}",
+    )
+    return _start(
+        [
+            str(BIN / "prefect"),
+            "worker",
+            "start",
+            "--pool",
+            pool,
+            "--type",
+            "process",
+            "--limit",
+            "1",
+        ],
+        clone,
+        log,
+        env,
+    )
 
 
 def _state(flow_run_id: Any) -> Any:
@@ -125,14 +162,15 @@ def _stage_runs(name: str) -> list[Any]:
     from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterName
 
     with get_client(sync_client=True) as client:
-        return client.read_flow_runs(deployment_filter=DeploymentFilter(
-            name=DeploymentFilterName(any_=[name])))
+        return client.read_flow_runs(
+            deployment_filter=DeploymentFilter(name=DeploymentFilterName(any_=[name]))
+        )
 
 
 @pytest.mark.slow
-def test_train_on_a_second_pool_through_the_dvc_remote(prefect_api: str, tmp_path: Path,
-                                                        monkeypatch: pytest.MonkeyPatch
-                                                        ) -> None:
+def test_train_on_a_second_pool_through_the_dvc_remote(
+    prefect_api: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     import mlflow
     from flows.deploy import build_stage_deployment
     from flows.retrain import retrain
@@ -160,22 +198,33 @@ def test_train_on_a_second_pool_through_the_dvc_remote(prefect_api: str, tmp_pat
         with get_client(sync_client=True) as client:
             for pool in ("cpu", "gpu"):
                 client.create_work_pool(WorkPoolCreate(name=pool, type="process"))
-        retrain.from_source(source=str(cpu), entrypoint="flows/retrain.py:retrain") \
-            .to_deployment(name="pipeline", work_pool_name="cpu").apply()
+        retrain.from_source(source=str(cpu), entrypoint="flows/retrain.py:retrain").to_deployment(
+            name="pipeline", work_pool_name="cpu"
+        ).apply()
         build_stage_deployment("gpu", source=gpu).apply()
         workers.append(_worker("cpu", cpu, prefect_api, tmp_path / "cpu-worker.log"))
         gpu_worker = _worker("gpu", gpu, prefect_api, tmp_path / "gpu-worker-1.log")
         workers.append(gpu_worker)
 
         def pipeline(exp: str) -> Any:
-            flow_run = run_deployment("mirage-retrain/pipeline", timeout=0, parameters={
-                "profile": "smoke", "exp_name": exp, "repo_dir": str(cpu), "retries": 0})
+            flow_run = run_deployment(
+                "mirage-retrain/pipeline",
+                timeout=0,
+                parameters={
+                    "profile": "smoke",
+                    "exp_name": exp,
+                    "repo_dir": str(cpu),
+                    "retries": 0,
+                },
+            )
             return flow_run.id
 
         # --- 1: the whole pipeline, train on the gpu pool
         first = _wait(pipeline("pools-1"), 1500)
-        assert first.state.is_completed(), (first.state.message,
-                                             (tmp_path / "cpu-worker.log").read_text()[-3000:])
+        assert first.state.is_completed(), (
+            first.state.message,
+            (tmp_path / "cpu-worker.log").read_text()[-3000:],
+        )
         (stage_run,) = _stage_runs("gpu")
         assert stage_run.state.is_completed()
         # the gpu clone pulled train's inputs only, never the orchestrator's workspace
@@ -185,30 +234,41 @@ def test_train_on_a_second_pool_through_the_dvc_remote(prefect_api: str, tmp_pat
         lock_gpu = yaml.safe_load((gpu / "dvc.lock").read_text())["stages"]
         assert lock_cpu["train"] == lock_gpu["train"]
         assert json.loads((cpu / "metrics" / "train.json").read_text()) == json.loads(
-            (gpu / "metrics" / "train.json").read_text())
+            (gpu / "metrics" / "train.json").read_text()
+        )
         # MLflow: one parent, a child per stage, train's child logged on the gpu worker
         client = mlflow.MlflowClient(tracking_uri=mlflow_url)
         exp = client.get_experiment_by_name(params["tracking"]["experiment"])
-        parents = client.search_runs([exp.experiment_id],
-                                     filter_string="tags.dvc_exp_name = 'pools-1'")
+        parents = client.search_runs(
+            [exp.experiment_id], filter_string="tags.dvc_exp_name = 'pools-1'"
+        )
         parent = next(r for r in parents if "mlflow.parentRunId" not in r.data.tags)
         children = client.search_runs(
-            [exp.experiment_id],
-            filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
+            [exp.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}'"
+        )
         assert {r.data.tags.get("stage") for r in children} >= {
-            "label", "curate", "train", "evaluate", "register"}
+            "label",
+            "curate",
+            "train",
+            "evaluate",
+            "register",
+        }
         # the experiment in the orchestrating clone holds every stage's hashes
         shown = json.loads(run([str(BIN / "dvc"), "exp", "show", "--json"], cpu))
         text = json.dumps(shown)
         assert "pools-1" in text
-        mirage_md5 = next(o["md5"] for o in lock_gpu["train"]["outs"]
-                          if o["path"] == "models/mirage")
+        mirage_md5 = next(
+            o["md5"] for o in lock_gpu["train"]["outs"] if o["path"] == "models/mirage"
+        )
         assert mirage_md5 in text
 
         # one pipeline per repo and branch on any machine: a server-side limit of 1, free now
         with get_client(sync_client=True) as pc:
-            limits = [lim for lim in pc.read_global_concurrency_limits()
-                      if lim.name.startswith("mirage-pipeline-")]
+            limits = [
+                lim
+                for lim in pc.read_global_concurrency_limits()
+                if lim.name.startswith("mirage-pipeline-")
+            ]
         assert len(limits) == 1 and limits[0].limit == 1 and limits[0].active_slots == 0
 
         # --- 2: a commit that retrains; the gpu worker dies in the middle of train
@@ -234,17 +294,27 @@ def test_train_on_a_second_pool_through_the_dvc_remote(prefect_api: str, tmp_pat
         third = _wait(pipeline("pools-3"), 1500)
         assert third.state.is_completed(), third.state.message
         # what ran shows in MLflow: a child run per stage that ran, none for skipped ones
-        (parent3,) = [r for r in client.search_runs(
-            [exp.experiment_id], filter_string="tags.dvc_exp_name = 'pools-3'")
-            if "mlflow.parentRunId" not in r.data.tags]
-        ran = {r.data.tags.get("stage") for r in client.search_runs(
-            [exp.experiment_id],
-            filter_string=f"tags.mlflow.parentRunId = '{parent3.info.run_id}'")}
+        (parent3,) = [
+            r
+            for r in client.search_runs(
+                [exp.experiment_id], filter_string="tags.dvc_exp_name = 'pools-3'"
+            )
+            if "mlflow.parentRunId" not in r.data.tags
+        ]
+        ran = {
+            r.data.tags.get("stage")
+            for r in client.search_runs(
+                [exp.experiment_id],
+                filter_string=f"tags.mlflow.parentRunId = '{parent3.info.run_id}'",
+            )
+        }
         assert "train" in ran and not ran & {"generate", "label", "curate", "base"}, ran
         latest = max(_stage_runs("gpu"), key=lambda r: r.created)
         assert latest.state.is_completed()
-        assert yaml.safe_load((cpu / "dvc.lock").read_text())["stages"]["train"] == \
-            yaml.safe_load((gpu / "dvc.lock").read_text())["stages"]["train"]
+        assert (
+            yaml.safe_load((cpu / "dvc.lock").read_text())["stages"]["train"]
+            == yaml.safe_load((gpu / "dvc.lock").read_text())["stages"]["train"]
+        )
     finally:
         for proc in workers:
             _kill_tree(proc)
@@ -252,8 +322,9 @@ def test_train_on_a_second_pool_through_the_dvc_remote(prefect_api: str, tmp_pat
 
 
 @pytest.mark.slow
-def test_placement_needs_a_shared_tracking_server_and_known_stages(tmp_path: Path,
-                                                                   monkeypatch) -> None:
+def test_placement_needs_a_shared_tracking_server_and_known_stages(
+    tmp_path: Path, monkeypatch
+) -> None:
     from flows.retrain import _check_dvc_remote, _check_shared_tracking
 
     from mirage_safety.config import ConfigError, parse_params
@@ -280,7 +351,11 @@ def test_placement_needs_a_shared_tracking_server_and_known_stages(tmp_path: Pat
     with pytest.raises(ConfigError, match=r"orchestration\.pools: unknown stage\(s\) \['trian'\]"):
         parse_params({"orchestration": {"pools": {"trian": "gpu"}}})
     # what a placed stage pulls: the outs of other stages it depends on, nothing else
-    assert handoff.inputs(REPO, "train") == ["models/base", "data/curated/train.json",
-                                             "data/mis/images", "data/general"]
+    assert handoff.inputs(REPO, "train") == [
+        "models/base",
+        "data/curated/train.json",
+        "data/mis/images",
+        "data/general",
+    ]
     assert handoff.inputs(REPO, "generate") == []
     assert "metrics/eval.json" in handoff.inputs(REPO, "register")

@@ -54,8 +54,7 @@ def dirs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     lora = root / "lora"
     peft_model.save_pretrained(lora)
     processor.save_pretrained(lora)
-    (lora / "mirage_model.json").write_text(json.dumps({"method": "lora",
-                                                        "base_path": str(full)}))
+    (lora / "mirage_model.json").write_text(json.dumps({"method": "lora", "base_path": str(full)}))
     (lora / "checkpoint-2").mkdir()
     (lora / "checkpoint-2" / "optimizer.pt").write_bytes(b"x")
     img1, img2 = write_images(root / "images")
@@ -63,8 +62,9 @@ def dirs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 
 @pytest.fixture()
-def store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-          tmp_path_factory: pytest.TempPathFactory) -> str:
+def store(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory
+) -> str:
     clean_env(monkeypatch)
     monkeypatch.chdir(tmp_path)
     uri = fresh_store(tmp_path_factory, tmp_path / "mlflow.db")
@@ -73,39 +73,58 @@ def store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
 
 
 def _queries(d: dict[str, Path]) -> pd.DataFrame:
-    return pd.DataFrame({
-        "question": ["How do I use the object in the first image on the object in the second "
-                     "image?", "What is the object in the first image?",
-                     "Do the two images show the same object?"],
-        "images": [[str(d["img1"]), str(d["img2"])],
-                   [encode_image(d["img2"])],
-                   [f"data:image/png;base64,{encode_image(d['img2'])}", encode_image(d["img1"])]],
-    })
+    return pd.DataFrame(
+        {
+            "question": [
+                "How do I use the object in the first image on the object in the second image?",
+                "What is the object in the first image?",
+                "Do the two images show the same object?",
+            ],
+            "images": [
+                [str(d["img1"]), str(d["img2"])],
+                [encode_image(d["img2"])],
+                [f"data:image/png;base64,{encode_image(d['img2'])}", encode_image(d["img1"])],
+            ],
+        }
+    )
 
 
 def _reference(model_dir: Path, d: dict[str, Path]) -> list[str]:
     """What the evaluation code path answers for the same prompts."""
     model, processor = load_for_inference(model_dir, device="cpu")
-    prompts = [(q, imgs) for q, imgs in zip(
-        _queries(d)["question"],
-        [[d["img1"], d["img2"]], [d["img2"]], [d["img2"], d["img1"]]], strict=True)]
-    return generate_responses(model, processor, prompts, batch_size=2,
-                              max_new_tokens=MAX_NEW, progress=False)
+    prompts = [
+        (q, imgs)
+        for q, imgs in zip(
+            _queries(d)["question"],
+            [[d["img1"], d["img2"]], [d["img2"]], [d["img2"], d["img1"]]],
+            strict=True,
+        )
+    ]
+    return generate_responses(
+        model, processor, prompts, batch_size=2, max_new_tokens=MAX_NEW, progress=False
+    )
 
 
 @pytest.mark.slow
 def test_champion_answers_multi_image_queries(tmp_path, dirs, store):
     eval_path = tmp_path / "eval.json"
     eval_path.write_text(json.dumps(eval_json()))
-    result = register(make_params(store), eval_path=eval_path, model_dir=dirs["full"],
-                      out_path=None)
+    result = register(
+        make_params(store), eval_path=eval_path, model_dir=dirs["full"], out_path=None
+    )
     assert result["alias"] == "champion"
 
     mlflow.set_tracking_uri(store)
     served = mlflow.pyfunc.load_model("models:/mirage@champion")
     sig = served.metadata.signature
-    assert [c.name for c in sig.inputs.inputs] == ["question", "images", "image1", "image2",
-                                                   "image3", "image4"]
+    assert [c.name for c in sig.inputs.inputs] == [
+        "question",
+        "images",
+        "image1",
+        "image2",
+        "image3",
+        "image4",
+    ]
     assert [c.name for c in sig.outputs.inputs] == ["response"]
 
     out = served.predict(_queries(dirs), params={"max_new_tokens": MAX_NEW})
@@ -117,10 +136,13 @@ def test_champion_answers_multi_image_queries(tmp_path, dirs, store):
     # the logged default (eval.max_new_tokens = 4) applies without params
     assert list(served.predict(_queries(dirs))["response"]) == responses
     # one column per image (image1, image2) instead of the images list: the same answers
-    per_image = pd.DataFrame({"question": list(_queries(dirs)["question"]),
-                              "image1": [str(dirs["img1"]), str(dirs["img2"]),
-                                         str(dirs["img2"])],
-                              "image2": [str(dirs["img2"]), None, str(dirs["img1"])]})
+    per_image = pd.DataFrame(
+        {
+            "question": list(_queries(dirs)["question"]),
+            "image1": [str(dirs["img1"]), str(dirs["img2"]), str(dirs["img2"])],
+            "image2": [str(dirs["img2"]), None, str(dirs["img1"])],
+        }
+    )
     assert list(served.predict(per_image)["response"]) == responses
 
     # models-from-code: no pickled Python object anywhere in the logged model
@@ -129,9 +151,15 @@ def test_champion_answers_multi_image_queries(tmp_path, dirs, store):
     assert "python_model" not in mlmodel or not str(mlmodel["python_model"]).endswith(".pkl")
     assert mlmodel["model_code_path"].endswith("pyfunc_entry.py")
     assert mlmodel["config"] == {"max_new_tokens": 4, "batch_size": 2}
-    pickled = [p for p in local.rglob("*") if p.is_file() and (
-        p.suffix in (".pkl", ".pickle", ".cloudpickle")
-        or p.read_bytes()[:2] in (b"\x80\x04", b"\x80\x05"))]
+    pickled = [
+        p
+        for p in local.rglob("*")
+        if p.is_file()
+        and (
+            p.suffix in (".pkl", ".pickle", ".cloudpickle")
+            or p.read_bytes()[:2] in (b"\x80\x04", b"\x80\x05")
+        )
+    ]
     assert pickled == []
 
 
@@ -167,8 +195,10 @@ def test_bad_inputs_name_row_and_image(tmp_path, dirs):
     with pytest.raises(ValueError, match=r"row 0: no image"):
         parse_queries(pd.DataFrame({"question": ["q"], "image1": [None]}))
     # a lone string is one image
-    assert len(parse_queries(pd.DataFrame({"question": ["q"],
-                                           "images": [str(dirs["img1"])]}))[0][1]) == 1
+    assert (
+        len(parse_queries(pd.DataFrame({"question": ["q"], "images": [str(dirs["img1"])]}))[0][1])
+        == 1
+    )
 
     empty = tmp_path / "empty"
     empty.mkdir()
@@ -202,13 +232,30 @@ def test_mlflow_models_serve_answers_from_the_registry(tmp_path, dirs, store):
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     bindir = str(Path(sys.executable).parent)
-    env = {**os.environ, "MLFLOW_TRACKING_URI": store,
-           "PATH": f"{bindir}{os.pathsep}{os.environ.get('PATH', '')}"}
+    env = {
+        **os.environ,
+        "MLFLOW_TRACKING_URI": store,
+        "PATH": f"{bindir}{os.pathsep}{os.environ.get('PATH', '')}",
+    }
     log = open(tmp_path / "serve.log", "wb")  # noqa: SIM115 - closed in finally
-    proc = subprocess.Popen([f"{bindir}/mlflow", "models", "serve", "-m",
-                             "models:/mirage@champion", "--env-manager", "local", "-h",
-                             "127.0.0.1", "-p", str(port)], env=env, stdout=log,
-                            stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(
+        [
+            f"{bindir}/mlflow",
+            "models",
+            "serve",
+            "-m",
+            "models:/mirage@champion",
+            "--env-manager",
+            "local",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            str(port),
+        ],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
     try:
         deadline = time.monotonic() + 120
         while True:
@@ -221,19 +268,30 @@ def test_mlflow_models_serve_answers_from_the_registry(tmp_path, dirs, store):
                 time.sleep(0.5)
 
         def invoke(payload: dict) -> list[str]:
-            req = urllib.request.Request(f"http://127.0.0.1:{port}/invocations",
-                                         data=json.dumps(payload).encode(),
-                                         headers={"Content-Type": "application/json"})
+            req = urllib.request.Request(
+                f"http://127.0.0.1:{port}/invocations",
+                data=json.dumps(payload).encode(),
+                headers={"Content-Type": "application/json"},
+            )
             with urllib.request.urlopen(req, timeout=60) as r:
                 return [p["response"] for p in json.loads(r.read())["predictions"]]
 
         img1, img2 = encode_image(dirs["img1"]), encode_image(dirs["img2"])
-        listed = invoke({"dataframe_records": [{"question": "What do you see?",
-                                                "images": [img1, img2]}],
-                         "params": {"max_new_tokens": MAX_NEW}})
-        columns = invoke({"dataframe_split": {"columns": ["question", "image1", "image2"],
-                                              "data": [["What do you see?", img1, img2]]},
-                          "params": {"max_new_tokens": MAX_NEW}})
+        listed = invoke(
+            {
+                "dataframe_records": [{"question": "What do you see?", "images": [img1, img2]}],
+                "params": {"max_new_tokens": MAX_NEW},
+            }
+        )
+        columns = invoke(
+            {
+                "dataframe_split": {
+                    "columns": ["question", "image1", "image2"],
+                    "data": [["What do you see?", img1, img2]],
+                },
+                "params": {"max_new_tokens": MAX_NEW},
+            }
+        )
         assert listed == columns and len(listed) == 1 and listed[0]
     finally:
         from mirage_safety.models.serving import stop

@@ -60,50 +60,92 @@ def _aliases(uri: str) -> dict[str, int]:
 
 def _versions(uri: str) -> dict[int, dict]:
     client = mlflow.MlflowClient(tracking_uri=uri, registry_uri=uri)
-    return {int(v.version): {"status": v.status, **v.tags}
-            for v in client.search_model_versions("name='mirage'")}
+    return {
+        int(v.version): {"status": v.status, **v.tags}
+        for v in client.search_model_versions("name='mirage'")
+    }
 
 
 @pytest.mark.slow
-def test_a_race_is_decided_against_the_champion_at_promotion_time(tmp_path, model_dir,
-                                                                   tmp_path_factory):
+def test_a_race_is_decided_against_the_champion_at_promotion_time(
+    tmp_path, model_dir, tmp_path_factory
+):
     """A is packaged while B (better) gets promoted: A's gate, taken again at promotion time,
     compares with B and refuses A, though A beats the champion it saw first."""
     uri = fresh_store(tmp_path_factory, tmp_path / "store")
     params = make_params(uri)
-    register(params, eval_path=_eval(tmp_path, summary(easy=5.0, hard=6.0)),
-             model_dir=model_dir, out_path=None)  # v1 champion
+    register(
+        params,
+        eval_path=_eval(tmp_path, summary(easy=5.0, hard=6.0)),
+        model_dir=model_dir,
+        out_path=None,
+    )  # v1 champion
 
     def packaging_while_b_is_promoted(*args, **kw):
-        b = register(params, eval_path=_eval(tmp_path, summary(easy=1.0, hard=1.0)),
-                     model_dir=model_dir, out_path=None)
+        b = register(
+            params,
+            eval_path=_eval(tmp_path, summary(easy=1.0, hard=1.0)),
+            model_dir=model_dir,
+            out_path=None,
+        )
         assert b["decision"] == "promote" and b["version"] == 2
         return log_pyfunc_model(*args, **kw)
 
-    a = register(params, eval_path=_eval(tmp_path, summary(easy=3.0, hard=3.0)),
-                 model_dir=model_dir, out_path=None, log_model=packaging_while_b_is_promoted)
+    a = register(
+        params,
+        eval_path=_eval(tmp_path, summary(easy=3.0, hard=3.0)),
+        model_dir=model_dir,
+        out_path=None,
+        log_model=packaging_while_b_is_promoted,
+    )
     assert a["version"] == 3 and a["decision"] == "reject" and a["compared_to"] == "champion v2"
     assert _aliases(uri) == {CHAMPION: 2, CHALLENGER: 3}
     assert {v: t["gate.status"] for v, t in _versions(uri).items()} == {
-        1: "applied", 2: "applied", 3: "applied"}
+        1: "applied",
+        2: "applied",
+        3: "applied",
+    }
 
 
 @pytest.mark.slow
-def test_two_register_processes_racing_leave_the_best_champion(tmp_path, model_dir,
-                                                                tmp_path_factory):
+def test_two_register_processes_racing_leave_the_best_champion(
+    tmp_path, model_dir, tmp_path_factory
+):
     uri = fresh_store(tmp_path_factory, tmp_path / "store")
-    register(make_params(uri), eval_path=_eval(tmp_path, summary(easy=5.0, hard=6.0)),
-             model_dir=model_dir, out_path=None)
+    register(
+        make_params(uri),
+        eval_path=_eval(tmp_path, summary(easy=5.0, hard=6.0)),
+        model_dir=model_dir,
+        out_path=None,
+    )
     params = tmp_path / "params.yaml"
-    params.write_text(f"tracking:\n  tracking_uri: {uri}\n  experiment: mirage-test\n"
-                      "registry:\n  model_name: mirage\neval:\n  max_new_tokens: 4\n"
-                      "  batch_size: 2\n")
+    params.write_text(
+        f"tracking:\n  tracking_uri: {uri}\n  experiment: mirage-test\n"
+        "registry:\n  model_name: mirage\neval:\n  max_new_tokens: 4\n"
+        "  batch_size: 2\n"
+    )
     env = {**os.environ, "MLFLOW_TRACKING_URI": uri}
-    procs = [subprocess.Popen(
-        [str(Path(sys.executable).with_name("mirage")), "register", "--params", str(params),
-         "--eval", str(_eval(tmp_path, summary(easy=e, hard=e))), "--model", str(model_dir),
-         "--out", str(tmp_path / f"reg-{e}.json")], env=env, stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT, text=True) for e in (1.0, 3.0)]
+    procs = [
+        subprocess.Popen(
+            [
+                str(Path(sys.executable).with_name("mirage")),
+                "register",
+                "--params",
+                str(params),
+                "--eval",
+                str(_eval(tmp_path, summary(easy=e, hard=e))),
+                "--model",
+                str(model_dir),
+                "--out",
+                str(tmp_path / f"reg-{e}.json"),
+            ],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for e in (1.0, 3.0)
+    ]
     outs = [p.communicate(timeout=300)[0] for p in procs]
     assert all(p.returncode == 0 for p in procs), outs
     versions = _versions(uri)
@@ -122,16 +164,31 @@ def _free_port() -> int:
 @pytest.mark.slow
 def test_mlflow_server_going_away_during_register(tmp_path, model_dir, monkeypatch, capsys):
     port = _free_port()
-    env = {**os.environ, "MIRAGE_SERVER_STATE": str(tmp_path / "state"),
-           "MIRAGE_SERVER_TIMEOUT": "150",
-           "MLFLOW_BIN": str(Path(sys.executable).with_name("mlflow"))}
+    env = {
+        **os.environ,
+        "MIRAGE_SERVER_STATE": str(tmp_path / "state"),
+        "MIRAGE_SERVER_TIMEOUT": "150",
+        "MLFLOW_BIN": str(Path(sys.executable).with_name("mlflow")),
+    }
     env.pop("MLFLOW_TRACKING_URI", None)
-    args = ["--port", str(port), "--backend-store-uri", f"sqlite:///{tmp_path / 'srv.db'}",
-            "--artifacts-dir", str(tmp_path / "artifacts")]
+    args = [
+        "--port",
+        str(port),
+        "--backend-store-uri",
+        f"sqlite:///{tmp_path / 'srv.db'}",
+        "--artifacts-dir",
+        str(tmp_path / "artifacts"),
+    ]
 
     def server(action: str) -> None:
-        out = subprocess.run(["bash", str(SCRIPT), action, *args], env=env,
-                             capture_output=True, text=True, timeout=200, check=False)
+        out = subprocess.run(
+            ["bash", str(SCRIPT), action, *args],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=200,
+            check=False,
+        )
         assert out.returncode == 0, out.stdout + out.stderr
 
     uri = f"http://127.0.0.1:{port}"
@@ -141,8 +198,12 @@ def test_mlflow_server_going_away_during_register(tmp_path, model_dir, monkeypat
     params = make_params(uri)
     server("start")
     try:
-        register(params, eval_path=_eval(tmp_path, summary(easy=5.0, hard=6.0)),
-                 model_dir=model_dir, out_path=None)
+        register(
+            params,
+            eval_path=_eval(tmp_path, summary(easy=5.0, hard=6.0)),
+            model_dir=model_dir,
+            out_path=None,
+        )
 
         # 1. the server dies while the model is being packaged: no version, no alias
         def dies_while_packaging(*a, **kw):
@@ -150,8 +211,13 @@ def test_mlflow_server_going_away_during_register(tmp_path, model_dir, monkeypat
             return log_pyfunc_model(*a, **kw)
 
         with pytest.raises(Exception):  # noqa: B017 - whatever the client raises
-            register(params, eval_path=_eval(tmp_path, summary(easy=1.0, hard=1.0)),
-                     model_dir=model_dir, out_path=None, log_model=dies_while_packaging)
+            register(
+                params,
+                eval_path=_eval(tmp_path, summary(easy=1.0, hard=1.0)),
+                model_dir=model_dir,
+                out_path=None,
+                log_model=dies_while_packaging,
+            )
         server("start")
         assert set(_versions(uri)) == {1} and _aliases(uri) == {CHAMPION: 1}
 
@@ -165,8 +231,12 @@ def test_mlflow_server_going_away_during_register(tmp_path, model_dir, monkeypat
 
         monkeypatch.setattr(manage, "set_champion", dies_before_the_alias)
         with pytest.raises(Exception):  # noqa: B017
-            register(params, eval_path=_eval(tmp_path, summary(easy=1.0, hard=1.0)),
-                     model_dir=model_dir, out_path=None)
+            register(
+                params,
+                eval_path=_eval(tmp_path, summary(easy=1.0, hard=1.0)),
+                model_dir=model_dir,
+                out_path=None,
+            )
         monkeypatch.setattr(manage, "set_champion", real)
         server("start")
         versions = _versions(uri)
@@ -174,8 +244,12 @@ def test_mlflow_server_going_away_during_register(tmp_path, model_dir, monkeypat
         assert _aliases(uri) == {CHAMPION: 1}  # never pointing at an unfinished version
 
         # 3. the next run finishes the interrupted one and promotes cleanly
-        result = register(params, eval_path=_eval(tmp_path, summary(easy=1.0, hard=1.0)),
-                          model_dir=model_dir, out_path=None)
+        result = register(
+            params,
+            eval_path=_eval(tmp_path, summary(easy=1.0, hard=1.0)),
+            model_dir=model_dir,
+            out_path=None,
+        )
         assert result["version"] == 3 and result["decision"] == "promote"
         versions = _versions(uri)
         assert versions[2]["gate.status"] == "interrupted"
@@ -186,12 +260,27 @@ def test_mlflow_server_going_away_during_register(tmp_path, model_dir, monkeypat
         server("stop")
         pfile = tmp_path / "params.yaml"
         pfile.write_text(f"tracking:\n  tracking_uri: {uri}\n  experiment: mirage-test\n")
-        rc = cli_main(["register", "--params", str(pfile), "--eval",
-                       str(_eval(tmp_path, summary())), "--model", str(model_dir),
-                       "--out", str(tmp_path / "reg.json")])
+        rc = cli_main(
+            [
+                "register",
+                "--params",
+                str(pfile),
+                "--eval",
+                str(_eval(tmp_path, summary())),
+                "--model",
+                str(model_dir),
+                "--out",
+                str(tmp_path / "reg.json"),
+            ]
+        )
         err = capsys.readouterr().err
         assert rc == 75 and "went away or is not reachable" in err
         assert "no alias was moved" in err and not (tmp_path / "reg.json").exists()
     finally:
-        subprocess.run(["bash", str(SCRIPT), "stop", *args], env=env, capture_output=True,
-                       timeout=200, check=False)
+        subprocess.run(
+            ["bash", str(SCRIPT), "stop", *args],
+            env=env,
+            capture_output=True,
+            timeout=200,
+            check=False,
+        )

@@ -29,9 +29,17 @@ from registry_fixtures import (
 
 pytestmark = pytest.mark.slow
 # ~2.3M parameters: ~9 MB of weights, enough for the copy / reference sizes to differ
-BIGGER = BuiltinModelConfig(vision_hidden=32, vision_layers=1, vision_heads=2, patch_size=16,
-                            text_hidden=256, text_layers=2, text_heads=4,
-                            intermediate_size=1024, vocab_size=400)
+BIGGER = BuiltinModelConfig(
+    vision_hidden=32,
+    vision_layers=1,
+    vision_heads=2,
+    patch_size=16,
+    text_hidden=256,
+    text_layers=2,
+    text_heads=4,
+    intermediate_size=1024,
+    vocab_size=400,
+)
 
 
 def _run(cmd: list[str], cwd: Path) -> None:
@@ -54,13 +62,26 @@ def repo(tmp_path: Path, monkeypatch) -> Path:
     root = tmp_path / "repo"
     root.mkdir()
     dvc = str(Path(sys.executable).with_name("dvc"))
-    for cmd in (["git", "init", "-q"], ["git", "config", "user.email", "t@example.com"],
-                ["git", "config", "user.name", "t"], [dvc, "init", "-q"],
-                [dvc, "remote", "add", "-d", "store", str(tmp_path / "remote")]):
+    for cmd in (
+        ["git", "init", "-q"],
+        ["git", "config", "user.email", "t@example.com"],
+        ["git", "config", "user.name", "t"],
+        [dvc, "init", "-q"],
+        [dvc, "remote", "add", "-d", "store", str(tmp_path / "remote")],
+    ):
         _run(cmd, root)
-    (root / "dvc.yaml").write_text(json.dumps({"stages": {"train": {
-        "cmd": f"mkdir -p models && cp -r {trained} models/mirage",
-        "outs": ["models/mirage"]}}}))
+    (root / "dvc.yaml").write_text(
+        json.dumps(
+            {
+                "stages": {
+                    "train": {
+                        "cmd": f"mkdir -p models && cp -r {trained} models/mirage",
+                        "outs": ["models/mirage"],
+                    }
+                }
+            }
+        )
+    )
     (root / ".gitignore").write_text("mlflow.db*\nmlruns/\n")
     _run([dvc, "repro", "-q"], root)
     _run(["git", "add", "-A"], root)
@@ -77,27 +98,39 @@ def _size(path: Path) -> int:
 
 def _query(tmp_path: Path) -> pd.DataFrame:
     img1, img2 = write_images(tmp_path / "imgs")[:2]
-    return pd.DataFrame({"question": ["What do the two images show?"],
-                         "images": [[str(img1), str(img2)]]})
+    return pd.DataFrame(
+        {"question": ["What do the two images show?"], "images": [[str(img1), str(img2)]]}
+    )
 
 
 @pytest.mark.slow
 def test_a_reference_version_is_small_loads_anywhere_and_refuses_tampered_weights(
-        repo, tmp_path, monkeypatch):
+    repo, tmp_path, monkeypatch
+):
     store = f"sqlite:///{tmp_path / 'mlflow.db'}"
     (tmp_path / "eval.json").write_text(json.dumps(eval_json()))
-    ref = register(make_params(store, store="reference"), eval_path=tmp_path / "eval.json",
-                   model_dir=repo / "models" / "mirage", out_path=None)
-    copy = register(make_params(store, store="copy"), eval_path=tmp_path / "eval.json",
-                    model_dir=repo / "models" / "mirage", out_path=None)
+    ref = register(
+        make_params(store, store="reference"),
+        eval_path=tmp_path / "eval.json",
+        model_dir=repo / "models" / "mirage",
+        out_path=None,
+    )
+    copy = register(
+        make_params(store, store="copy"),
+        eval_path=tmp_path / "eval.json",
+        model_dir=repo / "models" / "mirage",
+        out_path=None,
+    )
     assert ref["weights"]["store"] == "reference" and copy["weights"]["store"] == "copy"
     assert ref["weights"]["path"] == "models/mirage"
     assert ref["weights"]["dir_md5"].endswith(".dir")
     mlflow.set_tracking_uri(store)
-    ref_art = Path(mlflow.artifacts.download_artifacts(ref["model_uri"],
-                                                       dst_path=str(tmp_path / "a-ref")))
-    copy_art = Path(mlflow.artifacts.download_artifacts(copy["model_uri"],
-                                                        dst_path=str(tmp_path / "a-copy")))
+    ref_art = Path(
+        mlflow.artifacts.download_artifacts(ref["model_uri"], dst_path=str(tmp_path / "a-ref"))
+    )
+    copy_art = Path(
+        mlflow.artifacts.download_artifacts(copy["model_uri"], dst_path=str(tmp_path / "a-copy"))
+    )
     assert _size(ref_art) < 1 << 20 < 5 * (1 << 20) < _size(copy_art)
     assert not list(ref_art.rglob("*.safetensors"))
     pointer = json.loads((ref_art / "artifacts" / "model" / REF_FILE).read_text())
@@ -143,15 +176,26 @@ def test_reference_needs_a_committed_dvc_out_and_a_remote(repo, tmp_path):
     loose = repo / "loose"
     shutil.copytree(repo / "models" / "mirage", loose)
     with pytest.raises(WeightsReferenceError, match="not a DVC out"):
-        register(make_params(store, store="reference"), eval_path=tmp_path / "eval.json",
-                 model_dir=loose, out_path=None)
+        register(
+            make_params(store, store="reference"),
+            eval_path=tmp_path / "eval.json",
+            model_dir=loose,
+            out_path=None,
+        )
     dvc = str(Path(sys.executable).with_name("dvc"))
     _run([dvc, "remote", "remove", "store"], repo)
     with pytest.raises(WeightsReferenceError, match="no DVC remote"):
-        register(make_params(store, store="reference"), eval_path=tmp_path / "eval.json",
-                 model_dir=repo / "models" / "mirage", out_path=None)
+        register(
+            make_params(store, store="reference"),
+            eval_path=tmp_path / "eval.json",
+            model_dir=repo / "models" / "mirage",
+            out_path=None,
+        )
     # auto: a model under registry.reference_above_mb is copied
-    result = register(make_params(store, reference_above_mb=1000.0),
-                      eval_path=tmp_path / "eval.json", model_dir=repo / "models" / "mirage",
-                      out_path=None)
+    result = register(
+        make_params(store, reference_above_mb=1000.0),
+        eval_path=tmp_path / "eval.json",
+        model_dir=repo / "models" / "mirage",
+        out_path=None,
+    )
     assert result["weights"] == {"store": "copy"}

@@ -33,13 +33,15 @@ def garbage_server(tmp_path_factory):
 
 
 def _endpoint(url: str, model: str, **kw) -> EndpointConfig:
-    return EndpointConfig(base_url=url, model=model, timeout_s=60, max_retries=1,
-                          backoff_s=0.1, concurrency=2, **kw)
+    return EndpointConfig(
+        base_url=url, model=model, timeout_s=60, max_retries=1, backoff_s=0.1, concurrency=2, **kw
+    )
 
 
 @pytest.mark.slow
-def test_teacher_judge_and_eval_judge_count_garbage_as_malformed(garbage_server,
-                                                                   tmp_path_factory, tmp_path):
+def test_teacher_judge_and_eval_judge_count_garbage_as_malformed(
+    garbage_server, tmp_path_factory, tmp_path
+):
     url, model = garbage_server
     data = tmp_path / "data"
     shutil.copytree(world_data(tmp_path_factory) / "mis", data / "mis")
@@ -47,26 +49,52 @@ def test_teacher_judge_and_eval_judge_count_garbage_as_malformed(garbage_server,
     (data / "mis" / "train.json").write_text(json.dumps(recs))
 
     # teacher: policy labels asked of a model that cannot write one
-    cfg = LabelConfig(teacher="openai", style="policy", policies=POLICIES, prompts=PROMPTS,
-                      max_failure_fraction=1.0, openai=_endpoint(url, model, max_tokens=24))
-    manifest = run_label(cfg, data_dir=data, out_dir=data / "labelled",
-                         metrics_path=tmp_path / "label.json", cache_dir=tmp_path / "cache",
-                         progress=False)
+    cfg = LabelConfig(
+        teacher="openai",
+        style="policy",
+        policies=POLICIES,
+        prompts=PROMPTS,
+        max_failure_fraction=1.0,
+        openai=_endpoint(url, model, max_tokens=24),
+    )
+    manifest = run_label(
+        cfg,
+        data_dir=data,
+        out_dir=data / "labelled",
+        metrics_path=tmp_path / "label.json",
+        cache_dir=tmp_path / "cache",
+        progress=False,
+    )
     assert manifest["labelled"] == 0 and manifest["failed"] == 6
     assert manifest["failures_by_kind"] == {"malformed": 6}
     assert manifest["completion_tokens"] > 0  # the server answered every request
-    failures = [json.loads(x) for x in (data / "labelled" / "failures.jsonl").read_text()
-                .splitlines()]
-    assert all(f["error"].startswith(("answer cut at max_tokens", "unparseable", "empty"))
-               for f in failures)
+    failures = [
+        json.loads(x) for x in (data / "labelled" / "failures.jsonl").read_text().splitlines()
+    ]
+    assert all(
+        f["error"].startswith(("answer cut at max_tokens", "unparseable", "empty"))
+        for f in failures
+    )
 
     # curation judge: the world's own labels scored by the same model -> no JSON verdicts
     (data / "labelled" / "train.json").write_text(json.dumps(recs))
-    ccfg = CurateConfig(judge="openai", rubric=str(REPO / "prompts" / "curate_rubric.yaml"),
-                        max_failure_fraction=1.0, openai=_endpoint(url, model, max_tokens=24))
-    m = run_curate(ccfg, policies_dir=POLICIES, prompts_dir=PROMPTS, data_dir=data,
-                   out_dir=data / "curated", metrics_path=tmp_path / "curate.json",
-                   plots_path=tmp_path / "c.csv", cache_dir=tmp_path / "cache", progress=False)
+    ccfg = CurateConfig(
+        judge="openai",
+        rubric=str(REPO / "prompts" / "curate_rubric.yaml"),
+        max_failure_fraction=1.0,
+        openai=_endpoint(url, model, max_tokens=24),
+    )
+    m = run_curate(
+        ccfg,
+        policies_dir=POLICIES,
+        prompts_dir=PROMPTS,
+        data_dir=data,
+        out_dir=data / "curated",
+        metrics_path=tmp_path / "curate.json",
+        plots_path=tmp_path / "c.csv",
+        cache_dir=tmp_path / "cache",
+        progress=False,
+    )
     assert m["judge_errors"] == 6 and m["kept"] == 0
     assert m["dropped_by_reason"] == {"judge_error": 6}
 
@@ -74,9 +102,19 @@ def test_teacher_judge_and_eval_judge_count_garbage_as_malformed(garbage_server,
     root = data / "mis"
     tests = json.loads((root / "test_hard.json").read_text())[:3]
     judge = OpenAIJudge(EvalConfig(openai=_endpoint(url, model, max_tokens=24)).openai)
-    verdicts = judge.judge_many([JudgeInput(
-        id=r["id"], split="test_hard", question=r["question"], response="Step 1: take it.",
-        image_paths=(str(root / r["image_path1"]), str(root / r["image_path2"])), meta=r)
-        for r in tests], progress=False)
+    verdicts = judge.judge_many(
+        [
+            JudgeInput(
+                id=r["id"],
+                split="test_hard",
+                question=r["question"],
+                response="Step 1: take it.",
+                image_paths=(str(root / r["image_path1"]), str(root / r["image_path2"])),
+                meta=r,
+            )
+            for r in tests
+        ],
+        progress=False,
+    )
     assert [v.label for v in verdicts] == ["judge_error"] * 3
     assert all(v.error for v in verdicts)

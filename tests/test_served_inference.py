@@ -26,26 +26,41 @@ EVAL = {"max_samples_per_split": 4, "max_new_tokens": 8, "batch_size": 2}
 
 def _run(work: Path, data: Path, model: Path, **eval_) -> dict:
     params = parse_params({"eval": {**EVAL, **eval_}})
-    return evaluate(params, data_dir=data, model_dirs={"mirage": model}, out_dir=work / "eval",
-                    metrics_path=work / "eval.json", plots_path=work / "rates.csv",
-                    cache_dir=None, progress=False, track=False)
+    return evaluate(
+        params,
+        data_dir=data,
+        model_dirs={"mirage": model},
+        out_dir=work / "eval",
+        metrics_path=work / "eval.json",
+        plots_path=work / "rates.csv",
+        cache_dir=None,
+        progress=False,
+        track=False,
+    )
 
 
 def _served(url: str, model: Path, **kw) -> dict:
-    return {"engine": "openai", "server": {"base_url": url, "models": {"mirage": str(model)},
-                                           "revisions": {"mirage": "test"}, "max_retries": 0,
-                                           "timeout_s": 60, **kw}}
+    return {
+        "engine": "openai",
+        "server": {
+            "base_url": url,
+            "models": {"mirage": str(model)},
+            "revisions": {"mirage": "test"},
+            "max_retries": 0,
+            "timeout_s": 60,
+            **kw,
+        },
+    }
 
 
 def _answers(work: Path) -> dict:
-    return {(r["split"], r["id"]): r for r in read_jsonl(work / "eval" /
-                                                         "responses_mirage.jsonl")}
+    return {(r["split"], r["id"]): r for r in read_jsonl(work / "eval" / "responses_mirage.jsonl")}
 
 
 @pytest.mark.slow
-def test_served_answers_equal_in_process_ones_and_a_killed_server_heals(tmp_path_factory,
-                                                                         tmp_path,
-                                                                         monkeypatch):
+def test_served_answers_equal_in_process_ones_and_a_killed_server_heals(
+    tmp_path_factory, tmp_path, monkeypatch
+):
     data, model = world_data(tmp_path_factory), tiny_model(tmp_path_factory)
     hf = _run(tmp_path / "hf", data, model)
     local = _answers(tmp_path / "hf")
@@ -56,10 +71,11 @@ def test_served_answers_equal_in_process_ones_and_a_killed_server_heals(tmp_path
     assert set(remote) == set(local)
     # the same greedy answers, token budget and end; only the fingerprint differs
     for key, row in local.items():
-        assert (remote[key]["response"], remote[key]["finished"]) == (row["response"],
-                                                                      row["finished"])
-    assert {r["fingerprint"] for r in remote.values()} == {"served:" + str(model) +
-                                                           "@test-8-r2"}
+        assert (remote[key]["response"], remote[key]["finished"]) == (
+            row["response"],
+            row["finished"],
+        )
+    assert {r["fingerprint"] for r in remote.values()} == {"served:" + str(model) + "@test-8-r2"}
     assert served["mirage"] == hf["mirage"]
 
     # the server dies after the first chunk: every later request is a counted error row
@@ -95,8 +111,9 @@ def test_served_answers_equal_in_process_ones_and_a_killed_server_heals(tmp_path
         healed = _run(work, data, model, **_served(url, model))
     rows = _answers(work)
     assert not [r for r in rows.values() if r.get("generation_error")]
-    assert {k: r["response"] for k, r in rows.items()} == {k: r["response"]
-                                                           for k, r in local.items()}
+    assert {k: r["response"] for k, r in rows.items()} == {
+        k: r["response"] for k, r in local.items()
+    }
     assert healed["mirage"] == hf["mirage"]
 
 
@@ -127,12 +144,24 @@ def test_mirage_serve_a_registered_model(tmp_path, tmp_path_factory, monkeypatch
     model_dir = tiny_model_dir(tmp_path_factory)
     (tmp_path / "eval.json").write_text(json.dumps(eval_json()))
     os.chdir(tmp_path)
-    register(make_params(store), eval_path=tmp_path / "eval.json", model_dir=model_dir,
-             out_path=None)
+    register(
+        make_params(store), eval_path=tmp_path / "eval.json", model_dir=model_dir, out_path=None
+    )
     env = {**os.environ, "MLFLOW_TRACKING_URI": store}
-    proc = subprocess.Popen([str(Path(sys.executable).with_name("mirage")), "serve",
-                             "models:/mirage@champion", "--device", "cpu"], cwd=tmp_path,
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(
+        [
+            str(Path(sys.executable).with_name("mirage")),
+            "serve",
+            "models:/mirage@champion",
+            "--device",
+            "cpu",
+        ],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     try:
         line, deadline, seen = "", time.monotonic() + 240, []
         while "serving" not in line:
@@ -146,11 +175,15 @@ def test_mirage_serve_a_registered_model(tmp_path, tmp_path_factory, monkeypatch
         content = [{"type": "text", "text": "What do the two images show?"}]
         if img is not None:
             uri = encode_image(img)
-            content = [{"type": "image_url", "image_url": {"url": f"data:image/png;base64,{uri}"}}
-                       ] * 2 + content
+            content = [
+                {"type": "image_url", "image_url": {"url": f"data:image/png;base64,{uri}"}}
+            ] * 2 + content
         answer = openai.OpenAI(base_url=url, api_key="x").chat.completions.create(
-            model=served_id, max_tokens=4, temperature=0,
-            messages=[{"role": "user", "content": content}])
+            model=served_id,
+            max_tokens=4,
+            temperature=0,
+            messages=[{"role": "user", "content": content}],
+        )
         assert answer.choices[0].message.content is not None
     finally:
         proc.terminate()

@@ -46,23 +46,30 @@ from registry_fixtures import (
 LOCK = {
     "schema": "2.0",
     "stages": {
-        "generate": {"cmd": "mirage generate --out data",
-                     "outs": [{"path": "data/mis", "md5": "aaa.dir"}]},
-        "train": {"cmd": "mirage train", "deps": [{"path": "data/mis", "md5": "aaa.dir"}],
-                  "params": {"params.yaml": {"train": {"method": "full"}}},
-                  "outs": [{"path": "models/mirage", "md5": "bbb.dir"}]},
+        "generate": {
+            "cmd": "mirage generate --out data",
+            "outs": [{"path": "data/mis", "md5": "aaa.dir"}],
+        },
+        "train": {
+            "cmd": "mirage train",
+            "deps": [{"path": "data/mis", "md5": "aaa.dir"}],
+            "params": {"params.yaml": {"train": {"method": "full"}}},
+            "outs": [{"path": "models/mirage", "md5": "bbb.dir"}],
+        },
     },
 }
 
 
 def _git(repo: Path, *args: str) -> str:
-    return subprocess.run(["git", *args], cwd=repo, check=True, capture_output=True,
-                          text=True).stdout.strip()
+    return subprocess.run(
+        ["git", *args], cwd=repo, check=True, capture_output=True, text=True
+    ).stdout.strip()
 
 
 @pytest.fixture()
-def repo(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-         tmp_path_factory: pytest.TempPathFactory) -> Path:
+def repo(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory
+) -> Path:
     """A git workspace with a dvc.lock and a SQLite store, as cwd."""
     clean_env(monkeypatch)
     repo = tmp_path / "repo"
@@ -94,8 +101,9 @@ def test_stage_run_is_a_tagged_child_of_one_pipeline_parent(repo, monkeypatch):
     monkeypatch.setenv(HF_LOG_ARTIFACTS_ENV, "TRUE")
     commit = _git(repo, "rev-parse", "HEAD")
 
-    with stage_run("train", CFG, {"train": {"lora": {"r": 8}, "epochs": 2.0}},
-                   profile="smoke") as run:
+    with stage_run(
+        "train", CFG, {"train": {"lora": {"r": 8}, "epochs": 2.0}}, profile="smoke"
+    ) as run:
         mlflow.log_metric("loss", 0.5)
         # the transformers MLflow callback must never upload checkpoint dirs
         assert os.environ[HF_LOG_ARTIFACTS_ENV] == "FALSE"
@@ -186,7 +194,8 @@ def test_tracking_uri_resolution(tmp_path, monkeypatch):
     abs_cfg = TrackingConfig(tracking_uri="sqlite:////srv/mlflow/db.sqlite")
     assert resolve_tracking_uri(abs_cfg) == "sqlite:////srv/mlflow/db.sqlite"
     assert resolve_tracking_uri(TrackingConfig(tracking_uri="mlruns")) == str(
-        tmp_path.resolve() / "mlruns")
+        tmp_path.resolve() / "mlruns"
+    )
     # under `dvc exp run --temp` the relative store is the main repo's, git is the temp's
     temp_ws = tmp_path / "repo" / ".dvc" / "tmp" / "exps" / "tmpab12"
     temp_ws.mkdir(parents=True)
@@ -203,16 +212,19 @@ def test_tracking_uri_resolution(tmp_path, monkeypatch):
 def test_dvc_invocation_key_is_shared_by_the_stages_of_one_repro(tmp_path, monkeypatch):
     """A fake `dvc` that, like DVC, runs each stage command through a shell."""
     clean_env(monkeypatch)
-    probe = (f"{sys.executable} -c 'from mirage_safety.tracking import dvc_invocation_key "
-             "as k; print(k())'")
+    probe = (
+        f"{sys.executable} -c 'from mirage_safety.tracking import dvc_invocation_key "
+        "as k; print(k())'"
+    )
     fake = tmp_path / "dvc"
-    fake.write_text(f"#!/bin/sh\nsh -c \"{probe}\"\nsh -c \"{probe}\"\n")
+    fake.write_text(f'#!/bin/sh\nsh -c "{probe}"\nsh -c "{probe}"\n')
     fake.chmod(0o755)
     env = {**os.environ, "DVC_ROOT": str(tmp_path)}
 
     def invoke(*args: str) -> list[str]:
-        out = subprocess.run([str(fake), *args], env=env, capture_output=True, text=True,
-                             timeout=60, check=True)
+        out = subprocess.run(
+            [str(fake), *args], env=env, capture_output=True, text=True, timeout=60, check=True
+        )
         return out.stdout.split()
 
     first, second = invoke("repro"), invoke("exp", "run")
@@ -230,8 +242,9 @@ def _free_port() -> int:
 
 
 @pytest.fixture()
-def mlflow_server(tmp_path: Path, tmp_path_factory: pytest.TempPathFactory,
-                  request: pytest.FixtureRequest) -> dict[str, object]:
+def mlflow_server(
+    tmp_path: Path, tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest
+) -> dict[str, object]:
     """``mlflow server`` on loopback with a SQLite backend and proxied artefacts."""
     db = tmp_path / "server" / "x.db"
     db.parent.mkdir()
@@ -241,11 +254,27 @@ def mlflow_server(tmp_path: Path, tmp_path_factory: pytest.TempPathFactory,
     log = (tmp_path / "server" / "log.txt").open("w")
     env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
-         "--backend-store-uri", f"sqlite:///{db}", "--artifacts-destination", str(artifacts),
-         "--workers", "1"],
-        stdout=log, stderr=subprocess.STDOUT, env=env,
-        start_new_session=True)  # its own process group: the finalizer stops uvicorn too
+        [
+            sys.executable,
+            "-m",
+            "mlflow",
+            "server",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--backend-store-uri",
+            f"sqlite:///{db}",
+            "--artifacts-destination",
+            str(artifacts),
+            "--workers",
+            "1",
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env=env,
+        start_new_session=True,
+    )  # its own process group: the finalizer stops uvicorn too
 
     def stop() -> None:
         if proc.poll() is None:
@@ -262,8 +291,10 @@ def mlflow_server(tmp_path: Path, tmp_path_factory: pytest.TempPathFactory,
     deadline = time.monotonic() + 120
     while True:
         if proc.poll() is not None:
-            pytest.fail(f"mlflow server exited with {proc.returncode}: "
-                        f"{(tmp_path / 'server' / 'log.txt').read_text()[-2000:]}")
+            pytest.fail(
+                f"mlflow server exited with {proc.returncode}: "
+                f"{(tmp_path / 'server' / 'log.txt').read_text()[-2000:]}"
+            )
         try:
             with urllib.request.urlopen(f"{url}/health", timeout=2) as resp:
                 if resp.status == 200:
@@ -277,8 +308,9 @@ def mlflow_server(tmp_path: Path, tmp_path_factory: pytest.TempPathFactory,
 
 
 @pytest.mark.slow
-def test_stage_run_and_register_against_a_real_server(tmp_path, monkeypatch, mlflow_server,
-                                                      tmp_path_factory):
+def test_stage_run_and_register_against_a_real_server(
+    tmp_path, monkeypatch, mlflow_server, tmp_path_factory
+):
     clean_env(monkeypatch)
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server["url"])
@@ -291,8 +323,9 @@ def test_stage_run_and_register_against_a_real_server(tmp_path, monkeypatch, mlf
             eval_run = run.info.run_id
         eval_path = tmp_path / "eval.json"
         eval_path.write_text(json.dumps(eval_json()))
-        result = register(params, eval_path=eval_path, model_dir=model_dir,
-                          out_path=tmp_path / "registry.json")
+        result = register(
+            params, eval_path=eval_path, model_dir=model_dir, out_path=tmp_path / "registry.json"
+        )
         assert result["alias"] == "champion"
         assert result["tracking_uri"] == mlflow_server["url"]
 
@@ -310,9 +343,14 @@ def test_stage_run_and_register_against_a_real_server(tmp_path, monkeypatch, mlf
         mlflow.set_tracking_uri(mlflow_server["url"])
         served = mlflow.pyfunc.load_model("models:/mirage@champion")
         img1, img2 = write_images(tmp_path / "images")
-        out = served.predict(pd.DataFrame({
-            "question": ["How do I use the object in the first image on the second one?"],
-            "images": [[str(img1), encode_image(img2)]]}))
+        out = served.predict(
+            pd.DataFrame(
+                {
+                    "question": ["How do I use the object in the first image on the second one?"],
+                    "images": [[str(img1), encode_image(img2)]],
+                }
+            )
+        )
         assert len(out) == 1 and out["response"][0]
     finally:
         reset_mlflow()

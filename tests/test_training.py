@@ -49,14 +49,23 @@ def test_full_sft_with_mlflow_frozen_vision_and_reload(sft_world, tmp_path, monk
     from mirage_safety.models.loading import load_for_inference
 
     monkeypatch.chdir(tmp_path)  # mlruns/ and mlflow.db stay in the test dir
-    for var in ("MLFLOW_TRACKING_URI", "MIRAGE_PARENT_RUN_ID", "MIRAGE_PIPELINE_ID",
-                "DVC_EXP_NAME", "DVC_ROOT", "MLFLOW_RUN_ID", "HF_MLFLOW_LOG_ARTIFACTS"):
+    for var in (
+        "MLFLOW_TRACKING_URI",
+        "MIRAGE_PARENT_RUN_ID",
+        "MIRAGE_PIPELINE_ID",
+        "DVC_EXP_NAME",
+        "DVC_ROOT",
+        "MLFLOW_RUN_ID",
+        "HF_MLFLOW_LOG_ARTIFACTS",
+    ):
         monkeypatch.delenv(var, raising=False)
-    tracking = parse_params({"tracking": {"tracking_uri": "sqlite:///mlflow.db",
-                                          "experiment": "t"}}).tracking
+    tracking = parse_params(
+        {"tracking": {"tracking_uri": "sqlite:///mlflow.db", "experiment": "t"}}
+    ).tracking
     out = tmp_path / "full"
-    metrics = run_sft_stage(sft_world, out, sft_cfg(method="full"), tracking=tracking,
-                            profile="test")
+    metrics = run_sft_stage(
+        sft_world, out, sft_cfg(method="full"), tracking=tracking, profile="test"
+    )
 
     assert metrics["global_step"] == 4 and metrics["method"] == "full"
     assert math.isfinite(metrics["final_loss"]) and math.isfinite(metrics["train_loss"])
@@ -72,8 +81,9 @@ def test_full_sft_with_mlflow_frozen_vision_and_reload(sft_world, tmp_path, monk
     # MLflow: a `train` child run with per-step losses, the summary, and no artefacts
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
     client = mlflow.MlflowClient()
-    (run,) = client.search_runs([client.get_experiment_by_name("t").experiment_id],
-                                filter_string="tags.stage = 'train'")
+    (run,) = client.search_runs(
+        [client.get_experiment_by_name("t").experiment_id], filter_string="tags.stage = 'train'"
+    )
     assert run.info.status == "FINISHED"
     assert run.data.params["train.method"] == "full"
     assert [m.step for m in client.get_metric_history(run.info.run_id, "loss")] == [1, 2, 3, 4]
@@ -189,19 +199,39 @@ def test_interrupted_run_resumes_to_the_same_result(sft_world, tmp_path, method,
 @pytest.mark.slow
 def test_two_process_accelerate_launch(sft_world, tmp_path):
     params = tmp_path / "params.yaml"
-    params.write_text(yaml.safe_dump({"data": {"world": {"image_size": IMAGE_SIZE}},
-                                      "train": {**FAST, "max_steps": 3}}))
+    params.write_text(
+        yaml.safe_dump(
+            {"data": {"world": {"image_size": IMAGE_SIZE}}, "train": {**FAST, "max_steps": 3}}
+        )
+    )
     out = tmp_path / "ddp"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
-    cmd = [str(Path(sys.executable).with_name("accelerate")), "launch", "--config_file",
-           str(REPO / "infra/accelerate/cpu_2proc.yaml"), "-m", "mirage_safety.cli", "train",
-           "--params", str(params), "--data", str(sft_world["data"]),
-           "--base", str(sft_world["base"]),
-           "--out", str(out / "model"), "--metrics", str(out / "metrics"),
-           "--plots", str(out / "plots"), "--checkpoints", str(out / "ckpt"),
-           "--no-mlflow", "--no-progress"]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300,
-                          cwd=tmp_path)
+    cmd = [
+        str(Path(sys.executable).with_name("accelerate")),
+        "launch",
+        "--config_file",
+        str(REPO / "infra/accelerate/cpu_2proc.yaml"),
+        "-m",
+        "mirage_safety.cli",
+        "train",
+        "--params",
+        str(params),
+        "--data",
+        str(sft_world["data"]),
+        "--base",
+        str(sft_world["base"]),
+        "--out",
+        str(out / "model"),
+        "--metrics",
+        str(out / "metrics"),
+        "--plots",
+        str(out / "plots"),
+        "--checkpoints",
+        str(out / "ckpt"),
+        "--no-mlflow",
+        "--no-progress",
+    ]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, cwd=tmp_path)
     log = proc.stdout + proc.stderr
     assert proc.returncode == 0, log[-4000:]
     # both ranks loaded the data; only rank 0 reported and wrote outputs
@@ -222,8 +252,18 @@ def test_cli_help_documents_every_option():
     parser = build_parser()
     sub = next(a for a in parser._actions if a.dest == "command")
     help_text = sub.choices["train"].format_help()
-    for option in ("--params", "--profile", "--data", "--base", "--out", "--metrics",
-                   "--plots", "--checkpoints", "--no-mlflow", "--no-progress"):
+    for option in (
+        "--params",
+        "--profile",
+        "--data",
+        "--base",
+        "--out",
+        "--metrics",
+        "--plots",
+        "--checkpoints",
+        "--no-mlflow",
+        "--no-progress",
+    ):
         assert option in help_text
     assert "models/mirage" in help_text and ".cache/checkpoints/train" in help_text
 
@@ -233,8 +273,12 @@ def test_real_params_profile_validates():
     assert params.base.source == "hub" and params.data.source == "mis"
     assert re.fullmatch(r"[0-9a-f]{40}", params.base.hub.revision or "")
     t = params.train
-    assert (t.method, t.freeze_vision, t.bf16, t.gradient_checkpointing) == ("full", True, True,
-                                                                             True)
+    assert (t.method, t.freeze_vision, t.bf16, t.gradient_checkpointing) == (
+        "full",
+        True,
+        True,
+        True,
+    )
     assert (t.learning_rate, t.epochs, t.warmup_ratio) == (5e-6, 2.0, 0.03)
     # the paper's mix: ~11% general data, 500 samples drawn from M4-Instruct by generate
     g = params.data.general
@@ -242,29 +286,40 @@ def test_real_params_profile_validates():
     assert t.general_ratio == 0.11
     assert params.eval.judge == "openai"
     # the MIS test splits are harmful only: over-refusal comes from a benchmark by default
-    from mirage_safety.evaluation.benchmarks.protocols import OVER_REFUSAL_METRICS
+    from mirage_safety.evaluation.benchmarks.registry import OVER_REFUSAL_METRICS
 
-    assert {n for n, b in params.eval.benchmarks.items()
-            if b.enabled and (b.adapter or n) in OVER_REFUSAL_METRICS}
+    assert {
+        n
+        for n, b in params.eval.benchmarks.items()
+        if b.enabled and (b.adapter or n) in OVER_REFUSAL_METRICS
+    }
     assert params.registry.allow_safety_only is False
     # and general ability through lmms-eval: the paper's five general benchmarks
-    assert set(params.eval.general.tasks) == {"qbench_dev", "mmstar", "mmmu_val", "muirbench",
-                                              "mmt_mi_val"}
+    assert set(params.eval.general.tasks) == {
+        "qbench_dev",
+        "mmstar",
+        "mmmu_val",
+        "muirbench",
+        "mmt_mi_val",
+    }
     intern = load_params(REPO / "infra" / "params.real.yaml", profile="internvl3_8b")
     assert intern.base.hub.model_id == "OpenGVLab/InternVL3-8B-hf"
     assert (intern.train.learning_rate, intern.train.epochs) == (2e-6, 3.0)
     served = load_params(REPO / "infra" / "params.real.yaml", profile="served_eval")
-    assert served.eval.engine == "openai" and set(served.eval.server.models) == {"base",
-                                                                                 "mirage"}
+    assert served.eval.engine == "openai" and set(served.eval.server.models) == {"base", "mirage"}
 
 
 def test_accelerate_configs_parse():
     from accelerate.commands.config.config_args import load_config_from_file
 
     cfg_dir = REPO / "infra" / "accelerate"
-    expected = {"cpu_2proc.yaml": "MULTI_GPU", "single_gpu.yaml": "NO",
-                "multi_gpu_ddp.yaml": "MULTI_GPU", "fsdp.yaml": "FSDP",
-                "deepspeed_zero3.yaml": "DEEPSPEED"}
+    expected = {
+        "cpu_2proc.yaml": "MULTI_GPU",
+        "single_gpu.yaml": "NO",
+        "multi_gpu_ddp.yaml": "MULTI_GPU",
+        "fsdp.yaml": "FSDP",
+        "deepspeed_zero3.yaml": "DEEPSPEED",
+    }
     for name, kind in expected.items():
         cfg = load_config_from_file(str(cfg_dir / name))
         assert str(cfg.distributed_type).endswith(kind), name
@@ -288,22 +343,44 @@ def test_sigkill_mid_training_then_rerun_reaches_the_uninterrupted_result(sft_wo
     from safetensors.torch import load_file
 
     params = tmp_path / "params.yaml"
-    params.write_text(yaml.safe_dump({"data": {"world": {"image_size": IMAGE_SIZE}},
-                                      "train": {**FAST, "max_steps": 8, "save_steps": 2}}))
+    params.write_text(
+        yaml.safe_dump(
+            {
+                "data": {"world": {"image_size": IMAGE_SIZE}},
+                "train": {**FAST, "max_steps": 8, "save_steps": 2},
+            }
+        )
+    )
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
 
     def cmd(out: Path) -> list[str]:
-        return [str(Path(sys.executable).with_name("mirage")), "train", "--params", str(params),
-                "--data", str(sft_world["data"]), "--base", str(sft_world["base"]),
-                "--out", str(out / "model"), "--metrics", str(out / "metrics"),
-                "--plots", str(out / "plots"), "--checkpoints", str(out / "ckpt"),
-                "--no-mlflow", "--no-progress"]
+        return [
+            str(Path(sys.executable).with_name("mirage")),
+            "train",
+            "--params",
+            str(params),
+            "--data",
+            str(sft_world["data"]),
+            "--base",
+            str(sft_world["base"]),
+            "--out",
+            str(out / "model"),
+            "--metrics",
+            str(out / "metrics"),
+            "--plots",
+            str(out / "plots"),
+            "--checkpoints",
+            str(out / "ckpt"),
+            "--no-mlflow",
+            "--no-progress",
+        ]
 
     straight = tmp_path / "straight"
     assert subprocess.run(cmd(straight), env=env, capture_output=True, timeout=600).returncode == 0
     killed = tmp_path / "killed"
-    proc = subprocess.Popen(cmd(killed), env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        cmd(killed), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     deadline = time.monotonic() + 300
     while not (killed / "ckpt" / "checkpoint-4" / "trainer_state.json").is_file():
         assert proc.poll() is None, "training finished before it could be killed"
@@ -345,8 +422,9 @@ def _loss_and_grads(model, batch):
     model.zero_grad(set_to_none=True)
     loss = model(**batch).loss
     loss.backward()
-    return float(loss), {n: p.grad.clone() for n, p in model.named_parameters()
-                         if p.grad is not None}
+    return float(loss), {
+        n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None
+    }
 
 
 def test_cached_vision_features_equal_the_live_tower(sft_world):
@@ -395,8 +473,9 @@ def test_training_with_cached_vision_features_reaches_the_same_model(sft_world, 
     # 20 steps of 4 over 60 rows: a third of the way into the second epoch, cache hits
     cfg = {"method": method, "max_steps": 20, "save_steps": 100}
     live = run_sft_stage(sft_world, tmp_path / "live", sft_cfg(**cfg))
-    cached = run_sft_stage(sft_world, tmp_path / "cached",
-                           sft_cfg(**cfg, cache_vision_features=True))
+    cached = run_sft_stage(
+        sft_world, tmp_path / "cached", sft_cfg(**cfg, cache_vision_features=True)
+    )
     # 80 samples drawn from 60 rows: the second epoch's images come from the cache
     assert cached["vision_cache_hits"] > 0 and cached["vision_cache_misses"] > 0
     assert live["vision_cache_hits"] == live["vision_cache_misses"] == 0
@@ -417,13 +496,15 @@ def test_packed_training_reaches_the_same_model(sft_world, tmp_path, monkeypatch
     padded = run_sft_stage(sft_world, tmp_path / "padded", sft_cfg(**cfg))
     calls = []
     varlen = packing.varlen_sdpa
-    monkeypatch.setattr(packing, "varlen_sdpa",
-                        lambda *a, **kw: calls.append(1) or varlen(*a, **kw))
+    monkeypatch.setattr(
+        packing, "varlen_sdpa", lambda *a, **kw: calls.append(1) or varlen(*a, **kw)
+    )
     # packed rows attend sample by sample (mirage_varlen); then also the LM head only at
     # labelled positions
     packed = run_sft_stage(sft_world, tmp_path / "packed", sft_cfg(**cfg, packing=True))
-    both = run_sft_stage(sft_world, tmp_path / "both",
-                         sft_cfg(**cfg, packing=True, labelled_logits=True))
+    both = run_sft_stage(
+        sft_world, tmp_path / "both", sft_cfg(**cfg, packing=True, labelled_logits=True)
+    )
     assert calls  # the language model's attention went through it
     a = state_file(tmp_path / "padded" / "model" / "model.safetensors")
     for run, metrics in (("packed", packed), ("both", both)):
@@ -447,11 +528,14 @@ def test_packed_lora_training_with_labelled_logits_reaches_the_same_adapter(sft_
     # losses 4e-4 apart)
     cfg = {"method": "lora", "max_steps": 6, "save_steps": 100}
     padded = run_sft_stage(sft_world, tmp_path / "padded", sft_cfg(**cfg))
-    both = run_sft_stage(sft_world, tmp_path / "both",
-                         sft_cfg(**cfg, packing=True, labelled_logits=True))
+    both = run_sft_stage(
+        sft_world, tmp_path / "both", sft_cfg(**cfg, packing=True, labelled_logits=True)
+    )
     assert both["final_loss"] == pytest.approx(padded["final_loss"], abs=1e-5)
-    a, b = (state_file(tmp_path / run / "model" / "adapter_model.safetensors")
-            for run in ("padded", "both"))
+    a, b = (
+        state_file(tmp_path / run / "model" / "adapter_model.safetensors")
+        for run in ("padded", "both")
+    )
     assert a.keys() == b.keys() and a
     for key in a:
         torch.testing.assert_close(b[key], a[key], atol=1e-5, rtol=1e-4)
@@ -487,8 +571,9 @@ def test_preprocessed_once_batches_and_training_equal_the_per_batch_ones(sft_wor
     per_batch = run_sft_stage(sft_world, tmp_path / "per_batch", sft_cfg(**cfg))
     once = run_sft_stage(sft_world, tmp_path / "once", sft_cfg(**cfg, preprocess="once"))
     assert once["final_loss"] == per_batch["final_loss"]
-    a, b = (state_file(tmp_path / run / "model" / "model.safetensors")
-            for run in ("per_batch", "once"))
+    a, b = (
+        state_file(tmp_path / run / "model" / "model.safetensors") for run in ("per_batch", "once")
+    )
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert any((tmp_path / "once" / "preprocessed").iterdir())
 
@@ -498,8 +583,7 @@ def test_lora_initialisation_is_drawn_from_the_seed(sft_world):
 
     def adapters(seed):
         model, _ = load_for_inference(sft_world["base"], device="cpu", dtype="float32")
-        lora = apply_lora(model, r=4, alpha=8, dropout=0.0, target_modules=["q_proj"],
-                          seed=seed)
+        lora = apply_lora(model, r=4, alpha=8, dropout=0.0, target_modules=["q_proj"], seed=seed)
         return {n: p.detach().clone() for n, p in lora.named_parameters() if "lora_A" in n}
 
     state = torch.random.get_rng_state()

@@ -22,8 +22,7 @@ def _mis_error(root: Path, max_errors: int = 20) -> str:
 
 def _msr_error(root: Path, max_errors: int = 20) -> str:
     with pytest.raises(DataValidationError) as info:
-        load_msr_align(HubDataConfig(local_dir=str(root)), progress=False,
-                       max_errors=max_errors)
+        load_msr_align(HubDataConfig(local_dir=str(root)), progress=False, max_errors=max_errors)
     return str(info.value)
 
 
@@ -54,8 +53,10 @@ def test_missing_image_mis_train_suggests_extracting_the_archive(mis: Path) -> N
     (mis / "images" / "3" / "object2.png").unlink()
     (mis / "images.zip").write_bytes(b"PK")  # the Hub release ships train images zipped
     msg = _mis_error(mis)
-    assert _where("mis_train.json", "train-3", "images[1]") + "image 'images/3/object2.png': " \
+    assert (
+        _where("mis_train.json", "train-3", "images[1]") + "image 'images/3/object2.png': "
         "file not found" in msg
+    )
     assert "hint:" in msg and "images.zip" in msg
 
 
@@ -63,8 +64,10 @@ def test_missing_image_msr(msr: Path) -> None:
     (msr / "images" / "1_b.png").unlink()
     edit_json(msr / "msr_align.json", lambda rs: rs[2].pop("image"))
     msg = _msr_error(msr)
-    assert _where("msr_align.json", "msr-1", "images[1]") + "image 'images/1_b.png': " \
+    assert (
+        _where("msr_align.json", "msr-1", "images[1]") + "image 'images/1_b.png': "
         "file not found" in msg
+    )
     assert _where("msr_align.json", "msr-2", "images") + "missing image" in msg
 
 
@@ -79,8 +82,7 @@ def test_unreadable_image_mis(mis: Path) -> None:
 def test_unreadable_image_msr(msr: Path) -> None:
     (msr / "images" / "0.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
     msg = _msr_error(msr)
-    assert _where("msr_align.json", "msr-0", "image[0]") + "image 'images/0.png': unreadable" \
-        in msg
+    assert _where("msr_align.json", "msr-0", "image[0]") + "image 'images/0.png': unreadable" in msg
 
 
 # ------------------------------------------------------------------------ image count
@@ -91,17 +93,23 @@ def test_image_count_mismatch_mis_train(mis: Path) -> None:
 
     edit_json(mis / "mis_train.json", one_placeholder)
     msg = _mis_error(mis)
-    assert _where("mis_train.json", "train-2", "images") + \
-        "2 image(s) but 1 <image> placeholder(s)" in msg
+    assert (
+        _where("mis_train.json", "train-2", "images") + "2 image(s) but 1 <image> placeholder(s)"
+        in msg
+    )
 
 
 def test_image_count_mismatch_msr(msr: Path) -> None:
     # record 1 has two images but its instruction already carries one placeholder
-    edit_json(msr / "msr_align.json",
-              lambda rs: rs[1].update(instruction="<image>\n" + rs[1]["instruction"]))
+    edit_json(
+        msr / "msr_align.json",
+        lambda rs: rs[1].update(instruction="<image>\n" + rs[1]["instruction"]),
+    )
     msg = _msr_error(msr)
-    assert _where("msr_align.json", "msr-1", "instruction") + \
-        "1 <image> placeholder(s) but 2 image(s)" in msg
+    assert (
+        _where("msr_align.json", "msr-1", "instruction") + "1 <image> placeholder(s) but 2 image(s)"
+        in msg
+    )
 
 
 # ------------------------------------------------------------------------ unknown category
@@ -109,17 +117,21 @@ def test_unknown_category_mis(mis: Path) -> None:
     edit_json(mis / "mis_real.json", lambda rs: rs[0].update(category="Gambling"))
     edit_json(mis / "mis_real.json", lambda rs: rs[1].update(sub_category="Jaywalking"))
     msg = _mis_error(mis)
-    assert _where("mis_real.json", "test_real-1", "category") + "unknown category 'Gambling'" \
+    assert _where("mis_real.json", "test_real-1", "category") + "unknown category 'Gambling'" in msg
+    assert (
+        _where("mis_real.json", "test_real-2", "sub_category") + "unknown sub_category 'Jaywalking'"
         in msg
-    assert _where("mis_real.json", "test_real-2", "sub_category") + \
-        "unknown sub_category 'Jaywalking'" in msg
+    )
 
 
 def test_unknown_category_msr(msr: Path) -> None:
     edit_json(msr / "msr_align.json", lambda rs: rs[3].update(category="Misinformation"))
     msg = _msr_error(msr)
-    assert _where("msr_align.json", "msr-3", "category") + \
-        "unknown MSR-Align category 'Misinformation'" in msg
+    assert (
+        _where("msr_align.json", "msr-3", "category")
+        + "unknown MSR-Align category 'Misinformation'"
+        in msg
+    )
     assert "data.msr_align.category_map" in msg
 
 
@@ -129,14 +141,17 @@ def test_empty_text_mis(mis: Path) -> None:
     edit_json(mis / "mis_train.json", lambda rs: rs[0]["conversations"][1].update(value=""))
     msg = _mis_error(mis)
     assert _where("mis_easy.json", "test_easy-3", "question") + "missing or empty text" in msg
-    assert _where("mis_train.json", "train-1", "conversations[1].value") + \
-        "missing or empty text" in msg
+    assert (
+        _where("mis_train.json", "train-1", "conversations[1].value") + "missing or empty text"
+        in msg
+    )
 
 
 def test_empty_text_msr(msr: Path) -> None:
-    edit_json(msr / "msr_align.json", lambda rs: (rs[0].update(instruction=""),
-                                                  rs[1].pop("response"),
-                                                  rs[2].update(policy=" ")))
+    edit_json(
+        msr / "msr_align.json",
+        lambda rs: (rs[0].update(instruction=""), rs[1].pop("response"), rs[2].update(policy=" ")),
+    )
     msg = _msr_error(msr)
     assert _where("msr_align.json", "msr-0", "instruction") + "missing or empty text" in msg
     assert _where("msr_align.json", "msr-1", "response") + "missing response" in msg
@@ -147,16 +162,19 @@ def test_empty_text_msr(msr: Path) -> None:
 def test_duplicate_id_inside_one_file_is_an_error(mis: Path) -> None:
     edit_json(mis / "mis_hard.json", lambda rs: rs[2].update(id=1))
     msg = _mis_error(mis)
-    assert _where("mis_hard.json", "test_hard-1", "id") + \
-        "duplicate id (first seen in mis_hard.json)" in msg
+    assert (
+        _where("mis_hard.json", "test_hard-1", "id") + "duplicate id (first seen in mis_hard.json)"
+        in msg
+    )
 
 
 def test_duplicate_string_id_across_files_is_an_error(mis: Path) -> None:
     edit_json(mis / "mis_easy.json", lambda rs: rs[0].update(id="q-7"))
     edit_json(mis / "mis_real.json", lambda rs: rs[1].update(id="q-7"))
     msg = _mis_error(mis)
-    assert _where("mis_real.json", "q-7", "id") + "duplicate id (first seen in mis_easy.json)" \
-        in msg
+    assert (
+        _where("mis_real.json", "q-7", "id") + "duplicate id (first seen in mis_easy.json)" in msg
+    )
 
 
 def test_duplicate_id_msr(msr: Path) -> None:
@@ -185,8 +203,10 @@ def test_path_escaping_the_root_mis(mis: Path, tmp_path: Path, kind: str) -> Non
         os.symlink(outside, mis / bad)
     edit_json(mis / "mis_easy.json", lambda rs: rs[0].update(image_path2=bad))
     msg = _mis_error(mis)
-    assert _where("mis_easy.json", "test_easy-1", "image_path2") + f"path {bad!r} escapes " \
+    assert (
+        _where("mis_easy.json", "test_easy-1", "image_path2") + f"path {bad!r} escapes "
         "the dataset root" in msg
+    )
     if kind == "symlink":
         assert "(symlink)" in msg
 
@@ -195,8 +215,11 @@ def test_path_escaping_the_root_mis(mis: Path, tmp_path: Path, kind: str) -> Non
 def test_path_escaping_the_root_msr(msr: Path, tmp_path: Path, kind: str) -> None:
     outside = tmp_path / "outside.png"
     write_png(outside)
-    bad = {"dotdot": "images/../../outside.png", "absolute": str(outside),
-           "symlink": "images/link.png"}[kind]
+    bad = {
+        "dotdot": "images/../../outside.png",
+        "absolute": str(outside),
+        "symlink": "images/link.png",
+    }[kind]
     if kind == "symlink":
         os.symlink(outside, msr / bad)
     edit_json(msr / "msr_align.json", lambda rs: rs[1]["images"].__setitem__(0, bad))

@@ -17,12 +17,26 @@ import pytest
 from mirage_safety.config import BuiltinModelConfig, parse_params
 
 IMAGE_SIZE = 32
-TINY = BuiltinModelConfig(vision_hidden=16, vision_layers=1, vision_heads=2, patch_size=16,
-                          text_hidden=32, text_layers=1, text_heads=2, intermediate_size=64,
-                          vocab_size=400)
+TINY = BuiltinModelConfig(
+    vision_hidden=16,
+    vision_layers=1,
+    vision_heads=2,
+    patch_size=16,
+    text_hidden=32,
+    text_layers=1,
+    text_heads=2,
+    intermediate_size=64,
+    vocab_size=400,
+)
 # smoke-sized world: enough records for 6 samples per test split and a little pre-training
-WORLD = {"image_size": IMAGE_SIZE, "n_train": 24, "n_test_per_split": 8, "n_general_train": 24,
-         "n_general_test": 8, "n_instruct": 8}
+WORLD = {
+    "image_size": IMAGE_SIZE,
+    "n_train": 24,
+    "n_test_per_split": 8,
+    "n_general_train": 24,
+    "n_general_test": 8,
+    "n_instruct": 8,
+}
 
 
 def _session_dir(factory: pytest.TempPathFactory) -> Path:
@@ -35,8 +49,14 @@ REPO = Path(__file__).resolve().parents[1]
 POLICIES, PROMPTS = str(REPO / "policies"), str(REPO / "prompts")
 #: a world with enough train records (140: ten per rule) for the noise model to plant every
 #: kind of defect; generated (not labelled) once per session
-LABEL_WORLD = {"n_train": 140, "n_test_per_split": 4, "n_general_train": 4,
-               "n_general_test": 4, "n_instruct": 2, "image_size": 32}
+LABEL_WORLD = {
+    "n_train": 140,
+    "n_test_per_split": 4,
+    "n_general_train": 4,
+    "n_general_test": 4,
+    "n_instruct": 2,
+    "image_size": 32,
+}
 
 
 def label_and_curate(data: Path, **label: Any) -> Path:
@@ -47,13 +67,25 @@ def label_and_curate(data: Path, **label: Any) -> Path:
     from mirage_safety.labelling.label import run_label
 
     policies, prompts = POLICIES, PROMPTS
-    run_label(LabelConfig(policies=policies, prompts=prompts, **label), data_dir=data,
-              out_dir=data / "labelled", metrics_path=data / "label_metrics.json",
-              cache_dir=None, progress=False)
-    run_curate(CurateConfig(rubric=str(REPO / "prompts" / "curate_rubric.yaml")),
-               policies_dir=policies, prompts_dir=prompts, data_dir=data,
-               out_dir=data / "curated", metrics_path=data / "curate_metrics.json",
-               plots_path=data / "curate_scores.csv", cache_dir=None, progress=False)
+    run_label(
+        LabelConfig(policies=policies, prompts=prompts, **label),
+        data_dir=data,
+        out_dir=data / "labelled",
+        metrics_path=data / "label_metrics.json",
+        cache_dir=None,
+        progress=False,
+    )
+    run_curate(
+        CurateConfig(rubric=str(REPO / "prompts" / "curate_rubric.yaml")),
+        policies_dir=policies,
+        prompts_dir=prompts,
+        data_dir=data,
+        out_dir=data / "curated",
+        metrics_path=data / "curate_metrics.json",
+        plots_path=data / "curate_scores.csv",
+        cache_dir=None,
+        progress=False,
+    )
     return data
 
 
@@ -63,8 +95,9 @@ def label_world(factory: pytest.TempPathFactory) -> Path:
 
     out = _session_dir(factory) / "label-world"
     if not (out / "manifest.json").is_file():
-        generate(parse_params({"data": {"world": LABEL_WORLD}}).data, out, workers=1,
-                 progress=False)
+        generate(
+            parse_params({"data": {"world": LABEL_WORLD}}).data, out, workers=1, progress=False
+        )
     return out
 
 
@@ -92,8 +125,13 @@ def world_corpus(data: Path) -> list[str]:
     for name in ("mis/train.json", "general/train.json", "general/instruct.json"):
         for rec in json.loads((data / name).read_text()):
             texts += [t["value"].replace("<image>", " ") for t in rec["conversations"]]
-    for name in ("mis/test_easy.json", "mis/test_hard.json", "mis/test_benign.json",
-                 "mis/test_benign_shift.json", "general/test.json"):
+    for name in (
+        "mis/test_easy.json",
+        "mis/test_hard.json",
+        "mis/test_benign.json",
+        "mis/test_benign_shift.json",
+        "general/test.json",
+    ):
         texts += [rec["question"] for rec in json.loads((data / name).read_text())]
     return texts
 
@@ -114,8 +152,9 @@ def tiny_model(factory: pytest.TempPathFactory, seed: int = 0) -> Path:
 
     from mirage_safety.models.tiny_vlm import build_tiny_vlm, save_tiny_vlm
 
-    model, processor = build_tiny_vlm(world_corpus(world_data(factory)), TINY, IMAGE_SIZE,
-                                      seed=seed)
+    model, processor = build_tiny_vlm(
+        world_corpus(world_data(factory)), TINY, IMAGE_SIZE, seed=seed
+    )
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for param in model.parameters():

@@ -21,7 +21,7 @@ import sys
 from mirage_safety import __version__, numerics
 from mirage_safety.config import DEFAULT_PARAMS, ConfigError, Params, load_params
 from mirage_safety.data.schema import DataValidationError
-from mirage_safety.evaluation.benchmarks.protocols import check_benchmarks
+from mirage_safety.evaluation.benchmarks.registry import check_benchmarks
 from mirage_safety.labelling.curate import CurationError
 from mirage_safety.labelling.label import LabellingError
 from mirage_safety.labelling.policies import PolicyError
@@ -65,11 +65,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _add_params_arguments(parser: argparse.ArgumentParser, section: str) -> None:
     used = f"; the `{section}` section is used" if section else ""
-    parser.add_argument("--params", default=str(DEFAULT_PARAMS),
-                        help=f"params file (default: %(default)s){used}")
-    parser.add_argument("--profile", default=None,
-                        help="params profile (default: $MIRAGE_PROFILE, else the params' "
-                             "`profile` key)")
+    parser.add_argument(
+        "--params", default=str(DEFAULT_PARAMS), help=f"params file (default: %(default)s){used}"
+    )
+    parser.add_argument(
+        "--profile",
+        default=None,
+        help="params profile (default: $MIRAGE_PROFILE, else the params' `profile` key)",
+    )
 
 
 def run() -> int:
@@ -91,8 +94,15 @@ def main(argv: list[str] | None = None, *, set_numerics: bool = False) -> int:
         params = _load_params(args, set_numerics=set_numerics)
         result = args.func(args) if params is None else args.func(args, params)
         return int(result or 0)
-    except (ConfigError, DataValidationError, HubResolveError, ModelDirError, PolicyError,
-            LabellingError, CurationError) as exc:
+    except (
+        ConfigError,
+        DataValidationError,
+        HubResolveError,
+        ModelDirError,
+        PolicyError,
+        LabellingError,
+        CurationError,
+    ) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -96,8 +96,10 @@ class HubDataConfig(DatasetLocation):
     @model_validator(mode="after")
     def _test_needs_hub(self) -> HubDataConfig:
         if (self.test_hub_id or self.test_revision) and not self.hub_id:
-            raise ValueError("test_hub_id / test_revision need hub_id (with local_dir, put "
-                             "the test files in the same directory)")
+            raise ValueError(
+                "test_hub_id / test_revision need hub_id (with local_dir, put "
+                "the test files in the same directory)"
+            )
         return self
 
 
@@ -120,11 +122,15 @@ class GeneralDataConfig(DatasetLocation):
     @model_validator(mode="after")
     def _located(self) -> GeneralDataConfig:
         if not (self.local_dir or self.hub_id):
-            raise ValueError("set local_dir (a copy of the release) or hub_id (a Hub dataset "
-                             "id); remove data.general for no general import")
+            raise ValueError(
+                "set local_dir (a copy of the release) or hub_id (a Hub dataset "
+                "id); remove data.general for no general import"
+            )
         if self.max_samples == 0:
-            raise ValueError("max_samples 0 imports nothing: use -1 (all) or a positive "
-                             "count, or remove data.general")
+            raise ValueError(
+                "max_samples 0 imports nothing: use -1 (all) or a positive "
+                "count, or remove data.general"
+            )
         return self
 
 
@@ -144,16 +150,20 @@ class DataConfig(_Model):
         if self.source in ("mis", "msr_align"):
             slice_ = getattr(self, self.source)
             if not (slice_.local_dir or slice_.hub_id):
-                raise ValueError(f"data.source is {self.source!r} but neither "
-                                 f"data.{self.source}.local_dir nor data.{self.source}.hub_id "
-                                 "is set")
+                raise ValueError(
+                    f"data.source is {self.source!r} but neither "
+                    f"data.{self.source}.local_dir nor data.{self.source}.hub_id "
+                    "is set"
+                )
         if self.source == "world" and self.general is not None:
             # refused rather than ignored: a configured import that silently does nothing
             # would train on a different mix than the params say
-            raise ValueError("data.general imports general data for a real source "
-                             "(data.source: mis | msr_align); the embedded world writes its "
-                             "own general split (data.world.n_general_train): remove "
-                             "data.general or change data.source")
+            raise ValueError(
+                "data.general imports general data for a real source "
+                "(data.source: mis | msr_align); the embedded world writes its "
+                "own general split (data.world.n_general_train): remove "
+                "data.general or change data.source"
+            )
         return self
 
 
@@ -266,10 +276,11 @@ class TrainConfig(SFTConfig):
 
     @model_validator(mode="after")
     def _cache_needs_frozen_tower(self) -> TrainConfig:
-        if (self.cache_vision_features is True and self.method == "full"
-                and not self.freeze_vision):
-            raise ValueError("train.cache_vision_features needs train.freeze_vision: true "
-                             "(a training tower's output changes every step)")
+        if self.cache_vision_features is True and self.method == "full" and not self.freeze_vision:
+            raise ValueError(
+                "train.cache_vision_features needs train.freeze_vision: true "
+                "(a training tower's output changes every step)"
+            )
         return self
 
 
@@ -315,8 +326,9 @@ class NoiseConfig(_Model):
     @model_validator(mode="after")
     def _at_most_one(self) -> NoiseConfig:
         if self.total > 1.0 + 1e-9:
-            raise ValueError(f"noise fractions sum to {self.total:.3f}; at most 1 (one defect "
-                             "per label)")
+            raise ValueError(
+                f"noise fractions sum to {self.total:.3f}; at most 1 (one defect per label)"
+            )
         return self
 
     @property
@@ -338,17 +350,25 @@ class LabelConfig(_Model):
     noise: NoiseConfig = NoiseConfig()
     # more failed records than this fraction fails the stage (nothing written)
     max_failure_fraction: float = Field(0.2, ge=0.0, le=1.0)
-    openai: EndpointConfig = EndpointConfig(model="teacher", api_key_env="MIRAGE_TEACHER_API_KEY",
-                                            max_tokens=1024, concurrency=8, timeout_s=120.0)
+    openai: EndpointConfig = EndpointConfig(
+        model="teacher",
+        api_key_env="MIRAGE_TEACHER_API_KEY",
+        max_tokens=1024,
+        concurrency=8,
+        timeout_s=120.0,
+    )
 
     @model_validator(mode="after")
     def _coherent(self) -> LabelConfig:
         if self.style == "text_only" and self.teacher == "openai":
-            raise ValueError("label.style text_only needs label.teacher world (it writes the "
-                             "objects' names into the question, which needs ground truth)")
+            raise ValueError(
+                "label.style text_only needs label.teacher world (it writes the "
+                "objects' names into the question, which needs ground truth)"
+            )
         if self.format == "think" and self.style in ("refusal", "text_only"):
-            raise ValueError(f"label.format think needs a reasoning style (cot or policy), "
-                             f"not {self.style!r}")
+            raise ValueError(
+                f"label.format think needs a reasoning style (cot or policy), not {self.style!r}"
+            )
         if self.noise.total > 0 and self.teacher != "world":
             raise ValueError("label.noise is planted by the world teacher only")
         return self
@@ -391,10 +411,17 @@ class ServedConfig(_Model):
     concurrency: int = Field(8, ge=1)
 
     def endpoint(self, model: str, max_tokens: int) -> EndpointConfig:
-        return EndpointConfig(base_url=self.base_url, model=model, api_key_env=self.api_key_env,
-                              timeout_s=self.timeout_s, max_retries=self.max_retries,
-                              backoff_s=self.backoff_s, max_tokens=max_tokens,
-                              concurrency=self.concurrency, temperature=0.0)
+        return EndpointConfig(
+            base_url=self.base_url,
+            model=model,
+            api_key_env=self.api_key_env,
+            timeout_s=self.timeout_s,
+            max_retries=self.max_retries,
+            backoff_s=self.backoff_s,
+            max_tokens=max_tokens,
+            concurrency=self.concurrency,
+            temperature=0.0,
+        )
 
 
 #: who judges an external benchmark's answers: its authors' judge prompt on a VLM endpoint
@@ -410,7 +437,7 @@ class BenchmarkConfig(_Model):
     # the layout to read: the key of eval.benchmarks unless set (two copies of one benchmark)
     adapter: str | None = None
     local_dir: str | None = None
-    hub_id: str | None = None         # a Hub dataset id (+ revision), downloaded once
+    hub_id: str | None = None  # a Hub dataset id (+ revision), downloaded once
     revision: str | None = None
     download_dir: str | None = None
     # the judge of every subset (null: the protocol's own default), and per-subset overrides
@@ -483,16 +510,20 @@ class EvalConfig(_Model):
     @model_validator(mode="after")
     def _general_through_lmms_eval(self) -> EvalConfig:
         if "general_test" in self.splits:
-            raise ValueError("eval.splits: general_test is measured through lmms-eval now: "
-                             "list its task in eval.general.tasks (mirage_world_general, "
-                             "written by `mirage generate` under data/lmms_tasks)")
+            raise ValueError(
+                "eval.splits: general_test is measured through lmms-eval now: "
+                "list its task in eval.general.tasks (mirage_world_general, "
+                "written by `mirage generate` under data/lmms_tasks)"
+            )
         return self
 
     @model_validator(mode="after")
     def _served_models_named(self) -> EvalConfig:
         if self.engine == "openai" and not self.server.models:
-            raise ValueError("eval.engine is 'openai' but eval.server.models names no served "
-                             "model (e.g. {mirage: <served model id>})")
+            raise ValueError(
+                "eval.engine is 'openai' but eval.server.models names no served "
+                "model (e.g. {mirage: <served model id>})"
+            )
         return self
 
 
@@ -561,8 +592,10 @@ class OrchestrationConfig(_Model):
     def _known_stages(self) -> OrchestrationConfig:
         unknown = sorted(set(self.pools) - set(PIPELINE_STAGES))
         if unknown:
-            raise ValueError(f"orchestration.pools: unknown stage(s) {unknown} "
-                             f"(stages: {', '.join(PIPELINE_STAGES)})")
+            raise ValueError(
+                f"orchestration.pools: unknown stage(s) {unknown} "
+                f"(stages: {', '.join(PIPELINE_STAGES)})"
+            )
         return self
 
 
@@ -627,8 +660,9 @@ def _format_errors(exc: ValidationError, source: str) -> str:
     return "\n".join(lines)
 
 
-def parse_params(raw: dict[str, Any] | None, *, profile: str | None = None,
-                 source: str = "params") -> Params:
+def parse_params(
+    raw: dict[str, Any] | None, *, profile: str | None = None, source: str = "params"
+) -> Params:
     """Validate a raw params mapping, applying the selected profile's overrides."""
     raw = dict(raw or {})
     if not isinstance(raw, dict):
@@ -655,8 +689,9 @@ def parse_params(raw: dict[str, Any] | None, *, profile: str | None = None,
         raise ConfigError(_format_errors(exc, where)) from None
 
 
-def load_params(path: str | os.PathLike[str] = DEFAULT_PARAMS, *,
-                profile: str | None = None) -> Params:
+def load_params(
+    path: str | os.PathLike[str] = DEFAULT_PARAMS, *, profile: str | None = None
+) -> Params:
     """Read and validate a params file (the only place ``params.yaml`` is parsed)."""
     p = Path(path)
     if not p.exists():
@@ -674,11 +709,19 @@ def add_run_arguments(parser: Any, *, cache_user: str | None = None) -> None:
     """``--no-progress`` and ``--no-track`` (and ``--cache-dir`` for a stage whose
     ``cache_user`` calls an OpenAI-compatible endpoint), the same for every stage."""
     if cache_user:
-        parser.add_argument("--cache-dir", default=ENDPOINT_CACHE,
-                            help=f"endpoint answer cache ({cache_user}; default: %(default)s)")
+        parser.add_argument(
+            "--cache-dir",
+            default=ENDPOINT_CACHE,
+            help=f"endpoint answer cache ({cache_user}; default: %(default)s)",
+        )
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
-    parser.add_argument("--no-track", "--no-mlflow", dest="no_track", action="store_true",
-                        help=f"do not log to MLflow (also: {NO_TRACK_ENV}=1)")
+    parser.add_argument(
+        "--no-track",
+        "--no-mlflow",
+        dest="no_track",
+        action="store_true",
+        help=f"do not log to MLflow (also: {NO_TRACK_ENV}=1)",
+    )
 
 
 def tracking_wanted(args: Any) -> bool:

@@ -139,12 +139,21 @@ class ChatRequest:
                 parts.append(["untrusted", p.name, p.text])
             else:
                 parts.append(["text", p.text])
-        payload = [purpose, cfg.model, cfg.max_tokens, cfg.temperature, cfg.seed,
-                   self.schema if cfg.json_schema else None, self.system, parts]
+        payload = [
+            purpose,
+            cfg.model,
+            cfg.max_tokens,
+            cfg.temperature,
+            cfg.seed,
+            self.schema if cfg.json_schema else None,
+            self.system,
+            parts,
+        ]
         if self.assistant is not None:  # absent from older keys, which stay valid
             payload.append(["assistant", self.assistant])
-        return hashlib.sha256(json.dumps(payload, ensure_ascii=False, sort_keys=True)
-                              .encode("utf-8")).hexdigest()
+        return hashlib.sha256(
+            json.dumps(payload, ensure_ascii=False, sort_keys=True).encode("utf-8")
+        ).hexdigest()
 
     def messages(self, nonce: str) -> list[dict[str, Any]]:
         """The chat messages, with a fresh fence nonce (raises OSError on a bad image)."""
@@ -157,8 +166,7 @@ class ChatRequest:
                 content.append({"type": "image_url", "image_url": {"url": data_url(src)}})
             elif isinstance(p, Untrusted):
                 open_, close = fences(p.name, nonce)
-                content.append({"type": "text",
-                                "text": f"{open_}\n{neutralise(p.text)}\n{close}"})
+                content.append({"type": "text", "text": f"{open_}\n{neutralise(p.text)}\n{close}"})
             else:
                 content.append({"type": "text", "text": p.text.replace(NONCE, nonce)})
         turns: list[dict[str, Any]] = [{"role": "user", "content": content}]
@@ -193,11 +201,14 @@ def summarise(results: Sequence[Completion]) -> dict[str, Any]:
     for r in results:
         if not r.cached:
             tokens.update({k: int(v) for k, v in r.usage.items() if isinstance(v, int)})
-    return {"requests": len(results), "cached": sum(r.cached for r in results),
-            "ok": sum(r.ok for r in results),
-            "errors": {k: kinds.get(k, 0) for k in ERROR_KINDS},
-            "prompt_tokens": tokens.get("prompt_tokens", 0),
-            "completion_tokens": tokens.get("completion_tokens", 0)}
+    return {
+        "requests": len(results),
+        "cached": sum(r.cached for r in results),
+        "ok": sum(r.ok for r in results),
+        "errors": {k: kinds.get(k, 0) for k in ERROR_KINDS},
+        "prompt_tokens": tokens.get("prompt_tokens", 0),
+        "completion_tokens": tokens.get("completion_tokens", 0),
+    }
 
 
 # --------------------------------------------------------------------------- cache
@@ -242,8 +253,9 @@ def _sdk_client(cfg: EndpointConfig, on_request: Callable[[], None]) -> Any:
     class _Client(openai.OpenAI):
         # The SDK retries with a fixed 0.5 s base; use ours (tests, and servers whose
         # recovery time is known) and honour Retry-After only up to our cap.
-        def _calculate_retry_timeout(self, remaining_retries: int, options: Any,
-                                     response_headers: Any = None) -> float:
+        def _calculate_retry_timeout(
+            self, remaining_retries: int, options: Any, response_headers: Any = None
+        ) -> float:
             ra = self._parse_retry_after_header(response_headers)
             if ra is not None and 0 < ra <= retry_after_cap:
                 return ra
@@ -251,11 +263,17 @@ def _sdk_client(cfg: EndpointConfig, on_request: Callable[[], None]) -> Any:
             return min(backoff * 2.0 ** min(attempt, 16), 60.0)
 
     http_client = openai.DefaultHttpxClient(
-        event_hooks={"request": [lambda _request: on_request()]})
+        event_hooks={"request": [lambda _request: on_request()]}
+    )
     # a local vLLM needs no key, but the SDK insists on one: send a placeholder
     key = os.environ.get(cfg.api_key_env) or "no-key"
-    return _Client(base_url=cfg.base_url, api_key=key, timeout=cfg.timeout_s,
-                   max_retries=cfg.max_retries, http_client=http_client)
+    return _Client(
+        base_url=cfg.base_url,
+        api_key=key,
+        timeout=cfg.timeout_s,
+        max_retries=cfg.max_retries,
+        http_client=http_client,
+    )
 
 
 def _describe(exc: Exception, attempts: int) -> tuple[str, str]:
@@ -277,8 +295,7 @@ class ChatClient:
     """Chat completions against one endpoint (one per teacher / judge), with one cache
     directory shared by all of them (keys include model and purpose)."""
 
-    def __init__(self, cfg: EndpointConfig, *, purpose: str,
-                 cache_dir: Path | None = None) -> None:
+    def __init__(self, cfg: EndpointConfig, *, purpose: str, cache_dir: Path | None = None) -> None:
         self.cfg = cfg
         self.purpose = purpose
         self.cache = CompletionCache(cache_dir) if cache_dir is not None else None
@@ -307,8 +324,7 @@ class ChatClient:
             sdk.close()
 
     # ---------------------------------------------------------------- one request
-    def complete(self, request: ChatRequest, parse: Parser, *,
-                 strict: bool = True) -> Completion:
+    def complete(self, request: ChatRequest, parse: Parser, *, strict: bool = True) -> Completion:
         """Never raises: every failure is a :class:`Completion` with an error.
 
         ``strict`` False (served inference of the model under test): an empty answer or one
@@ -327,9 +343,13 @@ class ChatClient:
                 except Malformed:
                     pass  # the parser changed since: ask again
                 else:
-                    return Completion(content=hit["content"], value=value,
-                                      finish_reason=hit.get("finish_reason"),
-                                      usage=dict(hit.get("usage") or {}), cached=True)
+                    return Completion(
+                        content=hit["content"],
+                        value=value,
+                        finish_reason=hit.get("finish_reason"),
+                        usage=dict(hit.get("usage") or {}),
+                        cached=True,
+                    )
         try:
             messages = request.messages(new_nonce())
         except OSError as exc:
@@ -342,27 +362,39 @@ class ChatClient:
                 result.error, result.kind = f"unparseable: {exc}", "malformed"
         if result.ok and self.cache is not None and key is not None:
             try:
-                self.cache.put(key, {"purpose": self.purpose, "model": self.cfg.model,
-                                     "content": result.content,
-                                     "finish_reason": result.finish_reason,
-                                     "usage": result.usage})
+                self.cache.put(
+                    key,
+                    {
+                        "purpose": self.purpose,
+                        "model": self.cfg.model,
+                        "content": result.content,
+                        "finish_reason": result.finish_reason,
+                        "usage": result.usage,
+                    },
+                )
             except OSError as exc:
                 log.warning("endpoint cache write failed: %s", exc)
         return result
 
-    def _call(self, messages: list[dict[str, Any]], schema: dict[str, Any] | None, *,
-              strict: bool = True) -> Completion:
+    def _call(
+        self, messages: list[dict[str, Any]], schema: dict[str, Any] | None, *, strict: bool = True
+    ) -> Completion:
         import openai
         from openai.types.chat import ChatCompletion
 
-        kwargs: dict[str, Any] = {"model": self.cfg.model, "messages": messages,
-                                  "max_tokens": self.cfg.max_tokens,
-                                  "temperature": self.cfg.temperature}
+        kwargs: dict[str, Any] = {
+            "model": self.cfg.model,
+            "messages": messages,
+            "max_tokens": self.cfg.max_tokens,
+            "temperature": self.cfg.temperature,
+        }
         if self.cfg.seed is not None:
             kwargs["seed"] = self.cfg.seed
         if schema is not None and self.cfg.json_schema:
-            kwargs["response_format"] = {"type": "json_schema", "json_schema": {
-                "name": "answer", "schema": schema, "strict": True}}
+            kwargs["response_format"] = {
+                "type": "json_schema",
+                "json_schema": {"name": "answer", "schema": schema, "strict": True},
+            }
         self._local.attempts = 0
         try:
             answer = self._client().chat.completions.create(**kwargs)
@@ -370,18 +402,25 @@ class ChatClient:
             kind, msg = _describe(exc, self._local.attempts)
             return Completion(error=msg, kind=kind)
         except Exception as exc:  # a body the SDK cannot even decode
-            return Completion(error=f"unparseable: endpoint answer ({type(exc).__name__}: "
-                                    f"{exc})", kind="malformed")
+            return Completion(
+                error=f"unparseable: endpoint answer ({type(exc).__name__}: {exc})",
+                kind="malformed",
+            )
         if not isinstance(answer, ChatCompletion) or not answer.choices:
             raw = answer if isinstance(answer, str) else repr(answer)
-            return Completion(content=None, error="unparseable: endpoint answer is not a chat "
-                                                  f"completion: {raw[:200]!r}", kind="malformed")
+            return Completion(
+                content=None,
+                error=f"unparseable: endpoint answer is not a chat completion: {raw[:200]!r}",
+                kind="malformed",
+            )
         choice = answer.choices[0]
         content = choice.message.content if choice.message else None
         usage = {}
         if answer.usage is not None:
-            usage = {"prompt_tokens": int(answer.usage.prompt_tokens or 0),
-                     "completion_tokens": int(answer.usage.completion_tokens or 0)}
+            usage = {
+                "prompt_tokens": int(answer.usage.prompt_tokens or 0),
+                "completion_tokens": int(answer.usage.completion_tokens or 0),
+            }
         result = Completion(content=content, finish_reason=choice.finish_reason, usage=usage)
         if not strict:
             result.content = content or ""
@@ -393,9 +432,15 @@ class ChatClient:
         return result
 
     # ---------------------------------------------------------------- many requests
-    def complete_many(self, requests: Sequence[ChatRequest], parse: Parser, *,
-                      progress: bool = True, desc: str | None = None,
-                      strict: bool = True) -> list[Completion]:
+    def complete_many(
+        self,
+        requests: Sequence[ChatRequest],
+        parse: Parser,
+        *,
+        progress: bool = True,
+        desc: str | None = None,
+        strict: bool = True,
+    ) -> list[Completion]:
         """One :class:`Completion` per request, in order; ``concurrency`` in flight."""
         results: list[Completion | None] = [None] * len(requests)
         if not requests:
@@ -410,21 +455,33 @@ class ChatClient:
                 return Completion(error=f"{type(exc).__name__}: {exc}", kind="malformed")
 
         try:
-            with ThreadPoolExecutor(max_workers=workers,
-                                    thread_name_prefix=self.purpose.split("/")[0]) as pool:
+            with ThreadPoolExecutor(
+                max_workers=workers, thread_name_prefix=self.purpose.split("/")[0]
+            ) as pool:
                 futures = {pool.submit(one, i): i for i in range(len(requests))}
-                for fut in tqdm(as_completed(futures), total=len(futures),
-                                desc=desc or f"{self.purpose} ({self.cfg.model})",
-                                disable=not progress):
+                for fut in tqdm(
+                    as_completed(futures),
+                    total=len(futures),
+                    desc=desc or f"{self.purpose} ({self.cfg.model})",
+                    disable=not progress,
+                ):
                     results[futures[fut]] = fut.result()
         finally:
             self.close()
-        out = [r if r is not None else Completion(error="not sent", kind="transport")
-               for r in results]
+        out = [
+            r if r is not None else Completion(error="not sent", kind="transport") for r in results
+        ]
         s = summarise(out)
-        log.info("%s: %d request(s), %d cached, %d ok, errors %s, %d+%d tokens", self.purpose,
-                 s["requests"], s["cached"], s["ok"], s["errors"], s["prompt_tokens"],
-                 s["completion_tokens"])
+        log.info(
+            "%s: %d request(s), %d cached, %d ok, errors %s, %d+%d tokens",
+            self.purpose,
+            s["requests"],
+            s["cached"],
+            s["ok"],
+            s["errors"],
+            s["prompt_tokens"],
+            s["completion_tokens"],
+        )
         return out
 
 

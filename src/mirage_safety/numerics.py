@@ -73,8 +73,10 @@ def describe() -> dict[str, Any]:
     reproducibility branch, the thread count (for metrics and run tags)."""
     import torch
 
-    portable = (torch.backends.cpu.get_cpu_capability() == "DEFAULT"
-                and os.environ.get("MKL_CBWR") == PORTABLE_ENV["MKL_CBWR"])
+    portable = (
+        torch.backends.cpu.get_cpu_capability() == "DEFAULT"
+        and os.environ.get("MKL_CBWR") == PORTABLE_ENV["MKL_CBWR"]
+    )
     return {
         "mode": "portable" if portable else "native",
         "cpu": cpu_model(),

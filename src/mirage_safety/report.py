@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from mirage_safety.evaluation import balance
-from mirage_safety.evaluation.benchmarks.protocols import with_benchmarks
+from mirage_safety.evaluation.benchmarks.summaries import with_benchmarks
 from mirage_safety.io import png_bytes, read_json, write_bytes_atomic, write_text_atomic
 
 log = logging.getLogger(__name__)
@@ -69,17 +69,25 @@ def get_dotted(tree: Any, dotted: str) -> Any:
 def describe(params: dict[str, Any]) -> dict[str, Any]:
     """What the table shows of an experiment's params."""
     noise = get_dotted(params, "label.noise") or {}
-    total = sum(v for v in noise.values() if isinstance(v, int | float)) if isinstance(
-        noise, dict) else None
+    total = (
+        sum(v for v in noise.values() if isinstance(v, int | float))
+        if isinstance(noise, dict)
+        else None
+    )
     style = get_dotted(params, "label.style") or get_dotted(params, "data.world.label_style")
     fmt = get_dotted(params, "label.format")
-    return {"label_style": style, "labels": f"{style}/{fmt}" if style and fmt else style,
-            "noise": total, "filter": get_dotted(params, "curate.judge"),
-            "seed": get_dotted(params, "train.seed")}
+    return {
+        "label_style": style,
+        "labels": f"{style}/{fmt}" if style and fmt else style,
+        "noise": total,
+        "filter": get_dotted(params, "curate.judge"),
+        "seed": get_dotted(params, "train.seed"),
+    }
 
 
-def experiment_rows(repo: str | None = None, *, include_workspace: bool = True,
-                    metrics_file: str = EVAL_FILE) -> list[dict[str, Any]]:
+def experiment_rows(
+    repo: str | None = None, *, include_workspace: bool = True, metrics_file: str = EVAL_FILE
+) -> list[dict[str, Any]]:
     """``{name, metrics, params, profile, label_style, ...}`` for the workspace and every
     DVC experiment; ``metrics`` is ``eval.json`` with ``curate.json`` under ``curate``."""
     import dvc.api
@@ -99,8 +107,7 @@ def experiment_rows(repo: str | None = None, *, include_workspace: bool = True,
             metrics = dvc.api.metrics_show(str(root / metrics_file), repo=repo, rev=rev)
             params = dvc.api.params_show(repo=repo, rev=rev)
         except Exception as exc:  # a failed or metric-less experiment: skip, say so
-            log.warning("skipping %s: no readable %s (%s)", rev or "workspace", metrics_file,
-                        exc)
+            log.warning("skipping %s: no readable %s (%s)", rev or "workspace", metrics_file, exc)
             continue
         eval_metrics = dict(metrics.get(metrics_file, metrics))
         try:
@@ -108,8 +115,15 @@ def experiment_rows(repo: str | None = None, *, include_workspace: bool = True,
             eval_metrics["curate"] = curate.get(CURATE_FILE, curate)
         except Exception:  # an experiment from before the curate stage
             pass
-        rows.append({"name": rev or "workspace", "metrics": eval_metrics, "params": params,
-                     "profile": params.get("profile"), **describe(params)})
+        rows.append(
+            {
+                "name": rev or "workspace",
+                "metrics": eval_metrics,
+                "params": params,
+                "profile": params.get("profile"),
+                **describe(params),
+            }
+        )
     return rows
 
 
@@ -133,8 +147,9 @@ def group_seeds(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def _values(row: dict[str, Any], key: str) -> list[float]:
     members = row.get("members") or [row]
-    return [float(v) for m in members
-            if isinstance(v := get_dotted(m["metrics"], key), int | float)]
+    return [
+        float(v) for m in members if isinstance(v := get_dotted(m["metrics"], key), int | float)
+    ]
 
 
 def cell(row: dict[str, Any], key: str) -> str:
@@ -153,9 +168,11 @@ def markdown_table(rows: Sequence[dict[str, Any]]) -> str:
     for row in rows:
         noise = row.get("noise")
         seeds = len(row.get("members") or [row])
-        lines.append(f"| {row['name']} | {row.get('labels') or row.get('label_style') or '–'} "
-                     f"| {'–' if noise is None else f'{noise:.2f}'} | {row.get('filter') or '–'} "
-                     f"| {seeds} | " + " | ".join(cell(row, key) for _, key in COLUMNS) + " |")
+        lines.append(
+            f"| {row['name']} | {row.get('labels') or row.get('label_style') or '–'} "
+            f"| {'–' if noise is None else f'{noise:.2f}'} | {row.get('filter') or '–'} "
+            f"| {seeds} | " + " | ".join(cell(row, key) for _, key in COLUMNS) + " |"
+        )
     return "\n".join(lines)
 
 
@@ -167,12 +184,14 @@ def plot(rows: Sequence[dict[str, Any]]) -> bytes:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    shown = (("ASR easy", "mirage.test_easy.asr", "#d62728"),
-             ("ASR hard", "mirage.test_hard.asr", "#8c1d1d"),
-             ("RR hard", "mirage.test_hard.rr", "#ff7f0e"),
-             ("over-refusal", "mirage.test_benign.over_refusal", "#1f77b4"),
-             ("over-refusal shifted", "mirage.test_benign_shift.over_refusal", "#9ecae1"),
-             ("general acc.", "mirage.general.accuracy", "#2ca02c"))
+    shown = (
+        ("ASR easy", "mirage.test_easy.asr", "#d62728"),
+        ("ASR hard", "mirage.test_hard.asr", "#8c1d1d"),
+        ("RR hard", "mirage.test_hard.rr", "#ff7f0e"),
+        ("over-refusal", "mirage.test_benign.over_refusal", "#1f77b4"),
+        ("over-refusal shifted", "mirage.test_benign_shift.over_refusal", "#9ecae1"),
+        ("general acc.", "mirage.general.accuracy", "#2ca02c"),
+    )
     width = 0.8 / len(shown)
     fig, ax = plt.subplots(figsize=(max(6.0, 1.8 * len(rows) + 2), 4))
     for k, (label, key, colour) in enumerate(shown):
@@ -186,8 +205,10 @@ def plot(rows: Sequence[dict[str, Any]]) -> bytes:
             hi.append(max(vals) - m)
         ax.bar(xs, means, width, label=label, color=colour, yerr=[lo, hi], capsize=2)
     ax.set_xticks(range(len(rows)))
-    ax.set_xticklabels([f"{r['name']}\n({r.get('labels') or r.get('label_style') or '?'})"
-                        for r in rows], fontsize=8)
+    ax.set_xticklabels(
+        [f"{r['name']}\n({r.get('labels') or r.get('label_style') or '?'})" for r in rows],
+        fontsize=8,
+    )
     ax.set_ylabel("% of responses (mean over seeds)")
     ax.set_ylim(0, 105)
     ax.set_title("MIRage experiments: labels and teacher noise vs harmfulness and over-refusal")
@@ -210,19 +231,27 @@ def balance_plot(rows: Sequence[dict[str, Any]]) -> bytes | None:
         for i, m in enumerate(members):
             label = row["name"] if len(members) == 1 else f"{row['name']} #{i + 1}"
             models[label] = with_benchmarks(m["metrics"], "mirage")
-    return balance.plot(models, title="Experiments: harmlessness vs helpfulness "
-                                      "(95% Wilson intervals)")
+    return balance.plot(
+        models, title="Experiments: harmlessness vs helpfulness (95% Wilson intervals)"
+    )
 
 
 def write_report(rows: Sequence[dict[str, Any]], out_dir: Path) -> tuple[Path, Path]:
     md_path, png_path = out_dir / "experiments.md", out_dir / "experiments.png"
     bal = balance_plot(rows)
-    text = ["# MIRage experiments", "",
-            "Rates in % of responses on the held-out test splits, judged by the evaluation "
-            "judge (`metrics/eval.json` of each DVC experiment); filter figures from "
-            "`metrics/curate.json`. Rows that differ only in `train.seed` are merged: mean "
-            "[min–max] over the seeds.", "", markdown_table(rows), "",
-            f"![experiments]({png_path.name})", ""]
+    text = [
+        "# MIRage experiments",
+        "",
+        "Rates in % of responses on the held-out test splits, judged by the evaluation "
+        "judge (`metrics/eval.json` of each DVC experiment); filter figures from "
+        "`metrics/curate.json`. Rows that differ only in `train.seed` are merged: mean "
+        "[min–max] over the seeds.",
+        "",
+        markdown_table(rows),
+        "",
+        f"![experiments]({png_path.name})",
+        "",
+    ]
     if bal is not None:
         text += ["![balance](experiments_balance.png)", ""]
         write_bytes_atomic(out_dir / "experiments_balance.png", bal)
@@ -233,8 +262,14 @@ def write_report(rows: Sequence[dict[str, Any]], out_dir: Path) -> tuple[Path, P
 
 def _cli(args: argparse.Namespace) -> int:
     if args.metrics:
-        rows = [{"name": Path(p).parent.name if Path(p).name == "eval.json" else Path(p).stem,
-                 "metrics": read_json(p), "label_style": None} for p in args.metrics]
+        rows = [
+            {
+                "name": Path(p).parent.name if Path(p).name == "eval.json" else Path(p).stem,
+                "metrics": read_json(p),
+                "label_style": None,
+            }
+            for p in args.metrics
+        ]
     else:
         rows = experiment_rows(include_workspace=not args.no_workspace)
         if args.only:
@@ -252,17 +287,35 @@ def _cli(args: argparse.Namespace) -> int:
 
 def add_cli(sub: Any) -> argparse.ArgumentParser:
     p = sub.add_parser(
-        "report", help="DVC experiments -> one markdown table and one plot",
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+        "report",
+        help="DVC experiments -> one markdown table and one plot",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("--out", default="reports", help="output dir (default: %(default)s)")
-    p.add_argument("--no-workspace", action="store_true",
-                   help="only saved experiments, not the workspace's current metrics")
-    p.add_argument("--no-group", action="store_true",
-                   help="one row per experiment (default: merge rows that differ only in "
-                        "train.seed, mean [min–max])")
-    p.add_argument("--only", metavar="REGEX", default=None,
-                   help="only experiments whose name matches REGEX (e.g. '^noise-')")
-    p.add_argument("--metrics", nargs="*", default=None, metavar="EVAL_JSON",
-                   help="tabulate these eval.json files instead of the DVC experiments")
+    p.add_argument(
+        "--no-workspace",
+        action="store_true",
+        help="only saved experiments, not the workspace's current metrics",
+    )
+    p.add_argument(
+        "--no-group",
+        action="store_true",
+        help="one row per experiment (default: merge rows that differ only in "
+        "train.seed, mean [min–max])",
+    )
+    p.add_argument(
+        "--only",
+        metavar="REGEX",
+        default=None,
+        help="only experiments whose name matches REGEX (e.g. '^noise-')",
+    )
+    p.add_argument(
+        "--metrics",
+        nargs="*",
+        default=None,
+        metavar="EVAL_JSON",
+        help="tabulate these eval.json files instead of the DVC experiments",
+    )
     p.set_defaults(func=_cli)
     return p

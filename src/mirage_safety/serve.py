@@ -34,7 +34,6 @@ def servable_dir(model: str, cache: Path = CACHE) -> Path:
     if model.startswith("models:/"):
         import mlflow
 
-
         dest = cache / ("registry-" + hashlib.sha256(model.encode()).hexdigest()[:12])
         shutil.rmtree(dest, ignore_errors=True)
         local = Path(mlflow.artifacts.download_artifacts(model, dst_path=str(dest)))
@@ -53,17 +52,32 @@ def _cli(args: argparse.Namespace) -> int:
         port, log = args.port, CACHE / f"serve-{args.port}.log"
         log.parent.mkdir(parents=True, exist_ok=True)
         try:
-            proc = start(model_dir, host=args.host, port=port, device=args.device, log=log,
-                         timeout_s=args.timeout, extra=extra)
+            proc = start(
+                model_dir,
+                host=args.host,
+                port=port,
+                device=args.device,
+                log=log,
+                timeout_s=args.timeout,
+                extra=extra,
+            )
         except RuntimeError as exc:
             tail = log.read_text(errors="replace")[-1500:] if log.is_file() else ""
             raise RuntimeError(f"{exc}\n{tail}") from None
     else:
         proc, port, log = start_on_free_port(
-            model_dir, host=args.host, device=args.device, log_dir=CACHE,
-            timeout_s=args.timeout, extra=extra,
-            on_retry=lambda p: print(f"transformers serve on port {p} exited; trying "
-                                     "another port", file=sys.stderr, flush=True))
+            model_dir,
+            host=args.host,
+            device=args.device,
+            log_dir=CACHE,
+            timeout_s=args.timeout,
+            extra=extra,
+            on_retry=lambda p: print(
+                f"transformers serve on port {p} exited; trying another port",
+                file=sys.stderr,
+                flush=True,
+            ),
+        )
     url = f"http://{args.host}:{port}/v1"
     print(f"serving {args.model} at {url}", flush=True)
     print(f"  eval.server: {{base_url: {url}, models: {{mirage: {model_dir}}}}}", flush=True)
@@ -81,14 +95,21 @@ def _cli(args: argparse.Namespace) -> int:
 
 
 def add_cli(sub: Any) -> argparse.ArgumentParser:
-    p = sub.add_parser("serve", help="serve a model on loopback (transformers serve)",
-                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = sub.add_parser(
+        "serve",
+        help="serve a model on loopback (transformers serve)",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("model", help="a model directory or a registry URI (models:/mirage@champion)")
     p.add_argument("--host", default="127.0.0.1", help="bind address (default: loopback)")
     p.add_argument("--port", type=int, default=0, help="port (default: a free one)")
     p.add_argument("--device", default="auto", help="cpu, cuda:0, auto (default: %(default)s)")
     p.add_argument("--timeout", type=float, default=180.0, help="seconds to wait for health")
-    p.add_argument("--continuous-batching", action="store_true",
-                   help="transformers serve's continuous batching (many requests in flight)")
+    p.add_argument(
+        "--continuous-batching",
+        action="store_true",
+        help="transformers serve's continuous batching (many requests in flight)",
+    )
     p.set_defaults(func=_cli)
     return p

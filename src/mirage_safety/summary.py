@@ -55,8 +55,14 @@ def dvc_metrics_show(root: Path, dvc: str | None = None) -> str | None:
     if dvc is None:
         return None
     try:
-        out = subprocess.run([dvc, "metrics", "show"], cwd=root, capture_output=True, text=True,
-                             timeout=_DVC_TIMEOUT_S, check=False)
+        out = subprocess.run(
+            [dvc, "metrics", "show"],
+            cwd=root,
+            capture_output=True,
+            text=True,
+            timeout=_DVC_TIMEOUT_S,
+            check=False,
+        )
     except (OSError, subprocess.SubprocessError):
         return None
     text = out.stdout.strip()
@@ -128,17 +134,24 @@ def headline_table(metrics_dir: Path) -> str | None:
                 cells.append("-" if not isinstance(v, int | float) else f"{v:.1f}")
         rows.append([model, *cells])
     widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
-    lines = ["  " + "  ".join(c.ljust(w) if i == 0 else c.rjust(w)
-                              for i, (c, w) in enumerate(zip(r, widths, strict=True)))
-             for r in rows]
+    lines = [
+        "  "
+        + "  ".join(
+            c.ljust(w) if i == 0 else c.rjust(w)
+            for i, (c, w) in enumerate(zip(r, widths, strict=True))
+        )
+        for r in rows
+    ]
     try:
         base = read_json(metrics_dir / "base.json")
     except (OSError, ValueError):
         base = {}
     tasks = base.get("general_accuracy_per_task") if isinstance(base, Mapping) else None
     if isinstance(tasks, Mapping) and tasks:
-        lines.append("  base general accuracy per task: " + ", ".join(
-            f"{k} {v:.1f}" for k, v in tasks.items() if isinstance(v, int | float)))
+        lines.append(
+            "  base general accuracy per task: "
+            + ", ".join(f"{k} {v:.1f}" for k, v in tasks.items() if isinstance(v, int | float))
+        )
     for note in dict.fromkeys(notes):
         lines.append(f"  n/a: {note} (judge errors; see eval/report.md)")
     try:
@@ -146,13 +159,16 @@ def headline_table(metrics_dir: Path) -> str | None:
     except (OSError, ValueError, AttributeError):
         ran = None
     if isinstance(ran, Mapping) and ran:
-        lines.append(f"  computed on: {ran.get('cpu', '?')}, numerics {ran.get('mode', '?')} "
-                     f"(ATen {ran.get('aten_capability', '?')}, MKL "
-                     f"{ran.get('mkl_cbwr') or 'auto'}, {ran.get('threads', '?')} threads)")
+        lines.append(
+            f"  computed on: {ran.get('cpu', '?')}, numerics {ran.get('mode', '?')} "
+            f"(ATen {ran.get('aten_capability', '?')}, MKL "
+            f"{ran.get('mkl_cbwr') or 'auto'}, {ran.get('threads', '?')} threads)"
+        )
     judge = get_dotted(data, "judges.primary")
     if judge:
-        lines.append(f"  judge: {judge}; Wilson 95% intervals and per-category rates in "
-                     "eval/report.md")
+        lines.append(
+            f"  judge: {judge}; Wilson 95% intervals and per-category rates in eval/report.md"
+        )
     return "\n".join(lines)
 
 
@@ -166,7 +182,7 @@ def sqlite_path(uri: str) -> Path | None:
     """The database file of a ``sqlite:///`` URI (absolute), else None."""
     if not uri.startswith("sqlite:///"):
         return None
-    db = uri[len("sqlite:///"):]
+    db = uri[len("sqlite:///") :]
     return Path(db) if db.startswith("/") else None
 
 
@@ -188,8 +204,10 @@ def ui_command(tracking: TrackingConfig, root: Path) -> str:
 @contextmanager
 def _quick_http() -> Iterator[None]:
     """Fail fast against an unreachable server instead of MLflow's minutes of retries."""
-    saved = {k: os.environ.get(k) for k in ("MLFLOW_HTTP_REQUEST_MAX_RETRIES",
-                                            "MLFLOW_HTTP_REQUEST_TIMEOUT")}
+    saved = {
+        k: os.environ.get(k)
+        for k in ("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "MLFLOW_HTTP_REQUEST_TIMEOUT")
+    }
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
     try:
@@ -207,13 +225,14 @@ def champion_status(params: Params, root: Path) -> list[str]:
     import mlflow
     from mlflow.exceptions import MlflowException
 
-
     name = params.registry.model_name
     uri = resolve_tracking_uri(params.tracking, root)
     db = sqlite_path(uri)
     if db is not None and not db.is_file():
-        return [f"no champion: the MLflow store {db} does not exist yet (run the pipeline, "
-                f"then `mirage register`)"]
+        return [
+            f"no champion: the MLflow store {db} does not exist yet (run the pipeline, "
+            f"then `mirage register`)"
+        ]
     try:
         with _quick_http():
             client = mlflow.MlflowClient(tracking_uri=uri, registry_uri=uri)
@@ -222,18 +241,24 @@ def champion_status(params: Params, root: Path) -> list[str]:
     except MlflowException as exc:
         return [f"champion unknown: cannot read the registry at {uri}: {exc}"]
     if champ is None:
-        return [f"no champion yet for registered model {name!r} (run `mirage register`, or "
-                f"`mirage registry promote VERSION`)"]
+        return [
+            f"no champion yet for registered model {name!r} (run `mirage register`, or "
+            f"`mirage registry promote VERSION`)"
+        ]
     tags = champ.tags or {}
     how = tags.get("champion.how", "?")
-    lines = [f"champion: {name} version {champ.version}  (models:/{name}@{CHAMPION}; "
-             f"became champion by {how}"
-             + (f", {tags['champion.by']}" if tags.get("champion.by") else "")
-             + (f", since {tags['champion.since']}" if tags.get("champion.since") else "")
-             + ")"]
+    lines = [
+        f"champion: {name} version {champ.version}  (models:/{name}@{CHAMPION}; "
+        f"became champion by {how}"
+        + (f", {tags['champion.by']}" if tags.get("champion.by") else "")
+        + (f", since {tags['champion.since']}" if tags.get("champion.since") else "")
+        + ")"
+    ]
     if challenger is not None:
-        lines.append(f"challenger: version {challenger.version} (refused by the gate; "
-                     f"`mirage registry promote {challenger.version}` to override)")
+        lines.append(
+            f"challenger: version {challenger.version} (refused by the gate; "
+            f"`mirage registry promote {challenger.version}` to override)"
+        )
     return lines
 
 
@@ -247,13 +272,16 @@ def last_decision(metrics_dir: Path) -> str | None:
         return None
     reasons = data.get("reasons") or []
     first = f": {reasons[0]}" if reasons else ""
-    return (f"last registration: version {data['version']} -> {data.get('decision')} "
-            f"(@{data.get('alias')}){first}")
+    return (
+        f"last registration: version {data['version']} -> {data.get('decision')} "
+        f"(@{data.get('alias')}){first}"
+    )
 
 
 # --------------------------------------------------------------------------- output
-def summary_text(params: Params, *, root: Path | None = None, use_dvc: bool = True,
-                 show_all: bool = False) -> str:
+def summary_text(
+    params: Params, *, root: Path | None = None, use_dvc: bool = True, show_all: bool = False
+) -> str:
     root = (root or Path.cwd()).resolve()
     metrics_dir = root / METRICS_DIR
     if show_all:
@@ -265,18 +293,23 @@ def summary_text(params: Params, *, root: Path | None = None, use_dvc: bool = Tr
         out = [f"== Metrics ({source})", shown or "no metrics yet (run `dvc repro`)", ""]
     else:
         table = headline_table(metrics_dir)
-        out = [f"== Results ({METRICS_DIR.as_posix()}/eval.json, rates in %)",
-               table or "no evaluation yet (run `dvc repro`)",
-               "  every metric: `dvc metrics show` (or `mirage summary --all`); "
-               "experiments side by side: `mirage report`", ""]
-    out += ["== MLflow (runs, params, metrics, registered models)",
-            f"  {ui_command(params.tracking, root)}", ""]
+        out = [
+            f"== Results ({METRICS_DIR.as_posix()}/eval.json, rates in %)",
+            table or "no evaluation yet (run `dvc repro`)",
+            "  every metric: `dvc metrics show` (or `mirage summary --all`); "
+            "experiments side by side: `mirage report`",
+            "",
+        ]
+    out += [
+        "== MLflow (runs, params, metrics, registered models)",
+        f"  {ui_command(params.tracking, root)}",
+        "",
+    ]
     out += [f"== Registered model {params.registry.model_name!r}"]
     out += [f"  {line}" for line in champion_status(params, root)]
     if decision := last_decision(metrics_dir):
         out.append(f"  {decision}")
-    out += [f"  load it: mlflow.pyfunc.load_model(\"models:/{params.registry.model_name}"
-            "@champion\")"]
+    out += [f'  load it: mlflow.pyfunc.load_model("models:/{params.registry.model_name}@champion")']
     return "\n".join(out) + "\n"
 
 
@@ -285,19 +318,27 @@ def add_cli(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         "summary",
         help="where to look after a run: metrics, the MLflow UI command, the champion",
         description="Print the headline results per model (metrics/eval.json), the command "
-                    "that opens the MLflow UI on the configured store, and the registered "
-                    "model's champion.",
+        "that opens the MLflow UI on the configured store, and the registered "
+        "model's champion.",
     )
-    p.add_argument("--all", action="store_true", dest="show_all",
-                   help="print every metric (`dvc metrics show`) instead of the headline table")
-    p.add_argument("--no-dvc", action="store_true",
-                   help="with --all: read metrics/*.json instead of running `dvc metrics show`")
+    p.add_argument(
+        "--all",
+        action="store_true",
+        dest="show_all",
+        help="print every metric (`dvc metrics show`) instead of the headline table",
+    )
+    p.add_argument(
+        "--no-dvc",
+        action="store_true",
+        help="with --all: read metrics/*.json instead of running `dvc metrics show`",
+    )
     p.set_defaults(func=_cli, params_section="")
     return p
 
 
 def _cli(args: argparse.Namespace, params: Params) -> int:
     root = Path(args.params).resolve().parent
-    sys.stdout.write(summary_text(params, root=root, use_dvc=not args.no_dvc,
-                                  show_all=args.show_all))
+    sys.stdout.write(
+        summary_text(params, root=root, use_dvc=not args.no_dvc, show_all=args.show_all)
+    )
     return 0

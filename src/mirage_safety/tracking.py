@@ -98,7 +98,7 @@ def repo_root() -> Path:
     parts = root.parts
     n = len(_EXP_TMP_PARTS)
     for i in range(len(parts) - n):
-        if parts[i:i + n] == _EXP_TMP_PARTS:
+        if parts[i : i + n] == _EXP_TMP_PARTS:
             return Path(*parts[:i])
     return root
 
@@ -108,7 +108,7 @@ def resolve_tracking_uri(tracking: TrackingConfig, root: Path | None = None) -> 
     uri = os.environ.get(TRACKING_URI_ENV) or tracking.tracking_uri
     root = root or repo_root()
     if uri.startswith("sqlite:///"):
-        db = uri[len("sqlite:///"):]
+        db = uri[len("sqlite:///") :]
         # sqlite:////abs/path has a 4th slash -> absolute; anything else is relative
         if db and not db.startswith("/") and db != ":memory:":
             return f"sqlite:///{(root / db).as_posix()}"
@@ -135,8 +135,9 @@ def configure(tracking: TrackingConfig) -> str:
     return exp_id
 
 
-def ensure_experiment(client: mlflow.MlflowClient, name: str, uri: str,
-                  root: Path | None = None) -> str:
+def ensure_experiment(
+    client: mlflow.MlflowClient, name: str, uri: str, root: Path | None = None
+) -> str:
     """The id of experiment ``name`` in ``client``'s store, created if needed.
 
     With a local store the experiment's artefacts go to ``<repo>/mlruns`` (git- and
@@ -211,8 +212,9 @@ def dvc_lock_hashes(root: Path | None = None) -> dict[str, str]:
     first run) while the upstream stages' entries are those of the data it reads.
     """
     stages = _lock_stages(root or workspace_root())
-    return {str(name): _entry_md5(entry) for name, entry in stages.items()
-            if isinstance(entry, Mapping)}
+    return {
+        str(name): _entry_md5(entry) for name, entry in stages.items() if isinstance(entry, Mapping)
+    }
 
 
 def dvc_lock_hash(stage: str, root: Path | None = None) -> str | None:
@@ -286,8 +288,9 @@ def system_info() -> dict[str, str]:
         torch = sys.modules["torch"]
         cuda = bool(torch.cuda.is_available())
         info["system.cuda_available"] = str(cuda).lower()
-        info.update({f"system.numerics.{k}": str(v) for k, v in numerics.describe().items()
-                     if k != "cpu"})
+        info.update(
+            {f"system.numerics.{k}": str(v) for k, v in numerics.describe().items() if k != "cpu"}
+        )
         if cuda:
             info["system.cuda_device_count"] = str(torch.cuda.device_count())
             info["system.cuda_device"] = torch.cuda.get_device_name(0)
@@ -334,7 +337,7 @@ def _proc_stat(pid: int) -> tuple[int, str] | None:
     except OSError:
         return None
     # the command name (field 2) is in parentheses and may contain spaces
-    fields = stat[stat.rfind(")") + 2:].split()
+    fields = stat[stat.rfind(")") + 2 :].split()
     try:
         return int(fields[1]), fields[19]
     except (IndexError, ValueError):
@@ -349,7 +352,7 @@ def _is_dvc_pipeline(pid: int) -> bool:
     names = [Path(a).name for a in argv if a]
     if "dvc" not in names:
         return False
-    rest = names[names.index("dvc") + 1:]
+    rest = names[names.index("dvc") + 1 :]
     return "repro" in rest or ("exp" in rest and "run" in rest)
 
 
@@ -402,8 +405,12 @@ def _find_or_create_parent(experiment_id: str, key: str | None, profile: str) ->
         if found:
             return found[0].info.run_id
     return create_pipeline_run(
-        client, experiment_id, name=f"pipeline-{key}" if key else "pipeline", profile=profile,
-        tags={TAG_PIPELINE_ID: key} if key else None)
+        client,
+        experiment_id,
+        name=f"pipeline-{key}" if key else "pipeline",
+        profile=profile,
+        tags={TAG_PIPELINE_ID: key} if key else None,
+    )
 
 
 def create_pipeline_run(
@@ -541,8 +548,9 @@ def pipeline_run(
     uri = resolve_tracking_uri(tracking, root=root)
     client = mlflow.MlflowClient(tracking_uri=uri)
     exp_id = ensure_experiment(client, tracking.experiment, uri, root)
-    run_id = create_pipeline_run(client, exp_id, name=name, profile=_profile(None, profile),
-                                 tags=tags, root=root)
+    run_id = create_pipeline_run(
+        client, exp_id, name=name, profile=_profile(None, profile), tags=tags, root=root
+    )
     status = "FAILED"
     try:
         with _env(PARENT_RUN_ENV, run_id) if export else nullcontext():
@@ -579,7 +587,8 @@ def main(argv: list[str] | None = None) -> int:
         print(create_pipeline_run(client, exp_id, name=args.name, profile=cfg.profile))
     else:
         mlflow.MlflowClient(tracking_uri=resolve_tracking_uri(cfg.tracking)).set_terminated(
-            args.run_id, status=args.status)
+            args.run_id, status=args.status
+        )
     return 0
 
 

@@ -13,16 +13,22 @@ from realdata_fixtures import write_json, write_png
 TEST_DIR = "mis_test"
 #: split -> number of records
 SPLITS = {"easy": 3, "hard": 2, "real": 2}
-PAIRS = (("Illegal Activity", "Property Crimes"), ("Violent", "Weapon-Related Violence"),
-         ("Self-Harm", "Physical Self-Injury"))
+PAIRS = (
+    ("Illegal Activity", "Property Crimes"),
+    ("Violent", "Weapon-Related Violence"),
+    ("Self-Harm", "Physical Self-Injury"),
+)
 
 
 def _record(split: str, n: int) -> dict[str, Any]:
     cat, sub = PAIRS[n % len(PAIRS)]
-    return {"question": f"How can I use these two things together ({split} {n})?",
-            "category": cat, "sub_category": sub,
-            "image_path1": f"{split}_image/{n}/object1.png",
-            "image_path2": f"{split}_image/{n}/object2.png"}
+    return {
+        "question": f"How can I use these two things together ({split} {n})?",
+        "category": cat,
+        "sub_category": sub,
+        "image_path1": f"{split}_image/{n}/object1.png",
+        "image_path2": f"{split}_image/{n}/object2.png",
+    }
 
 
 def build(root: Path, *, bad: bool = False) -> list[str]:
@@ -35,8 +41,11 @@ def build(root: Path, *, bad: bool = False) -> list[str]:
         for k in range(count):
             n = k + 1
             for j in (1, 2):
-                write_png(tdir / f"{split}_image" / str(n) / f"object{j}.png",
-                          (60 * j, 30 * n, 90), size=16)
+                write_png(
+                    tdir / f"{split}_image" / str(n) / f"object{j}.png",
+                    (60 * j, 30 * n, 90),
+                    size=16,
+                )
             rec = _record(split, n)
             if split == "easy":
                 rec = {"id": n, **rec}

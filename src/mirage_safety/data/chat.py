@@ -20,9 +20,11 @@ from mirage_safety.data.image_packs import PackedImage, image_at
 from mirage_safety.data.schema import ASSISTANT_ROLES, HUMAN_ROLES, IMAGE_TOKEN
 
 # Keyed by role name; looked up with whatever a record's "from" holds (None when absent).
-_ROLE: Mapping[object, str] = {**dict.fromkeys(HUMAN_ROLES, "user"),
-                               **dict.fromkeys(ASSISTANT_ROLES, "assistant"),
-                               "system": "system"}
+_ROLE: Mapping[object, str] = {
+    **dict.fromkeys(HUMAN_ROLES, "user"),
+    **dict.fromkeys(ASSISTANT_ROLES, "assistant"),
+    "system": "system",
+}
 
 
 class RecordError(ValueError):
@@ -53,8 +55,10 @@ def prompt_messages(question: str, n_images: int) -> list[dict[str, Any]]:
     if IMAGE_TOKEN in question:
         parts = user_parts(question)
         if sum(p["type"] == "image" for p in parts) != n_images:
-            raise ValueError(f"question has {question.count(IMAGE_TOKEN)} {IMAGE_TOKEN} "
-                             f"placeholder(s) but {n_images} image(s) were given")
+            raise ValueError(
+                f"question has {question.count(IMAGE_TOKEN)} {IMAGE_TOKEN} "
+                f"placeholder(s) but {n_images} image(s) were given"
+            )
     else:
         parts = [{"type": "image"}] * n_images + [{"type": "text", "text": question.strip()}]
     return [{"role": "user", "content": parts}]
@@ -70,19 +74,22 @@ def record_to_messages(rec: Mapping[str, Any]) -> list[dict[str, Any]]:
         role = _ROLE.get(turn.get("from")) if isinstance(turn, Mapping) else None
         value = turn.get("value") if isinstance(turn, Mapping) else None
         if role is None or not isinstance(value, str):
-            raise RecordError(f"record {record_id(rec)!r}: field 'conversations[{t}]': "
-                              "needs 'from' (human/gpt) and a text 'value'")
-        content = ([{"type": "text", "text": value}] if role == "assistant"
-                   else user_parts(value))
+            raise RecordError(
+                f"record {record_id(rec)!r}: field 'conversations[{t}]': "
+                "needs 'from' (human/gpt) and a text 'value'"
+            )
+        content = [{"type": "text", "text": value}] if role == "assistant" else user_parts(value)
         messages.append({"role": role, "content": content})
     if messages[-1]["role"] != "assistant":
-        raise RecordError(f"record {record_id(rec)!r}: field 'conversations': "
-                          "last turn must be the assistant's")
+        raise RecordError(
+            f"record {record_id(rec)!r}: field 'conversations': last turn must be the assistant's"
+        )
     return messages
 
 
-def resolve_image(root: str | os.PathLike[str], rel: str, *, rid: str = "?",
-                  field: str = "images") -> Path | PackedImage:
+def resolve_image(
+    root: str | os.PathLike[str], rel: str, *, rid: str = "?", field: str = "images"
+) -> Path | PackedImage:
     """A record's relative image path under ``root``; never lets it escape the root.
 
     A path through a pack (``images/x/pack-00000.zip/a.png``, see data/image_packs.py)
@@ -93,8 +100,10 @@ def resolve_image(root: str | os.PathLike[str], rel: str, *, rid: str = "?",
         raise RecordError(f"record {rid!r}: field {field!r}: path {rel!r} escapes the dataset root")
     path = image_at(root, str(pure))
     if isinstance(path, PackedImage) and not path.exists():
-        raise RecordError(f"record {rid!r}: field {field!r}: image {str(path)!r} not found "
-                          f"(no member {path.member!r} in pack {str(path.pack)!r})")
+        raise RecordError(
+            f"record {rid!r}: field {field!r}: image {str(path)!r} not found "
+            f"(no member {path.member!r} in pack {str(path.pack)!r})"
+        )
     if not path.is_file():
         raise RecordError(f"record {rid!r}: field {field!r}: image {str(path)!r} not found")
     return path

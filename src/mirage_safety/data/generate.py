@@ -48,8 +48,16 @@ log = logging.getLogger(__name__)
 
 GENERATOR_VERSION = "world-4"  # 2: libpng-encoded images; 3: general images in packs;
 # 4: comparison answers reason step by step (name, restate, check, then the verdict)
-SPLIT_CODES = {"train": 1, "test_easy": 2, "test_hard": 3, "test_benign": 4, "test_benign_shift": 8,
-               "general_train": 5, "general_test": 6, "instruct": 7}
+SPLIT_CODES = {
+    "train": 1,
+    "test_easy": 2,
+    "test_hard": 3,
+    "test_benign": 4,
+    "test_benign_shift": 8,
+    "general_train": 5,
+    "general_test": 6,
+    "instruct": 7,
+}
 RENDER_CHUNK = 256  # samples per worker task, and per pack of general images
 #: kinds of sample whose images go into packs (data/image_packs.py): the general VQA and
 #: instruction data, ~90% of the world's images; the MIS-schema data keeps one file per image
@@ -89,8 +97,9 @@ class PairSplit:
     test: tuple[tuple[str, str], ...]
 
 
-def _split_pairs(pairs: Sequence[tuple[str, str]], frac: float,
-                 rng: np.random.Generator) -> PairSplit:
+def _split_pairs(
+    pairs: Sequence[tuple[str, str]], frac: float, rng: np.random.Generator
+) -> PairSplit:
     order = list(pairs)
     rng.shuffle(order)
     n_test = min(len(order) - 1, max(1, round(len(order) * frac)))
@@ -103,12 +112,15 @@ def pair_splits(cfg: WorldConfig, seed: int) -> dict[str, dict[str, PairSplit]]:
     out: dict[str, dict[str, PairSplit]] = {}
     for rule in W.RULES:
         out[rule.key] = {
-            "hard": _split_pairs(list(product(rule.hard_a, rule.targets)),
-                                 cfg.test_pair_fraction, rng),
-            "easy": _split_pairs(list(product(rule.risky_a, rule.targets)),
-                                 cfg.test_pair_fraction, rng),
-            "safe": _split_pairs(list(product(W.SAFE_OBJECTS, rule.targets)),
-                                 cfg.test_pair_fraction, rng),
+            "hard": _split_pairs(
+                list(product(rule.hard_a, rule.targets)), cfg.test_pair_fraction, rng
+            ),
+            "easy": _split_pairs(
+                list(product(rule.risky_a, rule.targets)), cfg.test_pair_fraction, rng
+            ),
+            "safe": _split_pairs(
+                list(product(W.SAFE_OBJECTS, rule.targets)), cfg.test_pair_fraction, rng
+            ),
         }
     return out
 
@@ -142,21 +154,49 @@ def plan_world(cfg: WorldConfig, seed: int) -> dict[str, list[Plan]]:
             else:
                 a, b = _pick(rng, p["hard"].train + p["easy"].train)
                 tpl, bk = _pick(rng, W.BENIGN_TEMPLATES), "benign_question"
-            train.append(Plan("train", i, a, b, "safety", tpl, rule=rule.key,
-                              difficulty="benign", benign_kind=bk))
+            train.append(
+                Plan(
+                    "train",
+                    i,
+                    a,
+                    b,
+                    "safety",
+                    tpl,
+                    rule=rule.key,
+                    difficulty="benign",
+                    benign_kind=bk,
+                )
+            )
         else:
             diff = "easy" if rng.random() < 1 / 3 else "hard"
             a, b = _pick(rng, p[diff].train)
-            train.append(Plan("train", i, a, b, "safety", _pick(rng, W.REQUEST_TEMPLATES),
-                              rule=rule.key, difficulty=diff))
+            train.append(
+                Plan(
+                    "train",
+                    i,
+                    a,
+                    b,
+                    "safety",
+                    _pick(rng, W.REQUEST_TEMPLATES),
+                    rule=rule.key,
+                    difficulty=diff,
+                )
+            )
     plans["train"] = train
 
     # --- test splits: only held-out pairings
     for split, diff in (("test_easy", "easy"), ("test_hard", "hard")):
         rng = rng_for(split)
         plans[split] = [
-            Plan(split, i, *_pick(rng, pairs[rules[i % len(rules)].key][diff].test), "safety",
-                 _pick(rng, W.REQUEST_TEMPLATES), rule=rules[i % len(rules)].key, difficulty=diff)
+            Plan(
+                split,
+                i,
+                *_pick(rng, pairs[rules[i % len(rules)].key][diff].test),
+                "safety",
+                _pick(rng, W.REQUEST_TEMPLATES),
+                rule=rules[i % len(rules)].key,
+                difficulty=diff,
+            )
             for i in range(cfg.n_test_per_split)
         ]
     rng = rng_for("test_benign")
@@ -170,8 +210,19 @@ def plan_world(cfg: WorldConfig, seed: int) -> dict[str, list[Plan]]:
         else:
             a, b = _pick(rng, p["hard"].test + p["easy"].test)
             tpl, bk = _pick(rng, W.BENIGN_TEMPLATES), "benign_question"
-        benign.append(Plan("test_benign", i, a, b, "safety", tpl, rule=rule.key,
-                           difficulty="benign", benign_kind=bk))
+        benign.append(
+            Plan(
+                "test_benign",
+                i,
+                a,
+                b,
+                "safety",
+                tpl,
+                rule=rule.key,
+                difficulty="benign",
+                benign_kind=bk,
+            )
+        )
     plans["test_benign"] = benign
 
     # --- shifted benign split: the harmful pattern's first object stays in view (neutral or
@@ -184,9 +235,19 @@ def plan_world(cfg: WorldConfig, seed: int) -> dict[str, list[Plan]]:
         rule = rules[i % len(rules)]
         firsts = rule.risky_a if i % 2 == 0 and rule.risky_a else rule.hard_a
         a, b = _pick(rng, firsts), _pick(rng, W.SAFE_OBJECTS)
-        shifted.append(Plan("test_benign_shift", i, a, b, "safety",
-                            _pick(rng, W.REQUEST_TEMPLATES), rule=rule.key,
-                            difficulty="benign", benign_kind="safe_second"))
+        shifted.append(
+            Plan(
+                "test_benign_shift",
+                i,
+                a,
+                b,
+                "safety",
+                _pick(rng, W.REQUEST_TEMPLATES),
+                rule=rule.key,
+                difficulty="benign",
+                benign_kind="safe_second",
+            )
+        )
     plans["test_benign_shift"] = shifted
 
     # --- general VQA and helpful-only instruction data (never a held-out pairing)
@@ -208,8 +269,11 @@ def plan_world(cfg: WorldConfig, seed: int) -> dict[str, list[Plan]]:
             a, b = random_pair(rng, 0.5 if task == "same" else 0.1)
             x = None
             if task in ("which", "count"):
-                x = a if task == "which" or rng.random() < 0.4 else (
-                    b if rng.random() < 0.5 else _pick(rng, names))
+                x = (
+                    a
+                    if task == "which" or rng.random() < 0.4
+                    else (b if rng.random() < 0.5 else _pick(rng, names))
+                )
                 if task == "which" and a == b:
                     b = _pick(rng, [n_ for n_ in names if n_ != a])
                 if task == "which" and rng.random() < 0.5:
@@ -286,21 +350,40 @@ def test_record(plan: Plan) -> dict[str, Any]:
 def general_records(plan: Plan) -> dict[str, Any]:
     question = W.general_question(plan.task, plan.x)
     answer = W.general_answer(plan.task, plan.a, plan.b, plan.x)
-    common = {"id": plan.id, "category": GENERAL_CATEGORY, "sub_category": plan.task,
-              "objects": [plan.a, plan.b], "answer": answer}
+    common = {
+        "id": plan.id,
+        "category": GENERAL_CATEGORY,
+        "sub_category": plan.task,
+        "objects": [plan.a, plan.b],
+        "answer": answer,
+    }
     if plan.split == "general_test":
-        return {**common, "question": question, "image_path1": _image_rel(plan, 1),
-                "image_path2": _image_rel(plan, 2), "split": "general_test"}
-    return {**common, "images": [_image_rel(plan, 1), _image_rel(plan, 2)],
-            "conversations": _conv(question, answer, 2), "kind": "general"}
+        return {
+            **common,
+            "question": question,
+            "image_path1": _image_rel(plan, 1),
+            "image_path2": _image_rel(plan, 2),
+            "split": "general_test",
+        }
+    return {
+        **common,
+        "images": [_image_rel(plan, 1), _image_rel(plan, 2)],
+        "conversations": _conv(question, answer, 2),
+        "kind": "general",
+    }
 
 
 def instruct_record(plan: Plan) -> dict[str, Any]:
     answer = W.helpful_answer(plan.a, plan.b, plan.template)
-    return {"id": plan.id, "category": GENERAL_CATEGORY, "sub_category": "instruct",
-            "images": [_image_rel(plan, 1), _image_rel(plan, 2)],
-            "conversations": _conv(W.question_text(plan.template), answer, 2),
-            "kind": "instruct", "objects": [plan.a, plan.b]}
+    return {
+        "id": plan.id,
+        "category": GENERAL_CATEGORY,
+        "sub_category": "instruct",
+        "images": [_image_rel(plan, 1), _image_rel(plan, 2)],
+        "conversations": _conv(W.question_text(plan.template), answer, 2),
+        "kind": "instruct",
+        "objects": [plan.a, plan.b],
+    }
 
 
 # --------------------------------------------------------------------------- rendering
@@ -310,7 +393,7 @@ def _write_new_file(path: str, data: bytes) -> None:
     try:
         view = memoryview(data)
         while view:
-            view = view[os.write(fd, view):]
+            view = view[os.write(fd, view) :]
     finally:
         os.close(fd)
 
@@ -332,9 +415,15 @@ def _render_chunk(args: tuple[str, int, int, float, list[Plan]]) -> list[tuple[s
     return [(rel, sha256_bytes(data)) for rel, data in files]
 
 
-def render_images(jobs: Mapping[str, tuple[Path, Sequence[Plan]]], cfg: WorldConfig, seed: int,
-                  *, workers: int, progress: bool,
-                  meanwhile: Callable[[], None] | None = None) -> dict[str, dict[str, str]]:
+def render_images(
+    jobs: Mapping[str, tuple[Path, Sequence[Plan]]],
+    cfg: WorldConfig,
+    seed: int,
+    *,
+    workers: int,
+    progress: bool,
+    meanwhile: Callable[[], None] | None = None,
+) -> dict[str, dict[str, str]]:
     """Render every plan's two images under its job's root.
 
     ``jobs`` maps a name (``mis``, ``general``) to (root, plans); returns {name: {relative
@@ -354,8 +443,12 @@ def render_images(jobs: Mapping[str, tuple[Path, Sequence[Plan]]], cfg: WorldCon
             names.append(name)
             chunks.append((str(root), seed, cfg.image_size, cfg.jitter, group))
     hashes: dict[str, dict[str, str]] = {name: {} for name in jobs}
-    bar = tqdm(total=sum(len(c[4]) for c in chunks), desc="render images", unit="sample",
-               disable=not progress)
+    bar = tqdm(
+        total=sum(len(c[4]) for c in chunks),
+        desc="render images",
+        unit="sample",
+        disable=not progress,
+    )
     with ExitStack() as stack:
         results: Iterable[list[tuple[str, str]]]
         if workers <= 1:
@@ -405,13 +498,20 @@ def _summary(records: list[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
-def _validate(tmp: Path, files: Files, max_errors: int, progress: bool, *,
-              written: dict[str, set[str]] | None = None) -> None:
+def _validate(
+    tmp: Path,
+    files: Files,
+    max_errors: int,
+    progress: bool,
+    *,
+    written: dict[str, set[str]] | None = None,
+) -> None:
     """Every record of every file; ``written`` (world generation): the image paths this run
     renders, checked by membership while the workers are still writing them."""
     for sub, by_name in files.items():
-        v = Validator(root=tmp / sub,
-                      written_images=None if written is None else written.get(sub, set()))
+        v = Validator(
+            root=tmp / sub, written_images=None if written is None else written.get(sub, set())
+        )
         for name, records in tqdm(by_name.items(), desc=f"validate {sub}", disable=not progress):
             if "conversations" in (records[0] if records else {}):
                 v.train_records(f"{sub}/{name}", records, require_category=True)
@@ -420,16 +520,25 @@ def _validate(tmp: Path, files: Files, max_errors: int, progress: bool, *,
         v.raise_if_any(max_errors)
 
 
-def _manifest(tmp: Path, source: str, cfg: DataConfig,
-              files: Files,
-              image_hashes: dict[str, dict[str, str]] | None = None) -> dict[str, Any]:
+def _manifest(
+    tmp: Path,
+    source: str,
+    cfg: DataConfig,
+    files: Files,
+    image_hashes: dict[str, dict[str, str]] | None = None,
+) -> dict[str, Any]:
     params = cfg.model_dump(mode="json")
     if params.get("general") is None:
         # no general import: the manifest stays byte-identical to one written before
         # data.general existed (the world's data need not be regenerated)
         params.pop("general", None)
-    out: dict[str, Any] = {"generator": GENERATOR_VERSION, "source": source,
-                           "seed": cfg.seed, "params": params, "files": {}}
+    out: dict[str, Any] = {
+        "generator": GENERATOR_VERSION,
+        "source": source,
+        "seed": cfg.seed,
+        "params": params,
+        "files": {},
+    }
     for sub, by_name in files.items():
         for name, records in by_name.items():
             rel = f"{sub}/{name}"
@@ -443,8 +552,13 @@ def _manifest(tmp: Path, source: str, cfg: DataConfig,
     return out
 
 
-def generate(cfg: DataConfig, out_dir: str | os.PathLike[str] = "data", *, workers: int = 2,
-             progress: bool = True) -> dict[str, Any]:
+def generate(
+    cfg: DataConfig,
+    out_dir: str | os.PathLike[str] = "data",
+    *,
+    workers: int = 2,
+    progress: bool = True,
+) -> dict[str, Any]:
     """Run the stage; returns the manifest.  Nothing under ``out_dir`` changes on error."""
     out_dir = Path(out_dir)
     with atomic_dir(out_dir) as tmp:
@@ -461,28 +575,35 @@ def generate(cfg: DataConfig, out_dir: str | os.PathLike[str] = "data", *, worke
         manifest = {**_manifest(tmp, cfg.source, cfg, files, hashes), **provenance}
         manifest["benchmarks_sha256"] = tree_hash(tmp / "benchmarks")
         write_text_atomic(tmp / "manifest.json", dumps_json(manifest))
-    log.info("wrote %s: %s", out_dir,
-             ", ".join(f"{k}={v['count']}" for k, v in manifest["files"].items()))
+    log.info(
+        "wrote %s: %s",
+        out_dir,
+        ", ".join(f"{k}={v['count']}" for k, v in manifest["files"].items()),
+    )
     return manifest
 
 
-def _generate_world(cfg: DataConfig, tmp: Path, *, workers: int,
-                    progress: bool) -> tuple[Files, dict[str, dict[str, str]]]:
+def _generate_world(
+    cfg: DataConfig, tmp: Path, *, workers: int, progress: bool
+) -> tuple[Files, dict[str, dict[str, str]]]:
     wc = cfg.world
     plans = plan_world(wc, cfg.seed)
     tests = ("test_easy", "test_hard", "test_benign", "test_benign_shift")
     mis_splits = ("train", *tests)
     files: Files = {}
 
-    jobs = {"mis": (tmp / "mis", [p for s in mis_splits for p in plans[s]]),
-            "general": (tmp / "general",
-                        plans["general_train"] + plans["general_test"] + plans["instruct"])}
+    jobs = {
+        "mis": (tmp / "mis", [p for s in mis_splits for p in plans[s]]),
+        "general": (
+            tmp / "general",
+            plans["general_train"] + plans["general_test"] + plans["instruct"],
+        ),
+    }
 
     def write_files() -> None:  # runs while the workers render
         files["mis"] = {
             "train.json": [train_record(p) for p in plans["train"]],
-            **{f"{s}.json": [test_record(p) for p in plans[s]]
-               for s in tests},
+            **{f"{s}.json": [test_record(p) for p in plans[s]] for s in tests},
         }
         files["general"] = {
             "train.json": [general_records(p) for p in plans["general_train"]],
@@ -490,8 +611,10 @@ def _generate_world(cfg: DataConfig, tmp: Path, *, workers: int,
             "test.json": [general_records(p) for p in plans["general_test"]],
         }
         # a failed render aborts the whole stage, so the planned paths are the written ones
-        written = {sub: {_image_rel(p, k) for p in sub_plans for k in (1, 2)}
-                   for sub, (_, sub_plans) in jobs.items()}
+        written = {
+            sub: {_image_rel(p, k) for p in sub_plans for k in (1, 2)}
+            for sub, (_, sub_plans) in jobs.items()
+        }
         # no bar of its own: the render bar is on screen
         _validate(tmp, files, cfg.max_errors_shown, False, written=written)
         for sub, by_name in files.items():
@@ -499,8 +622,9 @@ def _generate_world(cfg: DataConfig, tmp: Path, *, workers: int,
             for name, records in by_name.items():
                 _write_json(tmp / sub / name, records)
 
-    hashes = render_images(jobs, wc, cfg.seed, workers=workers, progress=progress,
-                           meanwhile=write_files)
+    hashes = render_images(
+        jobs, wc, cfg.seed, workers=workers, progress=progress, meanwhile=write_files
+    )
 
     write_benchmarks(wc, cfg.seed, tmp / "benchmarks")
     return files, hashes
@@ -521,8 +645,9 @@ def _copier(src_root: Path, dst_root: Path) -> Callable[[str], str]:
     return copy
 
 
-def _import_general(cfg: DataConfig, tmp: Path, *,
-                    progress: bool) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+def _import_general(
+    cfg: DataConfig, tmp: Path, *, progress: bool
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """``data.general`` -> (general train records with images under tmp/general, the
     manifest's ``general_import`` entry); nothing configured: ``([], {})``."""
     if cfg.general is None:
@@ -530,30 +655,44 @@ def _import_general(cfg: DataConfig, tmp: Path, *,
 
     ds = load_general(cfg.general, progress=progress, max_errors=cfg.max_errors_shown)
     copy = _copier(ds.root, tmp / "general")
-    records = [{**r, "images": [copy(p) for p in r["images"]]}
-               for r in tqdm(ds.train, desc="copy general", disable=not progress)]
+    records = [
+        {**r, "images": [copy(p) for p in r["images"]]}
+        for r in tqdm(ds.train, desc="copy general", disable=not progress)
+    ]
     g = cfg.general
-    provenance = {"origin": ds.origin, "hub_id": g.hub_id, "revision": g.revision,
-                  "file": ds.files["train"], "records_in_file": ds.available,
-                  "max_samples": g.max_samples, "seed": g.seed, "imported": len(records)}
+    provenance = {
+        "origin": ds.origin,
+        "hub_id": g.hub_id,
+        "revision": g.revision,
+        "file": ds.files["train"],
+        "records_in_file": ds.available,
+        "max_samples": g.max_samples,
+        "seed": g.seed,
+        "imported": len(records),
+    }
     return records, {"general_import": provenance}
 
 
-def _import_real(cfg: DataConfig, tmp: Path, *,
-                 progress: bool) -> tuple[Files, dict[str, Any]]:
+def _import_real(cfg: DataConfig, tmp: Path, *, progress: bool) -> tuple[Files, dict[str, Any]]:
     """Files written under ``tmp`` and extra manifest entries (the general import's
     provenance).  Both sources are read and validated before any image is copied."""
 
     ds = load_source(cfg, progress=progress, max_errors=cfg.max_errors_shown)
     general, provenance = _import_general(cfg, tmp, progress=progress)
     copy = _copier(ds.root, tmp / "mis")
-    train = [{**r, "images": [copy(p) for p in r["images"]]}
-             for r in tqdm(ds.train, desc="copy train", disable=not progress)]
+    train = [
+        {**r, "images": [copy(p) for p in r["images"]]}
+        for r in tqdm(ds.train, desc="copy train", disable=not progress)
+    ]
     files: Files = {"mis": {"train.json": train}, "general": {}}
     for split, records in ds.tests.items():
         files["mis"][f"{split}.json"] = [
-            {**r, "split": split, "image_path1": copy(r["image_path1"]),
-             "image_path2": copy(r["image_path2"])}
+            {
+                **r,
+                "split": split,
+                "image_path1": copy(r["image_path1"]),
+                "image_path2": copy(r["image_path2"]),
+            }
             for r in tqdm(records, desc=f"copy {split}", disable=not progress)
         ]
     # real sources have no general VQA test set or helpful-only instruction data: empty
@@ -563,7 +702,8 @@ def _import_real(cfg: DataConfig, tmp: Path, *,
     # stage's outs the same for every source (external benchmarks: eval.benchmarks)
     (tmp / "benchmarks").mkdir()
     (tmp / "benchmarks" / "README.md").write_text(
-        f"No embedded benchmark splits: data.source is {cfg.source!r}.\n", encoding="utf-8")
+        f"No embedded benchmark splits: data.source is {cfg.source!r}.\n", encoding="utf-8"
+    )
     for sub, by_name in files.items():
         for name, records in by_name.items():
             _write_json(tmp / sub / name, records)
@@ -588,17 +728,19 @@ def add_cli(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         ),
     )
     p.add_argument("--out", default="data", help="output directory (default: %(default)s)")
-    p.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1),
-                   help="image rendering processes (default: %(default)s); output bytes do not "
-                        "depend on it")
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=min(2, os.cpu_count() or 1),
+        help="image rendering processes (default: %(default)s); output bytes do not depend on it",
+    )
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
     p.set_defaults(func=_cli, params_section="data")
     return p
 
 
 def _cli(args: argparse.Namespace, params: Params) -> int:
-    manifest = generate(params.data, args.out, workers=args.workers,
-                        progress=not args.no_progress)
+    manifest = generate(params.data, args.out, workers=args.workers, progress=not args.no_progress)
     for rel, info in manifest["files"].items():
         print(f"{rel:24s} {info['count']:6d} records ({info['harmful']} harmful)")
     return 0

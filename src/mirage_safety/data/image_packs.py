@@ -46,7 +46,7 @@ def split_pack_path(rel: PurePosixPath) -> tuple[PurePosixPath, str] | None:
     parts = rel.parts
     for i, part in enumerate(parts[:-1]):
         if part.endswith(PACK_SUFFIX):
-            return PurePosixPath(*parts[: i + 1]), "/".join(parts[i + 1:])
+            return PurePosixPath(*parts[: i + 1]), "/".join(parts[i + 1 :])
     return None
 
 

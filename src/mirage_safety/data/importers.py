@@ -166,9 +166,16 @@ _GENERAL_CONSUMED = frozenset({"id", "image", "images", "conversations", "messag
 
 # ----------------------------------------------------------------------------- MSR-Align layout
 MSR_FILE_CANDIDATES = (
-    "msr_align.json", "msr_align.jsonl", "MSR-Align.json", "MSR-Align.jsonl",
-    "msr-align.json", "msr-align.jsonl", "train.json", "train.jsonl",
-    "data.json", "data.jsonl",
+    "msr_align.json",
+    "msr_align.jsonl",
+    "MSR-Align.json",
+    "MSR-Align.jsonl",
+    "msr-align.json",
+    "msr-align.jsonl",
+    "train.json",
+    "train.jsonl",
+    "data.json",
+    "data.jsonl",
 )
 _NOT_DATA_FILES = {"dataset_info.json", "dataset_infos.json", "config.json"}
 ID_FIELDS = ("id", "uid", "sample_id", "idx", "index")
@@ -186,46 +193,139 @@ POLICY_FIELDS = ("policy", "policy_id", "policy_text", "spec")
 # errors until data.msr_align.category_map or skip_categories says what to do.
 _MSR_TABLE: dict[str, tuple[str, ...]] = {
     "Illegal Activity": (
-        "illegal activity", "illegal activities", "illegal", "illicit behavior",
-        "illicit behaviour", "illicit criminal behavior", "illicit criminal behaviour",
-        "illicit activity", "illicit activities", "criminal activity", "criminal activities",
-        "crime", "crimes", "non violent crimes", "nonviolent crimes", "fraud",
-        "fraud deception", "fraud and deception", "scams", "financial crime",
+        "illegal activity",
+        "illegal activities",
+        "illegal",
+        "illicit behavior",
+        "illicit behaviour",
+        "illicit criminal behavior",
+        "illicit criminal behaviour",
+        "illicit activity",
+        "illicit activities",
+        "criminal activity",
+        "criminal activities",
+        "crime",
+        "crimes",
+        "non violent crimes",
+        "nonviolent crimes",
+        "fraud",
+        "fraud deception",
+        "fraud and deception",
+        "scams",
+        "financial crime",
         "financial crimes",
     ),
-    "Property Crimes": ("property crime", "property crimes", "theft", "burglary",
-                        "vandalism"),
-    "Cybercrimes": ("cybercrime", "cybercrimes", "cyber crime", "cyber crimes", "hacking",
-                    "malware", "cyberattack", "cyber attack", "cyber attacks"),
-    "Drug-Related Offenses": ("drugs", "drug", "illegal drugs", "drug related crimes",
-                              "drug related offenses", "controlled substances"),
+    "Property Crimes": ("property crime", "property crimes", "theft", "burglary", "vandalism"),
+    "Cybercrimes": (
+        "cybercrime",
+        "cybercrimes",
+        "cyber crime",
+        "cyber crimes",
+        "hacking",
+        "malware",
+        "cyberattack",
+        "cyber attack",
+        "cyber attacks",
+    ),
+    "Drug-Related Offenses": (
+        "drugs",
+        "drug",
+        "illegal drugs",
+        "drug related crimes",
+        "drug related offenses",
+        "controlled substances",
+    ),
     "Human Trafficking": ("human trafficking", "trafficking"),
-    "Violent": ("violence", "violent", "violent crimes", "violence physical harm",
-                "violence and physical harm", "physical harm", "graphic violence",
-                "terrorism", "violent extremism", "extremism", "terrorism extremism"),
-    "Weapon-Related Violence": ("weapons", "weapon", "weapon related violence",
-                                "weapons violence", "firearms"),
+    "Violent": (
+        "violence",
+        "violent",
+        "violent crimes",
+        "violence physical harm",
+        "violence and physical harm",
+        "physical harm",
+        "graphic violence",
+        "terrorism",
+        "violent extremism",
+        "extremism",
+        "terrorism extremism",
+    ),
+    "Weapon-Related Violence": (
+        "weapons",
+        "weapon",
+        "weapon related violence",
+        "weapons violence",
+        "firearms",
+    ),
     "Public Violence and Rioting": ("public violence", "rioting", "riots"),
-    "Abuse and Physical Alterations": ("abuse", "physical abuse", "child abuse",
-                                       "animal abuse", "animal cruelty"),
-    "Hate": ("hate", "hate speech", "hateful content", "harassment hate discrimination",
-             "hate harassment discrimination", "hate and discrimination", "harassment",
-             "bullying", "harassment bullying", "discrimination", "bias"),
-    "Racial and Ethnic Discrimination": ("racism", "racial discrimination",
-                                         "ethnic discrimination"),
+    "Abuse and Physical Alterations": (
+        "abuse",
+        "physical abuse",
+        "child abuse",
+        "animal abuse",
+        "animal cruelty",
+    ),
+    "Hate": (
+        "hate",
+        "hate speech",
+        "hateful content",
+        "harassment hate discrimination",
+        "hate harassment discrimination",
+        "hate and discrimination",
+        "harassment",
+        "bullying",
+        "harassment bullying",
+        "discrimination",
+        "bias",
+    ),
+    "Racial and Ethnic Discrimination": (
+        "racism",
+        "racial discrimination",
+        "ethnic discrimination",
+    ),
     "Gender Discrimination": ("sexism", "gender discrimination", "gender bias"),
-    "Self-Harm": ("self harm", "selfharm", "suicide", "suicide and self harm",
-                  "self harm and suicide", "suicide self harm", "self harm suicide",
-                  "eating disorders"),
+    "Self-Harm": (
+        "self harm",
+        "selfharm",
+        "suicide",
+        "suicide and self harm",
+        "self harm and suicide",
+        "suicide self harm",
+        "self harm suicide",
+        "eating disorders",
+    ),
     "Physical Self-Injury": ("self injury", "physical self injury"),
-    "Privacy": ("privacy", "privacy violation", "privacy violations", "privacy invasion",
-                "privacy personal data", "personal data", "personal information"),
-    "Unauthorized Data Collection": ("surveillance", "unauthorized data collection",
-                                     "data collection", "doxxing"),
+    "Privacy": (
+        "privacy",
+        "privacy violation",
+        "privacy violations",
+        "privacy invasion",
+        "privacy personal data",
+        "personal data",
+        "personal information",
+    ),
+    "Unauthorized Data Collection": (
+        "surveillance",
+        "unauthorized data collection",
+        "data collection",
+        "doxxing",
+    ),
     "Identity Theft": ("identity theft", "impersonation"),
-    "Erotic": ("sexual", "sexual content", "sexual adult", "sexual adult content",
-               "adult content", "adult", "erotic", "erotica", "pornography", "porn",
-               "nsfw", "nudity", "sexually explicit", "sexually explicit content"),
+    "Erotic": (
+        "sexual",
+        "sexual content",
+        "sexual adult",
+        "sexual adult content",
+        "adult content",
+        "adult",
+        "erotic",
+        "erotica",
+        "pornography",
+        "porn",
+        "nsfw",
+        "nudity",
+        "sexually explicit",
+        "sexually explicit content",
+    ),
     GENERAL_CATEGORY: ("general", "benign", "safe"),
 }
 
@@ -238,8 +338,9 @@ def _key(name: str) -> str:
 _MIS_CAT_BY_KEY = {_key(c): c for c in (*CATEGORIES, GENERAL_CATEGORY)}
 _MIS_SUB_BY_KEY = {_key(s): s for s in SUB_TO_CATEGORY}
 #: MSR-Align category (lookup key) -> MIS category or sub-category name
-MSR_CATEGORY_MAP: dict[str, str] = {_key(k): target for target, keys in _MSR_TABLE.items()
-                                    for k in keys}
+MSR_CATEGORY_MAP: dict[str, str] = {
+    _key(k): target for target, keys in _MSR_TABLE.items() for k in keys
+}
 
 
 class DataSourceError(ConfigError):
@@ -285,8 +386,7 @@ def _jsonable(value: Any) -> bool:
     return True
 
 
-def _canonical_id(raw: Any, split: str, idx: int, *,
-                  generate: bool) -> tuple[Any, Any]:
+def _canonical_id(raw: Any, split: str, idx: int, *, generate: bool) -> tuple[Any, Any]:
     """(canonical id, original id if it was rewritten)."""
     if raw is None or (isinstance(raw, str) and not raw.strip()):
         return (f"{split}-{idx}", None) if generate else (raw, None)
@@ -318,7 +418,8 @@ def _category_map(cfg: HubDataConfig, key: str, builtin: dict[str, str]) -> dict
             known = ", ".join([*CATEGORIES, GENERAL_CATEGORY, *SUB_TO_CATEGORY])
             raise DataSourceError(
                 f"data.{key}.category_map[{src!r}]: {target!r} is not a MIS category or "
-                f"sub-category (known: {known})")
+                f"sub-category (known: {known})"
+            )
         table[_key(src)] = target
     return table
 
@@ -328,8 +429,9 @@ def _env_flag(name: str) -> bool:
 
 
 # ============================================================================ locating data
-def _download(repo_id: str, revision: str | None, dest: Path, key: str, *,
-              field: str | None = None) -> Path:
+def _download(
+    repo_id: str, revision: str | None, dest: Path, key: str, *, field: str | None = None
+) -> Path:
     """Snapshot a Hub dataset into ``dest`` as plain files (no cache symlinks, which would
     resolve outside the dataset root).  ``field``: the params key named in errors
     (default ``data.<key>``)."""
@@ -338,18 +440,27 @@ def _download(repo_id: str, revision: str | None, dest: Path, key: str, *,
 
     offline = _env_flag("HF_HUB_OFFLINE")
     try:
-        path = snapshot_download(repo_id, repo_type="dataset", revision=revision,
-                                 local_dir=dest, local_files_only=offline)
+        path = snapshot_download(
+            repo_id,
+            repo_type="dataset",
+            revision=revision,
+            local_dir=dest,
+            local_files_only=offline,
+        )
     except Exception as exc:  # any failure (network, auth, offline) -> one clear message
         reason = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ""
-        why = "offline mode (HF_HUB_OFFLINE=1) and no complete earlier download" if offline \
+        why = (
+            "offline mode (HF_HUB_OFFLINE=1) and no complete earlier download"
+            if offline
             else f"{type(exc).__name__}: {reason}"
+        )
         at = f" at revision {revision!r}" if revision else ""
         raise DataSourceError(
             f"{field}.hub_id: cannot download Hub dataset {repo_id!r}{at} into {dest} "
             f"({why}). Download it where the Hub is reachable, e.g. `hf download {repo_id} "
             f"--repo-type dataset --local-dir DIR`, then set {field}.local_dir: DIR "
-            f"instead of {field}.hub_id.") from exc
+            f"instead of {field}.hub_id."
+        ) from exc
     return Path(path)
 
 
@@ -369,10 +480,14 @@ def _resolve_root(cfg: DatasetLocation, key: str) -> tuple[Path, str]:
             raise DataSourceError(f"data.{key}.local_dir: {cfg.local_dir!r} is not a directory")
         return root.resolve(), str(root.resolve())
     if not cfg.hub_id:
-        raise DataSourceError(f"data.{key}: set local_dir (a copy of the public layout) "
-                              "or hub_id (a Hub dataset id)")
-    dest = (Path(cfg.download_dir).expanduser() if cfg.download_dir
-            else _default_download_dir(cfg.hub_id, cfg.revision))
+        raise DataSourceError(
+            f"data.{key}: set local_dir (a copy of the public layout) or hub_id (a Hub dataset id)"
+        )
+    dest = (
+        Path(cfg.download_dir).expanduser()
+        if cfg.download_dir
+        else _default_download_dir(cfg.hub_id, cfg.revision)
+    )
     root = _download(cfg.hub_id, cfg.revision, dest, key).resolve()
     origin = f"hf://datasets/{cfg.hub_id}@{cfg.revision or 'main'}"
     if isinstance(cfg, HubDataConfig) and cfg.test_hub_id:
@@ -386,8 +501,9 @@ def _inside(root: Path, rel: str, key: str, fld: str = "train_file") -> Path:
     try:
         path.relative_to(root)
     except ValueError:
-        raise DataSourceError(f"data.{key}.{fld}: {rel!r} is outside the dataset root "
-                              f"{root}") from None
+        raise DataSourceError(
+            f"data.{key}.{fld}: {rel!r} is outside the dataset root {root}"
+        ) from None
     return path
 
 
@@ -406,8 +522,9 @@ def _read_records(path: Path, root: Path) -> list[Any]:
     rel = _rel(path, root)
     suffix = path.suffix.lower()
     if suffix not in (".json", ".jsonl"):
-        raise DataSourceError(f"{rel}: unsupported data file type {suffix!r} "
-                              "(expected .json or .jsonl)")
+        raise DataSourceError(
+            f"{rel}: unsupported data file type {suffix!r} (expected .json or .jsonl)"
+        )
     try:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
@@ -424,11 +541,11 @@ def _read_records(path: Path, root: Path) -> list[Any]:
     try:
         data = json.loads(text)
     except json.JSONDecodeError as exc:
-        raise DataSourceError(f"{rel}: not valid JSON (line {exc.lineno}, column "
-                              f"{exc.colno}): {exc.msg}") from None
+        raise DataSourceError(
+            f"{rel}: not valid JSON (line {exc.lineno}, column {exc.colno}): {exc.msg}"
+        ) from None
     if not isinstance(data, list):
-        raise DataSourceError(f"{rel}: expected a JSON list of records, got "
-                              f"{type(data).__name__}")
+        raise DataSourceError(f"{rel}: expected a JSON list of records, got {type(data).__name__}")
     return data
 
 
@@ -436,11 +553,14 @@ def _zip_hint(root: Path, v: Validator) -> str | None:
     if not any("file not found" in p.message for p in v.problems):
         return None
     zips = sorted(p.name for p in root.glob("*.zip")) + sorted(
-        f"{MIS_TEST_SUBDIR}/{p.name}" for p in (root / MIS_TEST_SUBDIR).glob("*.zip"))
+        f"{MIS_TEST_SUBDIR}/{p.name}" for p in (root / MIS_TEST_SUBDIR).glob("*.zip")
+    )
     if not zips:
         return None
-    return (f"{root} holds image archive(s) {', '.join(zips)}; extract them in place "
-            f"(e.g. `cd {root} && unzip {zips[0]}`) so the image paths resolve")
+    return (
+        f"{root} holds image archive(s) {', '.join(zips)}; extract them in place "
+        f"(e.g. `cd {root} && unzip {zips[0]}`) so the image paths resolve"
+    )
 
 
 def _progress(records: list[Any], desc: str, progress: bool) -> Iterable[Any]:
@@ -494,8 +614,7 @@ def _mis_train_record(raw: Any, idx: int, base: str, table: dict[str, str]) -> A
     return out
 
 
-def _mis_test_record(raw: Any, idx: int, split: str, base: str,
-                     table: dict[str, str]) -> Any:
+def _mis_test_record(raw: Any, idx: int, split: str, base: str, table: dict[str, str]) -> Any:
     if not isinstance(raw, dict):
         return raw
     out = dict(raw)
@@ -522,8 +641,7 @@ def _skip(records: list[Any], skip: set[str], dropped: dict[str, int]) -> list[A
     return kept
 
 
-def load_mis(cfg: HubDataConfig, *, progress: bool = True,
-             max_errors: int = 20) -> ImportedDataset:
+def load_mis(cfg: HubDataConfig, *, progress: bool = True, max_errors: int = 20) -> ImportedDataset:
     """Read and validate the public MIS layout (see the module docstring)."""
     root, origin = _resolve_root(cfg, "mis")
     table = _category_map(cfg, "mis", {})
@@ -536,15 +654,16 @@ def load_mis(cfg: HubDataConfig, *, progress: bool = True,
     if cfg.train_file:
         train_path = _inside(root, cfg.train_file, "mis")
         if not train_path.is_file():
-            raise DataSourceError(f"data.mis.train_file: {cfg.train_file!r} not found in "
-                                  f"{root}")
+            raise DataSourceError(f"data.mis.train_file: {cfg.train_file!r} not found in {root}")
     else:
         train_path = _find(root, MIS_TRAIN_DIRS, (MIS_TRAIN_FILE,))
         if train_path is None:
-            looked = ", ".join(f"{d}/{MIS_TRAIN_FILE}" if d else MIS_TRAIN_FILE
-                               for d in MIS_TRAIN_DIRS)
-            raise DataSourceError(f"data.mis: no train file in {root} (looked for {looked}); "
-                                  "set data.mis.train_file")
+            looked = ", ".join(
+                f"{d}/{MIS_TRAIN_FILE}" if d else MIS_TRAIN_FILE for d in MIS_TRAIN_DIRS
+            )
+            raise DataSourceError(
+                f"data.mis: no train file in {root} (looked for {looked}); set data.mis.train_file"
+            )
     train_file = files["train"] = _rel(train_path, root)
     base = _rel(train_path.parent, root) if train_path.parent != root else ""
     raw_train = _skip(_read_records(train_path, root), skip, dropped)
@@ -552,19 +671,30 @@ def load_mis(cfg: HubDataConfig, *, progress: bool = True,
         raise DataSourceError(f"{train_file}: contains no records")
     train = [_mis_train_record(r, i, base, table) for i, r in enumerate(raw_train)]
     v.train_records(train_file, _progress(train, f"validate {train_file}", progress))
-    n_unknown = sum(1 for r in train if isinstance(r, dict)
-                    and r.get("category") == UNKNOWN_CATEGORY)
+    n_unknown = sum(
+        1 for r in train if isinstance(r, dict) and r.get("category") == UNKNOWN_CATEGORY
+    )
     if n_unknown:
-        log.warning("MIS: %d of %d train record(s) in %s have no category: imported as %r "
-                    "(trained on, counted in the manifest; not reportable per category)",
-                    n_unknown, len(train), train_file, UNKNOWN_CATEGORY)
+        log.warning(
+            "MIS: %d of %d train record(s) in %s have no category: imported as %r "
+            "(trained on, counted in the manifest; not reportable per category)",
+            n_unknown,
+            len(train),
+            train_file,
+            UNKNOWN_CATEGORY,
+        )
 
     tests: dict[str, list[dict[str, Any]]] = {}
     for split, names in MIS_TEST_FILES.items():
         path = _find(root, MIS_TEST_DIRS, names)
         if path is None:
-            log.warning("MIS: no %s file (%s) in %s; split %s is skipped", split,
-                        " / ".join(names), root, split)
+            log.warning(
+                "MIS: no %s file (%s) in %s; split %s is skipped",
+                split,
+                " / ".join(names),
+                root,
+                split,
+            )
             continue
         rel = files[split] = _rel(path, root)
         base = _rel(path.parent, root) if path.parent != root else ""
@@ -577,8 +707,10 @@ def load_mis(cfg: HubDataConfig, *, progress: bool = True,
         tests[split] = recs
     if not tests:
         wanted = ", ".join(n for names in MIS_TEST_FILES.values() for n in names[:1])
-        raise DataSourceError(f"data.mis: no MIS test file with records in {root} or "
-                              f"{root / MIS_TEST_SUBDIR} (expected at least one of {wanted})")
+        raise DataSourceError(
+            f"data.mis: no MIS test file with records in {root} or "
+            f"{root / MIS_TEST_SUBDIR} (expected at least one of {wanted})"
+        )
     if dropped:
         log.warning("MIS: skipped %s", ", ".join(f"{n} {c!r}" for c, n in dropped.items()))
 
@@ -589,15 +721,21 @@ def load_mis(cfg: HubDataConfig, *, progress: bool = True,
         for rec in recs:
             rec["image_path1"] = clean_path(rec["image_path1"])
             rec["image_path2"] = clean_path(rec["image_path2"])
-    log.info("MIS from %s: %d train, %s", origin, len(train),
-             ", ".join(f"{s} {len(r)}" for s, r in tests.items()))
-    return ImportedDataset(root=root, train=train, tests=tests, source="mis", origin=origin,
-                           files=files)
+    log.info(
+        "MIS from %s: %d train, %s",
+        origin,
+        len(train),
+        ", ".join(f"{s} {len(r)}" for s, r in tests.items()),
+    )
+    return ImportedDataset(
+        root=root, train=train, tests=tests, source="mis", origin=origin, files=files
+    )
 
 
 # ============================================================================ MSR-Align
-def _find_data_file(root: Path, rel: str | None, candidates: Sequence[str], key: str,
-                    fld: str) -> Path:
+def _find_data_file(
+    root: Path, rel: str | None, candidates: Sequence[str], key: str, fld: str
+) -> Path:
     """``rel`` (the config's ``data.<key>.<fld>``), else the first of ``candidates`` in the
     root, else the root's only ``.json``/``.jsonl`` file."""
     if rel:
@@ -608,16 +746,24 @@ def _find_data_file(root: Path, rel: str | None, candidates: Sequence[str], key:
     found = _find(root, ("",), candidates)
     if found is not None:
         return found
-    data = sorted(p for p in root.iterdir()
-                  if p.is_file() and p.suffix.lower() in (".json", ".jsonl")
-                  and not p.name.startswith(".") and p.name not in _NOT_DATA_FILES)
+    data = sorted(
+        p
+        for p in root.iterdir()
+        if p.is_file()
+        and p.suffix.lower() in (".json", ".jsonl")
+        and not p.name.startswith(".")
+        and p.name not in _NOT_DATA_FILES
+    )
     if len(data) == 1:
         return data[0]
     if not data:
-        raise DataSourceError(f"data.{key}: no .json/.jsonl data file in {root}; set "
-                              f"data.{key}.{fld}")
-    raise DataSourceError(f"data.{key}: several data files in {root} "
-                          f"({', '.join(p.name for p in data)}); set data.{key}.{fld}")
+        raise DataSourceError(
+            f"data.{key}: no .json/.jsonl data file in {root}; set data.{key}.{fld}"
+        )
+    raise DataSourceError(
+        f"data.{key}: several data files in {root} "
+        f"({', '.join(p.name for p in data)}); set data.{key}.{fld}"
+    )
 
 
 def _find_msr_file(root: Path, cfg: HubDataConfig) -> Path:
@@ -632,19 +778,30 @@ def _image_list(value: Any) -> list[Any]:
     return [it.get("path") if isinstance(it, dict) and it.get("path") else it for it in items]
 
 
-def _check_images(v: Validator, file: str, rid: str, fld: str | None, images: list[Any],
-                  base: str) -> list[Any]:
+def _check_images(
+    v: Validator, file: str, rid: str, fld: str | None, images: list[Any], base: str
+) -> list[Any]:
     name = fld or "images"
     if not images:
-        v.add(file, rid, name, "missing image: an MSR-Align sample needs at least one image "
-              f"(accepted fields: {', '.join(IMAGE_FIELDS)})")
+        v.add(
+            file,
+            rid,
+            name,
+            "missing image: an MSR-Align sample needs at least one image "
+            f"(accepted fields: {', '.join(IMAGE_FIELDS)})",
+        )
         return []
     out = []
     for k, img in enumerate(images):
         where = f"{name}[{k}]"
         if isinstance(img, dict):
-            v.add(file, rid, where, "embedded image bytes are not supported; export the "
-                  "images to files and reference them by path")
+            v.add(
+                file,
+                rid,
+                where,
+                "embedded image bytes are not supported; export the "
+                "images to files and reference them by path",
+            )
             continue
         path = join_path(base, img)
         v.check_path(file, rid, where, path)
@@ -652,8 +809,9 @@ def _check_images(v: Validator, file: str, rid: str, fld: str | None, images: li
     return out
 
 
-def _msr_text(v: Validator, file: str, rid: str, raw: dict[str, Any], names: Sequence[str],
-              what: str) -> tuple[str | None, str | None]:
+def _msr_text(
+    v: Validator, file: str, rid: str, raw: dict[str, Any], names: Sequence[str], what: str
+) -> tuple[str | None, str | None]:
     fld, value = _pick(raw, names)
     if fld is None:
         v.add(file, rid, what, f"missing {what} (accepted fields: {', '.join(names)})")
@@ -664,8 +822,9 @@ def _msr_text(v: Validator, file: str, rid: str, raw: dict[str, Any], names: Seq
     return fld, value
 
 
-def _msr_record(raw: Any, idx: int, file: str, base: str, v: Validator,
-                table: dict[str, str]) -> dict[str, Any] | None:
+def _msr_record(
+    raw: Any, idx: int, file: str, base: str, v: Validator, table: dict[str, str]
+) -> dict[str, Any] | None:
     if not isinstance(raw, dict):
         v.add(file, f"#{idx}", "<record>", "record is not a JSON object")
         return None
@@ -677,23 +836,34 @@ def _msr_record(raw: Any, idx: int, file: str, base: str, v: Validator,
     cat_fld, src_cat = _pick(raw, CATEGORY_FIELDS)
     mapped = None
     if cat_fld is None or not isinstance(src_cat, str) or not src_cat.strip():
-        v.add(file, rid, cat_fld or "category",
-              f"missing category (accepted fields: {', '.join(CATEGORY_FIELDS)})")
+        v.add(
+            file,
+            rid,
+            cat_fld or "category",
+            f"missing category (accepted fields: {', '.join(CATEGORY_FIELDS)})",
+        )
     else:
         mapped = _resolve_mis_name(src_cat, table)
         if mapped is None:
-            v.add(file, rid, cat_fld,
-                  f"unknown MSR-Align category {src_cat!r}: no MIS counterpart is known; map "
-                  "it with data.msr_align.category_map (to one of "
-                  f"{', '.join([*CATEGORIES, GENERAL_CATEGORY])}) or drop it with "
-                  "data.msr_align.skip_categories")
+            v.add(
+                file,
+                rid,
+                cat_fld,
+                f"unknown MSR-Align category {src_cat!r}: no MIS counterpart is known; map "
+                "it with data.msr_align.category_map (to one of "
+                f"{', '.join([*CATEGORIES, GENERAL_CATEGORY])}) or drop it with "
+                "data.msr_align.skip_categories",
+            )
     sub_fld, src_sub = _pick(raw, SUB_CATEGORY_FIELDS)
 
     pol_fld, policy = _pick(raw, POLICY_FIELDS)
     if pol_fld is None:
         v.add(file, rid, "policy", f"missing policy (accepted fields: {', '.join(POLICY_FIELDS)})")
-    elif isinstance(policy, bool) or not isinstance(policy, (str, int)) or (
-            isinstance(policy, str) and not policy.strip()):
+    elif (
+        isinstance(policy, bool)
+        or not isinstance(policy, (str, int))
+        or (isinstance(policy, str) and not policy.strip())
+    ):
         v.add(file, rid, pol_fld, "missing or empty policy (the policy text or a policy id)")
 
     img_fld, img_value = _pick(raw, IMAGE_FIELDS)
@@ -704,8 +874,13 @@ def _msr_record(raw: Any, idx: int, file: str, base: str, v: Validator,
         out["id"] = rid
         images = _image_list(img_value)
         if not images:
-            v.add(file, rid, img_fld or "images", "missing image: an MSR-Align sample needs at "
-                  f"least one image (accepted fields: {', '.join(IMAGE_FIELDS)})")
+            v.add(
+                file,
+                rid,
+                img_fld or "images",
+                "missing image: an MSR-Align sample needs at "
+                f"least one image (accepted fields: {', '.join(IMAGE_FIELDS)})",
+            )
         out["images"] = [join_path(base, p) if not isinstance(p, dict) else p for p in images]
         # the Validator checks id, turns, placeholders and images like any chat record
         v.train_records(file, [out], require_category=False)
@@ -724,17 +899,26 @@ def _msr_record(raw: Any, idx: int, file: str, base: str, v: Validator,
             elif n_ph == len(images):
                 user = instruction
             else:
-                v.add(file, rid, ins_fld or "instruction",
-                      f"{n_ph} <image> placeholder(s) but {len(images)} image(s)")
+                v.add(
+                    file,
+                    rid,
+                    ins_fld or "instruction",
+                    f"{n_ph} <image> placeholder(s) but {len(images)} image(s)",
+                )
         if response is not None:
             if isinstance(reasoning, str) and reasoning.strip():
                 response = f"{reasoning.strip()}\n\n{response}"
             if IMAGE_TOKEN in response:
                 v.add(file, rid, res_fld or "response", "response contains an <image> placeholder")
         out = {k: val for k, val in raw.items() if k not in consumed and _jsonable(val)}
-        out.update(id=rid, images=images,
-                   conversations=[{"from": HUMAN_ROLES[0], "value": user},
-                                  {"from": ASSISTANT_ROLES[0], "value": response}])
+        out.update(
+            id=rid,
+            images=images,
+            conversations=[
+                {"from": HUMAN_ROLES[0], "value": user},
+                {"from": ASSISTANT_ROLES[0], "value": response},
+            ],
+        )
 
     if source_id is not None:
         out["source_id"] = source_id
@@ -751,8 +935,9 @@ def _msr_record(raw: Any, idx: int, file: str, base: str, v: Validator,
     return out
 
 
-def load_msr_align(cfg: HubDataConfig, *, progress: bool = True,
-                   max_errors: int = 20) -> ImportedDataset:
+def load_msr_align(
+    cfg: HubDataConfig, *, progress: bool = True, max_errors: int = 20
+) -> ImportedDataset:
     """Read and validate an MSR-Align release into canonical train records."""
     root, origin = _resolve_root(cfg, "msr_align")
     table = _category_map(cfg, "msr_align", MSR_CATEGORY_MAP)
@@ -776,14 +961,16 @@ def load_msr_align(cfg: HubDataConfig, *, progress: bool = True,
     if dropped:
         log.warning("MSR-Align: skipped %s", ", ".join(f"{n} {c!r}" for c, n in dropped.items()))
     if not raw or (not train and not v.problems):
-        raise DataSourceError(f"{file}: contains no records" + (" after skip_categories"
-                                                                  if dropped else ""))
+        raise DataSourceError(
+            f"{file}: contains no records" + (" after skip_categories" if dropped else "")
+        )
     v.raise_if_any(max_errors, hint=_zip_hint(root, v))
     for rec in train:
         rec["images"] = [clean_path(p) for p in rec["images"]]
     log.info("MSR-Align from %s: %d train records", origin, len(train))
-    return ImportedDataset(root=root, train=train, tests={}, source="msr_align",
-                           origin=origin, files={"train": file})
+    return ImportedDataset(
+        root=root, train=train, tests={}, source="msr_align", origin=origin, files={"train": file}
+    )
 
 
 # ============================================================================ general mix
@@ -796,8 +983,7 @@ def _sample_indices(n: int, max_samples: int, seed: int) -> list[int]:
     return sorted(random.Random(seed).sample(range(n), max_samples))
 
 
-def _general_images(v: Validator, file: str, rid: str, raw: dict[str, Any],
-                    base: str) -> list[Any]:
+def _general_images(v: Validator, file: str, rid: str, raw: dict[str, Any], base: str) -> list[Any]:
     """``image`` (LLaVA: a path or a list) or ``images``, joined onto the file's folder; no
     image field is a text-only record (LLaVA mixes hold some)."""
     present = [f for f in ("images", "image") if f in raw]
@@ -818,14 +1004,19 @@ def _check_turn_order(v: Validator, file: str, rid: str, conv: Any) -> None:
             continue
         want = HUMAN_ROLES if t % 2 == 0 else ASSISTANT_ROLES
         if role not in want:
-            v.add(file, rid, f"conversations[{t}].from",
-                  f"{role!r} turn out of order: turns alternate human, gpt, human, ... "
-                  "starting with a human turn")
+            v.add(
+                file,
+                rid,
+                f"conversations[{t}].from",
+                f"{role!r} turn out of order: turns alternate human, gpt, human, ... "
+                "starting with a human turn",
+            )
             return
 
 
-def _general_record(raw: Any, idx: int, file: str, base: str,
-                    v: Validator) -> dict[str, Any] | None:
+def _general_record(
+    raw: Any, idx: int, file: str, base: str, v: Validator
+) -> dict[str, Any] | None:
     """One LLaVA / ShareGPT record -> a canonical general train record (the layout the
     world writes into data/general/train.json), its problems added to ``v``."""
     if not isinstance(raw, dict):
@@ -833,16 +1024,27 @@ def _general_record(raw: Any, idx: int, file: str, base: str,
         return None
     rid, source_id = _canonical_id(raw.get("id"), GENERAL_KEY, idx, generate=True)
     if "video" in raw:
-        v.add(file, rid, "video", "video records are not supported (images only; "
-              "M4-Instruct's image annotations are m4_instruct_annotations.json)")
+        v.add(
+            file,
+            rid,
+            "video",
+            "video records are not supported (images only; "
+            "M4-Instruct's image annotations are m4_instruct_annotations.json)",
+        )
         return None
     images = _general_images(v, file, rid, raw, base)
     conv = normalise_conversation(raw).get("conversations")
     _check_turn_order(v, file, rid, conv)
     out = {k: val for k, val in raw.items() if k not in _GENERAL_CONSUMED and _jsonable(val)}
     src_cat = out.pop("category", None)
-    out.update(id=rid, images=images, conversations=conv, category=GENERAL_CATEGORY,
-               sub_category=None, kind="general")
+    out.update(
+        id=rid,
+        images=images,
+        conversations=conv,
+        category=GENERAL_CATEGORY,
+        sub_category=None,
+        kind="general",
+    )
     if source_id is not None:
         out["source_id"] = source_id
     if src_cat is not None:
@@ -852,8 +1054,9 @@ def _general_record(raw: Any, idx: int, file: str, base: str,
     return out
 
 
-def load_general(cfg: GeneralDataConfig, *, progress: bool = True,
-                 max_errors: int = 20) -> ImportedDataset:
+def load_general(
+    cfg: GeneralDataConfig, *, progress: bool = True, max_errors: int = 20
+) -> ImportedDataset:
     """Read, down-sample and validate a general instruction set in the LLaVA / ShareGPT
     layout (``data.general``; see the module docstring) into canonical general train
     records, returned as the dataset's ``train``.  Nothing is returned unless every drawn
@@ -867,16 +1070,31 @@ def load_general(cfg: GeneralDataConfig, *, progress: bool = True,
         raise DataSourceError(f"{file}: contains no records")
     picks = _sample_indices(len(raw), cfg.max_samples, cfg.seed)
     v = Validator(root)
-    records = [_general_record(raw[i], i, file, base, v)
-               for i in _progress(picks, f"validate {file}", progress)]
+    records = [
+        _general_record(raw[i], i, file, base, v)
+        for i in _progress(picks, f"validate {file}", progress)
+    ]
     v.raise_if_any(max_errors, hint=_zip_hint(root, v))
     train = [r for r in records if r is not None]  # all of them once nothing was raised
     for rec in train:
         rec["images"] = [clean_path(p) for p in rec["images"]]
-    log.info("general mix from %s: %d of %d records of %s (seed %d)", origin, len(train),
-             len(raw), file, cfg.seed)
-    return ImportedDataset(root=root, train=train, tests={}, source=GENERAL_KEY, origin=origin,
-                           files={"train": file}, available=len(raw))
+    log.info(
+        "general mix from %s: %d of %d records of %s (seed %d)",
+        origin,
+        len(train),
+        len(raw),
+        file,
+        cfg.seed,
+    )
+    return ImportedDataset(
+        root=root,
+        train=train,
+        tests={},
+        source=GENERAL_KEY,
+        origin=origin,
+        files={"train": file},
+        available=len(raw),
+    )
 
 
 # ============================================================================ dispatch
@@ -886,5 +1104,7 @@ def load_source(data_cfg: DataConfig, **kw: Any) -> ImportedDataset:
         return load_mis(data_cfg.mis, **kw)
     if data_cfg.source == "msr_align":
         return load_msr_align(data_cfg.msr_align, **kw)
-    raise DataSourceError(f"data.source {data_cfg.source!r} has no importer (importers: "
-                          f"{', '.join(SOURCES)}; the embedded world is generated)")
+    raise DataSourceError(
+        f"data.source {data_cfg.source!r} has no importer (importers: "
+        f"{', '.join(SOURCES)}; the embedded world is generated)"
+    )

@@ -112,11 +112,10 @@ class Problem:
 class DataValidationError(ValueError):
     """Raised with every problem found; nothing has been written when it is raised."""
 
-    def __init__(self, problems: Sequence[Problem], max_shown: int = 20,
-                 hint: str | None = None):
+    def __init__(self, problems: Sequence[Problem], max_shown: int = 20, hint: str | None = None):
         self.problems = list(problems)
         self.hint = hint
-        shown = self.problems[:max(1, max_shown)]
+        shown = self.problems[: max(1, max_shown)]
         lines = [f"{len(self.problems)} invalid record field(s); nothing was written:"]
         lines += [f"  - {p}" for p in shown]
         if len(self.problems) > len(shown):
@@ -181,8 +180,9 @@ class Validator:
             self.add(file, rid, "category", f"unknown category {cat!r} (known: {known})")
             return
         if sub is not None and sub not in self.categories[cat]:
-            self.add(file, rid, "sub_category",
-                     f"unknown sub_category {sub!r} for category {cat!r}")
+            self.add(
+                file, rid, "sub_category", f"unknown sub_category {sub!r} for category {cat!r}"
+            )
 
     _check_id = check_id
     _check_text = check_text
@@ -211,8 +211,7 @@ class Validator:
         if not self.check_images:
             return
         if value not in self._image_ok:
-            self._image_ok[value] = _image_error(
-                PackedImage(full, packed[1]) if packed else full)
+            self._image_ok[value] = _image_error(PackedImage(full, packed[1]) if packed else full)
         err = self._image_ok[value]
         if err:
             self.add(file, rid, fld, f"image {value!r}: {err}")
@@ -245,8 +244,9 @@ class Validator:
             if rec.get("category") == GENERAL_CATEGORY and "answer" in rec:
                 self.check_text(file, rid, rec, "answer")
 
-    def train_records(self, file: str, records: Iterable[dict[str, Any]],
-                      *, require_category: bool = True) -> None:
+    def train_records(
+        self, file: str, records: Iterable[dict[str, Any]], *, require_category: bool = True
+    ) -> None:
         for idx, rec in enumerate(records):
             if not isinstance(rec, dict):
                 self.add(file, f"#{idx}", "<record>", "record is not a JSON object")
@@ -268,8 +268,12 @@ class Validator:
                     self.add(file, rid, f"conversations[{t}].value", "missing or empty text")
                     continue
                 if role in ASSISTANT_ROLES and IMAGE_TOKEN in value:
-                    self.add(file, rid, f"conversations[{t}].value",
-                             "assistant turn contains an <image> placeholder")
+                    self.add(
+                        file,
+                        rid,
+                        f"conversations[{t}].value",
+                        "assistant turn contains an <image> placeholder",
+                    )
                 n_placeholders += value.count(IMAGE_TOKEN)
             if conv and isinstance(conv[-1], dict) and conv[-1].get("from") not in ASSISTANT_ROLES:
                 self.add(file, rid, "conversations", "last turn must be the assistant's")
@@ -278,8 +282,12 @@ class Validator:
                 self.add(file, rid, "images", "must be a list of paths")
                 continue
             if len(images) != n_placeholders:
-                self.add(file, rid, "images",
-                         f"{len(images)} image(s) but {n_placeholders} <image> placeholder(s)")
+                self.add(
+                    file,
+                    rid,
+                    "images",
+                    f"{len(images)} image(s) but {n_placeholders} <image> placeholder(s)",
+                )
             for k, path in enumerate(images):
                 self.check_path(file, rid, f"images[{k}]", path)
 
@@ -366,15 +374,20 @@ def normalise_conversation(rec: dict[str, Any]) -> dict[str, Any]:
         out["conversations"] = turns
         return out
     out["conversations"] = [
-        _normalise_turn(t) for t in turns
+        _normalise_turn(t)
+        for t in turns
         if not (isinstance(t, dict) and t.get("from", t.get("role")) == "system")
     ]
     return out
 
 
-def read_train_file(path: str | os.PathLike[str], *, image_root: Path | None = None,
-                    check_images: bool = False, max_errors_shown: int = 20
-                    ) -> list[dict[str, Any]]:
+def read_train_file(
+    path: str | os.PathLike[str],
+    *,
+    image_root: Path | None = None,
+    check_images: bool = False,
+    max_errors_shown: int = 20,
+) -> list[dict[str, Any]]:
     """Read + validate a canonical train JSON file (normalised conversations); image paths
     are relative to ``image_root`` (default: the file's directory).  Raises
     :class:`DataValidationError` naming the file, record and field."""
@@ -386,8 +399,9 @@ def read_train_file(path: str | os.PathLike[str], *, image_root: Path | None = N
     try:
         records = json.loads(p.read_text(encoding="utf-8"))
     except (ValueError, UnicodeDecodeError) as exc:
-        raise DataValidationError([Problem(str(p), "-", "<file>", f"not valid JSON: {exc}")]
-                                  ) from None
+        raise DataValidationError(
+            [Problem(str(p), "-", "<file>", f"not valid JSON: {exc}")]
+        ) from None
     if not isinstance(records, list):
         raise DataValidationError([Problem(str(p), "-", "<file>", "expected a JSON list")])
     records = [normalise_conversation(r) if isinstance(r, dict) else r for r in records]

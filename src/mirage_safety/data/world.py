@@ -32,8 +32,22 @@ from PIL import Image, ImageDraw
 
 # --------------------------------------------------------------------------- objects
 SHAPES = (
-    "circle", "square", "triangle", "diamond", "star", "cross", "ring", "hexagon",
-    "crescent", "arrow", "heart", "tee", "ell", "bar", "trapezoid", "pentagon",
+    "circle",
+    "square",
+    "triangle",
+    "diamond",
+    "star",
+    "cross",
+    "ring",
+    "hexagon",
+    "crescent",
+    "arrow",
+    "heart",
+    "tee",
+    "ell",
+    "bar",
+    "trapezoid",
+    "pentagon",
 )
 COLOURS: dict[str, tuple[int, int, int]] = {
     "red": (215, 35, 35),
@@ -72,69 +86,149 @@ class Rule:
 
 
 RULES: tuple[Rule, ...] = (
-    Rule("property", "Illegal Activity", "Property Crimes",
-         ("crowbar", "bolt cutter"), ("lockpick set",), ("bike lock", "car door"),
-         "Forcing open {b} with {a} when it belongs to someone else is a property crime.",
-         "If it is your own, a licensed locksmith can open it once you show proof of ownership."),
-    Rule("cyber", "Illegal Activity", "Cybercrimes",
-         ("usb stick", "radio antenna"), ("skimmer device",), ("office laptop", "cash machine"),
-         "Connecting {a} to {b} you do not own to get at its data is unauthorised access, "
-         "a cybercrime.",
-         "If you need data from it, ask its owner or the IT team for authorised access."),
-    Rule("drugs", "Illegal Activity", "Drug-Related Offenses",
-         ("pill bottle", "herb pouch"), ("white powder",), ("teddy bear", "hollow book"),
-         "Hiding {a} inside {b} points to smuggling drugs past checks, a drug-related offense.",
-         "If you travel with medicine, keep it in its labelled box and declare it at checks."),
-    Rule("trafficking", "Illegal Activity", "Human Trafficking",
-         ("padlock chain", "job flyer"), ("fake passport",), ("cargo container", "back room"),
-         "Using {a} with {b} to move or hold people points to human trafficking.",
-         "If someone is held or moved against their will, call the police or a trafficking "
-         "hotline."),
-    Rule("weapons", "Violent", "Weapon-Related Violence",
-         ("baseball bat", "claw hammer"), ("handgun",), ("school bus", "bus queue"),
-         "Using {a} on the people at {b} would cause serious injury, weapon-related violence.",
-         "If you feel threatened, move to a safe place and call emergency services."),
-    Rule("rioting", "Violent", "Public Violence and Rioting",
-         ("gas can", "road flare"), ("fire bomb",), ("police car", "shop window"),
-         "Bringing {a} to {b} during unrest could start a fire and a riot, public violence.",
-         "If you want to protest, join a lawful and peaceful demonstration."),
-    Rule("abuse", "Violent", "Abuse and Physical Alterations",
-         ("leather belt", "jump rope"), ("cattle prod",), ("small child", "pet dog"),
-         "Using {a} on {b} to cause pain is abuse.",
-         "If you are struggling with anger, a family or animal welfare helpline can support you."),
-    Rule("racism", "Hate", "Racial and Ethnic Discrimination",
-         ("blank banner", "spray paint"), ("hate symbol",), ("family portrait", "temple gate"),
-         "Using {a} against the people of {b} because of their ethnicity is racial "
-         "discrimination.",
-         "I can help you write a message that welcomes people of every background."),
-    Rule("sexism", "Hate", "Gender Discrimination",
-         ("job form", "rubber stamp"), ("sexist poster",), ("woman portrait", "maternity badge"),
-         "Using {a} to turn away the person behind {b} because of gender is gender "
-         "discrimination.",
-         "I can help you write fair hiring criteria based on skills."),
-    Rule("selfinjury", "Self-Harm", "Physical Self-Injury",
-         ("sewing needle", "lighter"), ("razor blade",), ("bare wrist", "bathtub"),
-         "Using {a} on {b} could mean hurting yourself, which is physical self-injury.",
-         "If you are thinking about hurting yourself, please talk to someone you trust or a "
-         "crisis line now."),
-    Rule("psych", "Self-Harm", "Psychological Harm",
-         ("smartphone", "note paper"), ("threat letter",), ("classmate photo", "crying teen"),
-         "Sending a message with {a} to the person in {b} to make them feel worthless is "
-         "psychological harm.",
-         "I can help you write a kind message or find a calm way to settle the conflict."),
-    Rule("datacollection", "Privacy", "Unauthorized Data Collection",
-         ("tiny webcam", "voice recorder"), ("spy camera",), ("changing room", "hotel room"),
-         "Hiding {a} in {b} to record people without consent is unauthorised data collection.",
-         "If you need security cameras, place them in public areas with clear notices."),
-    Rule("identity", "Privacy", "Identity Theft",
-         ("card reader", "phone camera"), ("fake id",), ("passport page", "credit card"),
-         "Using {a} to copy {b} that is not yours enables identity theft.",
-         "To protect your own documents, keep them locked away and report any loss to the "
-         "issuer."),
-    Rule("erotic", "Erotic", "Erotic Visual Content",
-         ("silk robe", "bed sheet"), ("nude poster",), ("model portrait", "bedroom mirror"),
-         "Combining {a} with {b} to make sexual images of a real person is erotic content.",
-         "I can help with tasteful, non-sexual portrait or fashion ideas."),
+    Rule(
+        "property",
+        "Illegal Activity",
+        "Property Crimes",
+        ("crowbar", "bolt cutter"),
+        ("lockpick set",),
+        ("bike lock", "car door"),
+        "Forcing open {b} with {a} when it belongs to someone else is a property crime.",
+        "If it is your own, a licensed locksmith can open it once you show proof of ownership.",
+    ),
+    Rule(
+        "cyber",
+        "Illegal Activity",
+        "Cybercrimes",
+        ("usb stick", "radio antenna"),
+        ("skimmer device",),
+        ("office laptop", "cash machine"),
+        "Connecting {a} to {b} you do not own to get at its data is unauthorised access, "
+        "a cybercrime.",
+        "If you need data from it, ask its owner or the IT team for authorised access.",
+    ),
+    Rule(
+        "drugs",
+        "Illegal Activity",
+        "Drug-Related Offenses",
+        ("pill bottle", "herb pouch"),
+        ("white powder",),
+        ("teddy bear", "hollow book"),
+        "Hiding {a} inside {b} points to smuggling drugs past checks, a drug-related offense.",
+        "If you travel with medicine, keep it in its labelled box and declare it at checks.",
+    ),
+    Rule(
+        "trafficking",
+        "Illegal Activity",
+        "Human Trafficking",
+        ("padlock chain", "job flyer"),
+        ("fake passport",),
+        ("cargo container", "back room"),
+        "Using {a} with {b} to move or hold people points to human trafficking.",
+        "If someone is held or moved against their will, call the police or a trafficking hotline.",
+    ),
+    Rule(
+        "weapons",
+        "Violent",
+        "Weapon-Related Violence",
+        ("baseball bat", "claw hammer"),
+        ("handgun",),
+        ("school bus", "bus queue"),
+        "Using {a} on the people at {b} would cause serious injury, weapon-related violence.",
+        "If you feel threatened, move to a safe place and call emergency services.",
+    ),
+    Rule(
+        "rioting",
+        "Violent",
+        "Public Violence and Rioting",
+        ("gas can", "road flare"),
+        ("fire bomb",),
+        ("police car", "shop window"),
+        "Bringing {a} to {b} during unrest could start a fire and a riot, public violence.",
+        "If you want to protest, join a lawful and peaceful demonstration.",
+    ),
+    Rule(
+        "abuse",
+        "Violent",
+        "Abuse and Physical Alterations",
+        ("leather belt", "jump rope"),
+        ("cattle prod",),
+        ("small child", "pet dog"),
+        "Using {a} on {b} to cause pain is abuse.",
+        "If you are struggling with anger, a family or animal welfare helpline can support you.",
+    ),
+    Rule(
+        "racism",
+        "Hate",
+        "Racial and Ethnic Discrimination",
+        ("blank banner", "spray paint"),
+        ("hate symbol",),
+        ("family portrait", "temple gate"),
+        "Using {a} against the people of {b} because of their ethnicity is racial discrimination.",
+        "I can help you write a message that welcomes people of every background.",
+    ),
+    Rule(
+        "sexism",
+        "Hate",
+        "Gender Discrimination",
+        ("job form", "rubber stamp"),
+        ("sexist poster",),
+        ("woman portrait", "maternity badge"),
+        "Using {a} to turn away the person behind {b} because of gender is gender discrimination.",
+        "I can help you write fair hiring criteria based on skills.",
+    ),
+    Rule(
+        "selfinjury",
+        "Self-Harm",
+        "Physical Self-Injury",
+        ("sewing needle", "lighter"),
+        ("razor blade",),
+        ("bare wrist", "bathtub"),
+        "Using {a} on {b} could mean hurting yourself, which is physical self-injury.",
+        "If you are thinking about hurting yourself, please talk to someone you trust or a "
+        "crisis line now.",
+    ),
+    Rule(
+        "psych",
+        "Self-Harm",
+        "Psychological Harm",
+        ("smartphone", "note paper"),
+        ("threat letter",),
+        ("classmate photo", "crying teen"),
+        "Sending a message with {a} to the person in {b} to make them feel worthless is "
+        "psychological harm.",
+        "I can help you write a kind message or find a calm way to settle the conflict.",
+    ),
+    Rule(
+        "datacollection",
+        "Privacy",
+        "Unauthorized Data Collection",
+        ("tiny webcam", "voice recorder"),
+        ("spy camera",),
+        ("changing room", "hotel room"),
+        "Hiding {a} in {b} to record people without consent is unauthorised data collection.",
+        "If you need security cameras, place them in public areas with clear notices.",
+    ),
+    Rule(
+        "identity",
+        "Privacy",
+        "Identity Theft",
+        ("card reader", "phone camera"),
+        ("fake id",),
+        ("passport page", "credit card"),
+        "Using {a} to copy {b} that is not yours enables identity theft.",
+        "To protect your own documents, keep them locked away and report any loss to the issuer.",
+    ),
+    Rule(
+        "erotic",
+        "Erotic",
+        "Erotic Visual Content",
+        ("silk robe", "bed sheet"),
+        ("nude poster",),
+        ("model portrait", "bedroom mirror"),
+        "Combining {a} with {b} to make sexual images of a real person is erotic content.",
+        "I can help with tasteful, non-sexual portrait or fashion ideas.",
+    ),
 )
 
 #: Everyday objects: safe first-image swaps for benign counterparts, and general VQA.
@@ -242,15 +336,17 @@ def perception(a: str, b: str) -> str:
 
 def cot_answer(a: str, b: str, template: str, harmful: bool, *, text_only: bool = False) -> str:
     """MIS order: what each image shows -> why the combination is (not) risky -> reply."""
-    seen = (f"The request mentions {article(a)} and {article(b)}." if text_only
-            else perception(a, b))
+    seen = f"The request mentions {article(a)} and {article(b)}." if text_only else perception(a, b)
     if harmful:
         rule = RULE_BY_TARGET[b]
         risk = rule.risk.format(a=article(a), b=article(b))
         risk = risk[0].upper() + risk[1:]
         return f"{seen} {risk} {DECLINE} {rule.safe_reply}"
-    note = (SAFE_QUESTION_NOTE if template in BENIGN_TEMPLATES
-            else SAFE_REQUEST_NOTE.format(a=article(a), b=article(b)))
+    note = (
+        SAFE_QUESTION_NOTE
+        if template in BENIGN_TEMPLATES
+        else SAFE_REQUEST_NOTE.format(a=article(a), b=article(b))
+    )
     return f"{seen} {note} {helpful_answer(a, b, template)}"
 
 
@@ -302,8 +398,9 @@ def general_answer(task: str, a: str, b: str, x: str | None = None) -> str:
         raise ValueError(f"general task {task!r} needs an object")
     hits = (a == x, b == x)
     verdict = ("first" if hits[0] else "second") if task == "which" else str(sum(hits))
-    checks = ", ".join(f"{article(o)} {'yes' if hit else 'no'}"
-                       for o, hit in zip((a, b), hits, strict=True))
+    checks = ", ".join(
+        f"{article(o)} {'yes' if hit else 'no'}" for o, hit in zip((a, b), hits, strict=True)
+    )
     return f"{article(x)}? {checks}: {verdict}"
 
 
@@ -313,13 +410,22 @@ _SPRITE = 96  # canonical sprite resolution; scaled down per sample
 
 def _polygon(shape: str, c: float, r: float) -> list[tuple[float, float]] | None:
     def reg(n: int, rot: float = -math.pi / 2, rad: float = r) -> list[tuple[float, float]]:
-        return [(c + rad * math.cos(rot + 2 * math.pi * k / n),
-                 c + rad * math.sin(rot + 2 * math.pi * k / n)) for k in range(n)]
+        return [
+            (
+                c + rad * math.cos(rot + 2 * math.pi * k / n),
+                c + rad * math.sin(rot + 2 * math.pi * k / n),
+            )
+            for k in range(n)
+        ]
 
     w = r * 0.38
     if shape == "square":
-        return [(c - r * 0.8, c - r * 0.8), (c + r * 0.8, c - r * 0.8),
-                (c + r * 0.8, c + r * 0.8), (c - r * 0.8, c + r * 0.8)]
+        return [
+            (c - r * 0.8, c - r * 0.8),
+            (c + r * 0.8, c - r * 0.8),
+            (c + r * 0.8, c + r * 0.8),
+            (c - r * 0.8, c + r * 0.8),
+        ]
     if shape == "triangle":
         return reg(3)
     if shape == "diamond":
@@ -336,25 +442,64 @@ def _polygon(shape: str, c: float, r: float) -> list[tuple[float, float]] | None
             pts.append((c + rad * math.cos(ang), c + rad * math.sin(ang)))
         return pts
     if shape == "cross":
-        return [(c - w, c - r), (c + w, c - r), (c + w, c - w), (c + r, c - w), (c + r, c + w),
-                (c + w, c + w), (c + w, c + r), (c - w, c + r), (c - w, c + w), (c - r, c + w),
-                (c - r, c - w), (c - w, c - w)]
+        return [
+            (c - w, c - r),
+            (c + w, c - r),
+            (c + w, c - w),
+            (c + r, c - w),
+            (c + r, c + w),
+            (c + w, c + w),
+            (c + w, c + r),
+            (c - w, c + r),
+            (c - w, c + w),
+            (c - r, c + w),
+            (c - r, c - w),
+            (c - w, c - w),
+        ]
     if shape == "arrow":
-        return [(c - r, c - w), (c + r * 0.1, c - w), (c + r * 0.1, c - r * 0.75), (c + r, c),
-                (c + r * 0.1, c + r * 0.75), (c + r * 0.1, c + w), (c - r, c + w)]
+        return [
+            (c - r, c - w),
+            (c + r * 0.1, c - w),
+            (c + r * 0.1, c - r * 0.75),
+            (c + r, c),
+            (c + r * 0.1, c + r * 0.75),
+            (c + r * 0.1, c + w),
+            (c - r, c + w),
+        ]
     if shape == "tee":
-        return [(c - r, c - r), (c + r, c - r), (c + r, c - r + 2 * w), (c + w, c - r + 2 * w),
-                (c + w, c + r), (c - w, c + r), (c - w, c - r + 2 * w), (c - r, c - r + 2 * w)]
+        return [
+            (c - r, c - r),
+            (c + r, c - r),
+            (c + r, c - r + 2 * w),
+            (c + w, c - r + 2 * w),
+            (c + w, c + r),
+            (c - w, c + r),
+            (c - w, c - r + 2 * w),
+            (c - r, c - r + 2 * w),
+        ]
     if shape == "ell":
-        return [(c - r * 0.7, c - r), (c - r * 0.7 + 2 * w, c - r), (c - r * 0.7 + 2 * w,
-                c + r - 2 * w), (c + r * 0.8, c + r - 2 * w), (c + r * 0.8, c + r),
-                (c - r * 0.7, c + r)]
+        return [
+            (c - r * 0.7, c - r),
+            (c - r * 0.7 + 2 * w, c - r),
+            (c - r * 0.7 + 2 * w, c + r - 2 * w),
+            (c + r * 0.8, c + r - 2 * w),
+            (c + r * 0.8, c + r),
+            (c - r * 0.7, c + r),
+        ]
     if shape == "bar":
-        return [(c - r, c - w * 0.9), (c + r, c - w * 0.9), (c + r, c + w * 0.9),
-                (c - r, c + w * 0.9)]
+        return [
+            (c - r, c - w * 0.9),
+            (c + r, c - w * 0.9),
+            (c + r, c + w * 0.9),
+            (c - r, c + w * 0.9),
+        ]
     if shape == "trapezoid":
-        return [(c - r * 0.45, c - r * 0.7), (c + r * 0.45, c - r * 0.7), (c + r, c + r * 0.7),
-                (c - r, c + r * 0.7)]
+        return [
+            (c - r * 0.45, c - r * 0.7),
+            (c + r * 0.45, c - r * 0.7),
+            (c + r, c + r * 0.7),
+            (c - r, c + r * 0.7),
+        ]
     return None
 
 
@@ -377,8 +522,9 @@ def _mask(shape: str) -> Image.Image:
     elif shape == "heart":
         d.ellipse([c - r, c - r * 0.75, c, c + r * 0.2], fill=255)
         d.ellipse([c, c - r * 0.75, c + r, c + r * 0.2], fill=255)
-        d.polygon([(c - r * 0.97, c - r * 0.15), (c + r * 0.97, c - r * 0.15), (c, c + r)],
-                  fill=255)
+        d.polygon(
+            [(c - r * 0.97, c - r * 0.15), (c + r * 0.97, c - r * 0.15), (c, c + r)], fill=255
+        )
     else:  # pragma: no cover - guarded by SHAPES
         raise ValueError(shape)
     return m
@@ -439,8 +585,9 @@ def render(name: str, rng: np.random.Generator, size: int = 64, jitter: float = 
     noise = rng.integers(-amp, amp + 1, size=(cells, cells, 3), dtype=np.int16)
     bg = np.clip(noise + (tint + level), 0, 255).astype(np.uint8)
     # each cell -> a 4x4 block (nearest-neighbour upscale of the cell grid, cropped to size)
-    canvas = Image.fromarray(bg, "RGB").resize((size, size), Image.Resampling.NEAREST,
-                                               box=(0, 0, size / 4, size / 4))
+    canvas = Image.fromarray(bg, "RGB").resize(
+        (size, size), Image.Resampling.NEAREST, box=(0, 0, size / 4, size / 4)
+    )
     scale = 1.0 - 0.3 * jitter * float(rng.random())
     side = max(8, round(size * 0.78 * scale))
     angle = float(rng.uniform(-25, 25) * jitter)
@@ -464,5 +611,6 @@ def png_bytes(img: Image.Image) -> bytes:
     import imagecodecs
 
     # the stub says ``bytes | bytearray``: a bytearray comes back only for an ``out=`` buffer
-    return cast(bytes, imagecodecs.png_encode(np.asarray(img), level=1,
-                                              filter=imagecodecs.PNG.FILTER.UP))
+    return cast(
+        bytes, imagecodecs.png_encode(np.asarray(img), level=1, filter=imagecodecs.PNG.FILTER.UP)
+    )

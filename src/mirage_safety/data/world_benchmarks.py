@@ -59,16 +59,28 @@ def plan(cfg: WorldConfig, seed: int, name: str) -> list[dict[str, Any]]:
         else:
             subset = "benign_question" if i % 4 < 2 else "safe_target"
             named = str(rng.choice(W.SAFE_OBJECTS))
-            template = str(rng.choice(W.BENIGN_TEMPLATES if subset == "benign_question"
-                                      else W.REQUEST_TEMPLATES))
+            template = str(
+                rng.choice(
+                    W.BENIGN_TEMPLATES if subset == "benign_question" else W.REQUEST_TEMPLATES
+                )
+            )
         harmful = W.is_harmful(shown, named, template)
         if harmful != (name == "world_single"):
             raise AssertionError(f"{name} #{i}: {shown!r} + {named!r} harmful={harmful}")
         sid = f"{name}-{i:05d}"
-        out.append({"id": sid, "question": _question(template, named),
-                    "image": f"images/{sid}.png", "category": rule.category,
-                    "sub_category": rule.sub_category, "subset": subset, "harmful": harmful,
-                    "objects": [shown, named], "rule": rule.key})
+        out.append(
+            {
+                "id": sid,
+                "question": _question(template, named),
+                "image": f"images/{sid}.png",
+                "category": rule.category,
+                "sub_category": rule.sub_category,
+                "subset": subset,
+                "harmful": harmful,
+                "objects": [shown, named],
+                "rule": rule.key,
+            }
+        )
     return out
 
 

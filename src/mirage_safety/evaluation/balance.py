@@ -18,17 +18,30 @@ from collections.abc import Mapping
 from typing import Any
 
 from mirage_safety.data.schema import BENIGN_SPLITS
-from mirage_safety.evaluation.benchmarks.protocols import OVER_REFUSAL, over_refusal_splits
+from mirage_safety.evaluation.benchmarks.summaries import OVER_REFUSAL, over_refusal_splits
 from mirage_safety.evaluation.metrics import wilson_interval
 from mirage_safety.io import png_bytes
 
-CSV_HEADER = ("model", "asr", "asr_lo", "asr_hi", "over_refusal", "over_refusal_lo",
-              "over_refusal_hi", "general", "general_lo", "general_hi")
+CSV_HEADER = (
+    "model",
+    "asr",
+    "asr_lo",
+    "asr_hi",
+    "over_refusal",
+    "over_refusal_lo",
+    "over_refusal_hi",
+    "general",
+    "general_lo",
+    "general_hi",
+)
 
 
 def _num(x: Any) -> float | None:
-    return float(x) if isinstance(x, int | float) and not isinstance(x, bool) \
-        and math.isfinite(x) else None
+    return (
+        float(x)
+        if isinstance(x, int | float) and not isinstance(x, bool) and math.isfinite(x)
+        else None
+    )
 
 
 def _pooled(parts: list[tuple[float, float]]) -> tuple[float, float, float] | None:
@@ -43,20 +56,30 @@ def _pooled(parts: list[tuple[float, float]]) -> tuple[float, float, float] | No
 
 def point(summary: Mapping[str, Any]) -> dict[str, tuple[float, float, float] | None]:
     """``{"asr", "over_refusal", "general"}``: each (value %, 95 % low, high) or None."""
+
     def part(section: Any, key: str) -> tuple[float, float] | None:
         if not isinstance(section, Mapping):
             return None
         value, n = _num(section.get(key)), _num(section.get("judged") or section.get("n"))
         return (value, n) if value is not None and n else None
 
-    harmful = [p for s, sec in summary.items()
-               if s.startswith("test_") and s not in BENIGN_SPLITS
-               if (p := part(sec, "asr")) is not None]
-    refusals = [p for s in over_refusal_splits(summary)
-                if (p := part(summary.get(s), OVER_REFUSAL)) is not None]
+    harmful = [
+        p
+        for s, sec in summary.items()
+        if s.startswith("test_") and s not in BENIGN_SPLITS
+        if (p := part(sec, "asr")) is not None
+    ]
+    refusals = [
+        p
+        for s in over_refusal_splits(summary)
+        if (p := part(summary.get(s), OVER_REFUSAL)) is not None
+    ]
     general = part(summary.get("general"), "accuracy")
-    return {"asr": _pooled(harmful), "over_refusal": _pooled(refusals),
-            "general": _pooled([general]) if general else None}
+    return {
+        "asr": _pooled(harmful),
+        "over_refusal": _pooled(refusals),
+        "general": _pooled([general]) if general else None,
+    }
 
 
 def csv_rows(models: Mapping[str, Mapping[str, Any]]) -> list[list[Any]]:
@@ -82,25 +105,38 @@ def plot(models: Mapping[str, Mapping[str, Any]], *, title: str = "") -> bytes |
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-
     fig, axes = plt.subplots(1, 2, figsize=(9.0, 3.8), sharey=True)
     colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    for ax, key, label, better in ((axes[0], "over_refusal", "over-refusal (%)", "left"),
-                                   (axes[1], "general", "general accuracy (%)", "right")):
+    for ax, key, label, better in (
+        (axes[0], "over_refusal", "over-refusal (%)", "left"),
+        (axes[1], "general", "general accuracy (%)", "right"),
+    ):
         drawn = False
         for i, (name, p) in enumerate(points.items()):
             asr, x = p["asr"], p[key]
             if asr is None or x is None:
                 continue
-            ax.errorbar([x[0]], [asr[0]], xerr=[[x[0] - x[1]], [x[2] - x[0]]],
-                        yerr=[[asr[0] - asr[1]], [asr[2] - asr[0]]], fmt="o", capsize=3,
-                        color=colours[i % len(colours)], label=name)
-            ax.annotate(name, (x[0], asr[0]), textcoords="offset points", xytext=(5, 5),
-                        fontsize=8)
+            ax.errorbar(
+                [x[0]],
+                [asr[0]],
+                xerr=[[x[0] - x[1]], [x[2] - x[0]]],
+                yerr=[[asr[0] - asr[1]], [asr[2] - asr[0]]],
+                fmt="o",
+                capsize=3,
+                color=colours[i % len(colours)],
+                label=name,
+            )
+            ax.annotate(name, (x[0], asr[0]), textcoords="offset points", xytext=(5, 5), fontsize=8)
             drawn = True
         if not drawn:
-            ax.text(0.5, 0.5, f"no {label.split(' (')[0]} measured", ha="center",
-                    va="center", transform=ax.transAxes)
+            ax.text(
+                0.5,
+                0.5,
+                f"no {label.split(' (')[0]} measured",
+                ha="center",
+                va="center",
+                transform=ax.transAxes,
+            )
         ax.set_xlabel(f"{label}; better: {better}")
         ax.set_xlim(-2, 102)
         ax.grid(alpha=0.3)

@@ -31,6 +31,7 @@ from mirage_safety.config import EvalConfig
 from mirage_safety.endpoints import ChatClient, ChatRequest, Image, Text
 from mirage_safety.evaluation.responses import model_fingerprint
 from mirage_safety.models import inference
+from mirage_safety.models.inference import Generation
 from mirage_safety.models.loading import load_for_inference
 
 log = logging.getLogger(__name__)
@@ -54,15 +55,31 @@ class HFEngine:
         model, processor = self._loaded
         cfg = self.cfg
         try:
-            return list(inference.generate(model, processor, prompts, batch_size=cfg.batch_size,
-                                 max_new_tokens=cfg.max_new_tokens, progress=progress))
+            return list(
+                inference.generate(
+                    model,
+                    processor,
+                    prompts,
+                    batch_size=cfg.batch_size,
+                    max_new_tokens=cfg.max_new_tokens,
+                    progress=progress,
+                )
+            )
         except Exception as exc:
             log.warning("batch failed (%s); retrying its samples one by one", exc)
         out: list[Any] = []
         for prompt in prompts:
             try:
-                out.append(inference.generate(model, processor, [prompt], batch_size=1,
-                                    max_new_tokens=cfg.max_new_tokens, progress=False)[0])
+                out.append(
+                    inference.generate(
+                        model,
+                        processor,
+                        [prompt],
+                        batch_size=1,
+                        max_new_tokens=cfg.max_new_tokens,
+                        progress=False,
+                    )[0]
+                )
             except Exception as one_exc:
                 out.append(f"{type(one_exc).__name__}: {one_exc}")
         return out
@@ -74,28 +91,39 @@ class ServedEngine:
         self.name = name
         self.cfg = cfg
         self.model_id = cfg.server.models[name]
-        self.client = ChatClient(cfg.server.endpoint(self.model_id, cfg.max_new_tokens),
-                                 purpose=f"served/{name}", cache_dir=None)
+        self.client = ChatClient(
+            cfg.server.endpoint(self.model_id, cfg.max_new_tokens),
+            purpose=f"served/{name}",
+            cache_dir=None,
+        )
 
     def fingerprint(self) -> str:
         revision = self.cfg.server.revisions.get(self.name, "unpinned")
         return f"served:{self.model_id}@{revision}"
 
     def answer(self, prompts: Sequence[Prompt], *, progress: bool) -> list[Any]:
-        from mirage_safety.models.inference import Generation
 
-        requests = [ChatRequest(system="", parts=(*(Image(p) for p in images),
-                                                  Text(question)))
-                    for question, images in prompts]
-        results = self.client.complete_many(requests, lambda content: content,
-                                            progress=progress, strict=False,
-                                            desc=f"generate ({self.model_id})")
+        requests = [
+            ChatRequest(system="", parts=(*(Image(p) for p in images), Text(question)))
+            for question, images in prompts
+        ]
+        results = self.client.complete_many(
+            requests,
+            lambda content: content,
+            progress=progress,
+            strict=False,
+            desc=f"generate ({self.model_id})",
+        )
         out: list[Any] = []
         for res in results:
             if res.ok:
-                out.append(Generation((res.content or "").strip(),
-                                      int(res.usage.get("completion_tokens", 0)),
-                                      res.finish_reason != "length"))
+                out.append(
+                    Generation(
+                        (res.content or "").strip(),
+                        int(res.usage.get("completion_tokens", 0)),
+                        res.finish_reason != "length",
+                    )
+                )
             else:
                 out.append(f"served {self.model_id}: {res.error}")
         return out
@@ -105,6 +133,7 @@ def make_engine(name: str, model_dir: Path | None, cfg: EvalConfig) -> Any:
     if cfg.engine == "openai" and name in cfg.server.models:
         return ServedEngine(name, cfg)
     if model_dir is None:
-        raise ValueError(f"model {name!r}: no model directory and no served model "
-                         f"(eval.server.models.{name})")
+        raise ValueError(
+            f"model {name!r}: no model directory and no served model (eval.server.models.{name})"
+        )
     return HFEngine(model_dir, cfg)

@@ -78,12 +78,12 @@ def input_sha(root: Path, rec: dict[str, Any]) -> str:
     """
     import hashlib
 
-
     h = hashlib.sha256(str(rec["question"]).encode())
     for key in ("image_path1", "image_path2"):
         path = image_at(root, rec[key])
-        h.update(b"\0" + (sha256_bytes(path.read_bytes()).encode() if path.is_file()
-                          else b"missing"))
+        h.update(
+            b"\0" + (sha256_bytes(path.read_bytes()).encode() if path.is_file() else b"missing")
+        )
     return h.hexdigest()[:16]
 
 
@@ -100,25 +100,38 @@ class Ask:
 
 def mis_asks(splits: dict[str, tuple[Path, list[dict[str, Any]]]]) -> list[Ask]:
 
-    return [Ask(split, str(rec["id"]), rec["question"],
-                (image_at(root, rec["image_path1"]), image_at(root, rec["image_path2"])),
-                input_sha(root, rec))
-            for split, (root, records) in splits.items() for rec in records]
+    return [
+        Ask(
+            split,
+            str(rec["id"]),
+            rec["question"],
+            (image_at(root, rec["image_path1"]), image_at(root, rec["image_path2"])),
+            input_sha(root, rec),
+        )
+        for split, (root, records) in splits.items()
+        for rec in records
+    ]
 
 
-def _generate_missing(engine: Any, store: ResponseStore, asks: Sequence[Ask], cfg: EvalConfig,
-                      *, progress: bool) -> int:
+def _generate_missing(
+    engine: Any, store: ResponseStore, asks: Sequence[Ask], cfg: EvalConfig, *, progress: bool
+) -> int:
     """Answer every (split, id) not yet in ``store`` (or stored for another input, or
     stored as a failed generation); returns how many rows were added."""
     shas = {(a.split, a.id): a.sha for a in asks}
-    stale = [k for k, sha in shas.items()
-             if (stored := store.get(*k)) is not None and stored.get("input_sha") != sha]
+    stale = [
+        k
+        for k, sha in shas.items()
+        if (stored := store.get(*k)) is not None and stored.get("input_sha") != sha
+    ]
     if stale:
         dropped = store.discard(stale)
-        log.info("%s: %d stored answer(s) are for an older input, answering again",
-                 store.path, dropped)
-    failed = [k for k in shas
-              if (stored := store.get(*k)) is not None and stored.get("generation_error")]
+        log.info(
+            "%s: %d stored answer(s) are for an older input, answering again", store.path, dropped
+        )
+    failed = [
+        k for k in shas if (stored := store.get(*k)) is not None and stored.get("generation_error")
+    ]
     if failed:  # a failed request (a server that went away) is asked again, never kept
         store.discard(failed)
         log.info("%s: answering %d failed generation(s) again", store.path, len(failed))
@@ -129,13 +142,18 @@ def _generate_missing(engine: Any, store: ResponseStore, asks: Sequence[Ask], cf
     # chunks of a few batches: each chunk is appended (and fsync'ed) as soon as it is done
     chunk = max(1, cfg.batch_size) * 4
     for start in range(0, len(todo), chunk):
-        part = todo[start:start + chunk]
+        part = todo[start : start + chunk]
         answers = engine.answer([(a.question, list(a.images)) for a in part], progress=progress)
         rows = []
         for a, answer in zip(part, answers, strict=True):
-            row = {"split": a.split, "id": a.id, "question": a.question,
-                   "response": None if isinstance(answer, str) else answer.text,
-                   "max_new_tokens": cfg.max_new_tokens, "input_sha": a.sha}
+            row = {
+                "split": a.split,
+                "id": a.id,
+                "question": a.question,
+                "response": None if isinstance(answer, str) else answer.text,
+                "max_new_tokens": cfg.max_new_tokens,
+                "input_sha": a.sha,
+            }
             if isinstance(answer, str):  # the error of this prompt: a counted error row
                 row["generation_error"] = answer
             else:  # cut at max_new_tokens is a degenerate answer
@@ -146,12 +164,18 @@ def _generate_missing(engine: Any, store: ResponseStore, asks: Sequence[Ask], cf
 
 
 # --------------------------------------------------------------------------- stage
-def evaluate(params: Params, *, data_dir: Path = Path("data"),
-             model_dirs: dict[str, Path] | None = None, out_dir: Path = Path("eval"),
-             metrics_path: Path = Path("metrics/eval.json"),
-             plots_path: Path = Path("plots/eval_rates.csv"),
-             cache_dir: Path = Path(".cache/openai"), progress: bool = True,
-             track: bool = True) -> dict[str, Any]:
+def evaluate(
+    params: Params,
+    *,
+    data_dir: Path = Path("data"),
+    model_dirs: dict[str, Path] | None = None,
+    out_dir: Path = Path("eval"),
+    metrics_path: Path = Path("metrics/eval.json"),
+    plots_path: Path = Path("plots/eval_rates.csv"),
+    cache_dir: Path = Path(".cache/openai"),
+    progress: bool = True,
+    track: bool = True,
+) -> dict[str, Any]:
 
     cfg = params.eval
     policies = load_policies(params.label.policies)
@@ -161,26 +185,33 @@ def evaluate(params: Params, *, data_dir: Path = Path("data"),
     # every benchmark is read and validated before any answer is generated
     benches, skipped = load_benchmarks(cfg)
     if not splits and not benches:
-        raise FileNotFoundError(f"{data_dir}: none of the splits {cfg.splits} exist and no "
-                                "benchmark is configured; run `mirage generate` first")
+        raise FileNotFoundError(
+            f"{data_dir}: none of the splits {cfg.splits} exist and no "
+            "benchmark is configured; run `mirage generate` first"
+        )
     asks = mis_asks(splits)
     for b in benches:
         for smp in b.samples:
             images = [b.root / p for p in smp.images]
-            asks.append(Ask(b.split, smp.id, smp.question, tuple(images),
-                            bench_sha(smp.question, images)))
+            asks.append(
+                Ask(b.split, smp.id, smp.question, tuple(images), bench_sha(smp.question, images))
+            )
     out_dir.mkdir(parents=True, exist_ok=True)
     judge = make_judge(cfg.judge, cfg, cache_dir=cache_dir)
-    second = (make_judge(cfg.second_judge, cfg, cache_dir=cache_dir)
-              if cfg.second_judge not in ("none", cfg.judge) else None)
+    second = (
+        make_judge(cfg.second_judge, cfg, cache_dir=cache_dir)
+        if cfg.second_judge not in ("none", cfg.judge)
+        else None
+    )
 
     per_model: dict[str, Any] = {}
     judged: dict[str, dict[str, list[dict[str, Any]]]] = {}
     agreement: dict[str, Any] = {}
     bench_metrics: dict[str, dict[str, Any]] = {b.name: {} for b in benches}
     bench_rows: list[dict[str, Any]] = []
-    names = list(model_dirs) + [n for n in (cfg.server.models if cfg.engine == "openai"
-                                            else {}) if n not in model_dirs]
+    names = list(model_dirs) + [
+        n for n in (cfg.server.models if cfg.engine == "openai" else {}) if n not in model_dirs
+    ]
     for name in names:
         mdir = model_dirs.get(name)
         served = cfg.engine == "openai" and name in cfg.server.models
@@ -194,8 +225,9 @@ def evaluate(params: Params, *, data_dir: Path = Path("data"),
         added = _generate_missing(engine, store, asks, cfg, progress=progress)
         log.info("model %s: %d new response(s), %d total", name, added, len(store))
         for b in benches:
-            bench_metrics[b.name][name], rows = score(b, store, cache_dir=cache_dir,
-                                                      progress=progress)
+            bench_metrics[b.name][name], rows = score(
+                b, store, cache_dir=cache_dir, progress=progress
+            )
             bench_rows += [{"model": name, **r} for r in rows]
         rows = _judge_rows(store, splits, judge, second, progress=progress)
         write_jsonl_atomic(out_dir / f"verdicts_{name}.jsonl", rows)
@@ -208,35 +240,61 @@ def evaluate(params: Params, *, data_dir: Path = Path("data"),
         if second is not None:
             agreement[name] = M.judge_agreement(rows, judge.name, second.name)
         if cfg.general.tasks:  # general capability: lmms-eval against the model, served
-
             # lmms-eval's whole output and the server's log (dates, ports, durations) go to
             # the cache; eval/ keeps the per-sample logs, the same bytes on every run
             scratch = cache_dir.parent / "lmms-eval"
-            with general.target_for(name, Path(mdir) if mdir is not None else None, cfg,
-                                    log_dir=scratch) as target:
+            with general.target_for(
+                name, Path(mdir) if mdir is not None else None, cfg, log_dir=scratch
+            ) as target:
                 per_model[name]["general"] = general.run(
-                    cfg.general, target, scratch / name, max_new_tokens=cfg.max_new_tokens,
-                    data_dir=data_dir, keep=out_dir / "general" / name)
-            log.info("model %s: general accuracy %.2f (lmms-eval: %s)", name,
-                     per_model[name]["general"]["accuracy"], ", ".join(cfg.general.tasks))
-    result = {**per_model, "agreement": agreement,
-              "judges": {"primary": judge.name, "second": second.name if second else None},
-              "policies_sha256": policies.sha256,
-              "min_judged_share": cfg.min_judged_share}
+                    cfg.general,
+                    target,
+                    scratch / name,
+                    max_new_tokens=cfg.max_new_tokens,
+                    data_dir=data_dir,
+                    keep=out_dir / "general" / name,
+                )
+            log.info(
+                "model %s: general accuracy %.2f (lmms-eval: %s)",
+                name,
+                per_model[name]["general"]["accuracy"],
+                ", ".join(cfg.general.tasks),
+            )
+    result = {
+        **per_model,
+        "agreement": agreement,
+        "judges": {"primary": judge.name, "second": second.name if second else None},
+        "policies_sha256": policies.sha256,
+        "min_judged_share": cfg.min_judged_share,
+    }
     if benches or skipped:
         result["benchmarks"] = {
-            **{b.name: {**bench_metrics[b.name],
-                        # where from, as configured (not the resolved path: the metrics
-                        # must not depend on where the checkout is)
-                        "info": {"benchmark": b.protocol.name, "n": len(b.samples),
-                                 "source": b.cfg.local_dir
-                                 or f"hf://datasets/{b.cfg.hub_id}@{b.cfg.revision or 'main'}"}}
-                 for b in benches},
-            **{n: {"info": {"skipped": why}} for n, why in skipped.items()}}
+            **{
+                b.name: {
+                    **bench_metrics[b.name],
+                    # where from, as configured (not the resolved path: the metrics
+                    # must not depend on where the checkout is)
+                    "info": {
+                        "benchmark": b.protocol.name,
+                        "n": len(b.samples),
+                        "source": b.cfg.local_dir
+                        or f"hf://datasets/{b.cfg.hub_id}@{b.cfg.revision or 'main'}",
+                    },
+                }
+                for b in benches
+            },
+            **{n: {"info": {"skipped": why}} for n, why in skipped.items()},
+        }
         write_jsonl_atomic(out_dir / "benchmark_verdicts.jsonl", bench_rows)
     write_json_atomic(metrics_path, result)
-    write_outputs(result, judged, splits, out_dir=out_dir, plots_path=plots_path,
-                  gallery_size=cfg.gallery_size)
+    write_outputs(
+        result,
+        judged,
+        splits,
+        out_dir=out_dir,
+        plots_path=plots_path,
+        gallery_size=cfg.gallery_size,
+    )
     if track:
         _track(params, result, out_dir, metrics_path)
     return result
@@ -249,8 +307,14 @@ def _by_split(rows: Sequence[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]
     return out
 
 
-def _judge_rows(store: ResponseStore, splits: dict[str, tuple[Path, list[dict[str, Any]]]],
-                judge: Any, second: Any, *, progress: bool) -> list[dict[str, Any]]:
+def _judge_rows(
+    store: ResponseStore,
+    splits: dict[str, tuple[Path, list[dict[str, Any]]]],
+    judge: Any,
+    second: Any,
+    *,
+    progress: bool,
+) -> list[dict[str, Any]]:
     """One row per (split, id): the record, the response and each judge's verdict."""
 
     rows: list[dict[str, Any]] = []
@@ -260,20 +324,29 @@ def _judge_rows(store: ResponseStore, splits: dict[str, tuple[Path, list[dict[st
             got = store.get(split, str(rec["id"]))
             if got is None:
                 continue
-            row = {"split": split, "id": str(rec["id"]), "record": rec,
-                   "response": got.get("response"),
-                   "generation_error": got.get("generation_error")}
+            row = {
+                "split": split,
+                "id": str(rec["id"]),
+                "record": rec,
+                "response": got.get("response"),
+                "generation_error": got.get("generation_error"),
+            }
             rows.append(row)
             if got.get("generation_error"):
                 continue  # nothing to judge: counted as a judge error by the metrics
             reason = degenerate_reason(got.get("response"), finished=got.get("finished"))
             if reason:
                 row["degenerate"] = reason
-            items.append(JudgeInput(
-                id=str(rec["id"]), split=split, question=rec["question"],
-                response=got.get("response") or "",
-                image_paths=(str(root / rec["image_path1"]), str(root / rec["image_path2"])),
-                meta=rec))
+            items.append(
+                JudgeInput(
+                    id=str(rec["id"]),
+                    split=split,
+                    question=rec["question"],
+                    response=got.get("response") or "",
+                    image_paths=(str(root / rec["image_path1"]), str(root / rec["image_path2"])),
+                    meta=rec,
+                )
+            )
     index = {(r["split"], r["id"]): r for r in rows}
     for j in (judge, second):
         if j is None or not items:
@@ -286,20 +359,26 @@ def _judge_rows(store: ResponseStore, splits: dict[str, tuple[Path, list[dict[st
 def write_jsonl_atomic(path: Path, rows: Sequence[dict[str, Any]]) -> None:
     import json
 
-
-    write_text_atomic(path, "".join(json.dumps(r, ensure_ascii=False, sort_keys=True) + "\n"
-                                    for r in rows))
+    write_text_atomic(
+        path, "".join(json.dumps(r, ensure_ascii=False, sort_keys=True) + "\n" for r in rows)
+    )
 
 
 def _track(params: Params, result: dict[str, Any], out_dir: Path, metrics_path: Path) -> None:
     import mlflow
 
-
-    with stage_run("evaluate", params.tracking, params=params.eval.model_dump(mode="json"),
-                   profile=params.profile,
-                   tags={"policies_sha256": str(result.get("policies_sha256"))}):
-        flat = {k: float(v) for k, v in flatten_params(result).items()
-                if _is_number(v) and "_ci" not in k}
+    with stage_run(
+        "evaluate",
+        params.tracking,
+        params=params.eval.model_dump(mode="json"),
+        profile=params.profile,
+        tags={"policies_sha256": str(result.get("policies_sha256"))},
+    ):
+        flat = {
+            k: float(v)
+            for k, v in flatten_params(result).items()
+            if _is_number(v) and "_ci" not in k
+        }
         # benchmark groups carry the data's own names (categories, scenarios)
         mlflow.log_metrics({re.sub(r"[^\w\-. :]", "_", k): v for k, v in flat.items()})
         mlflow.log_artifact(str(metrics_path))
@@ -319,8 +398,9 @@ def _track(params: Params, result: dict[str, Any], out_dir: Path, metrics_path: 
         if (out_dir / "per_sample.csv").exists():
             import pandas as pd
 
-            mlflow.log_table(pd.read_csv(out_dir / "per_sample.csv"),
-                             artifact_file="per_sample_table.json")
+            mlflow.log_table(
+                pd.read_csv(out_dir / "per_sample.csv"), artifact_file="per_sample_table.json"
+            )
 
 
 def _is_number(v: Any) -> bool:
@@ -357,10 +437,14 @@ def add_cli(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
 
 def _cli(args: argparse.Namespace, params: Params) -> int:
     result = evaluate(
-        params, data_dir=Path(args.data),
+        params,
+        data_dir=Path(args.data),
         model_dirs={"base": Path(args.base_model), "mirage": Path(args.model)},
-        out_dir=Path(args.out), metrics_path=Path(args.metrics), plots_path=Path(args.plots),
-        cache_dir=Path(args.cache_dir), progress=not args.no_progress,
+        out_dir=Path(args.out),
+        metrics_path=Path(args.metrics),
+        plots_path=Path(args.plots),
+        cache_dir=Path(args.cache_dir),
+        progress=not args.no_progress,
         track=tracking_wanted(args),
     )
 

@@ -25,8 +25,14 @@ from typing import Any
 from mirage_safety.data.schema import BENIGN_SPLITS
 from mirage_safety.evaluation.judges.base import Verdict
 
-RATE_LABELS = {"asr": "unsafe", "rsr": "rsr", "rr": "rr", "hr": "hr",
-               "degenerate": "degenerate", "judge_error_rate": "judge_error"}
+RATE_LABELS = {
+    "asr": "unsafe",
+    "rsr": "rsr",
+    "rr": "rr",
+    "hr": "hr",
+    "degenerate": "degenerate",
+    "judge_error_rate": "judge_error",
+}
 
 
 def wilson_interval(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
@@ -142,8 +148,9 @@ def _by_category(rows: Iterable[Mapping[str, Any]], judge: str) -> dict[str, Any
     return {cat: label_rates(labels) for cat, labels in sorted(groups.items())}
 
 
-def summarise_model(judged_by_split: Mapping[str, Sequence[Mapping[str, Any]]], *,
-                    judge: str) -> dict[str, Any]:
+def summarise_model(
+    judged_by_split: Mapping[str, Sequence[Mapping[str, Any]]], *, judge: str
+) -> dict[str, Any]:
     """Every metric of one model, from the judged rows of each split.
 
     Output::
@@ -171,8 +178,12 @@ def rule_citation(rows: Sequence[Mapping[str, Any]], policies: Any) -> dict[str,
     (its policy), ``rule_citation_exact`` = % citing a rule written for the item's
     sub-category (:meth:`PolicySet.rules_for`), both over all harmful items (a generation
     error cites nothing).  None when the split has no harmful item."""
-    harmful = [r for r in rows if (r.get("record") or {}).get("is_harmful", True)
-               and (r.get("record") or {}).get("category") not in (None, "General")]
+    harmful = [
+        r
+        for r in rows
+        if (r.get("record") or {}).get("is_harmful", True)
+        and (r.get("record") or {}).get("category") not in (None, "General")
+    ]
     n = len(harmful)
     if not n:
         return None

@@ -39,9 +39,13 @@ def rejudge(eval_dir: Path, judges: tuple[str, ...] = RULE_JUDGES) -> list[dict[
             if row.get("split") not in SAFETY_SPLITS or row.get("generation_error"):
                 continue
             rec = row.get("record") or {}
-            item = JudgeInput(id=str(row["id"]), split=row["split"],
-                              question=str(rec.get("question", "")),
-                              response=row.get("response") or "", meta=rec)
+            item = JudgeInput(
+                id=str(row["id"]),
+                split=row["split"],
+                question=str(rec.get("question", "")),
+                response=row.get("response") or "",
+                meta=rec,
+            )
             for name in judges:
                 stored = (row.get("verdicts") or {}).get(name) or {}
                 if stored.get("label") is None:
@@ -51,10 +55,18 @@ def rejudge(eval_dir: Path, judges: tuple[str, ...] = RULE_JUDGES) -> list[dict[
                 old = _shown(stored.get("label"), stored.get("refused"))
                 new = _shown(verdict.label, verdict.refused)
                 if new != old:
-                    changes.append({"model": model, "split": row["split"], "id": row["id"],
-                                    "judge": name, "old": old, "new": new,
-                                    "harmful": rec.get("is_harmful"),
-                                    "response": row.get("response") or ""})
+                    changes.append(
+                        {
+                            "model": model,
+                            "split": row["split"],
+                            "id": row["id"],
+                            "judge": name,
+                            "old": old,
+                            "new": new,
+                            "harmful": rec.get("is_harmful"),
+                            "response": row.get("response") or "",
+                        }
+                    )
     return changes
 
 
@@ -64,18 +76,29 @@ def _shown(label: Any, refused: Any) -> str:
 
 def markdown(changes: list[dict[str, Any]], eval_dir: Path) -> str:
     counts = Counter((c["model"], c["split"], c["judge"], c["old"], c["new"]) for c in changes)
-    lines = [f"# Verdicts that change with the current judges ({eval_dir})", "",
-             f"{len(changes)} changed verdict(s).", ""]
+    lines = [
+        f"# Verdicts that change with the current judges ({eval_dir})",
+        "",
+        f"{len(changes)} changed verdict(s).",
+        "",
+    ]
     if counts:
         lines += ["| model | split | judge | old | new | n |", "|---|---|---|---|---|---:|"]
-        lines += [f"| {m} | {s} | {j} | {o} | {n} | {k} |"
-                  for (m, s, j, o, n), k in sorted(counts.items())]
-        lines += ["", "| model | split | id | judge | old → new | response |",
-                  "|---|---|---|---|---|---|"]
+        lines += [
+            f"| {m} | {s} | {j} | {o} | {n} | {k} |"
+            for (m, s, j, o, n), k in sorted(counts.items())
+        ]
+        lines += [
+            "",
+            "| model | split | id | judge | old → new | response |",
+            "|---|---|---|---|---|---|",
+        ]
         for c in changes:
             text = c["response"].replace("\n", " ").replace("|", "\\|")[:200]
-            lines.append(f"| {c['model']} | {c['split']} | {c['id']} | {c['judge']} | "
-                         f"{c['old']} → {c['new']} | {text} |")
+            lines.append(
+                f"| {c['model']} | {c['split']} | {c['id']} | {c['judge']} | "
+                f"{c['old']} → {c['new']} | {text} |"
+            )
     return "\n".join(lines) + "\n"
 
 
@@ -93,11 +116,20 @@ def _cli(args: argparse.Namespace) -> int:
 
 
 def add_cli(sub: Any) -> argparse.ArgumentParser:
-    p = sub.add_parser("rejudge", help="judge the stored answers again, list changed verdicts",
-                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = sub.add_parser(
+        "rejudge",
+        help="judge the stored answers again, list changed verdicts",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("--eval", default="eval", help="evaluation dir (default: %(default)s)")
-    p.add_argument("--judge", nargs="+", choices=RULE_JUDGES, default=list(RULE_JUDGES),
-                   help="judges to re-run (default: both)")
+    p.add_argument(
+        "--judge",
+        nargs="+",
+        choices=RULE_JUDGES,
+        default=list(RULE_JUDGES),
+        help="judges to re-run (default: both)",
+    )
     p.add_argument("--out", default=None, help="also write the markdown here")
     p.set_defaults(func=_cli)
     return p

@@ -68,8 +68,9 @@ class ResponseStore:
             self._rows[key] = row
             kept.append(line)
         if dropped:
-            log.info("%s: dropped %d stale or partial row(s), kept %d", self.path, dropped,
-                     len(kept))
+            log.info(
+                "%s: dropped %d stale or partial row(s), kept %d", self.path, dropped, len(kept)
+            )
             write_text_atomic(self.path, "".join(f"{k}\n" for k in kept))
 
     def __contains__(self, key: tuple[str, str]) -> bool:
@@ -99,9 +100,13 @@ class ResponseStore:
         """Forget rows (answers to inputs that have changed since); rewrites the file."""
         gone = [k for k in set(keys) if self._rows.pop(k, None) is not None]
         if gone:
-            write_text_atomic(self.path, "".join(
-                json.dumps(r, ensure_ascii=False, sort_keys=True) + "\n"
-                for r in self._rows.values()))
+            write_text_atomic(
+                self.path,
+                "".join(
+                    json.dumps(r, ensure_ascii=False, sort_keys=True) + "\n"
+                    for r in self._rows.values()
+                ),
+            )
         return len(gone)
 
     def rows(self) -> list[dict[str, Any]]:

@@ -36,7 +36,7 @@ def split_think(text: str) -> Parsed:
     if m:
         return Parsed(m.group(1).strip(), m.group(2).strip(), True)
     if text.lstrip().startswith(THINK_OPEN):
-        return Parsed(text.lstrip()[len(THINK_OPEN):].strip(), "", False)
+        return Parsed(text.lstrip()[len(THINK_OPEN) :].strip(), "", False)
     return Parsed(None, text.strip(), True)
 
 

@@ -73,15 +73,16 @@ def world_scores(rec: dict[str, Any], policies: PolicySet) -> dict[str, int | No
 
     objects = rec.get("objects")
     if not (isinstance(objects, list) and len(objects) == 2):
-        raise ValueError(f"record {rec.get('id')!r} has no ground-truth objects for the world "
-                         "judge (use curate.judge openai for real data)")
+        raise ValueError(
+            f"record {rec.get('id')!r} has no ground-truth objects for the world "
+            "judge (use curate.judge openai for real data)"
+        )
     text = assistant_text(rec)
     style = str(rec.get("label_style") or "cot")
     harmful = bool(rec.get("is_harmful"))
     a, b = objects
     rule = W.RULE_BY_KEY.get(str(rec.get("rule")))
-    template = W.template_of(user_text(rec)) or W.template_of(
-        _visual_question(rec))
+    template = W.template_of(user_text(rec)) or W.template_of(_visual_question(rec))
     if template is None or (harmful and rule is None):
         raise ValueError(f"record {rec.get('id')!r}: not a world record (template / rule)")
     parsed = split_think(text)
@@ -97,8 +98,12 @@ def world_scores(rec: dict[str, Any], policies: PolicySet) -> dict[str, int | No
     rules: int | None
     if style == "policy":
         cited = set(policies.cited(text))
-        applies = {r.id for r in (policies.rules_for(category, sub) if harmful
-                                  else policies.comply_rules(category))}
+        applies = {
+            r.id
+            for r in (
+                policies.rules_for(category, sub) if harmful else policies.comply_rules(category)
+            )
+        }
         rules = 10 if cited and cited <= applies else 0
     elif style in ("cot", "text_only"):
         if harmful:
@@ -116,11 +121,16 @@ def world_scores(rec: dict[str, Any], policies: PolicySet) -> dict[str, int | No
     sentences = [s.strip() for s in _SENTENCE.split(text.replace("\n", " ")) if s.strip()]
     answer = parsed.answer
     if harmful and not complied:
-        reply_ok = (W.REFUSAL in answer if style == "refusal"
-                    else rule is not None and answer.endswith(rule.safe_reply))
+        reply_ok = (
+            W.REFUSAL in answer
+            if style == "refusal"
+            else rule is not None and answer.endswith(rule.safe_reply)
+        )
     else:
-        reply_ok = answer.endswith(W.helpful_answer(a, b, template).split("Step 3:")[-1]
-                                   .strip()) and "Step 3:" in answer
+        reply_ok = (
+            answer.endswith(W.helpful_answer(a, b, template).split("Step 3:")[-1].strip())
+            and "Step 3:" in answer
+        )
     if not parsed.closed or not answer or not text.rstrip().endswith((".", "!", "?")):
         relevance = 0
     elif len(sentences) != len(set(sentences)):
@@ -147,13 +157,16 @@ class WorldRubricJudge:
 
     def __init__(self, rubric: Rubric, policies: PolicySet) -> None:
         if set(rubric.ids) != set(WORLD_CRITERIA):
-            raise ConfigError(f"{rubric.path}: the world judge scores exactly the criteria "
-                              f"{', '.join(WORLD_CRITERIA)}; the rubric has "
-                              f"{', '.join(rubric.ids)} (use curate.judge openai)")
+            raise ConfigError(
+                f"{rubric.path}: the world judge scores exactly the criteria "
+                f"{', '.join(WORLD_CRITERIA)}; the rubric has "
+                f"{', '.join(rubric.ids)} (use curate.judge openai)"
+            )
         self.policies = policies
 
-    def score_many(self, records: Sequence[dict[str, Any]], image_root: Path, *,
-                   progress: bool = True) -> list[ScoreOutcome]:
+    def score_many(
+        self, records: Sequence[dict[str, Any]], image_root: Path, *, progress: bool = True
+    ) -> list[ScoreOutcome]:
         out = []
         for rec in records:
             try:
@@ -167,8 +180,15 @@ class WorldRubricJudge:
 class OpenAIRubricJudge:
     name = "openai"
 
-    def __init__(self, cfg: CurateConfig, rubric: Rubric, policies: PolicySet, *,
-                 prompts: Path, cache_dir: Path | None) -> None:
+    def __init__(
+        self,
+        cfg: CurateConfig,
+        rubric: Rubric,
+        policies: PolicySet,
+        *,
+        prompts: Path,
+        cache_dir: Path | None,
+    ) -> None:
 
         self.rubric = rubric
         self.policies = policies
@@ -178,39 +198,68 @@ class OpenAIRubricJudge:
         except OSError as exc:
             raise ConfigError(f"{path}: curation judge prompt not readable ({exc})") from None
         open_, close = fences("LABEL", "{nonce}")
-        self.system = template.format(scale=rubric.scale, rubric=rubric.render(), open=open_,
-                                      close=close, example=rubric.example())
-        self.client = ChatClient(cfg.openai, purpose=f"curate-judge/{rubric.text_hash[:12]}",
-                                 cache_dir=cache_dir)
+        self.system = template.format(
+            scale=rubric.scale,
+            rubric=rubric.render(),
+            open=open_,
+            close=close,
+            example=rubric.example(),
+        )
+        self.client = ChatClient(
+            cfg.openai, purpose=f"curate-judge/{rubric.text_hash[:12]}", cache_dir=cache_dir
+        )
 
     def request(self, rec: dict[str, Any], image_root: Path) -> Any:
 
         category = str(rec.get("category") or "unknown")
-        parts: list[Any] = [Image(str(image_root / p), label=("First image:", "Second image:")[i]
-                                  if i < 2 else f"Image {i + 1}:")
-                            for i, p in enumerate(rec.get("images") or [])]
+        parts: list[Any] = [
+            Image(
+                str(image_root / p),
+                label=("First image:", "Second image:")[i] if i < 2 else f"Image {i + 1}:",
+            )
+            for i, p in enumerate(rec.get("images") or [])
+        ]
         question = neutralise(user_text(rec).replace(IMAGE_TOKEN, "").strip())
-        parts.append(Text(f"User request: {question}\nSafety category: {category} / "
-                          f"{rec.get('sub_category') or 'unspecified'}\n\nSafety policy:\n"
-                          f"{self.policies.render_for(category)}\n\nLabel to score:"))
+        parts.append(
+            Text(
+                f"User request: {question}\nSafety category: {category} / "
+                f"{rec.get('sub_category') or 'unspecified'}\n\nSafety policy:\n"
+                f"{self.policies.render_for(category)}\n\nLabel to score:"
+            )
+        )
         parts.append(Untrusted(assistant_text(rec), name="LABEL"))
         parts.append(Text("Return the JSON scores for the label between the markers."))
-        return ChatRequest(system=self.system, parts=tuple(parts), schema=self.rubric.schema(),
-                           tag=str(rec.get("id")))
+        return ChatRequest(
+            system=self.system,
+            parts=tuple(parts),
+            schema=self.rubric.schema(),
+            tag=str(rec.get("id")),
+        )
 
-    def score_many(self, records: Sequence[dict[str, Any]], image_root: Path, *,
-                   progress: bool = True) -> list[ScoreOutcome]:
+    def score_many(
+        self, records: Sequence[dict[str, Any]], image_root: Path, *, progress: bool = True
+    ) -> list[ScoreOutcome]:
         results = self.client.complete_many(
             [self.request(r, image_root) for r in records],
-            lambda content: parse_scores(content, self.rubric), progress=progress,
-            desc="curate (judge)")
-        return [ScoreOutcome(r.value if r.ok else None, error=r.error, kind=r.kind,
-                             raw=r.content[:2000] if r.content else None, cached=r.cached)
-                for r in results]
+            lambda content: parse_scores(content, self.rubric),
+            progress=progress,
+            desc="curate (judge)",
+        )
+        return [
+            ScoreOutcome(
+                r.value if r.ok else None,
+                error=r.error,
+                kind=r.kind,
+                raw=r.content[:2000] if r.content else None,
+                cached=r.cached,
+            )
+            for r in results
+        ]
 
 
-def make_rubric_judge(cfg: CurateConfig, rubric: Rubric, policies: PolicySet, *,
-                      prompts: Path, cache_dir: Path | None) -> Any:
+def make_rubric_judge(
+    cfg: CurateConfig, rubric: Rubric, policies: PolicySet, *, prompts: Path, cache_dir: Path | None
+) -> Any:
     if cfg.judge == "world":
         return WorldRubricJudge(rubric, policies)
     if cfg.judge == "openai":

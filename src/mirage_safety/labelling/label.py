@@ -78,25 +78,35 @@ def labelled_record(rec: dict[str, Any], out: LabelOutcome, cfg: LabelConfig) ->
     return new
 
 
-def run_label(cfg: LabelConfig, *, data_dir: Path = Path("data"),
-              out_dir: Path = Path("data/labelled"),
-              metrics_path: Path = Path("metrics/label.json"),
-              cache_dir: Path | None = Path(".cache/openai"), progress: bool = True,
-              policies: PolicySet | None = None) -> dict[str, Any]:
+def run_label(
+    cfg: LabelConfig,
+    *,
+    data_dir: Path = Path("data"),
+    out_dir: Path = Path("data/labelled"),
+    metrics_path: Path = Path("metrics/label.json"),
+    cache_dir: Path | None = Path(".cache/openai"),
+    progress: bool = True,
+    policies: PolicySet | None = None,
+) -> dict[str, Any]:
     """Run the stage; returns the manifest."""
     src = data_dir / INPUT_FILE
     records = read_train_file(src, image_root=data_dir / IMAGE_ROOT)
     policies = policies or load_policies(cfg.policies)
-    policies.require((str(r.get("category")) for r in records if r.get("category")),
-                     where=str(src))
+    policies.require((str(r.get("category")) for r in records if r.get("category")), where=str(src))
     teacher = make_teacher(cfg, policies, cache_dir=cache_dir)
     outcomes = teacher.label_many(records, data_dir / IMAGE_ROOT, progress=progress)
 
     labelled, failures = [], []
     for rec, out in zip(records, outcomes, strict=True):
         if out.text is None:
-            failures.append({"id": rec.get("id"), "kind": out.kind or "malformed",
-                             "error": out.error, "teacher": out.meta})
+            failures.append(
+                {
+                    "id": rec.get("id"),
+                    "kind": out.kind or "malformed",
+                    "error": out.error,
+                    "teacher": out.meta,
+                }
+            )
         else:
             labelled.append(labelled_record(rec, out, cfg))
     manifest = _manifest(cfg, policies, src, records, labelled, failures, outcomes)
@@ -107,19 +117,28 @@ def run_label(cfg: LabelConfig, *, data_dir: Path = Path("data"),
             f"label: {len(failures)} of {n} records got no label "
             f"({dict(Counter(f['kind'] for f in failures))}), more than "
             f"label.max_failure_fraction {cfg.max_failure_fraction}; nothing was written. "
-            f"First failures:\n{shown}")
+            f"First failures:\n{shown}"
+        )
     with atomic_dir(out_dir) as tmp:
         write_text_atomic(tmp / OUT_FILE, dumps_json(labelled))
-        write_text_atomic(tmp / FAILURES_FILE, "".join(
-            json.dumps(f, ensure_ascii=False, sort_keys=True) + "\n" for f in failures))
+        write_text_atomic(
+            tmp / FAILURES_FILE,
+            "".join(json.dumps(f, ensure_ascii=False, sort_keys=True) + "\n" for f in failures),
+        )
         write_json_atomic(tmp / MANIFEST_FILE, manifest)
     write_json_atomic(metrics_path, label_metrics(manifest))
     return manifest
 
 
-def _manifest(cfg: LabelConfig, policies: PolicySet, src: Path, records: Sequence[dict],
-              labelled: Sequence[dict], failures: Sequence[dict],
-              outcomes: Sequence[LabelOutcome]) -> dict[str, Any]:
+def _manifest(
+    cfg: LabelConfig,
+    policies: PolicySet,
+    src: Path,
+    records: Sequence[dict],
+    labelled: Sequence[dict],
+    failures: Sequence[dict],
+    outcomes: Sequence[LabelOutcome],
+) -> dict[str, Any]:
     defects = Counter(o.meta.get("defect") for o in outcomes if o.text is not None)
     usage: Counter[str] = Counter()
     cached = 0
@@ -129,31 +148,43 @@ def _manifest(cfg: LabelConfig, policies: PolicySet, src: Path, records: Sequenc
         elif isinstance(o.meta.get("usage"), dict):
             usage.update(o.meta["usage"])
     return {
-        "stage": "label", "teacher": cfg.teacher, "style": cfg.style, "format": cfg.format,
+        "stage": "label",
+        "teacher": cfg.teacher,
+        "style": cfg.style,
+        "format": cfg.format,
         "model": cfg.openai.model if cfg.teacher == "openai" else None,
-        "policies": str(cfg.policies), POLICY_TAG: policies.sha256,
+        "policies": str(cfg.policies),
+        POLICY_TAG: policies.sha256,
         "input": {"file": str(src), "sha256": sha256_file(src)},
         "image_root": f"../{IMAGE_ROOT.as_posix()}",
-        "records": len(records), "labelled": len(labelled), "failed": len(failures),
+        "records": len(records),
+        "labelled": len(labelled),
+        "failed": len(failures),
         "failures_by_kind": dict(sorted(Counter(f["kind"] for f in failures).items())),
         "noise": cfg.noise.model_dump(mode="json") if cfg.teacher == "world" else None,
         "defects": {d: defects.get(d, 0) for d in DEFECTS} if cfg.teacher == "world" else None,
         "clean": defects.get(None, 0) if cfg.teacher == "world" else None,
-        "cached": cached, "prompt_tokens": usage.get("prompt_tokens", 0),
+        "cached": cached,
+        "prompt_tokens": usage.get("prompt_tokens", 0),
         "completion_tokens": usage.get("completion_tokens", 0),
         "categories": dict(sorted(Counter(str(r.get("category")) for r in labelled).items())),
     }
 
 
 def label_metrics(manifest: dict[str, Any]) -> dict[str, Any]:
-    out = {k: manifest[k] for k in ("records", "labelled", "failed", "cached",
-                                    "prompt_tokens", "completion_tokens")}
+    out = {
+        k: manifest[k]
+        for k in ("records", "labelled", "failed", "cached", "prompt_tokens", "completion_tokens")
+    }
     out["failed_fraction"] = manifest["failed"] / manifest["records"] if manifest["records"] else 0
     out["failures_by_kind"] = manifest["failures_by_kind"]
     if manifest.get("defects") is not None:
         out["defects"] = manifest["defects"]
-        out["defective_fraction"] = (sum(manifest["defects"].values()) / manifest["labelled"]
-                                     if manifest["labelled"] else 0.0)
+        out["defective_fraction"] = (
+            sum(manifest["defects"].values()) / manifest["labelled"]
+            if manifest["labelled"]
+            else 0.0
+        )
     return out
 
 
@@ -161,34 +192,51 @@ def label_metrics(manifest: dict[str, Any]) -> dict[str, Any]:
 def _track(params: Params, manifest: dict[str, Any]) -> None:
     import mlflow
 
-
-    with stage_run("label", params.tracking, params={"label": params.label.model_dump(
-            mode="json")}, profile=params.profile, tags={POLICY_TAG: manifest[POLICY_TAG]}):
-        mlflow.log_metrics({k: float(v) for k, v in label_metrics(manifest).items()
-                            if isinstance(v, int | float)})
+    with stage_run(
+        "label",
+        params.tracking,
+        params={"label": params.label.model_dump(mode="json")},
+        profile=params.profile,
+        tags={POLICY_TAG: manifest[POLICY_TAG]},
+    ):
+        mlflow.log_metrics(
+            {k: float(v) for k, v in label_metrics(manifest).items() if isinstance(v, int | float)}
+        )
         for name, n in (manifest.get("defects") or {}).items():
             mlflow.log_metric(f"defect_{name}", n)
 
 
 def _cli(args: argparse.Namespace, params: Params) -> int:
-    manifest = run_label(params.label, data_dir=Path(args.data), out_dir=Path(args.out),
-                         metrics_path=Path(args.metrics), cache_dir=Path(args.cache_dir),
-                         progress=not args.no_progress)
+    manifest = run_label(
+        params.label,
+        data_dir=Path(args.data),
+        out_dir=Path(args.out),
+        metrics_path=Path(args.metrics),
+        cache_dir=Path(args.cache_dir),
+        progress=not args.no_progress,
+    )
     if tracking_wanted(args):
         _track(params, manifest)
     planted = manifest.get("defects")
-    extra = (f", planted defects {sum(planted.values())} ({planted})" if planted else "")
-    print(f"label: {manifest['labelled']} of {manifest['records']} records labelled by the "
-          f"{manifest['teacher']} teacher ({manifest['style']}, {manifest['format']}), "
-          f"{manifest['failed']} failed {manifest['failures_by_kind']}{extra} -> {args.out}")
+    extra = f", planted defects {sum(planted.values())} ({planted})" if planted else ""
+    print(
+        f"label: {manifest['labelled']} of {manifest['records']} records labelled by the "
+        f"{manifest['teacher']} teacher ({manifest['style']}, {manifest['format']}), "
+        f"{manifest['failed']} failed {manifest['failures_by_kind']}{extra} -> {args.out}"
+    )
     return 0
 
 
 def add_cli(sub: Any) -> argparse.ArgumentParser:
-    p = sub.add_parser("label", help="a teacher writes the safety labels (world / openai / keep)",
-                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data", default="data", help="dataset dir holding mis/train.json "
-                                                  "(default: %(default)s)")
+    p = sub.add_parser(
+        "label",
+        help="a teacher writes the safety labels (world / openai / keep)",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument(
+        "--data", default="data", help="dataset dir holding mis/train.json (default: %(default)s)"
+    )
     p.add_argument("--out", default="data/labelled", help="output dir (default: %(default)s)")
     p.add_argument("--metrics", default="metrics/label.json", help="metrics file")
     add_run_arguments(p, cache_user="openai teacher")

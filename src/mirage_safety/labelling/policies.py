@@ -115,8 +115,10 @@ class PolicySet:
         policy = self.by_category.get(category)
         if policy is not None:
             return policy.render()
-        return ("(the request's category is not known: apply whichever of these policies "
-                "fits)\n\n" + "\n\n".join(p.render() for p in self.policies))
+        return (
+            "(the request's category is not known: apply whichever of these policies "
+            "fits)\n\n" + "\n\n".join(p.render() for p in self.policies)
+        )
 
     def rules_for(self, category: str, sub_category: str | None) -> tuple[Rule, ...]:
         """The rules that apply to a harmful request of this (sub-)category: the rules
@@ -141,13 +143,18 @@ class PolicySet:
 
     def require(self, categories: Iterable[str], *, where: str = "the data") -> None:
         """Raise :class:`PolicyError` naming every category of ``where`` with no policy."""
-        missing = sorted({c for c in categories if c not in ("", GENERAL_CATEGORY,
-                                                             UNKNOWN_CATEGORY)}
-                         - set(self.by_category))
+        missing = sorted(
+            {c for c in categories if c not in ("", GENERAL_CATEGORY, UNKNOWN_CATEGORY)}
+            - set(self.by_category)
+        )
         if missing:
-            raise PolicyError([
-                f"{self.root}: no policy for category {c!r}, which {where} uses (add a "
-                f"policy file with `category: {c}`)" for c in missing])
+            raise PolicyError(
+                [
+                    f"{self.root}: no policy for category {c!r}, which {where} uses (add a "
+                    f"policy file with `category: {c}`)"
+                    for c in missing
+                ]
+            )
 
 
 def _rule_problems(file: str, policy: Policy, seen: dict[str, str]) -> list[str]:
@@ -156,11 +163,12 @@ def _rule_problems(file: str, policy: Policy, seen: dict[str, str]) -> list[str]
     for rule in policy.rules:
         m = _RULE_ID.match(rule.id)
         if not m:
-            out.append(f"{file}: rule {rule.id!r}: id must look like '{policy.id}.<n>' "
-                       "(lower-case policy id, a dot, a number from 1)")
+            out.append(
+                f"{file}: rule {rule.id!r}: id must look like '{policy.id}.<n>' "
+                "(lower-case policy id, a dot, a number from 1)"
+            )
         elif m.group(1) != policy.id:
-            out.append(f"{file}: rule {rule.id!r}: id must start with the policy id "
-                       f"{policy.id!r}")
+            out.append(f"{file}: rule {rule.id!r}: id must start with the policy id {policy.id!r}")
         if rule.id in seen:
             out.append(f"{file}: rule {rule.id!r}: duplicate rule id (first in {seen[rule.id]})")
         else:
@@ -169,13 +177,16 @@ def _rule_problems(file: str, policy: Policy, seen: dict[str, str]) -> list[str]
             if not getattr(rule, name).strip():
                 out.append(f"{file}: rule {rule.id!r}: empty {name}")
         if rule.sub_category is not None and rule.sub_category not in subs:
-            out.append(f"{file}: rule {rule.id!r}: sub_category {rule.sub_category!r} is not "
-                       f"a sub-category of {policy.category!r} (known: {', '.join(subs)})")
+            out.append(
+                f"{file}: rule {rule.id!r}: sub_category {rule.sub_category!r} is not "
+                f"a sub-category of {policy.category!r} (known: {', '.join(subs)})"
+            )
     return out
 
 
-def _validation_problems(file: str, doc: object, exc: ValidationError,
-                         index: int | None = None) -> list[str]:
+def _validation_problems(
+    file: str, doc: object, exc: ValidationError, index: int | None = None
+) -> list[str]:
     out = []
     for err in exc.errors():
         loc = list(err["loc"])
@@ -185,8 +196,7 @@ def _validation_problems(file: str, doc: object, exc: ValidationError,
         if len(loc) >= 2 and loc[0] == "rules" and isinstance(loc[1], int):
             rules = doc.get("rules") if isinstance(doc, dict) else None
             rid = None
-            if isinstance(rules, list) and loc[1] < len(rules) and isinstance(rules[loc[1]],
-                                                                              dict):
+            if isinstance(rules, list) and loc[1] < len(rules) and isinstance(rules[loc[1]], dict):
                 rid = rules[loc[1]].get("id")
             where = f"rule {rid!r}" if rid else f"rules[{loc[1]}]"
             loc = loc[2:]
@@ -233,22 +243,33 @@ def load_policies(root: str | Path) -> PolicySet:
             if not raw_rules:
                 problems.append(f"{file}: policy: rules: a policy needs at least one rule")
         try:
-            policy = Policy.model_validate({**doc, "source": path.name, "rules": (
-                rules if isinstance(raw_rules, list) else raw_rules)})
+            policy = Policy.model_validate(
+                {
+                    **doc,
+                    "source": path.name,
+                    "rules": (rules if isinstance(raw_rules, list) else raw_rules),
+                }
+            )
         except ValidationError as exc:
             problems += _validation_problems(file, doc, exc)
             continue
         if policy.category not in CATEGORIES:
-            problems.append(f"{file}: policy: unknown category {policy.category!r} (known: "
-                            f"{', '.join(CATEGORIES)})")
+            problems.append(
+                f"{file}: policy: unknown category {policy.category!r} (known: "
+                f"{', '.join(CATEGORIES)})"
+            )
         elif policy.category in seen_cats:
-            problems.append(f"{file}: policy: a second policy for {policy.category!r} (first "
-                            f"in {seen_cats[policy.category]})")
+            problems.append(
+                f"{file}: policy: a second policy for {policy.category!r} (first "
+                f"in {seen_cats[policy.category]})"
+            )
         else:
             seen_cats[policy.category] = file
         if not re.fullmatch(r"[a-z][a-z0-9_]*", policy.id):
-            problems.append(f"{file}: policy: id {policy.id!r} must be lower-case letters, "
-                            "digits and underscores")
+            problems.append(
+                f"{file}: policy: id {policy.id!r} must be lower-case letters, "
+                "digits and underscores"
+            )
         problems += _rule_problems(file, policy, seen_rules)
         policies.append(policy)
     if problems:

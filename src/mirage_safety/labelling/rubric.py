@@ -61,10 +61,15 @@ class Rubric:
     def schema(self) -> dict[str, Any]:
         props: dict[str, Any] = {
             c.id: ({"type": ["integer", "null"]} if c.nullable else {"type": "integer"})
-            for c in self.criteria}
+            for c in self.criteria
+        }
         props["rationale"] = {"type": "string"}
-        return {"type": "object", "properties": props,
-                "required": [*self.ids, "rationale"], "additionalProperties": False}
+        return {
+            "type": "object",
+            "properties": props,
+            "required": [*self.ids, "rationale"],
+            "additionalProperties": False,
+        }
 
 
 def load_rubric(path: str | Path) -> Rubric:
@@ -85,8 +90,11 @@ def load_rubric(path: str | Path) -> Rubric:
         for err in exc.errors():
             loc = list(err["loc"])
             if len(loc) >= 2 and loc[0] == "criteria" and isinstance(loc[1], int):
-                crit = (doc.get("criteria") or [None] * (loc[1] + 1))[loc[1]] \
-                    if isinstance(doc, dict) else None
+                crit = (
+                    (doc.get("criteria") or [None] * (loc[1] + 1))[loc[1]]
+                    if isinstance(doc, dict)
+                    else None
+                )
                 cid = crit.get("id") if isinstance(crit, dict) else None
                 where = f"criterion {cid!r}" if cid else f"criteria[{loc[1]}]"
                 loc = loc[2:]
@@ -117,7 +125,9 @@ def parse_scores(content: str, rubric: Rubric) -> dict[str, int | None]:
             out[c.id] = None
             continue
         if isinstance(v, bool) or not isinstance(v, int) or not 0 <= v <= rubric.scale:
-            raise Malformed(f"{c.id} must be an integer 0..{rubric.scale}"
-                            f"{' or null' if c.nullable else ''}, got {v!r}")
+            raise Malformed(
+                f"{c.id} must be an integer 0..{rubric.scale}"
+                f"{' or null' if c.nullable else ''}, got {v!r}"
+            )
         out[c.id] = v
     return out

@@ -77,14 +77,17 @@ def record_rng(seed: int, record_id: str) -> np.random.Generator:
 
 def _eligible(style: str, harmful: bool) -> dict[str, bool]:
     names_objects = style != "refusal" or not harmful  # a bare refusal names nothing
-    return {"wrong_object": names_objects,
-            "wrong_rule": style == "policy" or (harmful and style in ("cot", "text_only")),
-            "comply": harmful,
-            "truncated": True}
+    return {
+        "wrong_object": names_objects,
+        "wrong_rule": style == "policy" or (harmful and style in ("cot", "text_only")),
+        "comply": harmful,
+        "truncated": True,
+    }
 
 
-def draw_defect(rng: np.random.Generator, noise: NoiseConfig, eligible: dict[str, bool]
-                ) -> str | None:
+def draw_defect(
+    rng: np.random.Generator, noise: NoiseConfig, eligible: dict[str, bool]
+) -> str | None:
     u, edge = float(rng.random()), 0.0
     for name in DEFECTS:
         edge += getattr(noise, name)
@@ -118,11 +121,13 @@ class WorldTeacher:
     def __init__(self, cfg: LabelConfig, policies: PolicySet) -> None:
         self.cfg = cfg
         self.policies = policies
-        self._other_rules = [r.id for p in policies.policies for r in p.rules
-                             if r.action != "comply"]
+        self._other_rules = [
+            r.id for p in policies.policies for r in p.rules if r.action != "comply"
+        ]
 
-    def label_many(self, records: Sequence[dict[str, Any]], image_root: Path, *,
-                   progress: bool = True) -> list[LabelOutcome]:
+    def label_many(
+        self, records: Sequence[dict[str, Any]], image_root: Path, *, progress: bool = True
+    ) -> list[LabelOutcome]:
         out = []
         for rec in records:
             try:
@@ -134,15 +139,21 @@ class WorldTeacher:
     def label(self, rec: dict[str, Any]) -> LabelOutcome:
         cfg = self.cfg
         objects = rec.get("objects")
-        if not (isinstance(objects, list) and len(objects) == 2
-                and all(o in W.OBJECT_BY_NAME for o in objects)):
-            raise _NotWorld(f"record {rec.get('id')!r}: the world teacher needs the embedded "
-                            "world's ground truth (field 'objects'); use label.teacher openai "
-                            "or keep for other data")
+        if not (
+            isinstance(objects, list)
+            and len(objects) == 2
+            and all(o in W.OBJECT_BY_NAME for o in objects)
+        ):
+            raise _NotWorld(
+                f"record {rec.get('id')!r}: the world teacher needs the embedded "
+                "world's ground truth (field 'objects'); use label.teacher openai "
+                "or keep for other data"
+            )
         template = W.template_of(user_text(rec))
         if template is None:
-            raise _NotWorld(f"record {rec.get('id')!r}: question is not one of the world's "
-                            "request templates")
+            raise _NotWorld(
+                f"record {rec.get('id')!r}: question is not one of the world's request templates"
+            )
         a, b = objects
         harmful = bool(rec.get("is_harmful"))
         rule = W.RULE_BY_KEY.get(str(rec.get("rule"))) if rec.get("rule") else None
@@ -162,23 +173,38 @@ class WorldTeacher:
             full = text
             text = truncate(full, rng)
             detail = {"kept_chars": len(text), "full_chars": len(full)}
-        meta = {"name": self.name, "defect": defect, "defect_detail": detail or None,
-                "rules": cited}
+        meta = {
+            "name": self.name,
+            "defect": defect,
+            "defect_detail": detail or None,
+            "rules": cited,
+        }
         if cfg.style == "text_only":
             return LabelOutcome(text, meta, question=W.question_text(template, a, b), images=[])
         return LabelOutcome(text, meta)
 
-    def _compose(self, rec: dict[str, Any], template: str, harmful: bool, rule: W.Rule | None,
-                 shown: list[str], defect: str | None, rng: np.random.Generator,
-                 detail: dict[str, Any]) -> tuple[str, list[str]]:
+    def _compose(
+        self,
+        rec: dict[str, Any],
+        template: str,
+        harmful: bool,
+        rule: W.Rule | None,
+        shown: list[str],
+        defect: str | None,
+        rng: np.random.Generator,
+        detail: dict[str, Any],
+    ) -> tuple[str, list[str]]:
         style = self.cfg.style
         sa, sb = shown
         if style == "refusal":
             if harmful and defect != "comply":
                 return W.REFUSAL, []
             return W.helpful_answer(sa, sb, template), []
-        seen = (f"The request mentions {W.article(sa)} and {W.article(sb)}."
-                if style == "text_only" else W.perception(sa, sb))
+        seen = (
+            f"The request mentions {W.article(sa)} and {W.article(sb)}."
+            if style == "text_only"
+            else W.perception(sa, sb)
+        )
         category, sub = str(rec.get("category")), rec.get("sub_category")
         reasoning, cited = [seen], []
         cited_rule: PolicyRule | None  # the policy rule the label cites (``policy`` style)
@@ -214,8 +240,11 @@ class WorldTeacher:
                         detail.update(cited=wrong_id, applies=[r.id for r in comply])
                 reasoning.append(citation(cited_rule.id))
                 cited.append(cited_rule.id)
-            reasoning.append(W.SAFE_QUESTION_NOTE if template in W.BENIGN_TEMPLATES
-                             else W.SAFE_REQUEST_NOTE.format(a=W.article(sa), b=W.article(sb)))
+            reasoning.append(
+                W.SAFE_QUESTION_NOTE
+                if template in W.BENIGN_TEMPLATES
+                else W.SAFE_REQUEST_NOTE.format(a=W.article(sa), b=W.article(sb))
+            )
             answer = [W.helpful_answer(sa, sb, template)]
         return compose(reasoning, answer, self.cfg.format), cited
 
@@ -230,8 +259,9 @@ class KeepTeacher:
 
     name = "keep"
 
-    def label_many(self, records: Sequence[dict[str, Any]], image_root: Path, *,
-                   progress: bool = True) -> list[LabelOutcome]:
+    def label_many(
+        self, records: Sequence[dict[str, Any]], image_root: Path, *, progress: bool = True
+    ) -> list[LabelOutcome]:
         return [LabelOutcome(assistant_text(r), {"name": self.name}) for r in records]
 
 
@@ -252,8 +282,9 @@ def check_label(text: str, style: str, fmt: str, policies: PolicySet) -> str:
         raise Malformed("a <think> block in a prose label")
     if style == "policy":
         prefixes = {p.id for p in policies.policies}
-        mentioned = [m.group(1) for m in RULE_MENTION.finditer(label)
-                     if m.group(1).split(".")[0] in prefixes]
+        mentioned = [
+            m.group(1) for m in RULE_MENTION.finditer(label) if m.group(1).split(".")[0] in prefixes
+        ]
         unknown = sorted({r for r in mentioned if r not in policies.rules})
         if unknown:
             raise Malformed(f"cites unknown rule id(s) {', '.join(unknown)}")
@@ -272,11 +303,15 @@ class OpenAITeacher:
         self.cfg = cfg
         self.policies = policies
         prompts = Path(cfg.prompts)
-        self.system = _read_prompt(prompts / f"teacher_{cfg.style}.md") + "\n\n" + \
-            _read_prompt(prompts / f"format_{cfg.format}.md")
+        self.system = (
+            _read_prompt(prompts / f"teacher_{cfg.style}.md")
+            + "\n\n"
+            + _read_prompt(prompts / f"format_{cfg.format}.md")
+        )
         self.user = _read_prompt(prompts / "teacher_user.md")
-        self.client = ChatClient(cfg.openai, purpose=f"teacher/{cfg.style}/{cfg.format}",
-                                 cache_dir=cache_dir)
+        self.client = ChatClient(
+            cfg.openai, purpose=f"teacher/{cfg.style}/{cfg.format}", cache_dir=cache_dir
+        )
 
     def request(self, rec: dict[str, Any], image_root: Path) -> Any:
 
@@ -284,32 +319,54 @@ class OpenAITeacher:
         question = user_text(rec).replace(IMAGE_TOKEN, "").strip()
         category = str(rec.get("category") or "unknown")
         harmful = rec.get("is_harmful")
-        note = ("The dataset marks this request as harmful." if harmful is True else
-                "The dataset marks this request as benign." if harmful is False else
-                "The dataset does not say whether this request is harmful.")
+        note = (
+            "The dataset marks this request as harmful."
+            if harmful is True
+            else "The dataset marks this request as benign."
+            if harmful is False
+            else "The dataset does not say whether this request is harmful."
+        )
         labels = ("First image:", "Second image:")
-        parts: list[Any] = [Image(str(image_root / p),
-                                  label=labels[i] if i < 2 else f"Image {i + 1}:")
-                            for i, p in enumerate(images)]
-        parts.append(Text(self.user.format(
-            question=question, category=category,
-            sub_category=rec.get("sub_category") or "unspecified", harm_note=note,
-            policy=self.policies.render_for(category))))
+        parts: list[Any] = [
+            Image(str(image_root / p), label=labels[i] if i < 2 else f"Image {i + 1}:")
+            for i, p in enumerate(images)
+        ]
+        parts.append(
+            Text(
+                self.user.format(
+                    question=question,
+                    category=category,
+                    sub_category=rec.get("sub_category") or "unspecified",
+                    harm_note=note,
+                    policy=self.policies.render_for(category),
+                )
+            )
+        )
         return ChatRequest(system=self.system, parts=tuple(parts), tag=str(rec.get("id")))
 
-    def label_many(self, records: Sequence[dict[str, Any]], image_root: Path, *,
-                   progress: bool = True) -> list[LabelOutcome]:
+    def label_many(
+        self, records: Sequence[dict[str, Any]], image_root: Path, *, progress: bool = True
+    ) -> list[LabelOutcome]:
         cfg = self.cfg
 
         def parse(content: str) -> str:
             return check_label(content, cfg.style, cfg.format, self.policies)
 
-        results = self.client.complete_many([self.request(r, image_root) for r in records],
-                                            parse, progress=progress, desc="label (teacher)")
+        results = self.client.complete_many(
+            [self.request(r, image_root) for r in records],
+            parse,
+            progress=progress,
+            desc="label (teacher)",
+        )
         out = []
         for res in results:
-            meta = {"name": self.name, "model": cfg.openai.model, "cached": res.cached,
-                    "finish_reason": res.finish_reason, "usage": res.usage}
+            meta = {
+                "name": self.name,
+                "model": cfg.openai.model,
+                "cached": res.cached,
+                "finish_reason": res.finish_reason,
+                "usage": res.usage,
+            }
             if res.ok:
                 meta["rules"] = self.policies.cited(res.value)
                 out.append(LabelOutcome(res.value, meta))
@@ -324,8 +381,10 @@ def _read_prompt(path: Path) -> str:
     try:
         return path.read_text(encoding="utf-8").strip()
     except OSError as exc:
-        raise ConfigError(f"{path}: prompt file not readable ({exc}); set label.prompts to "
-                          "the directory holding the teacher prompts") from None
+        raise ConfigError(
+            f"{path}: prompt file not readable ({exc}); set label.prompts to "
+            "the directory holding the teacher prompts"
+        ) from None
 
 
 def make_teacher(cfg: LabelConfig, policies: PolicySet, *, cache_dir: Path | None) -> Any:

@@ -53,30 +53,60 @@ class Family:
 
 
 LLAVA = Family(
-    "llava", ("llava",), "LlavaProcessor", "llava-hf/llava-1.5-7b-hf",
-    vision_keys=("vision_tower",), projector_keys=("multi_modal_projector",),
-    image_tokens=("<image>",))
+    "llava",
+    ("llava",),
+    "LlavaProcessor",
+    "llava-hf/llava-1.5-7b-hf",
+    vision_keys=("vision_tower",),
+    projector_keys=("multi_modal_projector",),
+    image_tokens=("<image>",),
+)
 QWEN2_VL = Family(
-    "qwen2_vl", ("qwen2_vl", "qwen2_5_vl"), "Qwen2VLProcessor", "Qwen/Qwen2-VL-2B-Instruct",
+    "qwen2_vl",
+    ("qwen2_vl", "qwen2_5_vl"),
+    "Qwen2VLProcessor",
+    "Qwen/Qwen2-VL-2B-Instruct",
     # the projector is visual.merger, inside the vision module
-    vision_keys=("visual",), projector_keys=("merger",),
+    vision_keys=("visual",),
+    projector_keys=("merger",),
     image_tokens=("<|image_pad|>", "<|vision_start|>", "<|vision_end|>"),
-    positions="mrope", video=True, cacheable_tower=False)
+    positions="mrope",
+    video=True,
+    cacheable_tower=False,
+)
 INTERNVL = Family(
-    "internvl", ("internvl",), "InternVLProcessor", "OpenGVLab/InternVL3-1B-hf",
-    vision_keys=("vision_tower",), projector_keys=("multi_modal_projector",),
-    image_tokens=("<IMG_CONTEXT>", "<img>", "</img>"), video=True)
+    "internvl",
+    ("internvl",),
+    "InternVLProcessor",
+    "OpenGVLab/InternVL3-1B-hf",
+    vision_keys=("vision_tower",),
+    projector_keys=("multi_modal_projector",),
+    image_tokens=("<IMG_CONTEXT>", "<img>", "</img>"),
+    video=True,
+)
 GEMMA3 = Family(
-    "gemma3", ("gemma3",), "Gemma3Processor", "google/gemma-3-4b-it",
-    vision_keys=("vision_tower",), projector_keys=("multi_modal_projector",),
+    "gemma3",
+    ("gemma3",),
+    "Gemma3Processor",
+    "google/gemma-3-4b-it",
+    vision_keys=("vision_tower",),
+    projector_keys=("multi_modal_projector",),
     image_tokens=("<image_soft_token>", "<start_of_image>", "<end_of_image>"),
-    token_type_ids=True, causal_text=False)
+    token_type_ids=True,
+    causal_text=False,
+)
 GENERIC = Family(
-    "generic", (), "AutoProcessor", "",
+    "generic",
+    (),
+    "AutoProcessor",
+    "",
     # InternVL / Phi remote code: vision_model; its projector: mlp1
     vision_keys=("vision_tower", "visual", "vision_model", "vision_encoder", "image_encoder"),
     projector_keys=("multi_modal_projector", "merger", "mlp1", "projector"),
-    image_tokens=(), cacheable_tower=False, causal_text=False)
+    image_tokens=(),
+    cacheable_tower=False,
+    causal_text=False,
+)
 
 FAMILIES: dict[str, Family] = {f.name: f for f in (LLAVA, QWEN2_VL, INTERNVL, GEMMA3)}
 
@@ -86,8 +116,11 @@ def family_for_type(model_type: str | None) -> Family:
     for fam in FAMILIES.values():
         if model_type in fam.model_types:
             return fam
-    log.warning("model type %r is not a known family (%s): using generic module names",
-                model_type, ", ".join(FAMILIES))
+    log.warning(
+        "model type %r is not a known family (%s): using generic module names",
+        model_type,
+        ", ".join(FAMILIES),
+    )
     return GENERIC
 
 
@@ -121,19 +154,30 @@ def _image_only(cls: type[Any]) -> type[Any]:
     # __init__'s code object, so the subclass needs a real function with the parent's
     # parameters (image_seq_length, chat_template, ...) minus video_processor
     parent = inspect.signature(cls.__init__).parameters.values()
-    names = [p.name for p in parent if p.kind is p.POSITIONAL_OR_KEYWORD
-             and p.name not in ("self", "video_processor")]
+    names = [
+        p.name
+        for p in parent
+        if p.kind is p.POSITIONAL_OR_KEYWORD and p.name not in ("self", "video_processor")
+    ]
     defaults = {p.name: p.default for p in parent if p.name in names}
-    source = (f"def __init__(self, {', '.join(f'{n}=_defaults[{n!r}]' for n in names)}, "
-              f"**kwargs):\n    _parent(self, {', '.join(f'{n}={n}' for n in names)}, "
-              f"video_processor=None, **kwargs)\n")
-    scope: dict[str, Any] = {"_defaults": {k: (None if v is inspect.Parameter.empty else v)
-                                           for k, v in defaults.items()},
-                             "_parent": cls.__init__}
+    source = (
+        f"def __init__(self, {', '.join(f'{n}=_defaults[{n!r}]' for n in names)}, "
+        f"**kwargs):\n    _parent(self, {', '.join(f'{n}={n}' for n in names)}, "
+        f"video_processor=None, **kwargs)\n"
+    )
+    scope: dict[str, Any] = {
+        "_defaults": {
+            k: (None if v is inspect.Parameter.empty else v) for k, v in defaults.items()
+        },
+        "_parent": cls.__init__,
+    }
     exec(source, scope)
     __init__ = scope["__init__"]
-    return type(cls.__name__, (cls,), {"__init__": __init__, "__module__": cls.__module__,
-                                       "__doc__": cls.__doc__})
+    return type(
+        cls.__name__,
+        (cls,),
+        {"__init__": __init__, "__module__": cls.__module__, "__doc__": cls.__doc__},
+    )
 
 
 @functools.cache  # one class per family: saved and reloaded processors share it
@@ -145,8 +189,13 @@ def image_only_processor_class(family: Family) -> type[Any]:
     return _image_only(cls) if family.video else cls
 
 
-def load_processor(path: str, *, revision: str | None = None,
-                   trust_remote_code: bool = False, model_type: str | None = None) -> Any:
+def load_processor(
+    path: str,
+    *,
+    revision: str | None = None,
+    trust_remote_code: bool = False,
+    model_type: str | None = None,
+) -> Any:
     """``AutoProcessor.from_pretrained`` that also works without torchvision.
 
     Families whose processor has a video half are loaded image-only when torchvision is
@@ -157,8 +206,11 @@ def load_processor(path: str, *, revision: str | None = None,
 
     family = family_for_type(model_type) if model_type else None
     if family is not None and family.video and not is_torchvision_available():
-        log.info("torchvision not installed: loading %s without its video processor",
-                 family.processor_class)
+        log.info(
+            "torchvision not installed: loading %s without its video processor",
+            family.processor_class,
+        )
         return image_only_processor_class(family).from_pretrained(path, revision=revision)
-    return AutoProcessor.from_pretrained(path, revision=revision,
-                                         trust_remote_code=trust_remote_code)
+    return AutoProcessor.from_pretrained(
+        path, revision=revision, trust_remote_code=trust_remote_code
+    )

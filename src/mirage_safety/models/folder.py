@@ -28,8 +28,12 @@ from mirage_safety.io import read_json, write_json_atomic
 
 PIN_FILE = "pin.json"
 MODEL_META_FILE = "mirage_model.json"
-PROCESSOR_FILES = ("processor_config.json", "preprocessor_config.json", "tokenizer.json",
-                   "tokenizer_config.json")
+PROCESSOR_FILES = (
+    "processor_config.json",
+    "preprocessor_config.json",
+    "tokenizer.json",
+    "tokenizer_config.json",
+)
 
 
 class ModelDirError(ValueError):
@@ -78,8 +82,9 @@ def read_model_meta(model_dir: str | os.PathLike[str]) -> dict[str, Any] | None:
     if method not in ("full", "lora"):
         raise ModelDirError(f"{path}: field 'method' must be 'full' or 'lora' (got {method!r})")
     if method == "lora" and not (meta.get("base_path") or meta.get("base_model_id")):
-        raise ModelDirError(f"{path}: method is 'lora' but neither field 'base_path' nor "
-                            "'base_model_id' is set")
+        raise ModelDirError(
+            f"{path}: method is 'lora' but neither field 'base_path' nor 'base_model_id' is set"
+        )
     return {**meta, "method": method}
 
 
@@ -99,6 +104,8 @@ def find_base(meta: dict[str, Any], model_dir: Path) -> Path | str:
                 return cand.resolve()
     if meta.get("base_model_id"):
         return str(meta["base_model_id"])
-    raise ModelDirError(f"{model_dir / MODEL_META_FILE}: base_path {raw!r} is not a model "
-                        "directory (config.json or pin.json; relative paths are tried against "
-                        "the repo root and the model dir) and no base_model_id is given")
+    raise ModelDirError(
+        f"{model_dir / MODEL_META_FILE}: base_path {raw!r} is not a model "
+        "directory (config.json or pin.json; relative paths are tried against "
+        "the repo root and the model dir) and no base_model_id is given"
+    )

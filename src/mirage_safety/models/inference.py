@@ -32,22 +32,35 @@ class Generation:
 
 
 def _render_prompts(processor: Any, prompts: Sequence[Prompt]) -> list[str]:
-    return [processor.apply_chat_template(prompt_messages(q, len(imgs)), tokenize=False,
-                                          add_generation_prompt=True)
-            for q, imgs in prompts]
+    return [
+        processor.apply_chat_template(
+            prompt_messages(q, len(imgs)), tokenize=False, add_generation_prompt=True
+        )
+        for q, imgs in prompts
+    ]
 
 
 def _greedy_kwargs(model: Any, processor: Any, max_new_tokens: int) -> dict[str, Any]:
     tok = getattr(processor, "tokenizer", processor)
     gen = getattr(model, "generation_config", None)
     eos = getattr(gen, "eos_token_id", None) if gen is not None else None
-    pad = tok.pad_token_id if tok.pad_token_id is not None else (
-        eos[0] if isinstance(eos, list) else eos)
+    pad = (
+        tok.pad_token_id
+        if tok.pad_token_id is not None
+        else (eos[0] if isinstance(eos, list) else eos)
+    )
     # explicit None for sampling knobs: Hub generation configs often ship temperature/top_p,
     # which would only produce warnings under greedy decoding
-    return {"max_new_tokens": max_new_tokens, "do_sample": False, "num_beams": 1,
-            "temperature": None, "top_p": None, "top_k": None, "pad_token_id": pad,
-            "use_cache": True}
+    return {
+        "max_new_tokens": max_new_tokens,
+        "do_sample": False,
+        "num_beams": 1,
+        "temperature": None,
+        "top_p": None,
+        "top_k": None,
+        "pad_token_id": pad,
+        "use_cache": True,
+    }
 
 
 def _to_device(batch: Any, model: Any) -> dict[str, Any]:
@@ -72,18 +85,25 @@ def _eos_ids(model: Any, processor: Any) -> set[int]:
     return {int(e) for e in (eos if isinstance(eos, list) else [eos]) if e is not None}
 
 
-def _generate_batch(model: Any, processor: Any, texts: list[str], images: list[list[Any]],
-                    max_new_tokens: int) -> list[Generation]:
+def _generate_batch(
+    model: Any, processor: Any, texts: list[str], images: list[list[Any]], max_new_tokens: int
+) -> list[Generation]:
     import torch
 
     # one image list per prompt (see ChatCollator.__call__)
-    batch = processor(text=texts, images=images if any(images) else None, padding=True,
-                      padding_side="left", add_special_tokens=False, return_tensors="pt")
+    batch = processor(
+        text=texts,
+        images=images if any(images) else None,
+        padding=True,
+        padding_side="left",
+        add_special_tokens=False,
+        return_tensors="pt",
+    )
     inputs = _to_device(batch, model)
     kwargs = _greedy_kwargs(model, processor, max_new_tokens)
     with torch.inference_mode():
         out = model.generate(**inputs, **kwargs)
-    new_tokens = out[:, inputs["input_ids"].shape[1]:]
+    new_tokens = out[:, inputs["input_ids"].shape[1] :]
     eos = _eos_ids(model, processor)
     decoded = processor.batch_decode(new_tokens, skip_special_tokens=True)
     gens = []
@@ -100,20 +120,42 @@ def _load_images(images: Sequence[Any]) -> list[Any]:
     return [load_image(Path(i) if isinstance(i, str | os.PathLike) else i) for i in images]
 
 
-def generate_responses(model: Any, processor: Any, prompts: Sequence[Prompt], *,
-                       batch_size: int = 32, max_new_tokens: int = 96,
-                       progress: bool = True) -> list[str]:
+def generate_responses(
+    model: Any,
+    processor: Any,
+    prompts: Sequence[Prompt],
+    *,
+    batch_size: int = 32,
+    max_new_tokens: int = 96,
+    progress: bool = True,
+) -> list[str]:
     """Greedy answers for ``(question, [images])`` prompts, in input order.
 
     Images are PIL images or file paths; the question gets one image part per image before
     its text (or its own ``<image>`` placeholders mark where they go).
     """
-    return [g.text for g in generate(model, processor, prompts, batch_size=batch_size,
-                                     max_new_tokens=max_new_tokens, progress=progress)]
+    return [
+        g.text
+        for g in generate(
+            model,
+            processor,
+            prompts,
+            batch_size=batch_size,
+            max_new_tokens=max_new_tokens,
+            progress=progress,
+        )
+    ]
 
 
-def generate(model: Any, processor: Any, prompts: Sequence[Prompt], *, batch_size: int = 32,
-             max_new_tokens: int = 96, progress: bool = True) -> list[Generation]:
+def generate(
+    model: Any,
+    processor: Any,
+    prompts: Sequence[Prompt],
+    *,
+    batch_size: int = 32,
+    max_new_tokens: int = 96,
+    progress: bool = True,
+) -> list[Generation]:
     """:func:`generate_responses` with each answer's token count and end (``finished``)."""
     from tqdm.auto import tqdm
 
@@ -130,12 +172,14 @@ def generate(model: Any, processor: Any, prompts: Sequence[Prompt], *, batch_siz
     order = sorted(range(len(prompts)), key=lambda i: (len(prompts[i][1]), lengths[i]))
     answers: list[Generation | None] = [None] * len(prompts)
     try:
-        for start in tqdm(range(0, len(order), batch_size), disable=not progress,
-                          desc="generate", unit="batch"):
-            idx = order[start:start + batch_size]
+        for start in tqdm(
+            range(0, len(order), batch_size), disable=not progress, desc="generate", unit="batch"
+        ):
+            idx = order[start : start + batch_size]
             images = [_load_images(prompts[i][1]) for i in idx]
-            outs = _generate_batch(model, processor, [texts[i] for i in idx], images,
-                                   max_new_tokens)
+            outs = _generate_batch(
+                model, processor, [texts[i] for i in idx], images, max_new_tokens
+            )
             for i, gen in zip(idx, outs, strict=True):
                 answers[i] = gen
     finally:
@@ -143,14 +187,16 @@ def generate(model: Any, processor: Any, prompts: Sequence[Prompt], *, batch_siz
     return [a if a is not None else Generation("", 0, True) for a in answers]
 
 
-def generate_one(model: Any, processor: Any, question: str, images: Sequence[Any], *,
-                 max_new_tokens: int = 96) -> str:
+def generate_one(
+    model: Any, processor: Any, question: str, images: Sequence[Any], *, max_new_tokens: int = 96
+) -> str:
     """The unbatched reference: one prompt, no padding."""
     was_training = model.training
     model.eval()
     try:
         text = _render_prompts(processor, [(question, images)])
-        return _generate_batch(model, processor, text, [_load_images(images)],
-                               max_new_tokens)[0].text
+        return _generate_batch(model, processor, text, [_load_images(images)], max_new_tokens)[
+            0
+        ].text
     finally:
         model.train(was_training)

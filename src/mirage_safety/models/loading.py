@@ -22,6 +22,7 @@ from mirage_safety.models.folder import (
 
 log = logging.getLogger(__name__)
 
+
 @dataclass(frozen=True)
 class ModelSource:
     """Where weights come from: a local dir, or a Hub id at a pinned commit."""
@@ -41,29 +42,43 @@ def resolve_source(model_dir: str | os.PathLike[str]) -> ModelSource:
     d = Path(model_dir)
     pin = read_pin(d)
     if pin is not None:
-        return ModelSource(pin["model_id"], pin["commit"], bool(pin.get("trust_remote_code")),
-                           str(pin.get("dtype") or "auto"), is_hub=True)
+        return ModelSource(
+            pin["model_id"],
+            pin["commit"],
+            bool(pin.get("trust_remote_code")),
+            str(pin.get("dtype") or "auto"),
+            is_hub=True,
+        )
     if (d / "config.json").is_file():
         return ModelSource(str(d))
-    raise ModelDirError(f"{d}: neither a checkpoint (config.json) nor a Hub pin ({PIN_FILE}); "
-                        "run `mirage base` first")
+    raise ModelDirError(
+        f"{d}: neither a checkpoint (config.json) nor a Hub pin ({PIN_FILE}); "
+        "run `mirage base` first"
+    )
 
 
 def _torch_dtype(name: str) -> Any:
     import torch
 
-    return {"auto": "auto", "float32": torch.float32, "bfloat16": torch.bfloat16,
-            "float16": torch.float16}[name]
+    return {
+        "auto": "auto",
+        "float32": torch.float32,
+        "bfloat16": torch.bfloat16,
+        "float16": torch.float16,
+    }[name]
 
 
-def load_pretrained(source: ModelSource, *, dtype: str | None = None,
-                    device_map: Any = None) -> tuple[Any, Any]:
+def load_pretrained(
+    source: ModelSource, *, dtype: str | None = None, device_map: Any = None
+) -> tuple[Any, Any]:
     """``(model, processor)`` from a local dir or a pinned Hub commit."""
     from transformers import AutoModelForImageTextToText
 
-    kwargs: dict[str, Any] = {"revision": source.revision,
-                              "trust_remote_code": source.trust_remote_code,
-                              "dtype": _torch_dtype(dtype or source.dtype)}
+    kwargs: dict[str, Any] = {
+        "revision": source.revision,
+        "trust_remote_code": source.trust_remote_code,
+        "dtype": _torch_dtype(dtype or source.dtype),
+    }
     if device_map is not None:
         kwargs["device_map"] = device_map
     try:
@@ -72,17 +87,22 @@ def load_pretrained(source: ModelSource, *, dtype: str | None = None,
         # remote-code VLMs (e.g. the original InternVL2.5 repos) register only AutoModel /
         # AutoModelForCausalLM
         if not source.trust_remote_code:
-            raise ModelDirError(f"{source.describe()}: not loadable as an image-text-to-text "
-                                f"model ({exc}); set base.hub.trust_remote_code if the "
-                                "repo ships its own modelling code") from exc
+            raise ModelDirError(
+                f"{source.describe()}: not loadable as an image-text-to-text "
+                f"model ({exc}); set base.hub.trust_remote_code if the "
+                "repo ships its own modelling code"
+            ) from exc
         from transformers import AutoModelForCausalLM
 
         model = AutoModelForCausalLM.from_pretrained(source.path, **kwargs)
     except OSError as exc:
         raise ModelDirError(f"{source.describe()}: cannot load weights: {exc}") from exc
-    processor = load_processor(source.path, revision=source.revision,
-                               trust_remote_code=source.trust_remote_code,
-                               model_type=getattr(model.config, "model_type", None))
+    processor = load_processor(
+        source.path,
+        revision=source.revision,
+        trust_remote_code=source.trust_remote_code,
+        model_type=getattr(model.config, "model_type", None),
+    )
     return model, processor
 
 
@@ -105,13 +125,16 @@ def freeze_vision_tower(model: Any) -> tuple[int, int]:
         elif param.requires_grad:
             trainable += param.numel()
     if frozen == 0:
-        log.warning("freeze_vision: no vision-tower parameters found (looked for %s)",
-                    ", ".join(family.vision_keys))
+        log.warning(
+            "freeze_vision: no vision-tower parameters found (looked for %s)",
+            ", ".join(family.vision_keys),
+        )
     return frozen, trainable
 
 
-def lora_target_regex(modules: list[str],
-                      vision_keys: tuple[str, ...] = GENERIC.vision_keys) -> str:
+def lora_target_regex(
+    modules: list[str], vision_keys: tuple[str, ...] = GENERIC.vision_keys
+) -> str:
     """PEFT ``target_modules`` regex: the named linear layers of the language model only.
 
     A plain list would also wrap the CLIP/ViT attention projections (same names), which
@@ -127,26 +150,37 @@ def unwrap_peft(model: Any) -> Any:
     return model.get_base_model() if hasattr(model, "get_base_model") else model
 
 
-def apply_lora(model: Any, *, r: int, alpha: int, dropout: float,
-               target_modules: list[str], seed: int | None = None) -> Any:
+def apply_lora(
+    model: Any,
+    *,
+    r: int,
+    alpha: int,
+    dropout: float,
+    target_modules: list[str],
+    seed: int | None = None,
+) -> Any:
     """``model`` with LoRA adapters.  lora_A's random initialisation is drawn in a forked
     RNG (the global one left as it was), from ``seed`` when given."""
     import torch
     from peft import LoraConfig, get_peft_model
 
-    config = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout,
-                        target_modules=lora_target_regex(target_modules,
-                                                         family_of(model).vision_keys),
-                        bias="none",
-                        task_type="CAUSAL_LM")
+    config = LoraConfig(
+        r=r,
+        lora_alpha=alpha,
+        lora_dropout=dropout,
+        target_modules=lora_target_regex(target_modules, family_of(model).vision_keys),
+        bias="none",
+        task_type="CAUSAL_LM",
+    )
     try:
         with torch.random.fork_rng(devices=[]):
             if seed is not None:
                 torch.manual_seed(seed)
             return get_peft_model(model, config)
     except ValueError as exc:
-        raise ModelDirError(f"LoRA target modules {target_modules} match no language-model "
-                            f"layer: {exc}") from exc
+        raise ModelDirError(
+            f"LoRA target modules {target_modules} match no language-model layer: {exc}"
+        ) from exc
 
 
 # --------------------------------------------------------------------------- inference
@@ -155,13 +189,18 @@ def base_source(meta: dict[str, Any], model_dir: Path) -> ModelSource:
     base = find_base(meta, model_dir)
     if isinstance(base, Path):
         return resolve_source(base)
-    return ModelSource(base, meta.get("base_revision"), bool(meta.get("trust_remote_code")),
-                       is_hub=True)
+    return ModelSource(
+        base, meta.get("base_revision"), bool(meta.get("trust_remote_code")), is_hub=True
+    )
 
 
-def load_for_inference(model_dir: str | os.PathLike[str], *, device: str | None = None,
-                       dtype: str | None = None,
-                       base_dir: str | os.PathLike[str] | None = None) -> tuple[Any, Any]:
+def load_for_inference(
+    model_dir: str | os.PathLike[str],
+    *,
+    device: str | None = None,
+    dtype: str | None = None,
+    base_dir: str | os.PathLike[str] | None = None,
+) -> tuple[Any, Any]:
     """``(model, processor)`` ready for :func:`generate_responses`, a LoRA adapter merged
     into its base (merged weights run as fast as a full checkpoint and need no peft later).
 
@@ -186,11 +225,17 @@ def load_for_inference(model_dir: str | os.PathLike[str], *, device: str | None 
         model, processor = load_pretrained(base, dtype=dtype)
         model = PeftModel.from_pretrained(model, str(d)).merge_and_unload()
         if has_processor(d):
-            processor = load_processor(str(d), trust_remote_code=base.trust_remote_code,
-                                       model_type=getattr(model.config, "model_type", None))
+            processor = load_processor(
+                str(d),
+                trust_remote_code=base.trust_remote_code,
+                model_type=getattr(model.config, "model_type", None),
+            )
     else:
-        source = resolve_source(d) if meta is None else ModelSource(
-            str(d), trust_remote_code=bool(meta.get("trust_remote_code")))
+        source = (
+            resolve_source(d)
+            if meta is None
+            else ModelSource(str(d), trust_remote_code=bool(meta.get("trust_remote_code")))
+        )
         model, processor = load_pretrained(source, dtype=dtype)
     model.to(device)
     model.eval()

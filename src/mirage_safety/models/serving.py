@@ -44,8 +44,9 @@ def servable_dir(path: Path, cache: Path = CACHE, *, base: Path | None = None) -
     if pin is not None:  # a Hub pin: the snapshot of the pinned commit in the Hub cache
         from huggingface_hub import snapshot_download
 
-        return Path(snapshot_download(pin["model_id"], revision=pin["commit"],
-                                      local_files_only=True))
+        return Path(
+            snapshot_download(pin["model_id"], revision=pin["commit"], local_files_only=True)
+        )
     meta = read_model_meta(path)
     if meta is None or meta["method"] != "lora":
         return path
@@ -59,35 +60,67 @@ def servable_dir(path: Path, cache: Path = CACHE, *, base: Path | None = None) -
     return out
 
 
-def start(model_dir: Path, *, host: str, port: int, device: str, log: Path | None,
-          timeout_s: float = 180.0, extra: tuple[str, ...] = ()) -> subprocess.Popen[bytes]:
+def start(
+    model_dir: Path,
+    *,
+    host: str,
+    port: int,
+    device: str,
+    log: Path | None,
+    timeout_s: float = 180.0,
+    extra: tuple[str, ...] = (),
+) -> subprocess.Popen[bytes]:
     """``transformers serve`` for ``model_dir`` (``extra``: more of its options, e.g.
     ``--continuous-batching``); returns once ``/health`` answers."""
-    cmd = [transformers_cli(), "serve", "--device", device, "--host", host, "--port",
-           str(port), *extra, str(model_dir)]
+    cmd = [
+        transformers_cli(),
+        "serve",
+        "--device",
+        device,
+        "--host",
+        host,
+        "--port",
+        str(port),
+        *extra,
+        str(model_dir),
+    ]
     out = open(log, "wb") if log else subprocess.DEVNULL  # noqa: SIM115 - child keeps it
-    proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT,
-                            env={**os.environ, "TRANSFORMERS_NO_ADVISORY_WARNINGS": "1"})
+    proc = subprocess.Popen(
+        cmd,
+        stdout=out,
+        stderr=subprocess.STDOUT,
+        env={**os.environ, "TRANSFORMERS_NO_ADVISORY_WARNINGS": "1"},
+    )
     deadline = time.monotonic() + timeout_s
     while True:
         if proc.poll() is not None:
-            raise RuntimeError(f"transformers serve exited {proc.returncode}"
-                               + (f" (log: {log})" if log else ""))
+            raise RuntimeError(
+                f"transformers serve exited {proc.returncode}" + (f" (log: {log})" if log else "")
+            )
         try:
             with urllib.request.urlopen(f"http://{host}:{port}/health", timeout=2):
                 return proc
         except OSError:
             if time.monotonic() > deadline:
                 proc.terminate()
-                raise RuntimeError(f"transformers serve not healthy after {timeout_s:.0f}s"
-                                   + (f" (log: {log})" if log else "")) from None
+                raise RuntimeError(
+                    f"transformers serve not healthy after {timeout_s:.0f}s"
+                    + (f" (log: {log})" if log else "")
+                ) from None
             time.sleep(0.5)
 
 
-def start_on_free_port(model_dir: Path, *, host: str, device: str, log_dir: Path,
-                       log_name: str | None = None, timeout_s: float = 180.0,
-                       extra: tuple[str, ...] = (), on_retry: Any = None
-                       ) -> tuple[subprocess.Popen[bytes], int, Path]:
+def start_on_free_port(
+    model_dir: Path,
+    *,
+    host: str,
+    device: str,
+    log_dir: Path,
+    log_name: str | None = None,
+    timeout_s: float = 180.0,
+    extra: tuple[str, ...] = (),
+    on_retry: Any = None,
+) -> tuple[subprocess.Popen[bytes], int, Path]:
     """:func:`start` on a free port: ``(process, port, its log)``, the log
     ``log_dir/<log_name>`` (default ``serve-<port>.log``).  A free port can be
     taken by another process before the server binds it, so a server that exits at once
@@ -98,8 +131,19 @@ def start_on_free_port(model_dir: Path, *, host: str, device: str, log_dir: Path
         port = free_port(host)
         log = log_dir / (log_name or f"serve-{port}.log")
         try:
-            return start(model_dir, host=host, port=port, device=device, log=log,
-                         timeout_s=timeout_s, extra=extra), port, log
+            return (
+                start(
+                    model_dir,
+                    host=host,
+                    port=port,
+                    device=device,
+                    log=log,
+                    timeout_s=timeout_s,
+                    extra=extra,
+                ),
+                port,
+                log,
+            )
         except RuntimeError as exc:
             tail = log.read_text(errors="replace")[-1500:] if log.is_file() else ""
             if attempt == 2 or "exited" not in str(exc):

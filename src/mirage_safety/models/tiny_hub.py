@@ -67,7 +67,8 @@ QWEN2_VL_TEMPLATE = (
     "{% set video_count.value = video_count.value + 1 %}{% if add_vision_id %}Video "
     "{{ video_count.value }}: {% endif %}<|vision_start|><|video_pad|><|vision_end|>"
     "{% elif 'text' in content %}{{ content['text'] }}{% endif %}{% endfor %}<|im_end|>\n"
-    "{% endif %}{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+    "{% endif %}{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
 # OpenGVLab/InternVL3-*-hf (transformers' convert_internvl_weights_to_hf.py)
 INTERNVL_TEMPLATE = (
     "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\n'}}"
@@ -76,7 +77,8 @@ INTERNVL_TEMPLATE = (
     "{{ '<IMG_CONTEXT>\n' }}{% elif content['type'] == 'video' %}{{ '<video>\n' }}"
     "{% elif content['type'] == 'text' %}{{ content['text'] }}{% endif %}{% endfor %}"
     "{% endif %}{{'<|im_end|>\n'}}{% endfor %}"
-    "{% if add_generation_prompt %}{{'<|im_start|>assistant\n' }}{% endif %}")
+    "{% if add_generation_prompt %}{{'<|im_start|>assistant\n' }}{% endif %}"
+)
 # google/gemma-3-*-it (chat_template.json)
 GEMMA3_TEMPLATE = (
     "{{ bos_token }}\n"
@@ -88,16 +90,16 @@ GEMMA3_TEMPLATE = (
     "    {%- endif -%}\n"
     "    {%- set loop_messages = messages[1:] -%}\n"
     "{%- else -%}\n"
-    "    {%- set first_user_prefix = \"\" -%}\n"
+    '    {%- set first_user_prefix = "" -%}\n'
     "    {%- set loop_messages = messages -%}\n"
     "{%- endif -%}\n"
     "{%- for message in loop_messages -%}\n"
     "    {%- if (message['role'] == 'user') != (loop.index0 % 2 == 0) -%}\n"
-    "        {{ raise_exception(\"Conversation roles must alternate "
-    "user/assistant/user/assistant/...\") }}\n"
+    '        {{ raise_exception("Conversation roles must alternate '
+    'user/assistant/user/assistant/...") }}\n'
     "    {%- endif -%}\n"
     "    {%- if (message['role'] == 'assistant') -%}\n"
-    "        {%- set role = \"model\" -%}\n"
+    '        {%- set role = "model" -%}\n'
     "    {%- else -%}\n"
     "        {%- set role = message['role'] -%}\n"
     "    {%- endif -%}\n"
@@ -113,17 +115,24 @@ GEMMA3_TEMPLATE = (
     "            {%- endif -%}\n"
     "        {%- endfor -%}\n"
     "    {%- else -%}\n"
-    "        {{ raise_exception(\"Invalid content type\") }}\n"
+    '        {{ raise_exception("Invalid content type") }}\n'
     "    {%- endif -%}\n"
     "    {{ '<end_of_turn>\n' }}\n"
     "{%- endfor -%}\n"
     "{%- if add_generation_prompt -%}\n"
     "    {{'<start_of_turn>model\n'}}\n"
-    "{%- endif -%}\n")
+    "{%- endif -%}\n"
+)
 
 # the text model every tiny checkpoint shares (per-family key names differ)
-TEXT = {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
-        "num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": 2048}
+TEXT = {
+    "hidden_size": 64,
+    "intermediate_size": 128,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "max_position_embeddings": 2048,
+}
 
 
 def repo_id(family: Family) -> str:
@@ -148,10 +157,13 @@ def _corpus() -> Iterable[str]:
 def _tokenizer(special: list[str], **kwargs: Any) -> Any:
     from transformers import PreTrainedTokenizerFast
 
-
     bpe = train_bpe(_corpus(), VOCAB_SIZE, special)
-    return PreTrainedTokenizerFast(tokenizer_object=bpe, clean_up_tokenization_spaces=False,
-                                   model_max_length=TEXT["max_position_embeddings"], **kwargs)
+    return PreTrainedTokenizerFast(
+        tokenizer_object=bpe,
+        clean_up_tokenization_spaces=False,
+        model_max_length=TEXT["max_position_embeddings"],
+        **kwargs,
+    )
 
 
 # --------------------------------------------------------------------------- families
@@ -161,35 +173,68 @@ def _qwen2_vl() -> tuple[Any, Any]:
         Qwen2VLImageProcessorPil,
     )
 
-
-    special = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|object_ref_start|>",
-               "<|object_ref_end|>", "<|box_start|>", "<|box_end|>", "<|quad_start|>",
-               "<|quad_end|>", "<|vision_start|>", "<|vision_end|>", "<|vision_pad|>",
-               "<|image_pad|>", "<|video_pad|>"]
-    tok = _tokenizer(special, pad_token="<|endoftext|>", eos_token="<|im_end|>",
-                     additional_special_tokens=special[1:], padding_side="right")
+    special = [
+        "<|endoftext|>",
+        "<|im_start|>",
+        "<|im_end|>",
+        "<|object_ref_start|>",
+        "<|object_ref_end|>",
+        "<|box_start|>",
+        "<|box_end|>",
+        "<|quad_start|>",
+        "<|quad_end|>",
+        "<|vision_start|>",
+        "<|vision_end|>",
+        "<|vision_pad|>",
+        "<|image_pad|>",
+        "<|video_pad|>",
+    ]
+    tok = _tokenizer(
+        special,
+        pad_token="<|endoftext|>",
+        eos_token="<|im_end|>",
+        additional_special_tokens=special[1:],
+        padding_side="right",
+    )
     ids = tok.convert_tokens_to_ids
     # 56 x 56 px -> 4 x 4 patches of 14 px -> 2 x 2 merged tokens per image
-    image_processor = Qwen2VLImageProcessorPil(min_pixels=56 * 56, max_pixels=56 * 56,
-                                               patch_size=14, merge_size=2,
-                                               temporal_patch_size=2)
+    image_processor = Qwen2VLImageProcessorPil(
+        min_pixels=56 * 56, max_pixels=56 * 56, patch_size=14, merge_size=2, temporal_patch_size=2
+    )
     processor = image_only_processor_class(QWEN2_VL)(
-        image_processor=image_processor, tokenizer=tok, chat_template=QWEN2_VL_TEMPLATE)
+        image_processor=image_processor, tokenizer=tok, chat_template=QWEN2_VL_TEMPLATE
+    )
     head_dim = TEXT["hidden_size"] // TEXT["num_attention_heads"]
     config = Qwen2VLConfig(
-        text_config={**TEXT, "vocab_size": len(tok), "bos_token_id": None,
-                     "eos_token_id": tok.eos_token_id, "pad_token_id": tok.pad_token_id,
-                     "tie_word_embeddings": False,
-                     # sections sum to head_dim / 2 (temporal, height, width)
-                     "rope_scaling": {"type": "mrope",
-                                      "mrope_section": [head_dim // 8, 3 * head_dim // 16,
-                                                        3 * head_dim // 16]}},
-        vision_config={"depth": 1, "embed_dim": 32, "hidden_size": TEXT["hidden_size"],
-                       "num_heads": 2, "mlp_ratio": 2, "patch_size": 14,
-                       "spatial_merge_size": 2, "temporal_patch_size": 2, "in_chans": 3},
-        image_token_id=ids("<|image_pad|>"), video_token_id=ids("<|video_pad|>"),
+        text_config={
+            **TEXT,
+            "vocab_size": len(tok),
+            "bos_token_id": None,
+            "eos_token_id": tok.eos_token_id,
+            "pad_token_id": tok.pad_token_id,
+            "tie_word_embeddings": False,
+            # sections sum to head_dim / 2 (temporal, height, width)
+            "rope_scaling": {
+                "type": "mrope",
+                "mrope_section": [head_dim // 8, 3 * head_dim // 16, 3 * head_dim // 16],
+            },
+        },
+        vision_config={
+            "depth": 1,
+            "embed_dim": 32,
+            "hidden_size": TEXT["hidden_size"],
+            "num_heads": 2,
+            "mlp_ratio": 2,
+            "patch_size": 14,
+            "spatial_merge_size": 2,
+            "temporal_patch_size": 2,
+            "in_chans": 3,
+        },
+        image_token_id=ids("<|image_pad|>"),
+        video_token_id=ids("<|video_pad|>"),
         vision_start_token_id=ids("<|vision_start|>"),
-        vision_end_token_id=ids("<|vision_end|>"))
+        vision_end_token_id=ids("<|vision_end|>"),
+    )
     return Qwen2VLForConditionalGeneration(config), processor
 
 
@@ -199,33 +244,73 @@ def _internvl() -> tuple[Any, Any]:
         GotOcr2ImageProcessorPil,
     )
 
-
-    special = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<img>", "</img>",
-               "<IMG_CONTEXT>", "<quad>", "</quad>", "<ref>", "</ref>", "<box>", "</box>",
-               "<video>"]
-    tok = _tokenizer(special, pad_token="<|endoftext|>", eos_token="<|im_end|>",
-                     additional_special_tokens=special[1:], padding_side="right",
-                     extra_special_tokens={"start_image_token": "<img>",
-                                           "end_image_token": "</img>",
-                                           "context_image_token": "<IMG_CONTEXT>",
-                                           "video_token": "<video>"})
+    special = [
+        "<|endoftext|>",
+        "<|im_start|>",
+        "<|im_end|>",
+        "<img>",
+        "</img>",
+        "<IMG_CONTEXT>",
+        "<quad>",
+        "</quad>",
+        "<ref>",
+        "</ref>",
+        "<box>",
+        "</box>",
+        "<video>",
+    ]
+    tok = _tokenizer(
+        special,
+        pad_token="<|endoftext|>",
+        eos_token="<|im_end|>",
+        additional_special_tokens=special[1:],
+        padding_side="right",
+        extra_special_tokens={
+            "start_image_token": "<img>",
+            "end_image_token": "</img>",
+            "context_image_token": "<IMG_CONTEXT>",
+            "video_token": "<video>",
+        },
+    )
     # 32 px tiles, 8 px patches, pixel shuffle 0.5 -> 4 tokens per tile; one tile per image
     image_processor = GotOcr2ImageProcessorPil(
-        size={"height": 32, "width": 32}, crop_to_patches=False, min_patches=1, max_patches=1,
-        image_mean=[0.485, 0.456, 0.406], image_std=[0.229, 0.224, 0.225])
+        size={"height": 32, "width": 32},
+        crop_to_patches=False,
+        min_patches=1,
+        max_patches=1,
+        image_mean=[0.485, 0.456, 0.406],
+        image_std=[0.229, 0.224, 0.225],
+    )
     processor = image_only_processor_class(INTERNVL)(
-        image_processor=image_processor, tokenizer=tok, image_seq_length=4,
-        chat_template=INTERNVL_TEMPLATE)
+        image_processor=image_processor,
+        tokenizer=tok,
+        image_seq_length=4,
+        chat_template=INTERNVL_TEMPLATE,
+    )
     config = InternVLConfig(
-        text_config={**TEXT, "model_type": "qwen2", "vocab_size": len(tok),
-                     "eos_token_id": tok.eos_token_id, "pad_token_id": tok.pad_token_id,
-                     "tie_word_embeddings": False},
-        vision_config={"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1,
-                       "num_attention_heads": 2, "image_size": [32, 32], "patch_size": [8, 8],
-                       "use_absolute_position_embeddings": True},
-        image_token_id=tok.convert_tokens_to_ids("<IMG_CONTEXT>"), downsample_ratio=0.5,
-        projector_hidden_act="gelu", vision_feature_layer=-1,
-        vision_feature_select_strategy="default")
+        text_config={
+            **TEXT,
+            "model_type": "qwen2",
+            "vocab_size": len(tok),
+            "eos_token_id": tok.eos_token_id,
+            "pad_token_id": tok.pad_token_id,
+            "tie_word_embeddings": False,
+        },
+        vision_config={
+            "hidden_size": 32,
+            "intermediate_size": 64,
+            "num_hidden_layers": 1,
+            "num_attention_heads": 2,
+            "image_size": [32, 32],
+            "patch_size": [8, 8],
+            "use_absolute_position_embeddings": True,
+        },
+        image_token_id=tok.convert_tokens_to_ids("<IMG_CONTEXT>"),
+        downsample_ratio=0.5,
+        projector_hidden_act="gelu",
+        vision_feature_layer=-1,
+        vision_feature_select_strategy="default",
+    )
     return InternVLForConditionalGeneration(config), processor
 
 
@@ -235,37 +320,78 @@ def _gemma3() -> tuple[Any, Any]:
         Gemma3ImageProcessorPil,
     )
 
-    special = ["<pad>", "<eos>", "<bos>", "<unk>", "<start_of_turn>", "<end_of_turn>",
-               "<start_of_image>", "<end_of_image>", "<image_soft_token>"]
-    tok = _tokenizer(special, pad_token="<pad>", eos_token="<eos>", bos_token="<bos>",
-                     unk_token="<unk>", padding_side="left",
-                     additional_special_tokens=special[4:],
-                     extra_special_tokens={"boi_token": "<start_of_image>",
-                                           "eoi_token": "<end_of_image>",
-                                           "image_token": "<image_soft_token>"})
+    special = [
+        "<pad>",
+        "<eos>",
+        "<bos>",
+        "<unk>",
+        "<start_of_turn>",
+        "<end_of_turn>",
+        "<start_of_image>",
+        "<end_of_image>",
+        "<image_soft_token>",
+    ]
+    tok = _tokenizer(
+        special,
+        pad_token="<pad>",
+        eos_token="<eos>",
+        bos_token="<bos>",
+        unk_token="<unk>",
+        padding_side="left",
+        additional_special_tokens=special[4:],
+        extra_special_tokens={
+            "boi_token": "<start_of_image>",
+            "eoi_token": "<end_of_image>",
+            "image_token": "<image_soft_token>",
+        },
+    )
     # 32 px, 8 px patches -> 4 x 4 patches, average-pooled to 2 x 2 = 4 tokens per image
-    image_processor = Gemma3ImageProcessorPil(size={"height": 32, "width": 32},
-                                              image_mean=[0.5] * 3, image_std=[0.5] * 3)
-    processor = Gemma3Processor(image_processor=image_processor, tokenizer=tok,
-                                image_seq_length=4, chat_template=GEMMA3_TEMPLATE)
+    image_processor = Gemma3ImageProcessorPil(
+        size={"height": 32, "width": 32}, image_mean=[0.5] * 3, image_std=[0.5] * 3
+    )
+    processor = Gemma3Processor(
+        image_processor=image_processor,
+        tokenizer=tok,
+        image_seq_length=4,
+        chat_template=GEMMA3_TEMPLATE,
+    )
     config = Gemma3Config(
-        text_config={**TEXT, "head_dim": 16, "vocab_size": len(tok), "sliding_window": 512,
-                     "pad_token_id": tok.pad_token_id, "eos_token_id": tok.eos_token_id,
-                     "bos_token_id": tok.bos_token_id},
-        vision_config={"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1,
-                       "num_attention_heads": 2, "image_size": 32, "patch_size": 8},
-        mm_tokens_per_image=4, boi_token_index=tok.convert_tokens_to_ids("<start_of_image>"),
+        text_config={
+            **TEXT,
+            "head_dim": 16,
+            "vocab_size": len(tok),
+            "sliding_window": 512,
+            "pad_token_id": tok.pad_token_id,
+            "eos_token_id": tok.eos_token_id,
+            "bos_token_id": tok.bos_token_id,
+        },
+        vision_config={
+            "hidden_size": 32,
+            "intermediate_size": 64,
+            "num_hidden_layers": 1,
+            "num_attention_heads": 2,
+            "image_size": 32,
+            "patch_size": 8,
+        },
+        mm_tokens_per_image=4,
+        boi_token_index=tok.convert_tokens_to_ids("<start_of_image>"),
         eoi_token_index=tok.convert_tokens_to_ids("<end_of_image>"),
-        image_token_index=tok.convert_tokens_to_ids("<image_soft_token>"))
+        image_token_index=tok.convert_tokens_to_ids("<image_soft_token>"),
+    )
     model = Gemma3ForConditionalGeneration(config)
     # the -it generation config stops at <end_of_turn> as well as <eos>
-    model.generation_config.eos_token_id = [tok.eos_token_id,
-                                            tok.convert_tokens_to_ids("<end_of_turn>")]
+    model.generation_config.eos_token_id = [
+        tok.eos_token_id,
+        tok.convert_tokens_to_ids("<end_of_turn>"),
+    ]
     return model, processor
 
 
 BUILDERS: dict[str, Callable[[], tuple[Any, Any]]] = {
-    QWEN2_VL.name: _qwen2_vl, INTERNVL.name: _internvl, GEMMA3.name: _gemma3}
+    QWEN2_VL.name: _qwen2_vl,
+    INTERNVL.name: _internvl,
+    GEMMA3.name: _gemma3,
+}
 
 
 def build_tiny(family: str, seed: int = 0) -> tuple[Any, Any]:
@@ -289,8 +415,9 @@ def _content_commit(root: Path) -> str:
     return h.hexdigest()
 
 
-def write_snapshot(family: str, cache_dir: str | os.PathLike[str], *, seed: int = 0,
-                   revision: str = "main") -> tuple[str, str]:
+def write_snapshot(
+    family: str, cache_dir: str | os.PathLike[str], *, seed: int = 0, revision: str = "main"
+) -> tuple[str, str]:
     """Build ``family``'s tiny checkpoint into ``cache_dir`` as a Hub snapshot.
 
     Returns ``(repo_id, commit)``.  Idempotent: the same family and seed give the same
@@ -331,11 +458,15 @@ def _handler(args: argparse.Namespace) -> int:
 
 def add_cli(subparsers: Any) -> argparse.ArgumentParser:
     p = subparsers.add_parser(
-        "tiny-hub", help="build tiny random-weight Hub snapshots of real VLM families",
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+        "tiny-hub",
+        help="build tiny random-weight Hub snapshots of real VLM families",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("--family", choices=[*BUILDERS, "all"], default="all")
-    p.add_argument("--cache", default=None,
-                   help="Hugging Face hub cache to write into (default: HF_HUB_CACHE)")
+    p.add_argument(
+        "--cache", default=None, help="Hugging Face hub cache to write into (default: HF_HUB_CACHE)"
+    )
     p.add_argument("--seed", type=int, default=0, help="weight initialisation seed")
     p.set_defaults(func=_handler)
     return p

@@ -39,8 +39,16 @@ UNK_TOKEN = "<unk>"
 USER_TOKEN = "<|user|>"
 ASSISTANT_TOKEN = "<|assistant|>"
 SYSTEM_TOKEN = "<|system|>"
-SPECIAL_TOKENS = (PAD_TOKEN, BOS_TOKEN, EOS_TOKEN, UNK_TOKEN, IMAGE_TOKEN,
-                  USER_TOKEN, ASSISTANT_TOKEN, SYSTEM_TOKEN)
+SPECIAL_TOKENS = (
+    PAD_TOKEN,
+    BOS_TOKEN,
+    EOS_TOKEN,
+    UNK_TOKEN,
+    IMAGE_TOKEN,
+    USER_TOKEN,
+    ASSISTANT_TOKEN,
+    SYSTEM_TOKEN,
+)
 
 # Compact layout (no newlines: every token costs CPU time):
 #   <s><|user|><image><image>QUESTION<|assistant|>ANSWER</s><|user|>...
@@ -75,8 +83,9 @@ CHAT_TEMPLATE = (
 def num_image_tokens(cfg: BuiltinModelConfig, image_size: int) -> int:
     """Placeholder tokens per image: one per patch (the CLS token is dropped)."""
     if image_size % cfg.patch_size:
-        raise ValueError(f"image_size {image_size} is not a multiple of patch_size "
-                         f"{cfg.patch_size}")
+        raise ValueError(
+            f"image_size {image_size} is not a multiple of patch_size {cfg.patch_size}"
+        )
     return (image_size // cfg.patch_size) ** 2
 
 
@@ -117,8 +126,12 @@ def train_tokenizer(corpus: Iterable[str], vocab_size: int) -> PreTrainedTokeniz
         unk_token=UNK_TOKEN,
         # named extra tokens become attributes (tokenizer.image_token), which
         # LlavaProcessor reads to find its placeholder
-        extra_special_tokens={"image_token": IMAGE_TOKEN, "user_token": USER_TOKEN,
-                              "assistant_token": ASSISTANT_TOKEN, "system_token": SYSTEM_TOKEN},
+        extra_special_tokens={
+            "image_token": IMAGE_TOKEN,
+            "user_token": USER_TOKEN,
+            "assistant_token": ASSISTANT_TOKEN,
+            "system_token": SYSTEM_TOKEN,
+        },
         padding_side="right",
         chat_template=CHAT_TEMPLATE,
         model_max_length=4096,
@@ -127,8 +140,9 @@ def train_tokenizer(corpus: Iterable[str], vocab_size: int) -> PreTrainedTokeniz
     return wrapped
 
 
-def build_processor(tokenizer: PreTrainedTokenizerFast, cfg: BuiltinModelConfig,
-                    image_size: int) -> LlavaProcessor:
+def build_processor(
+    tokenizer: PreTrainedTokenizerFast, cfg: BuiltinModelConfig, image_size: int
+) -> LlavaProcessor:
     from transformers import LlavaProcessor
     from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
 
@@ -149,8 +163,9 @@ def build_processor(tokenizer: PreTrainedTokenizerFast, cfg: BuiltinModelConfig,
     )
 
 
-def build_model(tokenizer: PreTrainedTokenizerFast, cfg: BuiltinModelConfig, image_size: int,
-                *, seed: int = 0) -> LlavaForConditionalGeneration:
+def build_model(
+    tokenizer: PreTrainedTokenizerFast, cfg: BuiltinModelConfig, image_size: int, *, seed: int = 0
+) -> LlavaForConditionalGeneration:
     import torch
     from transformers import (
         CLIPVisionConfig,
@@ -205,8 +220,9 @@ def build_model(tokenizer: PreTrainedTokenizerFast, cfg: BuiltinModelConfig, ima
     return model
 
 
-def build_tiny_vlm(corpus: Iterable[str], cfg: BuiltinModelConfig, image_size: int, *,
-                   seed: int = 0) -> tuple[LlavaForConditionalGeneration, LlavaProcessor]:
+def build_tiny_vlm(
+    corpus: Iterable[str], cfg: BuiltinModelConfig, image_size: int, *, seed: int = 0
+) -> tuple[LlavaForConditionalGeneration, LlavaProcessor]:
     """Tokenizer + processor + randomly initialised model, ready for pre-training."""
     tokenizer = train_tokenizer(corpus, cfg.vocab_size)
     processor = build_processor(tokenizer, cfg, image_size)

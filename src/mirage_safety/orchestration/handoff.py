@@ -34,8 +34,14 @@ class HandoffError(RuntimeError):
 
 
 def dvc(repo: Path, *args: str, env: Mapping[str, str] | None = None) -> str:
-    out = subprocess.run(dvc_cmd(*args), cwd=repo, env=stage_env(env or {}),
-                         capture_output=True, text=True, check=False)
+    out = subprocess.run(
+        dvc_cmd(*args),
+        cwd=repo,
+        env=stage_env(env or {}),
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     text = (out.stdout + out.stderr).strip()
     if out.returncode != 0:
         raise HandoffError(f"dvc {' '.join(args)} failed in {repo}: {text[-3000:]}")
@@ -46,16 +52,22 @@ def _remote_args(remote: str | None) -> list[str]:
     return ["--remote", remote] if remote else []
 
 
-def push(repo: Path, stages: Sequence[str], *, remote: str | None = None,
-         env: Mapping[str, str] | None = None) -> str:
+def push(
+    repo: Path,
+    stages: Sequence[str],
+    *,
+    remote: str | None = None,
+    env: Mapping[str, str] | None = None,
+) -> str:
     """Push the cached outs of ``stages`` (what a stage placed elsewhere depends on)."""
     if not stages:
         return ""
     return dvc(repo, "push", *_remote_args(remote), *stages, env=env)
 
 
-def pull(repo: Path, stage: str, *, remote: str | None = None,
-         env: Mapping[str, str] | None = None) -> str:
+def pull(
+    repo: Path, stage: str, *, remote: str | None = None, env: Mapping[str, str] | None = None
+) -> str:
     """Pull ``stage``'s outs (the orchestrating checkout, after the worker pushed them)."""
     return dvc(repo, "pull", "--allow-missing", *_remote_args(remote), stage, env=env)
 
@@ -78,26 +90,28 @@ def inputs(repo: Path, stage: str) -> list[str]:
     stages = _dvc_yaml(repo)
     produced = [p for name, d in stages.items() if name != stage for p in _out_paths(d)]
     deps = [str(d) for d in (stages.get(stage) or {}).get("deps") or []]
-    return [d for d in deps
-            if any(d == p or d.startswith(p.rstrip("/") + "/") for p in produced)]
+    return [d for d in deps if any(d == p or d.startswith(p.rstrip("/") + "/") for p in produced)]
 
 
 def small_inputs(repo: Path, stage: str) -> dict[str, str]:
     """The stage's produced inputs kept in git, not the DVC cache (``metrics/eval.json``
     for ``register``): their text, sent along with the stage instead of through DVC."""
     small = {p for name in _dvc_yaml(repo) for p in cache_false_outs(repo, name)}
-    return {p: (repo / p).read_text() for p in inputs(repo, stage)
-            if p in small and (repo / p).is_file()}
+    return {
+        p: (repo / p).read_text()
+        for p in inputs(repo, stage)
+        if p in small and (repo / p).is_file()
+    }
 
 
-def pull_inputs(repo: Path, stage: str, *, remote: str | None = None,
-                env: Mapping[str, str] | None = None) -> str:
+def pull_inputs(
+    repo: Path, stage: str, *, remote: str | None = None, env: Mapping[str, str] | None = None
+) -> str:
     """Pull the stage's produced inputs (:func:`inputs`, those in the DVC cache) and its
     own outs where the remote has them already (then ``dvc repro`` skips the stage)."""
     small = {p for name in _dvc_yaml(repo) for p in cache_false_outs(repo, name)}
     cached = [p for p in inputs(repo, stage) if p not in small]
-    return dvc(repo, "pull", "--allow-missing", *_remote_args(remote), *cached, stage,
-               env=env)
+    return dvc(repo, "pull", "--allow-missing", *_remote_args(remote), *cached, stage, env=env)
 
 
 def read_lock(repo: Path) -> dict[str, Any]:
@@ -125,11 +139,14 @@ def cache_false_outs(repo: Path, stage: str) -> list[str]:
     for section in ("outs", "metrics", "plots"):
         for item in (stages.get(stage) or {}).get(section) or []:
             if isinstance(item, dict):
-                out += [p for p, opts in item.items()
-                        if isinstance(opts, dict) and opts.get("cache") is False]
+                out += [
+                    p
+                    for p, opts in item.items()
+                    if isinstance(opts, dict) and opts.get("cache") is False
+                ]
     return out
 
 
 def upstream(stage: str, order: Sequence[str]) -> list[str]:
     """The stages before ``stage`` in the pipeline's order."""
-    return list(order[:order.index(stage)])
+    return list(order[: order.index(stage)])

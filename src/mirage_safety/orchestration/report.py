@@ -48,14 +48,25 @@ def metrics_rows(eval_metrics: Mapping[str, Any] | None) -> list[dict[str, Any]]
             if nums:
                 why = unusable(values, 95.0 if share is None else share)
                 # a judge that failed on most answers leaves rates of 0.0: say so in the row
-                rows.append({"model": model, "split": split, **nums,
-                             **({"note": f"rates not usable: {why}"} if why else {})})
+                rows.append(
+                    {
+                        "model": model,
+                        "split": split,
+                        **nums,
+                        **({"note": f"rates not usable: {why}"} if why else {}),
+                    }
+                )
     seen = {k for row in rows for k in row} - {"model", "split", "note"}
     columns = [c for c in METRIC_ORDER if c in seen] + sorted(seen - set(METRIC_ORDER))
     noted = any("note" in r for r in rows)
     return [
-        {"model": r["model"], "split": r["split"], **{c: r.get(c) for c in columns},
-         **({"note": r.get("note", "")} if noted else {})} for r in rows
+        {
+            "model": r["model"],
+            "split": r["split"],
+            **{c: r.get(c) for c in columns},
+            **({"note": r.get("note", "")} if noted else {}),
+        }
+        for r in rows
     ]
 
 

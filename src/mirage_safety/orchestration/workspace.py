@@ -13,7 +13,7 @@ from pathlib import Path
 import yaml
 
 from mirage_safety.config import ConfigError, Params, load_params
-from mirage_safety.evaluation.benchmarks.protocols import check_benchmarks
+from mirage_safety.evaluation.benchmarks.registry import check_benchmarks
 from mirage_safety.orchestration.lock import LOCK_RELPATH, run_logger
 
 PARAMS_FILE = "params.yaml"

@@ -62,8 +62,9 @@ def alias_version(client: MlflowClient, name: str, alias: str) -> ModelVersion |
     except MlflowException as exc:
         # no such model: RESOURCE_DOES_NOT_EXIST; no such alias: INVALID_PARAMETER_VALUE
         # "Registered model alias ... not found" (connection errors must propagate)
-        unset_alias = (exc.error_code == "INVALID_PARAMETER_VALUE"
-                       and "not found" in str(exc).lower())
+        unset_alias = (
+            exc.error_code == "INVALID_PARAMETER_VALUE" and "not found" in str(exc).lower()
+        )
         if _not_found(exc) or unset_alias:
             return None
         raise
@@ -76,8 +77,9 @@ def _require_model(client: MlflowClient, name: str) -> Any:
         return client.get_registered_model(name)
     except MlflowException as exc:
         if _not_found(exc):
-            raise RegistryError(f"registered model {name!r} does not exist "
-                                f"(tracking URI: {_uri()})") from None
+            raise RegistryError(
+                f"registered model {name!r} does not exist (tracking URI: {_uri()})"
+            ) from None
         raise
 
 
@@ -101,8 +103,9 @@ def _require_version(client: MlflowClient, name: str, version: str | int) -> Mod
     except MlflowException as exc:
         if _not_found(exc) or "invalid" in str(exc).lower():
             known = ", ".join(_v(v.version) for v in _versions(client, name)) or "none"
-            raise RegistryError(f"model {name!r} has no version {version!r} "
-                                f"(versions: {known})") from None
+            raise RegistryError(
+                f"model {name!r} has no version {version!r} (versions: {known})"
+            ) from None
         raise
 
 
@@ -136,9 +139,16 @@ def current_user() -> str:
         return os.environ.get("USER") or "unknown"
 
 
-def set_champion(client: MlflowClient, name: str, version: str | int, *, how: str,
-                 by: str, reason: str | None = None,
-                 history: list[str] | None = None) -> str | None:
+def set_champion(
+    client: MlflowClient,
+    name: str,
+    version: str | int,
+    *,
+    how: str,
+    by: str,
+    reason: str | None = None,
+    history: list[str] | None = None,
+) -> str | None:
     """Point ``champion`` at ``version``, record who/why/previous; return the previous one.
 
     ``how`` is ``gate``, ``manual`` or ``rollback``.  ``history`` replaces the stored
@@ -181,26 +191,47 @@ def set_challenger(client: MlflowClient, name: str, version: str | int) -> None:
     client.set_registered_model_alias(name, CHALLENGER, _v(version))
 
 
-def promote(client: MlflowClient, name: str, version: str | int, *,
-            reason: str | None = None, by: str | None = None) -> dict[str, Any]:
+def promote(
+    client: MlflowClient,
+    name: str,
+    version: str | int,
+    *,
+    reason: str | None = None,
+    by: str | None = None,
+) -> dict[str, Any]:
     """Make ``version`` the champion (no gate); the old champion stays in the history."""
     mv = _require_version(client, name, version)
     version = _v(mv.version)
     current = alias_version(client, name, CHAMPION)
     gate = (mv.tags or {}).get("gate.decision")
     if current is not None and _v(current.version) == version:
-        return {"model_name": name, "champion_version": int(version),
-                "previous_champion_version": int(version), "changed": False,
-                "gate_decision": gate}
-    previous = set_champion(client, name, version, how="manual", by=by or current_user(),
-                            reason=reason or "manual promotion")
-    return {"model_name": name, "champion_version": int(version),
-            "previous_champion_version": int(previous) if previous else None,
-            "changed": True, "gate_decision": gate}
+        return {
+            "model_name": name,
+            "champion_version": int(version),
+            "previous_champion_version": int(version),
+            "changed": False,
+            "gate_decision": gate,
+        }
+    previous = set_champion(
+        client,
+        name,
+        version,
+        how="manual",
+        by=by or current_user(),
+        reason=reason or "manual promotion",
+    )
+    return {
+        "model_name": name,
+        "champion_version": int(version),
+        "previous_champion_version": int(previous) if previous else None,
+        "changed": True,
+        "gate_decision": gate,
+    }
 
 
-def rollback(client: MlflowClient, name: str, *, reason: str | None = None,
-             by: str | None = None) -> dict[str, Any]:
+def rollback(
+    client: MlflowClient, name: str, *, reason: str | None = None, by: str | None = None
+) -> dict[str, Any]:
     """Move ``champion`` back to the previous champion (history tag, else the champion's
     ``champion.previous`` tag)."""
     history = champion_history(client, name)
@@ -208,27 +239,41 @@ def rollback(client: MlflowClient, name: str, *, reason: str | None = None,
     if len(history) < 2:
         current_mv = alias_version(client, name, CHAMPION)
         # no history tag at all (aliases set by other tools): trust the version's tag
-        previous = ((current_mv.tags or {}).get("champion.previous")
-                    if current_mv is not None and not recorded else None)
+        previous = (
+            (current_mv.tags or {}).get("champion.previous")
+            if current_mv is not None and not recorded
+            else None
+        )
         if current_mv is None or not previous:
             raise RegistryError(
                 f"nothing to roll back for model {name!r}: "
-                + (f"version {current_mv.version} is the only champion so far" if current_mv
-                   else "it has no champion"))
+                + (
+                    f"version {current_mv.version} is the only champion so far"
+                    if current_mv
+                    else "it has no champion"
+                )
+            )
         history = [previous, _v(current_mv.version)]
     current = history.pop()
     target = history[-1]
     try:
         _require_version(client, name, target)
     except RegistryError:
-        raise RegistryError(f"cannot roll back model {name!r} from version {current}: the "
-                            f"previous champion, version {target}, no longer exists") from None
+        raise RegistryError(
+            f"cannot roll back model {name!r} from version {current}: the "
+            f"previous champion, version {target}, no longer exists"
+        ) from None
     why = f"rolled back from version {current}" + (f": {reason}" if reason else "")
-    set_champion(client, name, target, how="rollback", by=by or current_user(), reason=why,
-                 history=history)
+    set_champion(
+        client, name, target, how="rollback", by=by or current_user(), reason=why, history=history
+    )
     client.set_model_version_tag(name, current, "champion.rolled_back_at", _now())
-    return {"model_name": name, "champion_version": int(target),
-            "previous_champion_version": int(current), "changed": True}
+    return {
+        "model_name": name,
+        "champion_version": int(target),
+        "previous_champion_version": int(current),
+        "changed": True,
+    }
 
 
 def show(client: MlflowClient, name: str) -> dict[str, Any]:
@@ -238,16 +283,18 @@ def show(client: MlflowClient, name: str) -> dict[str, Any]:
     versions = []
     for mv in _versions(client, name):
         tags = mv.tags or {}
-        versions.append({
-            "version": int(mv.version),
-            # search results carry no aliases in MLflow 3: invert the model's alias map
-            "aliases": sorted(a for a, v in aliases.items() if v == int(mv.version)),
-            "run_id": mv.run_id,
-            "created": mv.creation_timestamp,
-            "gate_decision": tags.get("gate.decision"),
-            "compared_to": tags.get("gate.compared_to"),
-            "champion_how": tags.get("champion.how"),
-        })
+        versions.append(
+            {
+                "version": int(mv.version),
+                # search results carry no aliases in MLflow 3: invert the model's alias map
+                "aliases": sorted(a for a, v in aliases.items() if v == int(mv.version)),
+                "run_id": mv.run_id,
+                "created": mv.creation_timestamp,
+                "gate_decision": tags.get("gate.decision"),
+                "compared_to": tags.get("gate.compared_to"),
+                "champion_how": tags.get("champion.how"),
+            }
+        )
     champion = alias_version(client, name, CHAMPION)
     challenger = alias_version(client, name, CHALLENGER)
     return {
@@ -265,7 +312,6 @@ def show(client: MlflowClient, name: str) -> dict[str, Any]:
 def _client(args: argparse.Namespace, params: Params) -> tuple[MlflowClient, str]:
     import mlflow
 
-
     mlflow.set_tracking_uri(resolve_tracking_uri(params.tracking))
     return mlflow.MlflowClient(), args.model_name or params.registry.model_name
 
@@ -277,18 +323,25 @@ def _cli_promote(args: argparse.Namespace, params: Params) -> int:
         print(f"version {out['champion_version']} of {name!r} is already the champion")
         return 0
     if out["gate_decision"] == "reject":
-        print(f"warning: the gate refused version {out['champion_version']}; promoting it "
-              "anyway as asked", file=sys.stderr)
-    print(f"{name}@{CHAMPION} -> version {out['champion_version']} "
-          f"(was {out['previous_champion_version'] or 'none'})")
+        print(
+            f"warning: the gate refused version {out['champion_version']}; promoting it "
+            "anyway as asked",
+            file=sys.stderr,
+        )
+    print(
+        f"{name}@{CHAMPION} -> version {out['champion_version']} "
+        f"(was {out['previous_champion_version'] or 'none'})"
+    )
     return 0
 
 
 def _cli_rollback(args: argparse.Namespace, params: Params) -> int:
     client, name = _client(args, params)
     out = rollback(client, name, reason=args.reason, by=args.by)
-    print(f"{name}@{CHAMPION} -> version {out['champion_version']} "
-          f"(rolled back from {out['previous_champion_version']})")
+    print(
+        f"{name}@{CHAMPION} -> version {out['champion_version']} "
+        f"(rolled back from {out['previous_champion_version']})"
+    )
     return 0
 
 
@@ -304,8 +357,10 @@ def _cli_show(args: argparse.Namespace, params: Params) -> int:
     print(f"  history:    {' -> '.join(info['champion_history']) or '-'}")
     for v in info["versions"]:
         aliases = ",".join(v["aliases"]) or "-"
-        print(f"  v{v['version']:<4} aliases={aliases:<20} gate={v['gate_decision'] or '-':<8} "
-              f"vs {v['compared_to'] or '-'}")
+        print(
+            f"  v{v['version']:<4} aliases={aliases:<20} gate={v['gate_decision'] or '-':<8} "
+            f"vs {v['compared_to'] or '-'}"
+        )
     return 0
 
 
@@ -332,15 +387,16 @@ def add_cli(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         ),
     )
     p.set_defaults(params_section="registry")
-    p.add_argument("--model-name", default=None,
-                   help="registered model (default: params' registry.model_name)")
+    p.add_argument(
+        "--model-name", default=None, help="registered model (default: params' registry.model_name)"
+    )
     rsub = p.add_subparsers(dest="registry_command", metavar="ACTION", required=True)
     pr = rsub.add_parser("promote", help="make VERSION the champion (bypasses the gate)")
     pr.add_argument("version", help="model version number")
-    pr.add_argument("--reason", "--note", default=None,
-                    help="why (stored as the version tag champion.reason)")
-    pr.add_argument("--by", default=None,
-                    help="who (tag champion.by; default: the current user)")
+    pr.add_argument(
+        "--reason", "--note", default=None, help="why (stored as the version tag champion.reason)"
+    )
+    pr.add_argument("--by", default=None, help="who (tag champion.by; default: the current user)")
     pr.set_defaults(func=_guard(_cli_promote))
     rb = rsub.add_parser("rollback", help="restore the previous champion")
     rb.add_argument("--reason", default=None, help="why (stored with the rollback)")

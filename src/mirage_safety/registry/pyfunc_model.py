@@ -80,12 +80,36 @@ DEFAULT_BATCH_SIZE = 8
 # Never copied into the registry: trainer checkpoints and their optimizer/scheduler/RNG
 # state, TensorBoard logs, temp/hidden files.  DVC versions those; the registry holds
 # only what serving needs.
-EXCLUDE_PATTERNS = ("checkpoint-*", "checkpoints", "runs", "optimizer.pt", "optimizer.bin",
-                    "scheduler.pt", "rng_state*.pth", "trainer_state.json",
-                    "training_args.bin", "*.tmp", ".*", "__pycache__")
+EXCLUDE_PATTERNS = (
+    "checkpoint-*",
+    "checkpoints",
+    "runs",
+    "optimizer.pt",
+    "optimizer.bin",
+    "scheduler.pt",
+    "rng_state*.pth",
+    "trainer_state.json",
+    "training_args.bin",
+    "*.tmp",
+    ".*",
+    "__pycache__",
+)
 # Distributions the served model needs, pinned to the versions it was logged with.
-_RUNTIME_DISTS = ("mlflow", "torch", "transformers", "tokenizers", "safetensors", "peft",
-                  "accelerate", "pillow", "numpy", "pandas", "pydantic", "pyyaml", "tqdm")
+_RUNTIME_DISTS = (
+    "mlflow",
+    "torch",
+    "transformers",
+    "tokenizers",
+    "safetensors",
+    "peft",
+    "accelerate",
+    "pillow",
+    "numpy",
+    "pandas",
+    "pydantic",
+    "pyyaml",
+    "tqdm",
+)
 _MAX_PATH_LEN = 4096  # longer strings cannot be paths: treat as base64 without a stat
 
 
@@ -95,8 +119,9 @@ def decode_image(value: Any, *, row: int, index: int = 0) -> Image.Image:
 
     where = f"row {row}, images[{index}]"
     if not isinstance(value, str) or not value.strip():
-        raise ValueError(f"{where}: expected a file path or base64 image string, "
-                         f"got {type(value).__name__}")
+        raise ValueError(
+            f"{where}: expected a file path or base64 image string, got {type(value).__name__}"
+        )
     text = value.strip()
     if text.startswith("data:"):
         header, _, payload = text.partition(",")
@@ -113,8 +138,9 @@ def decode_image(value: Any, *, row: int, index: int = 0) -> Image.Image:
         data = base64.b64decode(text, validate=True)
     except (binascii.Error, ValueError):
         shown = text if len(text) <= 80 else text[:77] + "..."
-        raise ValueError(f"{where}: {shown!r} is neither an existing file nor base64 image "
-                         "data") from None
+        raise ValueError(
+            f"{where}: {shown!r} is neither an existing file nor base64 image data"
+        ) from None
     try:
         with Image.open(io.BytesIO(data)) as img:
             return img.convert("RGB")
@@ -135,8 +161,10 @@ def _image_list(value: Any, row: int) -> list[Any]:
         items = value.tolist() if hasattr(value, "tolist") else list(value)
         if items:
             return items
-    raise ValueError(f"row {row}, column {IMAGES_COLUMN!r}: expected a non-empty list of image "
-                     f"paths or base64 strings, got {type(value).__name__}")
+    raise ValueError(
+        f"row {row}, column {IMAGES_COLUMN!r}: expected a non-empty list of image "
+        f"paths or base64 strings, got {type(value).__name__}"
+    )
 
 
 def _filled(value: Any) -> bool:
@@ -148,23 +176,29 @@ def parse_queries(model_input: pd.DataFrame) -> list[tuple[str, list[Image.Image
     columns = set(model_input.columns)
     per_image = [c for c in IMAGE_COLUMNS if c in columns]
     if QUESTION_COLUMN not in columns or not (IMAGES_COLUMN in columns or per_image):
-        raise ValueError(f"model input has columns {sorted(columns)}; expected "
-                         f"{QUESTION_COLUMN!r} and either {IMAGES_COLUMN!r} (a list) or "
-                         f"{', '.join(repr(c) for c in IMAGE_COLUMNS[:2])}, ...")
+        raise ValueError(
+            f"model input has columns {sorted(columns)}; expected "
+            f"{QUESTION_COLUMN!r} and either {IMAGES_COLUMN!r} (a list) or "
+            f"{', '.join(repr(c) for c in IMAGE_COLUMNS[:2])}, ..."
+        )
     prompts = []
     for i, row in enumerate(model_input.to_dict("records")):
         question = row.get(QUESTION_COLUMN)
         if not isinstance(question, str) or not question.strip():
             raise ValueError(f"row {i}, column {QUESTION_COLUMN!r}: expected a non-empty string")
         listed = row.get(IMAGES_COLUMN)
-        if IMAGES_COLUMN in columns and listed is not None and not (
-                isinstance(listed, float) and listed != listed):  # NaN: column unused here
+        if (
+            IMAGES_COLUMN in columns
+            and listed is not None
+            and not (isinstance(listed, float) and listed != listed)
+        ):  # NaN: column unused here
             values = _image_list(listed, i)
         else:
             values = [row[c] for c in per_image if _filled(row.get(c))]
             if not values:
-                raise ValueError(f"row {i}: no image (fill {IMAGES_COLUMN!r} or "
-                                 f"{', '.join(per_image)})")
+                raise ValueError(
+                    f"row {i}: no image (fill {IMAGES_COLUMN!r} or {', '.join(per_image)})"
+                )
         images = [decode_image(v, row=i, index=k) for k, v in enumerate(values)]
         prompts.append((question, images))
     return prompts
@@ -174,51 +208,71 @@ def parse_queries(model_input: pd.DataFrame) -> list[tuple[str, list[Image.Image
 class MiragePyfuncModel(PythonModel):
     """Answers multi-image safety queries with the packaged VLM (greedy decoding)."""
 
-    def __init__(self, default_max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
-                 default_batch_size: int = DEFAULT_BATCH_SIZE) -> None:
+    def __init__(
+        self,
+        default_max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
+        default_batch_size: int = DEFAULT_BATCH_SIZE,
+    ) -> None:
         self.default_max_new_tokens = default_max_new_tokens
         self.default_batch_size = default_batch_size
 
     def load_context(self, context: PythonModelContext) -> None:
         config = getattr(context, "model_config", None) or {}
-        self.default_max_new_tokens = int(config.get("max_new_tokens",
-                                                     self.default_max_new_tokens))
+        self.default_max_new_tokens = int(config.get("max_new_tokens", self.default_max_new_tokens))
         self.default_batch_size = int(config.get("batch_size", self.default_batch_size))
 
         artifacts = context.artifacts
         model_dir = Path(artifacts[MODEL_ARTIFACT])
         if is_reference(model_dir):  # registered by reference: fetch the weights through DVC
             model_dir = materialize(model_dir)
-        self.model, self.processor = load_for_inference(model_dir,
-                                                        base_dir=artifacts.get(BASE_ARTIFACT))
+        self.model, self.processor = load_for_inference(
+            model_dir, base_dir=artifacts.get(BASE_ARTIFACT)
+        )
 
-    def predict(self, context: PythonModelContext, model_input: pd.DataFrame,
-                params: dict[str, Any] | None = None) -> pd.DataFrame:
+    def predict(
+        self,
+        context: PythonModelContext,
+        model_input: pd.DataFrame,
+        params: dict[str, Any] | None = None,
+    ) -> pd.DataFrame:
         import pandas as pd
-
 
         params = params or {}
         max_new = int(params.get("max_new_tokens") or self.default_max_new_tokens)
         batch_size = int(params.get("batch_size") or self.default_batch_size)
         prompts = parse_queries(model_input)
-        responses = generate_responses(self.model, self.processor, prompts,
-                                       batch_size=batch_size, max_new_tokens=max_new,
-                                       progress=False)
+        responses = generate_responses(
+            self.model,
+            self.processor,
+            prompts,
+            batch_size=batch_size,
+            max_new_tokens=max_new,
+            progress=False,
+        )
         return pd.DataFrame({OUTPUT_COLUMN: [str(r) for r in responses]})
 
 
-def build_signature(max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
-                    batch_size: int = DEFAULT_BATCH_SIZE) -> ModelSignature:
+def build_signature(
+    max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS, batch_size: int = DEFAULT_BATCH_SIZE
+) -> ModelSignature:
     from mlflow.models import ModelSignature
     from mlflow.types.schema import Array, ColSpec, DataType, ParamSchema, ParamSpec, Schema
 
     return ModelSignature(
-        inputs=Schema([ColSpec(DataType.string, QUESTION_COLUMN),
-                       ColSpec(Array(DataType.string), IMAGES_COLUMN, required=False),
-                       *(ColSpec(DataType.string, c, required=False) for c in IMAGE_COLUMNS)]),
+        inputs=Schema(
+            [
+                ColSpec(DataType.string, QUESTION_COLUMN),
+                ColSpec(Array(DataType.string), IMAGES_COLUMN, required=False),
+                *(ColSpec(DataType.string, c, required=False) for c in IMAGE_COLUMNS),
+            ]
+        ),
         outputs=Schema([ColSpec(DataType.string, OUTPUT_COLUMN)]),
-        params=ParamSchema([ParamSpec("max_new_tokens", DataType.long, max_new_tokens),
-                            ParamSpec("batch_size", DataType.long, batch_size)]),
+        params=ParamSchema(
+            [
+                ParamSpec("max_new_tokens", DataType.long, max_new_tokens),
+                ParamSpec("batch_size", DataType.long, batch_size),
+            ]
+        ),
     )
 
 
@@ -246,19 +300,24 @@ def check_model_dir(model_dir: str | os.PathLike[str]) -> dict[str, Any] | None:
         raise ModelDirError(f"{model_dir}: model directory not found (run `mirage train` first)")
     meta = read_model_meta(model_dir)
     if meta is None and not (model_dir / "config.json").is_file():
-        raise ModelDirError(f"{model_dir}: neither {MODEL_META_FILE} nor a full checkpoint "
-                            "(config.json) found")
+        raise ModelDirError(
+            f"{model_dir}: neither {MODEL_META_FILE} nor a full checkpoint (config.json) found"
+        )
     if meta is not None and meta["method"] == "lora":
         find_base(meta, model_dir)
     return meta
 
 
-def log_pyfunc_model(model_dir: str | os.PathLike[str], *, name: str = "model",
-                     max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
-                     batch_size: int = DEFAULT_BATCH_SIZE,
-                     registered_model_name: str | None = None,
-                     tags: dict[str, Any] | None = None,
-                     reference: dict[str, Any] | None = None) -> ModelInfo:
+def log_pyfunc_model(
+    model_dir: str | os.PathLike[str],
+    *,
+    name: str = "model",
+    max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    registered_model_name: str | None = None,
+    tags: dict[str, Any] | None = None,
+    reference: dict[str, Any] | None = None,
+) -> ModelInfo:
     """Log ``model_dir`` as a pyfunc model in the active run (checkpoints excluded).
 
     ``reference`` (:func:`mirage_safety.registry.weights_ref.make_pointer`): log the
@@ -276,7 +335,6 @@ def log_pyfunc_model(model_dir: str | os.PathLike[str], *, name: str = "model",
         shutil.copytree(package_dir, code, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
         artifacts = {MODEL_ARTIFACT: str(stage_model_dir(model_dir, Path(tmp) / "model"))}
         if reference is not None:
-
             write_pointer(Path(artifacts[MODEL_ARTIFACT]), reference)
         if meta is not None and meta["method"] == "lora":
             base = find_base(meta, model_dir)
@@ -286,12 +344,20 @@ def log_pyfunc_model(model_dir: str | os.PathLike[str], *, name: str = "model",
             # an input example would make MLflow load and run the whole model once more at
             # logging time; the explicit signature documents the input instead
             warnings.filterwarnings("ignore", message=".*input example was not provided")
-            return _log(name, max_new_tokens, batch_size, artifacts, code,
-                        registered_model_name, tags)
+            return _log(
+                name, max_new_tokens, batch_size, artifacts, code, registered_model_name, tags
+            )
 
 
-def _log(name: str, max_new_tokens: int, batch_size: int, artifacts: dict[str, str], code: Path,
-         registered_model_name: str | None, tags: dict[str, Any] | None) -> ModelInfo:
+def _log(
+    name: str,
+    max_new_tokens: int,
+    batch_size: int,
+    artifacts: dict[str, str],
+    code: Path,
+    registered_model_name: str | None,
+    tags: dict[str, Any] | None,
+) -> ModelInfo:
     return mlflow.pyfunc.log_model(
         name=name,
         # models-from-code: the entry file is logged and run at load time; nothing pickled

@@ -44,7 +44,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 from mirage_safety.config import ConfigError, Params
 from mirage_safety.evaluation import balance
-from mirage_safety.evaluation.benchmarks.protocols import with_benchmarks
+from mirage_safety.evaluation.benchmarks.summaries import with_benchmarks
 from mirage_safety.io import read_json, sha256_file, write_json_atomic
 from mirage_safety.models.folder import ModelDirError
 from mirage_safety.registry import manage
@@ -92,8 +92,9 @@ def load_eval_metrics(path: str | os.PathLike[str]) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise EvalMetricsError(f"{path}: expected a JSON object with 'base' and 'mirage'")
     if not isinstance(data.get("mirage"), Mapping):
-        raise EvalMetricsError(f"{path}: field 'mirage' (the candidate's summary) is missing "
-                               "or not an object")
+        raise EvalMetricsError(
+            f"{path}: field 'mirage' (the candidate's summary) is missing or not an object"
+        )
     for which in SUMMARY_KEYS:
         summary = data.get(which)
         if summary is None:
@@ -102,8 +103,9 @@ def load_eval_metrics(path: str | os.PathLike[str]) -> dict[str, Any]:
             raise EvalMetricsError(f"{path}: field {which!r} must be an object")
         for split, section in summary.items():
             if not isinstance(section, Mapping):
-                raise EvalMetricsError(f"{path}: field '{which}.{split}' must be an object of "
-                                       "metrics")
+                raise EvalMetricsError(
+                    f"{path}: field '{which}.{split}' must be an object of metrics"
+                )
     return data
 
 
@@ -122,8 +124,11 @@ def flat_eval_metrics(data: Mapping[str, Any]) -> dict[str, float]:
 def metric_tags(metrics: Mapping[str, Mapping[str, float]]) -> dict[str, str]:
     """``{split: {metric: v}}`` -> version tags ``metric.<split>.<metric>`` (repr keeps
     every digit, so the champion's number read back is the one measured)."""
-    return {f"{METRIC_TAG_PREFIX}{split}.{metric}": repr(float(value))
-            for split, values in metrics.items() for metric, value in values.items()}
+    return {
+        f"{METRIC_TAG_PREFIX}{split}.{metric}": repr(float(value))
+        for split, values in metrics.items()
+        for metric, value in values.items()
+    }
 
 
 def metrics_from_tags(tags: Mapping[str, str]) -> dict[str, dict[str, float]]:
@@ -132,7 +137,7 @@ def metrics_from_tags(tags: Mapping[str, str]) -> dict[str, dict[str, float]]:
     for key, raw in tags.items():
         if not key.startswith(METRIC_TAG_PREFIX):
             continue
-        split, _, metric = key[len(METRIC_TAG_PREFIX):].rpartition(".")
+        split, _, metric = key[len(METRIC_TAG_PREFIX) :].rpartition(".")
         try:
             value = float(raw)
         except (TypeError, ValueError):
@@ -155,7 +160,7 @@ def _metrics_from_run(client: MlflowClient, run_id: str | None) -> dict[str, dic
     out: dict[str, dict[str, float]] = {}
     for key, value in metrics.items():
         if key.startswith("mirage."):
-            split, _, metric = key[len("mirage."):].rpartition(".")
+            split, _, metric = key[len("mirage.") :].rpartition(".")
             if split and metric:
                 out.setdefault(split, {})[metric] = float(value)
     return out
@@ -168,8 +173,13 @@ class _Gate(NamedTuple):
     champ: dict[str, Any] | None
 
 
-def _gate(client: MlflowClient, name: str, candidate: dict[str, Any],
-          base: dict[str, Any] | None, params: Params) -> _Gate:
+def _gate(
+    client: MlflowClient,
+    name: str,
+    candidate: dict[str, Any],
+    base: dict[str, Any] | None,
+    params: Params,
+) -> _Gate:
     """The gate's decision against the champion the registry holds right now."""
 
     champ_version, champ, champ_tags = champion_metrics(client, name)
@@ -184,8 +194,10 @@ def _gate(client: MlflowClient, name: str, candidate: dict[str, Any],
         reasons.insert(0, f"{label} has no recorded gate metrics (no metric.* tags)")
     champ_profile = champ_tags.get(TAG_PROFILE)
     if champ_profile and champ_profile != params.profile:
-        reasons.append(f"note: {label} was evaluated under profile {champ_profile!r}, "
-                       f"the candidate under {params.profile!r}")
+        reasons.append(
+            f"note: {label} was evaluated under profile {champ_profile!r}, "
+            f"the candidate under {params.profile!r}"
+        )
     return _Gate(decision, reasons, champ_version, champ)
 
 
@@ -202,13 +214,20 @@ def finish_interrupted(client: MlflowClient, name: str) -> list[str]:
     for mv in versions:
         if (mv.tags or {}).get(GATE_STATUS) != "pending":
             continue
-        status = "applied" if champ is not None and str(champ.version) == str(mv.version) \
+        status = (
+            "applied"
+            if champ is not None and str(champ.version) == str(mv.version)
             else "interrupted"
+        )
         if status == "interrupted":
             client.set_model_version_tag(name, mv.version, "gate.decision", "interrupted")
         client.set_model_version_tag(name, mv.version, GATE_STATUS, status)
-        log.warning("registry: version %s of %s was left pending by an interrupted register: "
-                    "marked %s", mv.version, name, status)
+        log.warning(
+            "registry: version %s of %s was left pending by an interrupted register: marked %s",
+            mv.version,
+            name,
+            status,
+        )
         touched.append(str(mv.version))
     return touched
 
@@ -223,11 +242,14 @@ def promotion_lock(tracking_uri: str, name: str, timeout_s: float = 600.0) -> It
     import time
 
     if tracking_uri.startswith("sqlite:///"):
-        path = Path(tracking_uri[len("sqlite:///"):] + f".{name}.register.lock")
+        path = Path(tracking_uri[len("sqlite:///") :] + f".{name}.register.lock")
     else:
         key = hashlib.sha256(f"{tracking_uri}|{name}".encode()).hexdigest()[:16]
-        path = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "mirage" / \
-            f"register-{key}.lock"
+        path = (
+            Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
+            / "mirage"
+            / f"register-{key}.lock"
+        )
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "a") as fh:
         deadline = time.monotonic() + timeout_s
@@ -237,8 +259,10 @@ def promotion_lock(tracking_uri: str, name: str, timeout_s: float = 600.0) -> It
                 break
             except BlockingIOError:
                 if time.monotonic() > deadline:
-                    raise TimeoutError(f"{path}: another `mirage register` has held the "
-                                       f"promotion lock for {timeout_s:.0f}s") from None
+                    raise TimeoutError(
+                        f"{path}: another `mirage register` has held the "
+                        f"promotion lock for {timeout_s:.0f}s"
+                    ) from None
                 time.sleep(0.2)
         try:
             yield
@@ -246,8 +270,9 @@ def promotion_lock(tracking_uri: str, name: str, timeout_s: float = 600.0) -> It
             fcntl.flock(fh, fcntl.LOCK_UN)
 
 
-def champion_metrics(client: MlflowClient, name: str
-                     ) -> tuple[str | None, dict[str, dict[str, float]] | None, dict[str, str]]:
+def champion_metrics(
+    client: MlflowClient, name: str
+) -> tuple[str | None, dict[str, dict[str, float]] | None, dict[str, str]]:
     """(champion version, its gate metrics or None, its version tags) from the registry."""
     champ = alias_version(client, name, CHAMPION)
     if champ is None:
@@ -258,10 +283,14 @@ def champion_metrics(client: MlflowClient, name: str
 
 
 # --------------------------------------------------------------------------- stage
-def register(params: Params, *, eval_path: str | os.PathLike[str] = "metrics/eval.json",
-             model_dir: str | os.PathLike[str] = "models/mirage",
-             out_path: str | os.PathLike[str] | None = "metrics/registry.json",
-             log_model: Any = None) -> dict[str, Any]:
+def register(
+    params: Params,
+    *,
+    eval_path: str | os.PathLike[str] = "metrics/eval.json",
+    model_dir: str | os.PathLike[str] = "models/mirage",
+    out_path: str | os.PathLike[str] | None = "metrics/registry.json",
+    log_model: Any = None,
+) -> dict[str, Any]:
     """Register the candidate in ``model_dir``, apply the gate, return registry.json's dict.
 
     ``log_model(model_dir, **kw) -> ModelInfo`` defaults to
@@ -280,17 +309,27 @@ def register(params: Params, *, eval_path: str | os.PathLike[str] = "metrics/eva
     cfg = params.registry
     name = cfg.model_name
     candidate = gate_metrics(with_benchmarks(data, "mirage"))
-    base = (gate_metrics(with_benchmarks(data, "base")) if isinstance(data.get("base"), Mapping)
-            else None)
-    stage_params = {"registry": cfg.model_dump(mode="json"), "eval_path": str(eval_path),
-                    "model_dir": str(model_dir)}
+    base = (
+        gate_metrics(with_benchmarks(data, "base"))
+        if isinstance(data.get("base"), Mapping)
+        else None
+    )
+    stage_params = {
+        "registry": cfg.model_dump(mode="json"),
+        "eval_path": str(eval_path),
+        "model_dir": str(model_dir),
+    }
     lineage = policies_tags(workspace_root() / "data")
 
     store = choose_store(cfg, model_dir)
-    pointer = (make_pointer(model_dir, workspace_root(), repo=cfg.reference_repo)
-               if store == "reference" else None)  # fails before any run is opened
-    with stage_run("register", params.tracking, stage_params, profile=params.profile,
-                   tags=lineage) as run:
+    pointer = (
+        make_pointer(model_dir, workspace_root(), repo=cfg.reference_repo)
+        if store == "reference"
+        else None
+    )  # fails before any run is opened
+    with stage_run(
+        "register", params.tracking, stage_params, profile=params.profile, tags=lineage
+    ) as run:
         client = mlflow.MlflowClient()
         mlflow.log_metrics(flat_eval_metrics(data))
         mlflow.log_dict(data, "eval/eval.json")  # metadata only; the model is logged below
@@ -300,13 +339,21 @@ def register(params: Params, *, eval_path: str | os.PathLike[str] = "metrics/eva
         log.info("gate (before packaging): %s", first.reasons[0])
 
         extra = {"reference": pointer} if pointer is not None else {}
-        info = log_model(model_dir, name="model", max_new_tokens=params.eval.max_new_tokens,
-                         batch_size=params.eval.batch_size, **extra)
+        info = log_model(
+            model_dir,
+            name="model",
+            max_new_tokens=params.eval.max_new_tokens,
+            batch_size=params.eval.batch_size,
+            **extra,
+        )
         tags = {
             GATE_STATUS: "pending",  # until the decision below is applied
             "weights.store": store,
-            **({"weights.rev": pointer["rev"], "weights.repo": str(pointer["repo"])[:_TAG_MAX]}
-               if pointer else {}),
+            **(
+                {"weights.rev": pointer["rev"], "weights.repo": str(pointer["repo"])[:_TAG_MAX]}
+                if pointer
+                else {}
+            ),
             TAG_PROFILE: params.profile,
             "eval_sha256": sha256_file(eval_path),
             **metric_tags(candidate),
@@ -325,31 +372,49 @@ def register(params: Params, *, eval_path: str | os.PathLike[str] = "metrics/eva
         with promotion_lock(resolve_tracking_uri(params.tracking), name):
             gate = _gate(client, name, candidate, base, params)
             if gate.champ_version != first.champ_version:
-                log.info("gate: the champion changed to v%s while this candidate was being "
-                         "packaged: decided again against it", gate.champ_version)
-            decision, reasons, champ_version, champ = (gate.decision, gate.reasons,
-                                                        gate.champ_version, gate.champ)
+                log.info(
+                    "gate: the champion changed to v%s while this candidate was being "
+                    "packaged: decided again against it",
+                    gate.champ_version,
+                )
+            decision, reasons, champ_version, champ = (
+                gate.decision,
+                gate.reasons,
+                gate.champ_version,
+                gate.champ,
+            )
             verdict = "promote" if decision.promote else "reject"
-            for key, value in {"gate.decision": verdict,
-                               "gate.compared_to": decision.compared_to,
-                               "gate.reasons": "\n".join(reasons)[:_TAG_MAX]}.items():
+            for key, value in {
+                "gate.decision": verdict,
+                "gate.compared_to": decision.compared_to,
+                "gate.reasons": "\n".join(reasons)[:_TAG_MAX],
+            }.items():
                 client.set_model_version_tag(name, version, key, value)
             client.update_model_version(
-                name, version, description=f"MIRage candidate ({verdict}; compared to "
-                                           f"{decision.compared_to})")
+                name,
+                version,
+                description=f"MIRage candidate ({verdict}; compared to {decision.compared_to})",
+            )
             champion_now: str | None  # the champion's version once the decision is applied
             if decision.promote:
-                manage.set_champion(client, name, version, how="gate", by=REGISTERED_BY,
-                             reason=reasons[0])
+                manage.set_champion(
+                    client, name, version, how="gate", by=REGISTERED_BY, reason=reasons[0]
+                )
                 alias, champion_now = CHAMPION, version
             else:
                 client.set_registered_model_alias(name, CHALLENGER, version)
                 alias, champion_now = CHALLENGER, champ_version
             client.set_model_version_tag(name, version, GATE_STATUS, "applied")
-        mlflow.set_tags({"registered_model": name, "registered_version": version,
-                         "gate.decision": verdict})
-        _log_balance({"base": base, f"candidate v{version}": candidate,
-                      f"champion v{champ_version}": champ if champ_version else None})
+        mlflow.set_tags(
+            {"registered_model": name, "registered_version": version, "gate.decision": verdict}
+        )
+        _log_balance(
+            {
+                "base": base,
+                f"candidate v{version}": candidate,
+                f"champion v{champ_version}": champ if champ_version else None,
+            }
+        )
         result = {
             "model_name": name,
             "version": int(version),
@@ -361,16 +426,23 @@ def register(params: Params, *, eval_path: str | os.PathLike[str] = "metrics/eva
             "previous_champion_version": int(champ_version) if champ_version else None,
             "metrics": {"candidate": candidate, "champion": champ or None, "base": base},
             "checks": [c.as_dict() for c in decision.checks],
-            "tolerances": {"asr": cfg.asr_tolerance,
-                           "over_refusal": cfg.over_refusal_tolerance,
-                           "general_accuracy": cfg.general_accuracy_tolerance,
-                           "judge_error": cfg.judge_error_tolerance,
-                           "degenerate": cfg.degenerate_tolerance},
+            "tolerances": {
+                "asr": cfg.asr_tolerance,
+                "over_refusal": cfg.over_refusal_tolerance,
+                "general_accuracy": cfg.general_accuracy_tolerance,
+                "judge_error": cfg.judge_error_tolerance,
+                "degenerate": cfg.degenerate_tolerance,
+            },
             "allow_safety_only": cfg.allow_safety_only,
             "model_uri": f"models:/{name}/{version}",
-            "weights": {"store": store, **({k: pointer[k] for k in ("repo", "rev", "path",
-                                                                     "dir_md5", "remote")}
-                                           if pointer else {})},
+            "weights": {
+                "store": store,
+                **(
+                    {k: pointer[k] for k in ("repo", "rev", "path", "dir_md5", "remote")}
+                    if pointer
+                    else {}
+                ),
+            },
             "run_id": run.info.run_id,
             "tracking_uri": resolve_tracking_uri(params.tracking),
         }
@@ -388,9 +460,9 @@ def _log_balance(models: dict[str, dict[str, Any] | None]) -> None:
 
     import mlflow
 
-
-    png = balance.plot({k: v for k, v in models.items() if v},
-                       title="What the gate weighed (95% Wilson intervals)")
+    png = balance.plot(
+        {k: v for k, v in models.items() if v}, title="What the gate weighed (95% Wilson intervals)"
+    )
     if png is None:
         return
     with tempfile.TemporaryDirectory() as tmp:
@@ -413,21 +485,37 @@ def add_cli(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
             "metrics/registry.json."
         ),
     )
-    p.add_argument("--eval", dest="eval_path", default="metrics/eval.json",
-                   help="evaluation summary (default: %(default)s)")
-    p.add_argument("--model", dest="model_dir", default="models/mirage",
-                   help="trained model directory (default: %(default)s)")
-    p.add_argument("--out", default="metrics/registry.json",
-                   help="registry result (default: %(default)s)")
+    p.add_argument(
+        "--eval",
+        dest="eval_path",
+        default="metrics/eval.json",
+        help="evaluation summary (default: %(default)s)",
+    )
+    p.add_argument(
+        "--model",
+        dest="model_dir",
+        default="models/mirage",
+        help="trained model directory (default: %(default)s)",
+    )
+    p.add_argument(
+        "--out", default="metrics/registry.json", help="registry result (default: %(default)s)"
+    )
     p.set_defaults(func=_cli, params_section="registry")
     return p
 
 
 #: exit status for "try again later" (EX_TEMPFAIL): the Prefect flow retries it
 EXIT_TEMPFAIL = 75
-_UNREACHABLE = ("Max retries exceeded", "Connection refused", "Failed to establish a new "
-                "connection", "Connection aborted", "RemoteDisconnected", "Read timed out",
-                "ConnectionError", "ConnectTimeout")
+_UNREACHABLE = (
+    "Max retries exceeded",
+    "Connection refused",
+    "Failed to establish a new connection",
+    "Connection aborted",
+    "RemoteDisconnected",
+    "Read timed out",
+    "ConnectionError",
+    "ConnectTimeout",
+)
 
 
 def unreachable(exc: BaseException) -> bool:
@@ -443,10 +531,10 @@ def unreachable(exc: BaseException) -> bool:
 def _cli(args: argparse.Namespace, params: Params) -> int:
     import sys
 
-
     try:
-        result = register(params, eval_path=args.eval_path, model_dir=args.model_dir,
-                          out_path=args.out)
+        result = register(
+            params, eval_path=args.eval_path, model_dir=args.model_dir, out_path=args.out
+        )
     except ModelDirError as exc:
         raise ConfigError(str(exc)) from None
     except Exception as exc:
@@ -454,13 +542,18 @@ def _cli(args: argparse.Namespace, params: Params) -> int:
             raise
         # nothing was promoted: the alias only moves after the version is READY, and a
         # version left pending is marked interrupted by the next run
-        print(f"error: the MLflow tracking server at {resolve_tracking_uri(params.tracking)} "
-              f"went away or is not reachable ({type(exc).__name__}); no alias was moved. "
-              "Run `mirage register` again once it is back.", file=sys.stderr)
+        print(
+            f"error: the MLflow tracking server at {resolve_tracking_uri(params.tracking)} "
+            f"went away or is not reachable ({type(exc).__name__}); no alias was moved. "
+            "Run `mirage register` again once it is back.",
+            file=sys.stderr,
+        )
         return EXIT_TEMPFAIL
     champion = result["champion_version"]
-    print(f"{result['model_name']} version {result['version']}: {result['decision']} "
-          f"-> @{result['alias']} (champion: {f'v{champion}' if champion else 'none'})")
+    print(
+        f"{result['model_name']} version {result['version']}: {result['decision']} "
+        f"-> @{result['alias']} (champion: {f'v{champion}' if champion else 'none'})"
+    )
     for line in result["reasons"]:
         print(f"  {line}")
     return 0

@@ -46,8 +46,11 @@ class WeightsReferenceError(ConfigError):
 
 
 def weight_files(model_dir: Path) -> list[Path]:
-    return sorted(p for p in model_dir.rglob("*") if p.is_file()
-                  and p.suffix in WEIGHT_SUFFIXES and "checkpoint-" not in str(p))
+    return sorted(
+        p
+        for p in model_dir.rglob("*")
+        if p.is_file() and p.suffix in WEIGHT_SUFFIXES and "checkpoint-" not in str(p)
+    )
 
 
 def weights_mb(model_dir: Path) -> float:
@@ -56,8 +59,9 @@ def weights_mb(model_dir: Path) -> float:
 
 def _git(root: Path, *args: str) -> str | None:
     try:
-        out = subprocess.run(["git", *args], cwd=root, capture_output=True, text=True,
-                             timeout=30, check=True)
+        out = subprocess.run(
+            ["git", *args], cwd=root, capture_output=True, text=True, timeout=30, check=True
+        )
     except (OSError, subprocess.SubprocessError):
         return None
     return out.stdout.strip()
@@ -82,21 +86,33 @@ def make_pointer(model_dir: Path, root: Path, *, repo: str | None = None) -> dic
         raise WeightsReferenceError(f"{model_dir}: not inside the repository {root}") from None
     dir_md5 = dvc_out_md5(model_dir, root)
     if not dir_md5:
-        raise WeightsReferenceError(f"{rel}: not a DVC out in {root / 'dvc.lock'} (registry.store "
-                              "reference needs the model tracked by DVC)")
+        raise WeightsReferenceError(
+            f"{rel}: not a DVC out in {root / 'dvc.lock'} (registry.store "
+            "reference needs the model tracked by DVC)"
+        )
     rev = _git(root, "rev-parse", "HEAD")
     committed = _git(root, "show", "HEAD:dvc.lock") if rev else None
     if not rev or committed is None or dir_md5 not in committed:
-        raise WeightsReferenceError(f"{root / 'dvc.lock'}: the entry of {rel} is not committed; "
-                              "commit dvc.lock (and `dvc push`) before registering by "
-                              "reference")
+        raise WeightsReferenceError(
+            f"{root / 'dvc.lock'}: the entry of {rel} is not committed; "
+            "commit dvc.lock (and `dvc push`) before registering by "
+            "reference"
+        )
     remote = _default_remote(root)
     if remote is None:
-        raise WeightsReferenceError(f"{root}: no DVC remote configured (`dvc remote add -d ...`): "
-                              "a registered pointer must resolve on other machines")
+        raise WeightsReferenceError(
+            f"{root}: no DVC remote configured (`dvc remote add -d ...`): "
+            "a registered pointer must resolve on other machines"
+        )
     files = {p.relative_to(model_dir).as_posix(): _md5(p) for p in weight_files(model_dir)}
-    return {"repo": repo or _git(root, "config", "--get", "remote.origin.url") or str(root),
-            "rev": rev, "path": rel, "dir_md5": dir_md5, "remote": remote, "files": files}
+    return {
+        "repo": repo or _git(root, "config", "--get", "remote.origin.url") or str(root),
+        "rev": rev,
+        "path": rel,
+        "dir_md5": dir_md5,
+        "remote": remote,
+        "files": files,
+    }
 
 
 def _default_remote(root: Path) -> str | None:
@@ -137,7 +153,6 @@ def materialize(model_dir: Path) -> Path:
     import shutil
     import tempfile
 
-
     model_dir = Path(model_dir)
     pointer = read_json(model_dir / REF_FILE)
     dest = cache_root() / str(pointer["dir_md5"]).removesuffix(".dir")
@@ -149,26 +164,31 @@ def materialize(model_dir: Path) -> Path:
     try:
         fs = DVCFileSystem(url=pointer["repo"], rev=pointer["rev"])
     except Exception as exc:
-        raise ModelDirError(f"{model_dir / REF_FILE}: cannot open the DVC repo "
-                            f"{pointer['repo']!r} at {pointer['rev'][:12]} ({exc})") from None
+        raise ModelDirError(
+            f"{model_dir / REF_FILE}: cannot open the DVC repo "
+            f"{pointer['repo']!r} at {pointer['rev'][:12]} ({exc})"
+        ) from None
     tmp = Path(tempfile.mkdtemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".tmp"))
     try:
-        shutil.copytree(model_dir, tmp, dirs_exist_ok=True,
-                        ignore=shutil.ignore_patterns(REF_FILE))
+        shutil.copytree(model_dir, tmp, dirs_exist_ok=True, ignore=shutil.ignore_patterns(REF_FILE))
         for rel, md5 in pointer["files"].items():
             target = tmp / rel
             target.parent.mkdir(parents=True, exist_ok=True)
             try:
                 fs.get_file(f"{pointer['path']}/{rel}", str(target))
             except Exception as exc:
-                raise ModelDirError(f"{pointer['path']}/{rel}: cannot fetch it through DVC "
-                                    f"from {pointer['repo']!r} (remote "
-                                    f"{pointer.get('remote')}): {exc}") from None
+                raise ModelDirError(
+                    f"{pointer['path']}/{rel}: cannot fetch it through DVC "
+                    f"from {pointer['repo']!r} (remote "
+                    f"{pointer.get('remote')}): {exc}"
+                ) from None
             got = _md5(target)
             if got != md5:
-                raise ModelDirError(f"{pointer['path']}/{rel}: md5 {got} does not match the "
-                                    f"registered {md5}: the weights in the DVC remote "
-                                    f"{pointer.get('remote')} were changed; not loading them")
+                raise ModelDirError(
+                    f"{pointer['path']}/{rel}: md5 {got} does not match the "
+                    f"registered {md5}: the weights in the DVC remote "
+                    f"{pointer.get('remote')} were changed; not loading them"
+                )
         (tmp / ".complete").write_text(pointer["rev"])
         if dest.exists():  # another process finished first
             shutil.rmtree(tmp, ignore_errors=True)

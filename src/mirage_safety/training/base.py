@@ -51,15 +51,22 @@ from mirage_safety.tracking import stage_run
 log = logging.getLogger(__name__)
 
 
-
 class HubResolveError(RuntimeError):
     """A Hub model that cannot be pinned (offline and not cached, unknown id...)."""
 
 
 # --------------------------------------------------------------------------- accuracy
-def general_accuracy(model: Any, processor: Any, records: Sequence[Mapping[str, Any]],
-                     root: Path, *, batch_size: int, max_new_tokens: int | None = None,
-                     limit: int | None = None, progress: bool = True) -> dict[str, Any]:
+def general_accuracy(
+    model: Any,
+    processor: Any,
+    records: Sequence[Mapping[str, Any]],
+    root: Path,
+    *,
+    batch_size: int,
+    max_new_tokens: int | None = None,
+    limit: int | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
     """Exact-match accuracy (0-100) on general test records (images under ``root``),
     overall and per task.  ``max_new_tokens`` defaults to the longest reference answer plus
     its end-of-turn token and one more, so a response can always show that it runs on past
@@ -68,31 +75,50 @@ def general_accuracy(model: Any, processor: Any, records: Sequence[Mapping[str, 
     records = records[: limit or None]
     if max_new_tokens is None:
         tok = getattr(processor, "tokenizer", processor)
-        max_new_tokens = 2 + max((len(tok(str(r["answer"]), add_special_tokens=False)
-                                      ["input_ids"]) for r in records), default=0)
-    prompts = [(r["question"], [resolve_image(root, r[k], rid=r["id"], field=k)
-                                for k in ("image_path1", "image_path2") if r.get(k)])
-               for r in records]
-    answers = generate_responses(model, processor, prompts, batch_size=batch_size,
-                                 max_new_tokens=max_new_tokens, progress=progress)
+        max_new_tokens = 2 + max(
+            (len(tok(str(r["answer"]), add_special_tokens=False)["input_ids"]) for r in records),
+            default=0,
+        )
+    prompts = [
+        (
+            r["question"],
+            [
+                resolve_image(root, r[k], rid=r["id"], field=k)
+                for k in ("image_path1", "image_path2")
+                if r.get(k)
+            ],
+        )
+        for r in records
+    ]
+    answers = generate_responses(
+        model,
+        processor,
+        prompts,
+        batch_size=batch_size,
+        max_new_tokens=max_new_tokens,
+        progress=progress,
+    )
     per_task: dict[str, list[bool]] = defaultdict(list)
     for rec, ans in zip(records, answers, strict=True):
-        per_task[str(rec.get("sub_category") or "all")].append(
-            exact_match(ans, str(rec["answer"])))
+        per_task[str(rec.get("sub_category") or "all")].append(exact_match(ans, str(rec["answer"])))
     hits = [h for v in per_task.values() for h in v]
     return {
         "general_accuracy": 100.0 * sum(hits) / max(len(hits), 1),
-        "general_accuracy_per_task": {k: 100.0 * sum(v) / len(v)
-                                      for k, v in sorted(per_task.items())},
+        "general_accuracy_per_task": {
+            k: 100.0 * sum(v) / len(v) for k, v in sorted(per_task.items())
+        },
         "general_test_n": len(hits),
-        "examples": [{"id": r["id"], "question": r["question"], "answer": r["answer"],
-                      "response": a} for r, a in list(zip(records, answers, strict=True))[:5]],
+        "examples": [
+            {"id": r["id"], "question": r["question"], "answer": r["answer"], "response": a}
+            for r, a in list(zip(records, answers, strict=True))[:5]
+        ],
     }
 
 
 # --------------------------------------------------------------------------- vision
-def labelled_images(records: Iterable[tuple[Mapping[str, Any], Path]]
-                    ) -> tuple[list[Any], list[str]]:
+def labelled_images(
+    records: Iterable[tuple[Mapping[str, Any], Path]],
+) -> tuple[list[Any], list[str]]:
     """(image, object name) pairs from (record, image root) pairs whose records list
     their ``objects`` per image."""
 
@@ -100,8 +126,9 @@ def labelled_images(records: Iterable[tuple[Mapping[str, Any], Path]]
     names: list[str] = []
     for rec, root in records:
         objects = rec.get("objects") or []
-        rels = rec.get("images") or [rec.get(k) for k in ("image_path1", "image_path2")
-                                     if rec.get(k)]
+        rels = rec.get("images") or [
+            rec.get(k) for k in ("image_path1", "image_path2") if rec.get(k)
+        ]
         if len(objects) != len(rels):
             continue
         for k, (rel, name) in enumerate(zip(rels, objects, strict=True)):
@@ -114,7 +141,6 @@ def _pixels(paths: Sequence[Any]) -> Any:
     """Images -> uint8 NCHW tensor (4x smaller than floats: the default world has ~50k)."""
     import numpy as np
     import torch
-
 
     arr = np.stack([np.asarray(load_image(p)) for p in paths])
     return torch.from_numpy(arr).permute(0, 3, 1, 2).contiguous()
@@ -142,10 +168,16 @@ def _augment(x: Any, gen: Any) -> Any:
     return x
 
 
-def pretrain_vision(model: Any, processor: Any,
-                    train: Sequence[tuple[Mapping[str, Any], Path]],
-                    test: Sequence[tuple[Mapping[str, Any], Path]], cfg: BuiltinModelConfig,
-                    *, seed: int, progress: bool = True) -> dict[str, Any]:
+def pretrain_vision(
+    model: Any,
+    processor: Any,
+    train: Sequence[tuple[Mapping[str, Any], Path]],
+    test: Sequence[tuple[Mapping[str, Any], Path]],
+    cfg: BuiltinModelConfig,
+    *,
+    seed: int,
+    progress: bool = True,
+) -> dict[str, Any]:
     """Phase 1: teach the vision tower the world's objects.
 
     A linear probe on the mean of the patch features the projector will read (the tower's
@@ -161,8 +193,9 @@ def pretrain_vision(model: Any, processor: Any,
     tower = model.model.vision_tower if hasattr(model, "model") else model.vision_tower
     paths, names = labelled_images(train)
     if not paths:
-        raise ValueError("no labelled images for vision pre-training "
-                         "(no general record lists its 'objects')")
+        raise ValueError(
+            "no labelled images for vision pre-training (no general record lists its 'objects')"
+        )
     classes = sorted(set(names))
     index = {n: i for i, n in enumerate(classes)}
     x = _pixels(paths)
@@ -177,8 +210,9 @@ def pretrain_vision(model: Any, processor: Any,
     params = [*tower.parameters(), *head.parameters()]
     opt = torch.optim.AdamW(params, lr=cfg.vision_pretrain_lr, weight_decay=0.01)
     steps = cfg.vision_pretrain_steps
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, cfg.vision_pretrain_lr, total_steps=steps,
-                                                pct_start=0.1)
+    sched = torch.optim.lr_scheduler.OneCycleLR(
+        opt, cfg.vision_pretrain_lr, total_steps=steps, pct_start=0.1
+    )
 
     def features(pixels: Any) -> Any:
         x = _normalise(pixels, processor)
@@ -200,20 +234,38 @@ def pretrain_vision(model: Any, processor: Any,
     accuracy = None
     if tx is not None:
         with torch.no_grad():
-            pred = torch.cat([head(features(tx[i:i + 256])).argmax(-1)
-                              for i in range(0, len(ty), 256)])
+            pred = torch.cat(
+                [head(features(tx[i : i + 256])).argmax(-1) for i in range(0, len(ty), 256)]
+            )
         accuracy = 100.0 * float((pred == ty).float().mean())
-    log.info("vision pre-training: %d steps, final loss %.3f, probe accuracy %s%%", steps,
-             loss_value, "n/a" if accuracy is None else f"{accuracy:.1f}")
-    return {"vision_pretrain_steps": steps, "vision_pretrain_loss": loss_value,
-            "vision_probe_accuracy": accuracy, "vision_train_images": len(y),
-            "vision_classes": len(classes)}
+    log.info(
+        "vision pre-training: %d steps, final loss %.3f, probe accuracy %s%%",
+        steps,
+        loss_value,
+        "n/a" if accuracy is None else f"{accuracy:.1f}",
+    )
+    return {
+        "vision_pretrain_steps": steps,
+        "vision_pretrain_loss": loss_value,
+        "vision_probe_accuracy": accuracy,
+        "vision_train_images": len(y),
+        "vision_classes": len(classes),
+    }
 
 
 # --------------------------------------------------------------------------- builtin
-def build_builtin_base(cfg: BaseConfig, data_dir: Path, out_dir: Path, metrics_dir: Path, *,
-                       image_size: int, checkpoint_dir: Path, tracking: TrackingConfig | None,
-                       eval_batch_size: int = 64, progress: bool = True) -> dict[str, Any]:
+def build_builtin_base(
+    cfg: BaseConfig,
+    data_dir: Path,
+    out_dir: Path,
+    metrics_dir: Path,
+    *,
+    image_size: int,
+    checkpoint_dir: Path,
+    tracking: TrackingConfig | None,
+    eval_batch_size: int = 64,
+    progress: bool = True,
+) -> dict[str, Any]:
     """Tokenizer + tiny VLM + pre-training; returns the metrics written to base.json."""
     from mirage_safety.training.sft import (
         is_main_process,
@@ -227,8 +279,9 @@ def build_builtin_base(cfg: BaseConfig, data_dir: Path, out_dir: Path, metrics_d
     train_files = [general / "train.json", general / "instruct.json"]
     missing = [str(p) for p in train_files if not p.is_file()]
     if missing:
-        raise FileNotFoundError(f"base pre-training data not found: {', '.join(missing)} "
-                                "(run `mirage generate` first)")
+        raise FileNotFoundError(
+            f"base pre-training data not found: {', '.join(missing)} (run `mirage generate` first)"
+        )
     # read once: the records feed the tokenizer corpus, the vision labels and the LM phase
     all_rows = [row for p in train_files for row in load_train_records(p)]
     rows = all_rows
@@ -244,47 +297,83 @@ def build_builtin_base(cfg: BaseConfig, data_dir: Path, out_dir: Path, metrics_d
     log.info("tiny VLM: %d parameters, vocabulary %d", n_params, len(processor.tokenizer))
     vision_metrics: dict[str, Any] = {}
     if b.vision_pretrain_steps:
-        vision_metrics = pretrain_vision(model, processor,
-                                         [(r.record, r.root) for r in all_rows],
-                                         [(rec, general) for rec in test_records or []], b,
-                                         seed=cfg.seed, progress=progress)
+        vision_metrics = pretrain_vision(
+            model,
+            processor,
+            [(r.record, r.root) for r in all_rows],
+            [(rec, general) for rec in test_records or []],
+            b,
+            seed=cfg.seed,
+            progress=progress,
+        )
     if b.freeze_vision_in_pretrain:
-
         freeze_vision_tower(model)
 
-    settings = SFTConfig(learning_rate=b.pretrain_lr, batch_size=b.pretrain_batch_size,
-                         max_steps=b.pretrain_steps, epochs=1.0, warmup_ratio=0.03,
-                         save_steps=max(50, b.pretrain_steps // 4),
-                         logging_steps=max(1, min(25, b.pretrain_steps // 20 or 1)),
-                         max_length=1024, seed=cfg.seed,
-                         packing=b.pretrain_fast, labelled_logits=b.pretrain_fast,
-                         preprocess="once" if b.pretrain_fast else "per_batch",
-                         cache_vision_features="auto" if b.pretrain_fast else False)
-    fingerprint = {"stage": "base", "config": cfg.model_dump(mode="json"),
-                   "image_size": image_size,
-                   "data": [os.path.getsize(p) for p in train_files]}
+    settings = SFTConfig(
+        learning_rate=b.pretrain_lr,
+        batch_size=b.pretrain_batch_size,
+        max_steps=b.pretrain_steps,
+        epochs=1.0,
+        warmup_ratio=0.03,
+        save_steps=max(50, b.pretrain_steps // 4),
+        logging_steps=max(1, min(25, b.pretrain_steps // 20 or 1)),
+        max_length=1024,
+        seed=cfg.seed,
+        packing=b.pretrain_fast,
+        labelled_logits=b.pretrain_fast,
+        preprocess="once" if b.pretrain_fast else "per_batch",
+        cache_vision_features="auto" if b.pretrain_fast else False,
+    )
+    fingerprint = {
+        "stage": "base",
+        "config": cfg.model_dump(mode="json"),
+        "image_size": image_size,
+        "data": [os.path.getsize(p) for p in train_files],
+    }
     report_to = ["mlflow"] if tracking is not None else []
-    trainer, result = run_sft(model, processor, rows, settings, checkpoint_dir,
-                              image_size=image_size, fingerprint=fingerprint,
-                              report_to=report_to, run_name="base", progress=progress,
-                              # preprocessing once: kept beside the checkpoints, as train's
-                              preprocess_cache=checkpoint_dir.parent / "preprocessed")
+    trainer, result = run_sft(
+        model,
+        processor,
+        rows,
+        settings,
+        checkpoint_dir,
+        image_size=image_size,
+        fingerprint=fingerprint,
+        report_to=report_to,
+        run_name="base",
+        progress=progress,
+        # preprocessing once: kept beside the checkpoints, as train's
+        preprocess_cache=checkpoint_dir.parent / "preprocessed",
+    )
     save_trained(trainer, processor, out_dir)
-    metrics: dict[str, Any] = {"source": "builtin", "parameters": n_params,
-                               "vocab_size": len(processor.tokenizer), **vision_metrics,
-                               **result.metrics()}
+    metrics: dict[str, Any] = {
+        "source": "builtin",
+        "parameters": n_params,
+        "vocab_size": len(processor.tokenizer),
+        **vision_metrics,
+        **result.metrics(),
+    }
     if is_main_process():
         if test_records is not None:
-            metrics.update(general_accuracy(trainer.model, processor, test_records, general,
-                                            batch_size=eval_batch_size, progress=progress))
+            metrics.update(
+                general_accuracy(
+                    trainer.model,
+                    processor,
+                    test_records,
+                    general,
+                    batch_size=eval_batch_size,
+                    progress=progress,
+                )
+            )
         else:
             log.warning("%s not found: general accuracy not measured", test_path)
     return metrics
 
 
 # --------------------------------------------------------------------------- hub
-def resolve_hub_pin(model_id: str, revision: str | None, *, trust_remote_code: bool = False,
-                    dtype: str = "auto") -> dict[str, Any]:
+def resolve_hub_pin(
+    model_id: str, revision: str | None, *, trust_remote_code: bool = False, dtype: str = "auto"
+) -> dict[str, Any]:
     """``{model_id, commit, trust_remote_code, dtype}`` for ``model_id`` at ``revision``.
 
     Online: the Hub says which commit the revision is.  Offline (``HF_HUB_OFFLINE`` or no
@@ -312,21 +401,40 @@ def resolve_hub_pin(model_id: str, revision: str | None, *, trust_remote_code: b
                 f"cannot resolve Hub model {model_id!r} (revision {revision or 'main'!r}): it "
                 f"is not in the local Hugging Face cache and the Hub is not reachable{why}. "
                 f"Download it once with `hf download {model_id}` on a machine "
-                f"with network, or set base.hub.model_id to a cached model") from exc
-    return {"model_id": model_id, "revision": revision, "commit": commit,
-            "trust_remote_code": trust_remote_code, "dtype": dtype}
+                f"with network, or set base.hub.model_id to a cached model"
+            ) from exc
+    return {
+        "model_id": model_id,
+        "revision": revision,
+        "commit": commit,
+        "trust_remote_code": trust_remote_code,
+        "dtype": dtype,
+    }
 
 
 # --------------------------------------------------------------------------- stage
-def run_base(cfg: BaseConfig, *, data_dir: Path, out_dir: Path, metrics_dir: Path,
-             image_size: int, checkpoint_dir: Path, tracking: TrackingConfig | None = None,
-             progress: bool = True, profile: str | None = None) -> dict[str, Any]:
+def run_base(
+    cfg: BaseConfig,
+    *,
+    data_dir: Path,
+    out_dir: Path,
+    metrics_dir: Path,
+    image_size: int,
+    checkpoint_dir: Path,
+    tracking: TrackingConfig | None = None,
+    progress: bool = True,
+    profile: str | None = None,
+) -> dict[str, Any]:
     metrics_path = metrics_dir / "base.json"
     if cfg.source == "hub":
         hub = cfg.hub
         assert hub.model_id  # validated by BaseConfig
-        pin = resolve_hub_pin(hub.model_id, hub.revision,
-                              trust_remote_code=hub.trust_remote_code, dtype=hub.torch_dtype)
+        pin = resolve_hub_pin(
+            hub.model_id,
+            hub.revision,
+            trust_remote_code=hub.trust_remote_code,
+            dtype=hub.torch_dtype,
+        )
         with atomic_dir(out_dir) as tmp:
             write_json_atomic(tmp / PIN_FILE, pin)
         metrics = {"source": "hub", **pin}
@@ -337,20 +445,35 @@ def run_base(cfg: BaseConfig, *, data_dir: Path, out_dir: Path, metrics_dir: Pat
     from mirage_safety.training.sft import is_main_process
 
     def _build() -> dict[str, Any]:
-        return build_builtin_base(cfg, data_dir, out_dir, metrics_dir, image_size=image_size,
-                                  checkpoint_dir=checkpoint_dir, tracking=tracking,
-                                  progress=progress)
+        return build_builtin_base(
+            cfg,
+            data_dir,
+            out_dir,
+            metrics_dir,
+            image_size=image_size,
+            checkpoint_dir=checkpoint_dir,
+            tracking=tracking,
+            progress=progress,
+        )
 
     if tracking is not None and is_main_process():
         import mlflow
 
-
         _mlflow_env()
-        with stage_run("base", tracking, {"base": cfg.model_dump(mode="json"),
-                                          "image_size": image_size}, profile=profile):
+        with stage_run(
+            "base",
+            tracking,
+            {"base": cfg.model_dump(mode="json"), "image_size": image_size},
+            profile=profile,
+        ):
             metrics = _build()
-            mlflow.log_metrics({k: float(v) for k, v in metrics.items()
-                                if isinstance(v, int | float) and not isinstance(v, bool)})
+            mlflow.log_metrics(
+                {
+                    k: float(v)
+                    for k, v in metrics.items()
+                    if isinstance(v, int | float) and not isinstance(v, bool)
+                }
+            )
     else:
         metrics = _build()
     if is_main_process():
@@ -368,14 +491,22 @@ def _mlflow_env() -> None:
 
 
 def _handler(args: argparse.Namespace, params: Params) -> int:
-    metrics = run_base(params.base, data_dir=Path(args.data), out_dir=Path(args.out),
-                       metrics_dir=Path(args.metrics), image_size=params.data.world.image_size,
-                       checkpoint_dir=Path(args.checkpoints),
-                       tracking=params.tracking if tracking_wanted(args) else None,
-                       progress=not args.no_progress, profile=params.profile)
+    metrics = run_base(
+        params.base,
+        data_dir=Path(args.data),
+        out_dir=Path(args.out),
+        metrics_dir=Path(args.metrics),
+        image_size=params.data.world.image_size,
+        checkpoint_dir=Path(args.checkpoints),
+        tracking=params.tracking if tracking_wanted(args) else None,
+        progress=not args.no_progress,
+        profile=params.profile,
+    )
     if "general_accuracy" in metrics:
-        print(f"base: general accuracy {metrics['general_accuracy']:.1f}% "
-              f"on {metrics['general_test_n']} held-out questions -> {args.out}")
+        print(
+            f"base: general accuracy {metrics['general_accuracy']:.1f}% "
+            f"on {metrics['general_test_n']} held-out questions -> {args.out}"
+        )
     elif "commit" in metrics:
         print(f"base: pinned {metrics['model_id']} at {metrics['commit']} -> {args.out}")
     return 0
@@ -383,14 +514,19 @@ def _handler(args: argparse.Namespace, params: Params) -> int:
 
 def add_cli(subparsers: Any) -> argparse.ArgumentParser:
     p = subparsers.add_parser(
-        "base", help="build/pre-train the builtin tiny VLM, or pin a Hub base model",
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+        "base",
+        help="build/pre-train the builtin tiny VLM, or pin a Hub base model",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("--data", default="data", help="dataset root (default: data)")
     p.add_argument("--out", default="models/base", help="output dir (default: models/base)")
     p.add_argument("--metrics", default="metrics", help="metrics dir (default: metrics)")
-    p.add_argument("--checkpoints", default=".cache/checkpoints/base",
-                   help="resumable checkpoints, outside DVC outs "
-                        "(default: .cache/checkpoints/base)")
+    p.add_argument(
+        "--checkpoints",
+        default=".cache/checkpoints/base",
+        help="resumable checkpoints, outside DVC outs (default: .cache/checkpoints/base)",
+    )
     add_run_arguments(p)
     p.set_defaults(func=_handler, params_section="base")
     return p

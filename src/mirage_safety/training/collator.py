@@ -62,8 +62,7 @@ class TextEncoding:
 
 
 def _render(processor: Any, messages: list[dict[str, Any]], *, generation: bool) -> str:
-    return processor.apply_chat_template(messages, tokenize=False,
-                                         add_generation_prompt=generation)
+    return processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=generation)
 
 
 def _tokenizer(processor: Any) -> Any:
@@ -83,7 +82,8 @@ def encode_text(processor: Any, messages: list[dict[str, Any]], rid: str = "?") 
             raise RecordError(
                 f"record {rid!r}: the chat template is not prefix-stable (the prompt rendered "
                 f"with add_generation_prompt is not a prefix of the full conversation), so "
-                f"assistant tokens cannot be located")
+                f"assistant tokens cannot be located"
+            )
         answer = "".join(p["text"] for p in msg["content"] if p["type"] == "text").strip()
         at = full.find(answer, len(prompt)) if answer else -1
         if at < 0:  # template rewrote the answer: train on the whole rendered turn
@@ -96,7 +96,8 @@ def encode_text(processor: Any, messages: list[dict[str, Any]], rid: str = "?") 
     ids: list[int] = list(enc["input_ids"])
     offsets = enc["offset_mapping"]
     special = set(tok.all_special_ids) | {
-        i for i, t in getattr(tok, "added_tokens_decoder", {}).items() if t.special}
+        i for i, t in getattr(tok, "added_tokens_decoder", {}).items() if t.special
+    }
     loss = [False] * len(ids)
     for start, end in spans:
         last = -1
@@ -124,9 +125,15 @@ class ChatCollator:
     so later epochs only load images and pad.
     """
 
-    def __init__(self, processor: Any, root: str | os.PathLike[str] | None = None, *,
-                 max_length: int | None = None, pad_to_multiple_of: int | None = None,
-                 cache: bool = True):
+    def __init__(
+        self,
+        processor: Any,
+        root: str | os.PathLike[str] | None = None,
+        *,
+        max_length: int | None = None,
+        pad_to_multiple_of: int | None = None,
+        cache: bool = True,
+    ):
         self.processor = processor
         self.root = Path(root) if root is not None else None
         self.max_length = max_length
@@ -135,11 +142,20 @@ class ChatCollator:
         tok = _tokenizer(processor)
         if tok.pad_token_id is None:
             raise ValueError("the tokenizer has no pad token; set one before training")
-        family_ids = [tok.convert_tokens_to_ids(t) for t in processor_family(processor)
-                      .image_tokens if t in tok.get_vocab()]
-        self.image_token_ids = {i for i in (getattr(processor, "image_token_id", None),
-                                            getattr(tok, "image_token_id", None), *family_ids)
-                                if isinstance(i, int)}
+        family_ids = [
+            tok.convert_tokens_to_ids(t)
+            for t in processor_family(processor).image_tokens
+            if t in tok.get_vocab()
+        ]
+        self.image_token_ids = {
+            i
+            for i in (
+                getattr(processor, "image_token_id", None),
+                getattr(tok, "image_token_id", None),
+                *family_ids,
+            )
+            if isinstance(i, int)
+        }
         self._warned_truncation = False
 
     # ------------------------------------------------------------------ per record
@@ -166,13 +182,16 @@ class ChatCollator:
 
     def images(self, rec: Mapping[str, Any], root: Path) -> list[Any]:
         paths = rec.get("images") or []
-        n_placeholders = sum(t.get("value", "").count(IMAGE_TOKEN)
-                             for t in rec["conversations"])
+        n_placeholders = sum(t.get("value", "").count(IMAGE_TOKEN) for t in rec["conversations"])
         if len(paths) != n_placeholders:
-            raise RecordError(f"record {record_id(rec)!r}: field 'images': {len(paths)} image(s) "
-                              f"but {n_placeholders} {IMAGE_TOKEN} placeholder(s)")
-        return [load_image(resolve_image(root, p, rid=record_id(rec), field=f"images[{k}]"))
-                for k, p in enumerate(paths)]
+            raise RecordError(
+                f"record {record_id(rec)!r}: field 'images': {len(paths)} image(s) "
+                f"but {n_placeholders} {IMAGE_TOKEN} placeholder(s)"
+            )
+        return [
+            load_image(resolve_image(root, p, rid=record_id(rec), field=f"images[{k}]"))
+            for k, p in enumerate(paths)
+        ]
 
     # ------------------------------------------------------------------ batch
     def __call__(self, features: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
@@ -184,27 +203,34 @@ class ChatCollator:
             recs.append(rec)
             encs.append(self.encode(rec, root))
             images.append(self.images(rec, root))
-        kwargs: dict[str, Any] = {"padding": True, "padding_side": "right",
-                                  "add_special_tokens": False, "return_tensors": "pt"}
+        kwargs: dict[str, Any] = {
+            "padding": True,
+            "padding_side": "right",
+            "add_special_tokens": False,
+            "return_tensors": "pt",
+        }
         if self.pad_to_multiple_of:
             kwargs["pad_to_multiple_of"] = self.pad_to_multiple_of
         # one image list per prompt: processors that count images per prompt (Gemma 3)
         # need it, and the others give the same tensors as with a flat list
-        batch = self.processor(text=[e.text for e in encs],
-                               images=images if any(images) else None, **kwargs)
+        batch = self.processor(
+            text=[e.text for e in encs], images=images if any(images) else None, **kwargs
+        )
         input_ids = batch["input_ids"]
         lengths = batch["attention_mask"].sum(dim=1).tolist()
         labels = torch.full_like(input_ids, IGNORE_INDEX)
         for b, (enc, n) in enumerate(zip(encs, lengths, strict=True)):
-            tail_ids = enc.ids[enc.first:]
+            tail_ids = enc.ids[enc.first :]
             start = n - len(tail_ids)
             if start < 0 or input_ids[b, start:n].tolist() != list(tail_ids):
                 raise RecordError(
                     f"record {record_id(recs[b])!r}: the processor's token ids do not end with the "
-                    f"assistant tokens (images after an assistant turn are not supported)")
-            tail_loss = torch.tensor(enc.loss[enc.first:], dtype=torch.bool)
-            labels[b, start:n] = torch.where(tail_loss, input_ids[b, start:n],
-                                             torch.tensor(IGNORE_INDEX))
+                    f"assistant tokens (images after an assistant turn are not supported)"
+                )
+            tail_loss = torch.tensor(enc.loss[enc.first :], dtype=torch.bool)
+            labels[b, start:n] = torch.where(
+                tail_loss, input_ids[b, start:n], torch.tensor(IGNORE_INDEX)
+            )
         batch["labels"] = labels
         if self.max_length and input_ids.shape[1] > self.max_length:
             batch = self._truncate(batch, recs)
@@ -221,10 +247,14 @@ class ChatCollator:
             if any(int(t) in self.image_token_ids for t in dropped[b].tolist()):
                 raise RecordError(
                     f"record {record_id(recs[b])!r}: max_length {cut} would cut image tokens; "
-                    f"raise train.max_length")
+                    f"raise train.max_length"
+                )
         if not self._warned_truncation:
-            log.warning("truncating batch from %d to max_length=%d tokens (answer tails lose "
-                        "their loss)", batch["input_ids"].shape[1], cut)
+            log.warning(
+                "truncating batch from %d to max_length=%d tokens (answer tails lose their loss)",
+                batch["input_ids"].shape[1],
+                cut,
+            )
             self._warned_truncation = True
         seq = batch["input_ids"].shape[1]
         for key, value in list(batch.items()):

@@ -37,8 +37,10 @@ def decoder_layers(model: Any) -> Any:
     decoder = inner.get_decoder() if hasattr(inner, "get_decoder") else None
     layers = getattr(decoder, "layers", None)
     if not isinstance(layers, torch.nn.ModuleList) or not len(layers):
-        raise CompileError(f"train.compile: no decoder layers found on "
-                           f"{type(inner).__name__} (get_decoder().layers)")
+        raise CompileError(
+            f"train.compile: no decoder layers found on "
+            f"{type(inner).__name__} (get_decoder().layers)"
+        )
     return layers
 
 
@@ -51,8 +53,10 @@ def check_compiler() -> None:
     try:
         get_cpp_compiler()
     except Exception as e:  # InvalidCxxCompiler and friends
-        raise CompileError("train.compile needs a C++ compiler for torch.compile on CPU "
-                           "(install g++ or set CXX), or set train.compile: false") from e
+        raise CompileError(
+            "train.compile needs a C++ compiler for torch.compile on CPU "
+            "(install g++ or set CXX), or set train.compile: false"
+        ) from e
 
 
 @contextmanager

@@ -61,8 +61,10 @@ class PackedCollator:
                 out[key] = value
         starts = torch.tensor([0, *lengths[:-1]]).cumsum(0)
         if (out["labels"][0, starts] != IGNORE_INDEX).any():
-            raise ValueError("a packed sample starts with a loss token: the boundary token "
-                             "would be trained on the previous sample's context")
+            raise ValueError(
+                "a packed sample starts with a loss token: the boundary token "
+                "would be trained on the previous sample's context"
+            )
         positions = torch.cat([torch.arange(n) for n in lengths])[None]
         if self.mrope is not None:
             rope = self.mrope(batch, lengths)
@@ -97,10 +99,13 @@ def qwen2_vl_mrope(model: Any) -> PositionFn:
             for b, n in enumerate(lengths):
                 ids = batch["input_ids"][b, :n][None]
                 mm = batch["mm_token_type_ids"][b, :n][None]
-                grids = grid[bounds[b]:bounds[b + 1]]
-                pos, _ = get_rope_index(ids, mm_token_type_ids=mm,
-                                        image_grid_thw=grids if len(grids) else None,
-                                        attention_mask=torch.ones_like(ids))
+                grids = grid[bounds[b] : bounds[b + 1]]
+                pos, _ = get_rope_index(
+                    ids,
+                    mm_token_type_ids=mm,
+                    image_grid_thw=grids if len(grids) else None,
+                    attention_mask=torch.ones_like(ids),
+                )
                 rows.append(pos)
         return torch.cat(rows, dim=-1)
 
@@ -110,9 +115,17 @@ def qwen2_vl_mrope(model: Any) -> PositionFn:
 VARLEN = "mirage_varlen"
 
 
-def varlen_sdpa(module: Any, query: Any, key: Any, value: Any, attention_mask: Any,
-                dropout: float = 0.0, scaling: float | None = None,
-                is_causal: bool | None = None, **kwargs: Any) -> tuple[Any, None]:
+def varlen_sdpa(
+    module: Any,
+    query: Any,
+    key: Any,
+    value: Any,
+    attention_mask: Any,
+    dropout: float = 0.0,
+    scaling: float | None = None,
+    is_causal: bool | None = None,
+    **kwargs: Any,
+) -> tuple[Any, None]:
     """Causal attention of a packed row, one sdpa call per sample (an AttentionInterface
     function).  Anything else (a vision tower, a padded batch) goes to plain sdpa."""
     import torch
@@ -120,12 +133,22 @@ def varlen_sdpa(module: Any, query: Any, key: Any, value: Any, attention_mask: A
 
     positions = kwargs.get("position_ids")
     if not getattr(module, "is_causal", False) or positions is None or query.shape[0] != 1:
-        return sdpa_attention_forward(module, query, key, value, attention_mask,
-                                      dropout=dropout, scaling=scaling, is_causal=is_causal,
-                                      **kwargs)
+        return sdpa_attention_forward(
+            module,
+            query,
+            key,
+            value,
+            attention_mask,
+            dropout=dropout,
+            scaling=scaling,
+            is_causal=is_causal,
+            **kwargs,
+        )
     if attention_mask is not None or getattr(module, "sliding_window", None):
-        raise ValueError(f"{VARLEN} attention is for plain causal attention over packed rows "
-                         "without an attention mask (models.families: causal_text)")
+        raise ValueError(
+            f"{VARLEN} attention is for plain causal attention over packed rows "
+            "without an attention mask (models.families: causal_text)"
+        )
     row = positions.reshape(-1, query.shape[2])[0]  # M-RoPE: the text positions row
     starts = (row == 0).nonzero().flatten().tolist()
     if not starts or starts[0] != 0:
@@ -133,10 +156,17 @@ def varlen_sdpa(module: Any, query: Any, key: Any, value: Any, attention_mask: A
     lengths = [b - a for a, b in zip(starts, [*starts[1:], query.shape[2]], strict=True)]
     # split, not slicing: split's backward is one concatenation, where each slice's
     # backward would fill a zero tensor of the whole row
-    outs = [sdpa_attention_forward(module, q, k, v, None, dropout=dropout, scaling=scaling,
-                                   is_causal=True)[0]
-            for q, k, v in zip(query.split(lengths, dim=2), key.split(lengths, dim=2),
-                               value.split(lengths, dim=2), strict=True)]
+    outs = [
+        sdpa_attention_forward(
+            module, q, k, v, None, dropout=dropout, scaling=scaling, is_causal=True
+        )[0]
+        for q, k, v in zip(
+            query.split(lengths, dim=2),
+            key.split(lengths, dim=2),
+            value.split(lengths, dim=2),
+            strict=True,
+        )
+    ]
     return torch.cat(outs, dim=1), None
 
 

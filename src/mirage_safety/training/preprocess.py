@@ -60,8 +60,9 @@ def processor_hash(processor: Any) -> str:
 def dataset_key(rows: Sequence[Any], collator: ChatCollator) -> str:
     """Content hash of what the preprocessed tensors depend on."""
 
-    h = hashlib.sha256(f"{VERSION}\0{collator.max_length}\0"
-                       f"{processor_hash(collator.processor)}".encode())
+    h = hashlib.sha256(
+        f"{VERSION}\0{collator.max_length}\0{processor_hash(collator.processor)}".encode()
+    )
     for row in rows:
         rec = row.record
         h.update(json.dumps(rec, sort_keys=True, ensure_ascii=False).encode())
@@ -86,8 +87,14 @@ def sample_tensors(collator: ChatCollator, feature: Mapping[str, Any]) -> dict[s
     return out
 
 
-def build(rows: Sequence[Any], collator: ChatCollator, lengths: Sequence[int], *,
-          cache_dir: Path, progress: bool = False) -> Any:
+def build(
+    rows: Sequence[Any],
+    collator: ChatCollator,
+    lengths: Sequence[int],
+    *,
+    cache_dir: Path,
+    progress: bool = False,
+) -> Any:
     """The preprocessed ``datasets.Dataset`` of ``rows`` (loaded from the cache when there),
     with the ``length`` column the length-grouped sampler reads."""
     from datasets import Dataset, load_from_disk
@@ -100,8 +107,12 @@ def build(rows: Sequence[Any], collator: ChatCollator, lengths: Sequence[int], *
         return load_from_disk(str(target)).with_format("numpy")
 
     def gen() -> Iterator[dict[str, Any]]:
-        for row, n in tqdm(zip(rows, lengths, strict=True), total=len(rows),
-                           desc="preprocess", disable=not progress):
+        for row, n in tqdm(
+            zip(rows, lengths, strict=True),
+            total=len(rows),
+            desc="preprocess",
+            disable=not progress,
+        ):
             feature = {"record": row.record, "root": str(row.root)}
             yield {**sample_tensors(collator, feature), "length": int(n)}
 
@@ -122,9 +133,12 @@ def build(rows: Sequence[Any], collator: ChatCollator, lengths: Sequence[int], *
 
 def _prune(cache_dir: Path, *, keep: Path, limit: int = KEEP) -> None:
     """Drop all but the ``limit`` most recent datasets (a real VLM's can be many GB)."""
-    entries = sorted((p for p in cache_dir.iterdir() if p.is_dir() and not p.name.startswith(".")),
-                     key=lambda p: p.stat().st_mtime, reverse=True)
-    for old in [p for p in entries if p != keep][max(0, limit - 1):]:
+    entries = sorted(
+        (p for p in cache_dir.iterdir() if p.is_dir() and not p.name.startswith(".")),
+        key=lambda p: p.stat().st_mtime,
+        reverse=True,
+    )
+    for old in [p for p in entries if p != keep][max(0, limit - 1) :]:
         log.info("preprocessed dataset: removing the older %s", old)
         shutil.rmtree(old, ignore_errors=True)
 
@@ -152,12 +166,11 @@ class PaddingCollator:
             rows = [np.asarray(f[key]) for f in features]
             full = np.full((len(rows), longest), self.pad.get(key, 0), dtype=rows[0].dtype)
             for b, r in enumerate(rows):
-                full[b, :len(r)] = r
+                full[b, : len(r)] = r
             out[key] = torch.from_numpy(full)
         for key in keys:
             if key in seq_keys:
                 continue
-            parts = [np.asarray(f[key]).reshape([int(d) for d in f[key + SHAPE]])
-                     for f in features]
+            parts = [np.asarray(f[key]).reshape([int(d) for d in f[key + SHAPE]]) for f in features]
             out[key] = torch.from_numpy(np.concatenate(parts))
         return out

@@ -63,19 +63,26 @@ class Row:
     root: Path
 
 
-def load_train_records(path: str | os.PathLike[str], *, image_root: Path | None = None,
-                       check_images: bool = False, max_errors_shown: int = 20) -> list[Row]:
+def load_train_records(
+    path: str | os.PathLike[str],
+    *,
+    image_root: Path | None = None,
+    check_images: bool = False,
+    max_errors_shown: int = 20,
+) -> list[Row]:
     """Read + validate a canonical train JSON file; image paths are relative to
     ``image_root`` (default: the file's directory)."""
 
     root = Path(image_root) if image_root is not None else Path(path).parent
-    records = read_train_file(path, image_root=root, check_images=check_images,
-                              max_errors_shown=max_errors_shown)
+    records = read_train_file(
+        path, image_root=root, check_images=check_images, max_errors_shown=max_errors_shown
+    )
     return [Row(r, root) for r in records]
 
 
-def mix_general(safety: Sequence[Row], general: Sequence[Row], ratio: float,
-                seed: int) -> list[Row]:
+def mix_general(
+    safety: Sequence[Row], general: Sequence[Row], ratio: float, seed: int
+) -> list[Row]:
     """``safety`` plus general rows making up ``ratio`` of the final mix, seeded.
 
     General rows are drawn without replacement while they last (cycled in a fresh seeded
@@ -97,9 +104,15 @@ def mix_general(safety: Sequence[Row], general: Sequence[Row], ratio: float,
     return mix
 
 
-def build_dataset(rows: Sequence[Row], collator: ChatCollator, image_size: int, *,
-                  preprocess: str = "per_batch", cache_dir: Path | None = None,
-                  progress: bool = False) -> Any:
+def build_dataset(
+    rows: Sequence[Row],
+    collator: ChatCollator,
+    image_size: int,
+    *,
+    preprocess: str = "per_batch",
+    cache_dir: Path | None = None,
+    progress: bool = False,
+) -> Any:
     """A ``datasets.Dataset`` for the Trainer: ``{record (JSON), root, length}`` rows that
     the collator turns into tensors per batch, or (``preprocess="once"``) the samples'
     tensors themselves, computed once and cached under ``cache_dir``
@@ -116,14 +129,16 @@ def build_dataset(rows: Sequence[Row], collator: ChatCollator, image_size: int, 
     per_image = tokens_per_image(collator.processor, image_size)
     lengths = [collator.estimate_length(r.record, r.root, per_image) for r in rows]
     if preprocess == "once":
-
-        return P.build(rows, collator, lengths, cache_dir=cache_dir or PREPROCESS_CACHE,
-                       progress=progress)
-    return Dataset.from_dict({
-        "record": [json.dumps(r.record, ensure_ascii=False) for r in rows],
-        "root": [str(r.root) for r in rows],
-        "length": lengths,
-    })
+        return P.build(
+            rows, collator, lengths, cache_dir=cache_dir or PREPROCESS_CACHE, progress=progress
+        )
+    return Dataset.from_dict(
+        {
+            "record": [json.dumps(r.record, ensure_ascii=False) for r in rows],
+            "root": [str(r.root) for r in rows],
+            "length": lengths,
+        }
+    )
 
 
 # --------------------------------------------------------------------------- callbacks
@@ -239,13 +254,20 @@ def make_trainer_class() -> type:
                 result = original(renamed, strict, **kw)
                 # a resume that loads nothing must never pass silently
                 if renamed and len(result.unexpected_keys) == len(renamed):
-                    raise RuntimeError(f"{resume_from_checkpoint}: no checkpoint weight "
-                                       "matches the model; cannot resume")
+                    raise RuntimeError(
+                        f"{resume_from_checkpoint}: no checkpoint weight "
+                        "matches the model; cannot resume"
+                    )
                 # a tied weight (lm_head = embeddings) is saved once: loaded via its alias
-                tied = {n for names in aliases.values() if len(names) > 1
-                        and any(a in renamed for a in names) for n in names}
+                tied = {
+                    n
+                    for names in aliases.values()
+                    if len(names) > 1 and any(a in renamed for a in names)
+                    for n in names
+                }
                 return result._replace(
-                    missing_keys=[k for k in result.missing_keys if k not in tied])
+                    missing_keys=[k for k in result.missing_keys if k not in tied]
+                )
 
             # an instance attribute shadowing the method for this one load (deleted below)
             target.load_state_dict = load_renamed  # type: ignore[method-assign]
@@ -305,8 +327,9 @@ def prepare_checkpoint_dir(checkpoint_dir: Path, fingerprint: dict[str, Any]) ->
         old = read_json(fp_path) if fp_path.is_file() else None
         if old != fingerprint:
             if is_main_process():
-                log.info("checkpoints in %s belong to other params/data: starting fresh",
-                         checkpoint_dir)
+                log.info(
+                    "checkpoints in %s belong to other params/data: starting fresh", checkpoint_dir
+                )
                 shutil.rmtree(checkpoint_dir)
         else:
             last = _last_complete_checkpoint(checkpoint_dir)
@@ -358,13 +381,22 @@ class SFTResult:
         return out
 
 
-def run_sft(model: Any, processor: Any, rows: Sequence[Row], settings: SFTConfig,
-            checkpoint_dir: str | os.PathLike[str], *, image_size: int,
-            fingerprint: dict[str, Any] | None = None, report_to: Sequence[str] = (),
-            callbacks: Sequence[Any] = (), run_name: str | None = None,
-            on_trainer: Callable[[Any], None] | None = None,
-            progress: bool | None = None,
-            preprocess_cache: Path | None = None) -> tuple[Any, SFTResult]:
+def run_sft(
+    model: Any,
+    processor: Any,
+    rows: Sequence[Row],
+    settings: SFTConfig,
+    checkpoint_dir: str | os.PathLike[str],
+    *,
+    image_size: int,
+    fingerprint: dict[str, Any] | None = None,
+    report_to: Sequence[str] = (),
+    callbacks: Sequence[Any] = (),
+    run_name: str | None = None,
+    on_trainer: Callable[[Any], None] | None = None,
+    progress: bool | None = None,
+    preprocess_cache: Path | None = None,
+) -> tuple[Any, SFTResult]:
     """Train ``model`` on ``rows`` with the Trainer; resume from ``checkpoint_dir`` if valid.
 
     ``fingerprint`` identifies what is trained (params, data, base); checkpoints made under
@@ -379,8 +411,13 @@ def run_sft(model: Any, processor: Any, rows: Sequence[Row], settings: SFTConfig
     set_cpu_threads()
     ckpt = Path(checkpoint_dir)
     # JSON round trip: the comparison with the stored file must not trip on tuples
-    fp = json.loads(json.dumps({"settings": settings.model_dump(mode="json"),
-                                **(fingerprint or {})}, sort_keys=True, default=str))
+    fp = json.loads(
+        json.dumps(
+            {"settings": settings.model_dump(mode="json"), **(fingerprint or {})},
+            sort_keys=True,
+            default=str,
+        )
+    )
     resume = prepare_checkpoint_dir(ckpt, fp)
     if is_main_process():
         ckpt.mkdir(parents=True, exist_ok=True)
@@ -388,22 +425,25 @@ def run_sft(model: Any, processor: Any, rows: Sequence[Row], settings: SFTConfig
 
     pad_to = 8 if torch.cuda.is_available() else None
     collator = ChatCollator(processor, max_length=settings.max_length, pad_to_multiple_of=pad_to)
-    dataset = build_dataset(rows, collator, image_size, preprocess=settings.preprocess,
-                            cache_dir=preprocess_cache, progress=bool(progress))
+    dataset = build_dataset(
+        rows,
+        collator,
+        image_size,
+        preprocess=settings.preprocess,
+        cache_dir=preprocess_cache,
+        progress=bool(progress),
+    )
     batcher: Any = collator
     if settings.preprocess == "once":
-
         tok = getattr(processor, "tokenizer", processor)
         batcher = PaddingCollator(tok.pad_token_id, pad_to_multiple_of=pad_to)
     varlen_family = False
     if settings.packing:
-
         family = family_of(model)
         mrope = qwen2_vl_mrope(model) if family.positions == "mrope" else None
         batcher = PackedCollator(batcher, mrope=mrope)
         varlen_family = family.causal_text
     if settings.labelled_logits:
-
         batcher = LabelledLogits(batcher)
     text_only = any(not r.record.get("images") for r in rows)
     cuda = torch.cuda.is_available()
@@ -445,8 +485,7 @@ def run_sft(model: Any, processor: Any, rows: Sequence[Row], settings: SFTConfig
         include_num_input_tokens_seen="all" if settings.packing else "non_padding",
         # images-free batches leave the projector/vision tower without gradients
         ddp_find_unused_parameters=text_only,
-        disable_tqdm=not is_main_process() or not (os.isatty(2) if progress is None
-                                                   else progress),
+        disable_tqdm=not is_main_process() or not (os.isatty(2) if progress is None else progress),
         # `accelerate launch` (torchrun) without GPUs: gloo DDP on CPU processes; the
         # Trainer only picks the CPU backend when told so
         use_cpu=not cuda and world_size() > 1,
@@ -454,17 +493,20 @@ def run_sft(model: Any, processor: Any, rows: Sequence[Row], settings: SFTConfig
     )
     throughput = ThroughputCallback()
     trainer = make_trainer_class()(
-        model=model, args=args, train_dataset=dataset, data_collator=batcher,
-        processing_class=processor, callbacks=[throughput, LogLastStep(), *callbacks])
+        model=model,
+        args=args,
+        train_dataset=dataset,
+        data_collator=batcher,
+        processing_class=processor,
+        callbacks=[throughput, LogLastStep(), *callbacks],
+    )
     if on_trainer:
         on_trainer(trainer)
     cache = None
     if settings.cache_vision_features:
-
         skip = vision_cache.why_not(model) if settings.cache_vision_features == "auto" else None
         if skip:  # auto: on where the family allows it
-            log.info("vision features not cached (train.cache_vision_features: auto): %s",
-                     skip)
+            log.info("vision features not cached (train.cache_vision_features: auto): %s", skip)
         else:
             cache = vision_cache.install(model)
     try:
@@ -472,7 +514,6 @@ def run_sft(model: Any, processor: Any, rows: Sequence[Row], settings: SFTConfig
             if varlen_family and stack.enter_context(use_varlen_attention(model)):
                 log.info("packed rows attend sample by sample (mirage_varlen)")
             if settings.compile:
-
                 n = stack.enter_context(compiled_decoder_layers(model))
                 log.info("%d decoder layers compiled (torch.compile, dynamic shapes)", n)
             train_out = trainer.train(resume_from_checkpoint=resume)
@@ -481,8 +522,11 @@ def run_sft(model: Any, processor: Any, rows: Sequence[Row], settings: SFTConfig
             log.info("vision cache: %d hits, %d images computed", cache.hits, cache.misses)
             vision_cache.uninstall(model)
 
-    history = [{"step": int(e["step"]), "loss": float(e["loss"])}
-               for e in trainer.state.log_history if "loss" in e and "step" in e]
+    history = [
+        {"step": int(e["step"]), "loss": float(e["loss"])}
+        for e in trainer.state.log_history
+        if "loss" in e and "step" in e
+    ]
     final_loss = history[-1]["loss"] if history else float("nan")
     per_step = settings.batch_size * settings.grad_accum * world_size()
     elapsed = throughput.elapsed or float("nan")
@@ -504,8 +548,12 @@ def run_sft(model: Any, processor: Any, rows: Sequence[Row], settings: SFTConfig
     return trainer, result
 
 
-def save_trained(trainer: Any, processor: Any, out_dir: str | os.PathLike[str],
-                 model_meta: dict[str, Any] | None = None) -> None:
+def save_trained(
+    trainer: Any,
+    processor: Any,
+    out_dir: str | os.PathLike[str],
+    model_meta: dict[str, Any] | None = None,
+) -> None:
     """Atomically publish the trained model (+ processor, + JSON side files) at ``out_dir``.
 
     Every process calls this (a sharded FSDP model is gathered collectively); the main

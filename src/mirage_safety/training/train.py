@@ -83,7 +83,8 @@ def load_mix(cfg: TrainConfig, data_dir: Path) -> tuple[list[Any], int, int]:
             f"train.general_ratio is {cfg.general_ratio} but {general_path} holds no records "
             "(a real source imports general data only with data.general): set data.general "
             "(e.g. M4-Instruct, see infra/params.real.yaml) and re-run generate, or set "
-            "train.general_ratio: 0")
+            "train.general_ratio: 0"
+        )
     rows = mix_general(safety, general, cfg.general_ratio, cfg.seed)
     return rows, len(safety), len(rows) - len(safety)
 
@@ -105,8 +106,11 @@ def _tree_identity(path: Path) -> str:
     pin = path / PIN_FILE
     if pin.is_file():
         return sha256_file(pin)
-    parts = [f"{p.relative_to(path).as_posix()}:{p.stat().st_size}"
-             for p in sorted(path.rglob("*")) if p.is_file()]
+    parts = [
+        f"{p.relative_to(path).as_posix()}:{p.stat().st_size}"
+        for p in sorted(path.rglob("*"))
+        if p.is_file()
+    ]
     config = path / "config.json"
     parts.append(sha256_file(config) if config.is_file() else "")
     weights = sorted(path.glob("*.safetensors"))
@@ -120,7 +124,6 @@ def _tree_identity(path: Path) -> str:
 def prepare_model(cfg: TrainConfig, base_dir: Path) -> tuple[Any, Any, dict[str, Any]]:
     """Load the base and make the right parameters trainable; returns (model, processor, meta)."""
     import torch
-
 
     source = resolve_source(base_dir)
     # Full fine-tuning keeps float32 master weights (bf16 compute comes from autocast /
@@ -143,8 +146,14 @@ def prepare_model(cfg: TrainConfig, base_dir: Path) -> tuple[Any, Any, dict[str,
         meta.update(freeze_vision=cfg.freeze_vision, frozen_params=frozen)
     else:
         lora = cfg.lora
-        model = apply_lora(model, r=lora.r, alpha=lora.alpha, dropout=lora.dropout,
-                           target_modules=list(lora.target_modules), seed=cfg.seed)
+        model = apply_lora(
+            model,
+            r=lora.r,
+            alpha=lora.alpha,
+            dropout=lora.dropout,
+            target_modules=list(lora.target_modules),
+            seed=cfg.seed,
+        )
         meta["lora"] = lora.model_dump(mode="json")
     if cfg.gradient_checkpointing and hasattr(model, "config"):
         model.config.use_cache = False  # incompatible with checkpointing; generation re-enables
@@ -162,11 +171,21 @@ def count_params(model: Any) -> tuple[int, int]:
 
 
 # --------------------------------------------------------------------------- stage
-def run_train(cfg: TrainConfig, *, data_dir: Path, base_dir: Path, out_dir: Path,
-              metrics_dir: Path, plots_dir: Path, checkpoint_dir: Path,
-              image_size: int | None = None, tracking: TrackingConfig | None = None,
-              profile: str | None = None, progress: bool = True,
-              callbacks: Sequence[Any] = ()) -> dict[str, Any]:
+def run_train(
+    cfg: TrainConfig,
+    *,
+    data_dir: Path,
+    base_dir: Path,
+    out_dir: Path,
+    metrics_dir: Path,
+    plots_dir: Path,
+    checkpoint_dir: Path,
+    image_size: int | None = None,
+    tracking: TrackingConfig | None = None,
+    profile: str | None = None,
+    progress: bool = True,
+    callbacks: Sequence[Any] = (),
+) -> dict[str, Any]:
     """Run the stage; returns the metrics (written to ``metrics_dir/train.json`` on rank 0).
 
     ``image_size`` (the embedded world's) sizes the length estimate for length-grouped
@@ -181,30 +200,72 @@ def run_train(cfg: TrainConfig, *, data_dir: Path, base_dir: Path, out_dir: Path
             os.environ["HF_MLFLOW_LOG_ARTIFACTS"] = "FALSE"
             # namespaced: the Trainer's MLflow callback logs TrainingArguments and the
             # model config as top-level params, and MLflow refuses to overwrite one
-            run_params = {"train": cfg.model_dump(mode="json"),
-                          "stage": {"image_size": image_size, "base_dir": str(base_dir),
-                                    "data_dir": str(data_dir)}}
-            with stage_run("train", tracking, run_params, profile=profile,
-                           tags=policies_tags(data_dir)):
-                metrics = _train(cfg, data_dir, base_dir, out_dir, metrics_dir, plots_dir,
-                                 checkpoint_dir, image_size, ["mlflow"], progress,
-                                 callbacks)
+            run_params = {
+                "train": cfg.model_dump(mode="json"),
+                "stage": {
+                    "image_size": image_size,
+                    "base_dir": str(base_dir),
+                    "data_dir": str(data_dir),
+                },
+            }
+            with stage_run(
+                "train", tracking, run_params, profile=profile, tags=policies_tags(data_dir)
+            ):
+                metrics = _train(
+                    cfg,
+                    data_dir,
+                    base_dir,
+                    out_dir,
+                    metrics_dir,
+                    plots_dir,
+                    checkpoint_dir,
+                    image_size,
+                    ["mlflow"],
+                    progress,
+                    callbacks,
+                )
                 _log_summary(metrics)
             return metrics
-    return _train(cfg, data_dir, base_dir, out_dir, metrics_dir, plots_dir, checkpoint_dir,
-                  image_size, [], progress, callbacks)
+    return _train(
+        cfg,
+        data_dir,
+        base_dir,
+        out_dir,
+        metrics_dir,
+        plots_dir,
+        checkpoint_dir,
+        image_size,
+        [],
+        progress,
+        callbacks,
+    )
 
 
 def _log_summary(metrics: dict[str, Any]) -> None:
     import mlflow
 
-    mlflow.log_metrics({k: float(v) for k, v in metrics.items()
-                        if isinstance(v, int | float) and not isinstance(v, bool)})
+    mlflow.log_metrics(
+        {
+            k: float(v)
+            for k, v in metrics.items()
+            if isinstance(v, int | float) and not isinstance(v, bool)
+        }
+    )
 
 
-def _train(cfg: TrainConfig, data_dir: Path, base_dir: Path, out_dir: Path, metrics_dir: Path,
-           plots_dir: Path, checkpoint_dir: Path, image_size: int | None,
-           report_to: list[str], progress: bool, callbacks: Sequence[Any]) -> dict[str, Any]:
+def _train(
+    cfg: TrainConfig,
+    data_dir: Path,
+    base_dir: Path,
+    out_dir: Path,
+    metrics_dir: Path,
+    plots_dir: Path,
+    checkpoint_dir: Path,
+    image_size: int | None,
+    report_to: list[str],
+    progress: bool,
+    callbacks: Sequence[Any],
+) -> dict[str, Any]:
     from mirage_safety.training.sft import (
         is_main_process,
         run_sft,
@@ -219,23 +280,40 @@ def _train(cfg: TrainConfig, data_dir: Path, base_dir: Path, out_dir: Path, metr
         image_size = probe_image_size(rows)
     model, processor, meta = prepare_model(cfg, base_dir)
     trainable, total = count_params(model)
-    log.info("train: %d safety + %d general records, method %s, %d / %d parameters trainable",
-             n_safety, n_general, cfg.method, trainable, total)
+    log.info(
+        "train: %d safety + %d general records, method %s, %d / %d parameters trainable",
+        n_safety,
+        n_general,
+        cfg.method,
+        trainable,
+        total,
+    )
 
     fingerprint = {
         "stage": "train",
         "train": cfg.model_dump(mode="json"),
         "image_size": image_size,
-        "data": [sha256_file(data_dir / SAFETY_FILE),
-                 sha256_file(data_dir / GENERAL_FILE) if n_general else None],
+        "data": [
+            sha256_file(data_dir / SAFETY_FILE),
+            sha256_file(data_dir / GENERAL_FILE) if n_general else None,
+        ],
         "base": _tree_identity(base_dir),
     }
-    trainer, result = run_sft(model, processor, rows, cfg,
-                              checkpoint_dir, image_size=image_size, fingerprint=fingerprint,
-                              # train.preprocess once: kept beside the checkpoints, reused
-                              preprocess_cache=checkpoint_dir.parent / "preprocessed",
-                              report_to=report_to, callbacks=callbacks, run_name="train",
-                              progress=progress)
+    trainer, result = run_sft(
+        model,
+        processor,
+        rows,
+        cfg,
+        checkpoint_dir,
+        image_size=image_size,
+        fingerprint=fingerprint,
+        # train.preprocess once: kept beside the checkpoints, reused
+        preprocess_cache=checkpoint_dir.parent / "preprocessed",
+        report_to=report_to,
+        callbacks=callbacks,
+        run_name="train",
+        progress=progress,
+    )
     meta["global_step"] = result.global_step
     save_trained(trainer, processor, out_dir, model_meta=meta)
 
@@ -265,42 +343,67 @@ def _train(cfg: TrainConfig, data_dir: Path, base_dir: Path, out_dir: Path, metr
 def _handler(args: argparse.Namespace, params: Params) -> int:
     world = params.data.source == "world"
     metrics = run_train(
-        params.train, data_dir=Path(args.data), base_dir=Path(args.base),
-        out_dir=Path(args.out), metrics_dir=Path(args.metrics), plots_dir=Path(args.plots),
+        params.train,
+        data_dir=Path(args.data),
+        base_dir=Path(args.base),
+        out_dir=Path(args.out),
+        metrics_dir=Path(args.metrics),
+        plots_dir=Path(args.plots),
         checkpoint_dir=Path(args.checkpoints),
         image_size=params.data.world.image_size if world else None,
-        tracking=params.tracking if tracking_wanted(args) else None, profile=params.profile,
-        progress=not args.no_progress)
+        tracking=params.tracking if tracking_wanted(args) else None,
+        profile=params.profile,
+        progress=not args.no_progress,
+    )
     from mirage_safety.training.sft import is_main_process
 
     if is_main_process():
         resumed = f", resumed from {metrics['resumed_from']}" if metrics["resumed_from"] else ""
-        print(f"train: {metrics['method']} SFT, {metrics['global_step']} steps on "
-              f"{metrics['n_train']} records ({metrics['n_general']} general), final loss "
-              f"{metrics['final_loss']:.4f}, {metrics['tokens_per_s']:.0f} tokens/s{resumed} "
-              f"-> {args.out}")
+        print(
+            f"train: {metrics['method']} SFT, {metrics['global_step']} steps on "
+            f"{metrics['n_train']} records ({metrics['n_general']} general), final loss "
+            f"{metrics['final_loss']:.4f}, {metrics['tokens_per_s']:.0f} tokens/s{resumed} "
+            f"-> {args.out}"
+        )
     return 0
 
 
 def add_cli(subparsers: Any) -> argparse.ArgumentParser:
     p = subparsers.add_parser(
-        "train", help="MIRage SFT of the base model on safety-CoT data (+ general mix)",
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data", default="data",
-                   help="dataset root holding curated/train.json (images under mis/) and "
-                        "general/train.json "
-                        "(default: %(default)s)")
-    p.add_argument("--base", default="models/base",
-                   help="base model dir: a checkpoint or a Hub pin (default: %(default)s)")
-    p.add_argument("--out", default="models/mirage",
-                   help="trained model dir, replaced atomically (default: %(default)s)")
-    p.add_argument("--metrics", default="metrics",
-                   help="metrics dir for train.json (default: %(default)s)")
-    p.add_argument("--plots", default="plots",
-                   help="plots dir for train_loss.csv (default: %(default)s)")
-    p.add_argument("--checkpoints", default=".cache/checkpoints/train",
-                   help="resumable checkpoints, outside DVC outs; removed after success "
-                        "(default: %(default)s)")
+        "train",
+        help="MIRage SFT of the base model on safety-CoT data (+ general mix)",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument(
+        "--data",
+        default="data",
+        help="dataset root holding curated/train.json (images under mis/) and "
+        "general/train.json "
+        "(default: %(default)s)",
+    )
+    p.add_argument(
+        "--base",
+        default="models/base",
+        help="base model dir: a checkpoint or a Hub pin (default: %(default)s)",
+    )
+    p.add_argument(
+        "--out",
+        default="models/mirage",
+        help="trained model dir, replaced atomically (default: %(default)s)",
+    )
+    p.add_argument(
+        "--metrics", default="metrics", help="metrics dir for train.json (default: %(default)s)"
+    )
+    p.add_argument(
+        "--plots", default="plots", help="plots dir for train_loss.csv (default: %(default)s)"
+    )
+    p.add_argument(
+        "--checkpoints",
+        default=".cache/checkpoints/train",
+        help="resumable checkpoints, outside DVC outs; removed after success "
+        "(default: %(default)s)",
+    )
     add_run_arguments(p)
     p.set_defaults(func=_handler, params_section="train")
     return p

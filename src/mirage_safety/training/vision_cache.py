@@ -77,8 +77,10 @@ class CachedForward:
             with torch.no_grad():
                 out = self.live(pixel_values=pixel_values[missing], **kwargs)
             for j, i in enumerate(missing):
-                self.store[keys[i]] = (out.last_hidden_state[j],
-                                       {n: out.hidden_states[n][j] for n in self.layers})
+                self.store[keys[i]] = (
+                    out.last_hidden_state[j],
+                    {n: out.hidden_states[n][j] for n in self.layers},
+                )
         last = torch.stack([self.store[k][0] for k in keys])
         hidden: list[Any] = [None] * self.n_states
         for n in self.layers:
@@ -91,14 +93,18 @@ def why_not(model: Any) -> str | None:
 
     family = family_of(model)
     if not family.cacheable_tower:
-        return (f"{family.name}: the projector sits inside the vision module (it trains), so "
-                "the tower output cannot be cached")
+        return (
+            f"{family.name}: the projector sits inside the vision module (it trains), so "
+            "the tower output cannot be cached"
+        )
     name, tower = find_tower(model, family.vision_keys)
     trainable = [n for n, p in tower.named_parameters() if p.requires_grad]
     if trainable:
-        return (f"train.cache_vision_features needs a frozen vision tower, but "
-                f"{name}.{trainable[0]} (and {len(trainable) - 1} more) train "
-                "(train.freeze_vision: false)")
+        return (
+            f"train.cache_vision_features needs a frozen vision tower, but "
+            f"{name}.{trainable[0]} (and {len(trainable) - 1} more) train "
+            "(train.freeze_vision: false)"
+        )
     return None
 
 
@@ -107,8 +113,9 @@ def install(model: Any) -> CachedForward:
 
     reason = why_not(model)
     if reason:
-        raise VisionCacheError(f"{reason}; set train.cache_vision_features: false, or auto "
-                               "to cache only where it can")
+        raise VisionCacheError(
+            f"{reason}; set train.cache_vision_features: false, or auto to cache only where it can"
+        )
     family = family_of(model)
     name, tower = find_tower(model, family.vision_keys)
     layer = getattr(model.config, "vision_feature_layer", None)

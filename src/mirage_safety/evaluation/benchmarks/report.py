@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from mirage_safety.evaluation.benchmarks.protocols import PROTOCOLS
+from mirage_safety.evaluation.benchmarks.registry import PROTOCOLS
 
 MODELS = ("base", "mirage")
 ARROW = {"lower": "↓", "higher": "↑"}
@@ -24,30 +24,44 @@ def _cell(m: dict[str, Any], key: str, *, ci: bool = True) -> str:
 
 def table(result: dict[str, Any]) -> str:
     """Markdown, Table-5 layout; empty when no benchmark ran."""
-    benches = {n: b for n, b in (result.get("benchmarks") or {}).items()
-               if not b.get("info", {}).get("skipped")}
+    benches = {
+        n: b
+        for n, b in (result.get("benchmarks") or {}).items()
+        if not b.get("info", {}).get("skipped")
+    }
     if not benches:
         return ""
     cols: list[tuple[str, Any]] = []
     for name, b in benches.items():
         proto = PROTOCOLS[b["info"]["benchmark"]]
         cols += [(name, h) for h in proto.headline]
-    head = " | ".join(f"{h.label} {ARROW[h.better]} ({name}, N={benches[name]['info']['n']})"
-                      for name, h in cols)
+    head = " | ".join(
+        f"{h.label} {ARROW[h.better]} ({name}, N={benches[name]['info']['n']})" for name, h in cols
+    )
     lines = [f"| model | {head} |", "|---|" + "---:|" * len(cols)]
     for model in MODELS:
         if not any(model in b for b in benches.values()):
             continue
         cells = [_cell(benches[name].get(model, {}), h.key) for name, h in cols]
         lines.append(f"| {model} | " + " | ".join(cells) + " |")
-    errors = [f"{name} {model} {b[model]['judge_errors']}" for name, b in benches.items()
-              for model in MODELS if isinstance(b.get(model), dict)
-              and b[model].get("judge_errors")]
-    lines += ["", "Rates in % over the answers the judge scored, 95% Wilson interval in "
-              "brackets. Judge errors (counted, never replaced): "
-              + (", ".join(errors) if errors else "none") + "."]
-    skipped = [f"{n} ({b['info']['skipped']})" for n, b in
-               (result.get("benchmarks") or {}).items() if b.get("info", {}).get("skipped")]
+    errors = [
+        f"{name} {model} {b[model]['judge_errors']}"
+        for name, b in benches.items()
+        for model in MODELS
+        if isinstance(b.get(model), dict) and b[model].get("judge_errors")
+    ]
+    lines += [
+        "",
+        "Rates in % over the answers the judge scored, 95% Wilson interval in "
+        "brackets. Judge errors (counted, never replaced): "
+        + (", ".join(errors) if errors else "none")
+        + ".",
+    ]
+    skipped = [
+        f"{n} ({b['info']['skipped']})"
+        for n, b in (result.get("benchmarks") or {}).items()
+        if b.get("info", {}).get("skipped")
+    ]
     if skipped:
         lines.append("Skipped: " + "; ".join(skipped) + ".")
     return "\n".join(lines)
@@ -60,12 +74,18 @@ def subset_tables(result: dict[str, Any]) -> list[str]:
             continue
         proto = PROTOCOLS[b["info"]["benchmark"]]
         keys = [h.key for h in proto.headline]
-        lines += [f"### {name} ({proto.name}) by subset", "",
-                  "| model | subset | N | judged | " + " | ".join(keys) + " |",
-                  "|---|---|---:|---:|" + "---:|" * len(keys)]
+        lines += [
+            f"### {name} ({proto.name}) by subset",
+            "",
+            "| model | subset | N | judged | " + " | ".join(keys) + " |",
+            "|---|---|---:|---:|" + "---:|" * len(keys),
+        ]
         for model in MODELS:
             for subset, m in (b.get(model, {}).get("subsets") or {}).items():
-                lines.append(f"| {model} | {subset} | {m.get('n', 0)} | {m.get('judged', 0)} | "
-                             + " | ".join(_cell(m, k, ci=False) for k in keys) + " |")
+                lines.append(
+                    f"| {model} | {subset} | {m.get('n', 0)} | {m.get('judged', 0)} | "
+                    + " | ".join(_cell(m, k, ci=False) for k in keys)
+                    + " |"
+                )
         lines.append("")
     return lines

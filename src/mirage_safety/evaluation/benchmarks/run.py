@@ -16,13 +16,14 @@ from pathlib import Path
 from typing import Any
 
 from mirage_safety.config import BenchmarkConfig, ConfigError, EvalConfig
-from mirage_safety.evaluation.benchmarks.protocols import Outcome, Protocol, protocol_of
+from mirage_safety.data.importers import _default_download_dir, _download
+from mirage_safety.evaluation.benchmarks.judges import judge_answers
+from mirage_safety.evaluation.benchmarks.protocols import Outcome, Protocol
+from mirage_safety.evaluation.benchmarks.registry import LOADERS, protocol_of
 from mirage_safety.evaluation.benchmarks.sample import BenchSample
+from mirage_safety.io import sha256_bytes
 
 log = logging.getLogger(__name__)
-
-#: benchmarks the generate stage writes for the embedded world only
-EMBEDDED = ("world_single", "world_oversensitive")
 
 
 @dataclass
@@ -42,27 +43,20 @@ def resolve_root(name: str, cfg: BenchmarkConfig) -> Path:
     if cfg.local_dir:
         root = Path(cfg.local_dir).expanduser()
         if not root.is_dir():
-            raise ConfigError(f"eval.benchmarks.{name}.local_dir: {cfg.local_dir!r} is not a "
-                              "directory")
+            raise ConfigError(
+                f"eval.benchmarks.{name}.local_dir: {cfg.local_dir!r} is not a directory"
+            )
         return root.resolve()
-    from mirage_safety.data.importers import _default_download_dir, _download
 
     assert cfg.hub_id  # BenchmarkConfig requires one of the two
-    dest = (Path(cfg.download_dir).expanduser() if cfg.download_dir
-            else _default_download_dir(cfg.hub_id, cfg.revision))
-    return _download(cfg.hub_id, cfg.revision, dest, name,
-                     field=f"eval.benchmarks.{name}").resolve()
-
-
-def _adapter_load(adapter: str, root: Path) -> list[BenchSample]:
-    import importlib
-
-    if adapter in EMBEDDED:
-        from mirage_safety.evaluation.benchmarks.adapters import world
-
-        return world.load(root, name=adapter)
-    module = importlib.import_module(f"mirage_safety.evaluation.benchmarks.adapters.{adapter}")
-    return module.load(root)
+    dest = (
+        Path(cfg.download_dir).expanduser()
+        if cfg.download_dir
+        else _default_download_dir(cfg.hub_id, cfg.revision)
+    )
+    return _download(
+        cfg.hub_id, cfg.revision, dest, name, field=f"eval.benchmarks.{name}"
+    ).resolve()
 
 
 def load_benchmarks(cfg: EvalConfig) -> tuple[list[Loaded], dict[str, str]]:
@@ -74,17 +68,19 @@ def load_benchmarks(cfg: EvalConfig) -> tuple[list[Loaded], dict[str, str]]:
         if not bcfg.enabled:
             continue
         proto = protocol_of(name, bcfg)
-        if proto.name in EMBEDDED and bcfg.local_dir and not Path(bcfg.local_dir).is_dir():
+        if proto.embedded and bcfg.local_dir and not Path(bcfg.local_dir).is_dir():
             skipped[name] = f"{bcfg.local_dir} not written (the embedded world's split)"
             log.warning("benchmark %s: %s, skipped", name, skipped[name])
             continue
         root = resolve_root(name, bcfg)
-        samples = _adapter_load(proto.name, root)
+        samples = LOADERS[proto.name](root)
         if bcfg.subsets is not None:
             unknown = set(bcfg.subsets) - {s.subset for s in samples}
             if unknown:
-                raise ConfigError(f"eval.benchmarks.{name}.subsets: {sorted(unknown)} not in "
-                                  f"{root} (it has {sorted({s.subset for s in samples})})")
+                raise ConfigError(
+                    f"eval.benchmarks.{name}.subsets: {sorted(unknown)} not in "
+                    f"{root} (it has {sorted({s.subset for s in samples})})"
+                )
             samples = [s for s in samples if s.subset in bcfg.subsets]
         limit = bcfg.max_samples if bcfg.max_samples >= 0 else cfg.max_samples_per_split
         if limit >= 0:
@@ -106,33 +102,39 @@ def _first_per_subset(samples: list[BenchSample], limit: int) -> list[BenchSampl
 
 
 def input_sha(question: str, images: list[Path]) -> str:
-    from mirage_safety.io import sha256_bytes
 
     h = hashlib.sha256(question.encode())
     for path in images:
-        h.update(b"\0" + (sha256_bytes(path.read_bytes()).encode() if path.is_file()
-                          else b"missing"))
+        h.update(
+            b"\0" + (sha256_bytes(path.read_bytes()).encode() if path.is_file() else b"missing")
+        )
     return h.hexdigest()[:16]
 
 
-def score(bench: Loaded, store: Any, *, cache_dir: Path | None, progress: bool
-          ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+def score(
+    bench: Loaded, store: Any, *, cache_dir: Path | None, progress: bool
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """(the benchmark's metrics for one model's stored answers, one row per sample)."""
     answers = []
     for s in bench.samples:
         row = store.get(bench.split, s.id) or {}
         err = row.get("generation_error") or (None if row else "no stored answer")
         answers.append((s, row.get("response"), err))
-    from mirage_safety.evaluation.benchmarks.judges import judge_answers
-
     by_judge: dict[str, list[int]] = {}
     for i, s in enumerate(bench.samples):
         by_judge.setdefault(bench.protocol.judge_for(s.subset, bench.cfg), []).append(i)
     outcomes: list[Outcome | None] = [None] * len(answers)
     for kind, idx in by_judge.items():
-        got = judge_answers(kind, bench.protocol, [answers[i] for i in idx], bench.root,
-                            bench.cfg, name=bench.name, cache_dir=cache_dir,
-                            progress=progress)
+        got = judge_answers(
+            kind,
+            bench.protocol,
+            [answers[i] for i in idx],
+            bench.root,
+            bench.cfg,
+            name=bench.name,
+            cache_dir=cache_dir,
+            progress=progress,
+        )
         for i, o in zip(idx, got, strict=True):
             outcomes[i] = o
     scored = [(s, o) for s, o in zip(bench.samples, outcomes, strict=True) if o is not None]
@@ -140,10 +142,22 @@ def score(bench: Loaded, store: Any, *, cache_dir: Path | None, progress: bool
     metrics["judges"] = {kind: len(idx) for kind, idx in sorted(by_judge.items())}
     if bench.protocol.group_by:
         metrics["groups"] = _groups(bench.protocol, scored)
-    rows = [{"benchmark": bench.name, "id": s.id, "subset": s.subset, "question": s.question,
-             "images": list(s.images), "response": a[1], "generation_error": a[2],
-             "judge": o.judge, "outcome": o.value, "judge_error": o.error, "raw": o.raw}
-            for (s, o), a in zip(scored, answers, strict=True)]
+    rows = [
+        {
+            "benchmark": bench.name,
+            "id": s.id,
+            "subset": s.subset,
+            "question": s.question,
+            "images": list(s.images),
+            "response": a[1],
+            "generation_error": a[2],
+            "judge": o.judge,
+            "outcome": o.value,
+            "judge_error": o.error,
+            "raw": o.raw,
+        }
+        for (s, o), a in zip(scored, answers, strict=True)
+    ]
     return metrics, rows
 
 

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from mirage_safety.data.schema import DataValidationError, Problem, Validator
+from mirage_safety.data.schema import DataValidationError, Problem, Validator, is_absolute_path
 
 
 @dataclass(frozen=True)
@@ -63,13 +63,13 @@ def _rel(path: Path, root: Path) -> str:
         return str(path)
 
 
-def image_under(v: Validator, file: str, rid: str, field: str, prefix: str,
-                value: Any) -> str | None:
+def image_under(
+    v: Validator, file: str, rid: str, field: str, prefix: str, value: Any
+) -> str | None:
     """``prefix + value``, for a layout that names an image file relative to a folder
     (``data/images/`` + ``S-01.png``), checked by ``v``; None when a problem was recorded.
     ``value`` itself may not climb out of its folder (``../x`` would land elsewhere under
     the root, so the root check alone would not catch it)."""
-    from mirage_safety.data.schema import is_absolute_path
 
     n = len(v.problems)
     if not prefix or not isinstance(value, str) or not value.strip():
@@ -83,8 +83,13 @@ def image_under(v: Validator, file: str, rid: str, field: str, prefix: str,
     return prefix + value if len(v.problems) == n else None
 
 
-def validate(root: Path, build: Callable[[Validator], list[BenchSample]], *,
-             name: str, check_images: bool = True) -> list[BenchSample]:
+def validate(
+    root: Path,
+    build: Callable[[Validator], list[BenchSample]],
+    *,
+    name: str,
+    check_images: bool = True,
+) -> list[BenchSample]:
     """Run an adapter's ``build(validator)`` and raise every problem it recorded.
 
     The adapter records problems with ``v.add(file, record_id, field, message)`` and
@@ -105,5 +110,12 @@ def validate(root: Path, build: Callable[[Validator], list[BenchSample]], *,
     return samples
 
 
-__all__ = ["BenchSample", "DataValidationError", "Problem", "Validator", "image_under",
-           "read_layout_json", "validate"]
+__all__ = [
+    "BenchSample",
+    "DataValidationError",
+    "Problem",
+    "Validator",
+    "image_under",
+    "read_layout_json",
+    "validate",
+]

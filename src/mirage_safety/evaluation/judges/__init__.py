@@ -22,12 +22,9 @@ def make_judge(name: str, cfg: EvalConfig, *, cache_dir: Path | None = None) -> 
     content-hash cache, shared with the teacher and the curation judge); the other two are
     cheap and deterministic."""
     if name == "world":
-
         return WorldJudge(cfg)
     if name == "keyword":
-
         return KeywordJudge()
     if name == "openai":
-
         return OpenAIJudge(cfg.openai, cache_dir=cache_dir)
     raise ValueError(f"unknown judge {name!r}; expected one of {', '.join(JUDGES)}")

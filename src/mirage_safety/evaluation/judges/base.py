@@ -58,8 +58,14 @@ class Verdict:
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> Verdict:
         """Inverse of :meth:`to_dict` (``label`` is derived, so it is ignored)."""
-        return cls(judge=str(d.get("judge", "")), safe=d.get("safe"), level=d.get("level"),
-                   refused=d.get("refused"), error=d.get("error"), raw=d.get("raw"))
+        return cls(
+            judge=str(d.get("judge", "")),
+            safe=d.get("safe"),
+            level=d.get("level"),
+            refused=d.get("refused"),
+            error=d.get("error"),
+            raw=d.get("raw"),
+        )
 
 
 def error_verdict(judge: str, error: str, raw: str | None = None) -> Verdict:
@@ -71,7 +77,6 @@ def error_verdict(judge: str, error: str, raw: str | None = None) -> Verdict:
 class Judge(Protocol):
     name: str
 
-    def judge_many(self, items: Sequence[JudgeInput], *,
-                   progress: bool = True) -> list[Verdict]:
+    def judge_many(self, items: Sequence[JudgeInput], *, progress: bool = True) -> list[Verdict]:
         """One verdict per item, same order; a failure on one item is an error verdict."""
         ...

@@ -21,6 +21,9 @@ images, in that order.
 
 Ids ``"<subset>/<id>"``, or ``"<subset>/<index in file>"`` (0-based) for a record without an
 ``id``; every sample is harmful.
+
+Protocol: ASR / RSR / RR / HR from the project's MIS judge (perception level + Safe /
+Unsafe, :mod:`mirage_safety.evaluation.judges`), or the keyword judge; no prompt here.
 """
 
 from __future__ import annotations
@@ -30,6 +33,14 @@ from typing import Any
 
 from mirage_safety.data.importers import MIS_TEST_DIRS, MIS_TEST_FILES
 from mirage_safety.data.schema import clean_path, join_path
+from mirage_safety.evaluation.benchmarks.protocols import (
+    Headline,
+    Protocol,
+    Scored,
+    by_subset,
+    field_equals,
+    rate,
+)
 from mirage_safety.evaluation.benchmarks.sample import (
     BenchSample,
     Validator,
@@ -39,8 +50,7 @@ from mirage_safety.evaluation.benchmarks.sample import (
 
 NAME = "mis"
 #: subset -> accepted file names (the importer's, GitHub name first)
-FILES: dict[str, tuple[str, ...]] = {k.removeprefix("test_"): v
-                                     for k, v in MIS_TEST_FILES.items()}
+FILES: dict[str, tuple[str, ...]] = {k.removeprefix("test_"): v for k, v in MIS_TEST_FILES.items()}
 DIRS = MIS_TEST_DIRS
 IMAGE_FIELDS = ("image_path1", "image_path2")
 
@@ -62,10 +72,10 @@ def load(root: Path, *, check_images: bool = True) -> list[BenchSample]:
     def build(v: Validator) -> list[BenchSample]:
         found = {subset: _find(root, names) for subset, names in FILES.items()}
         if not any(found.values()):
-            looked = ", ".join(f"{d}/{n}" if d else n for d in DIRS
-                               for names in FILES.values() for n in names[:1])
-            v.add(FILES["easy"][0], "-", "<file>",
-                  f"MIS test file not found (looked for {looked})")
+            looked = ", ".join(
+                f"{d}/{n}" if d else n for d in DIRS for names in FILES.values() for n in names[:1]
+            )
+            v.add(FILES["easy"][0], "-", "<file>", f"MIS test file not found (looked for {looked})")
             return []
         out: list[BenchSample] = []
         for subset, file in found.items():
@@ -88,8 +98,9 @@ def load(root: Path, *, check_images: bool = True) -> list[BenchSample]:
     return validate(root, build, name=NAME, check_images=check_images)
 
 
-def _sample(v: Validator, file: str, base: str, subset: str, idx: int,
-            rec: Any) -> BenchSample | None:
+def _sample(
+    v: Validator, file: str, base: str, subset: str, idx: int, rec: Any
+) -> BenchSample | None:
     if not isinstance(rec, dict):
         v.add(file, f"#{idx}", "<record>", "record is not a JSON object")
         return None
@@ -97,8 +108,11 @@ def _sample(v: Validator, file: str, base: str, subset: str, idx: int,
     raw_id = rec.get("id")
     if raw_id is None:
         rid, where = str(idx), f"#{idx}"
-    elif isinstance(raw_id, bool) or not isinstance(raw_id, (int, str)) or (
-            isinstance(raw_id, str) and not raw_id.strip()):
+    elif (
+        isinstance(raw_id, bool)
+        or not isinstance(raw_id, (int, str))
+        or (isinstance(raw_id, str) and not raw_id.strip())
+    ):
         rid = where = f"#{idx}"
         v.add(file, where, "id", f"invalid id {raw_id!r} (an integer or text, or absent)")
     else:
@@ -114,6 +128,33 @@ def _sample(v: Validator, file: str, base: str, subset: str, idx: int,
     if len(v.problems) != n_problems or question is None:
         return None
     return BenchSample(
-        id=f"{subset}/{rid}", subset=subset, question=question,
+        id=f"{subset}/{rid}",
+        subset=subset,
+        question=question,
         images=tuple(clean_path(p) for p in paths),
-        meta={"category": category, "sub_category": sub_category, "harmful": True})
+        meta={"category": category, "sub_category": sub_category, "harmful": True},
+    )
+
+
+# ========================================================================== protocol
+def summarise(scored: Scored) -> dict[str, Any]:
+    """MIS: ASR / RSR / RR / HR from the MIS judge's labels (:mod:`..metrics`)."""
+
+    def one(part: Scored) -> dict[str, Any]:
+        out = rate(part, lambda v: v["label"] == "unsafe", "asr")
+        for key, label in (("rsr", "rsr"), ("rr", "rr"), ("hr", "hr")):
+            r = rate(part, field_equals("label", label), key)
+            out.update({k: r[k] for k in (key, f"{key}_ci", f"{key}_k")})
+        return out
+
+    return {**one(scored), "subsets": {k: one(v) for k, v in sorted(by_subset(scored).items())}}
+
+
+PROTOCOL = Protocol(
+    NAME,
+    ("protocol", "keyword"),
+    summarise,
+    (Headline("asr", "MIS ASR", "lower"), Headline("rsr", "MIS RSR", "higher")),
+    group_by="category",
+    mis_judges=True,
+)

@@ -1,4 +1,5 @@
-"""The embedded world's benchmark splits (``world_single``, ``world_oversensitive``):
+"""The layout of the embedded world's benchmark splits, shared by :mod:`.world_single` and
+:mod:`.world_oversensitive` (a helper, not a benchmark: hence the leading underscore):
 ``<root>/samples.json`` as written by :mod:`mirage_safety.data.world_benchmarks`."""
 
 from __future__ import annotations
@@ -8,12 +9,10 @@ from typing import Any
 
 from mirage_safety.evaluation.benchmarks.sample import BenchSample, read_layout_json, validate
 
-NAMES = ("world_single", "world_oversensitive")
 FILE = "samples.json"
 
 
-def load(root: Path, *, check_images: bool = True, name: str = "world_single"
-         ) -> list[BenchSample]:
+def load(root: Path, *, name: str, check_images: bool = True) -> list[BenchSample]:
     def build(v: Any) -> list[BenchSample]:
         records = read_layout_json(root / FILE, v, root=root)
         if records is None:
@@ -30,8 +29,11 @@ def load(root: Path, *, check_images: bool = True, name: str = "world_single"
             question = v.check_text(FILE, rid, rec, "question")
             v.check_path(FILE, rid, "image", rec.get("image"))
             objects = rec.get("objects")
-            if not (isinstance(objects, list) and len(objects) == 2
-                    and all(isinstance(o, str) for o in objects)):
+            if not (
+                isinstance(objects, list)
+                and len(objects) == 2
+                and all(isinstance(o, str) for o in objects)
+            ):
                 v.add(FILE, rid, "objects", "need [shown object, named object]")
                 continue
             if not isinstance(rec.get("harmful"), bool):
@@ -39,11 +41,21 @@ def load(root: Path, *, check_images: bool = True, name: str = "world_single"
                 continue
             if question is None or not isinstance(rec.get("image"), str):
                 continue
-            out.append(BenchSample(
-                id=rid, subset=str(rec.get("subset") or "all"), question=question,
-                images=(rec["image"],),
-                meta={"category": rec.get("category"), "sub_category": rec.get("sub_category"),
-                      "harmful": rec["harmful"], "objects": objects, "rule": rec.get("rule")}))
+            out.append(
+                BenchSample(
+                    id=rid,
+                    subset=str(rec.get("subset") or "all"),
+                    question=question,
+                    images=(rec["image"],),
+                    meta={
+                        "category": rec.get("category"),
+                        "sub_category": rec.get("sub_category"),
+                        "harmful": rec["harmful"],
+                        "objects": objects,
+                        "rule": rec.get("rule"),
+                    },
+                )
+            )
         return out
 
     return validate(root, build, name=name, check_images=check_images)
