@@ -256,6 +256,7 @@ def test_higher_asr_on_one_split_makes_a_challenger(tmp_path, model_dir, store):
     assert saved["version"] == 2
 
 
+@pytest.mark.slow
 def test_over_refusal_beyond_tolerance_is_refused(tmp_path, model_dir, store):
     _register(tmp_path, model_dir, store, summary(over_refusal=5.0))
     result = _register(
