@@ -60,6 +60,7 @@ from prefect.runtime import task_run as runtime_task_run
 from prefect.tasks import exponential_backoff
 
 from flows.remote import pipeline_slot, remote_stage
+from mirage_safety import paths
 from mirage_safety.config import PIPELINE_STAGES, ConfigError, Params
 from mirage_safety.orchestration.failures import (
     CONFIG_ERROR_EXIT,
@@ -199,8 +200,8 @@ def push_outputs(repo: str, env: dict[str, str]) -> str:
 def publish_report(repo: str, summary: dict[str, Any]) -> dict[str, Any]:
     """Markdown + table artefacts from metrics/eval.json and metrics/registry.json."""
     root = Path(repo)
-    rows = metrics_rows(_read_json(root / "metrics" / "eval.json"))
-    registry = _read_json(root / "metrics" / "registry.json")
+    rows = metrics_rows(_read_json(root / paths.EVAL_METRICS))
+    registry = _read_json(root / paths.REGISTRY_METRICS)
     markdown = report_markdown(summary, rows, registry)
     create_markdown_artifact(
         markdown=markdown,
@@ -227,7 +228,7 @@ def publish_report(repo: str, summary: dict[str, Any]) -> dict[str, Any]:
                 }
             ],
             key="mirage-registry-decision",
-            description="metrics/registry.json",
+            description=paths.REGISTRY_METRICS,
         )
     return {"rows": rows, "registry": registry, "markdown": markdown}
 

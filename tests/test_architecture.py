@@ -4,7 +4,9 @@
   function) is one of that stage's ``deps`` in ``dvc.yaml``, so editing it marks the stage
   changed;
 * changing a default in ``config.py`` (a setting ``params.yaml`` leaves out) makes
-  ``dvc status`` report every stage changed.
+  ``dvc status`` report every stage changed;
+* the paths a stage's command reads and writes by default (``mirage_safety.paths``) are
+  that stage's ``deps`` and ``outs`` in ``dvc.yaml``.
 
 (The import layers themselves are checked by ``lint-imports`` in ``make test``.)
 """
@@ -55,6 +57,44 @@ def _covered(path: str, deps: list[str]) -> bool:
 def test_every_stage_command_is_in_the_entry_table() -> None:
     commands = {name: stage["cmd"].split()[1] for name, stage in _stages().items()}
     assert commands == {name: name for name in STAGE_ENTRY}
+
+
+#: a stage command's path options: what it reads, and what it writes
+_READS = ("data", "base", "base_model", "model", "eval_path", "model_dir")
+_WRITES = ("out", "metrics", "plots")
+
+
+def _declared(entry: dict, key: str) -> list[str]:
+    return [next(iter(x)) if isinstance(x, dict) else x for x in entry.get(key) or []]
+
+
+def _within(path: str, declared: list[str]) -> bool:
+    """``path`` is declared, or is a folder holding something declared (``data`` for
+    ``data/mis``)."""
+    return any(d == path or d.startswith(path.rstrip("/") + "/") for d in declared)
+
+
+def test_stage_paths_are_the_dvc_yaml_deps_and_outs() -> None:
+    from mirage_safety import cli, paths
+
+    commands = next(a for a in cli.build_parser()._actions if a.dest == "command").choices
+    layout = {v for k, v in vars(paths).items() if k.isupper()}
+    for name, entry in _stages().items():
+        command = commands[name]
+        outs = [*_declared(entry, "outs"), *_declared(entry, "metrics"), *_declared(entry, "plots")]
+        for options, declared, what in (
+            (_WRITES, outs, "outs/metrics/plots"),
+            (_READS, _declared(entry, "deps"), "deps"),
+        ):
+            for option in options:
+                default = command.get_default(option)
+                if default is None:
+                    continue
+                assert default in layout, f"mirage {name} --{option}: {default!r} not in paths"
+                assert _within(default, declared), (
+                    f"mirage {name} --{option} defaults to {default!r}, which is not among the "
+                    f"stage's {what} in dvc.yaml: {declared}"
+                )
 
 
 def test_stage_code_deps_cover_every_module_the_stage_imports() -> None:

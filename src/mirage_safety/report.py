@@ -29,13 +29,14 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from mirage_safety import paths
 from mirage_safety.evaluation import balance
 from mirage_safety.evaluation.benchmarks.summaries import with_benchmarks
 from mirage_safety.io import png_bytes, read_json, write_bytes_atomic, write_text_atomic
 
 log = logging.getLogger(__name__)
 
-EVAL_FILE, CURATE_FILE = "metrics/eval.json", "metrics/curate.json"
+EVAL_FILE, CURATE_FILE = paths.EVAL_METRICS, paths.CURATE_METRICS
 COLUMNS: tuple[tuple[str, str], ...] = (
     ("base ASR easy", "base.test_easy.asr"),
     ("base ASR hard", "base.test_hard.asr"),
@@ -292,7 +293,7 @@ def add_cli(sub: Any) -> argparse.ArgumentParser:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--out", default="reports", help="output dir (default: %(default)s)")
+    p.add_argument("--out", default=paths.REPORTS, help="output dir (default: %(default)s)")
     p.add_argument(
         "--no-workspace",
         action="store_true",

@@ -28,6 +28,7 @@ from typing import Any, TypeVar
 import numpy as np
 from tqdm.auto import tqdm
 
+from mirage_safety import paths
 from mirage_safety.config import DataConfig, Params, WorldConfig
 from mirage_safety.data import world as W
 from mirage_safety.data.image_packs import PACK_SUFFIX, pack_bytes
@@ -727,7 +728,7 @@ def add_cli(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
             "command lists each offending record id and field and exits 2, leaving data/ as it was."
         ),
     )
-    p.add_argument("--out", default="data", help="output directory (default: %(default)s)")
+    p.add_argument("--out", default=paths.DATA, help="output directory (default: %(default)s)")
     p.add_argument(
         "--workers",
         type=int,

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from mirage_safety import paths
 from mirage_safety.config import (
     EvalConfig,
     Params,
@@ -170,7 +171,7 @@ def evaluate(
     data_dir: Path = Path("data"),
     model_dirs: dict[str, Path] | None = None,
     out_dir: Path = Path("eval"),
-    metrics_path: Path = Path("metrics/eval.json"),
+    metrics_path: Path = Path(paths.EVAL_METRICS),
     plots_path: Path = Path("plots/eval_rates.csv"),
     cache_dir: Path = Path(".cache/openai"),
     progress: bool = True,
@@ -179,7 +180,7 @@ def evaluate(
 
     cfg = params.eval
     policies = load_policies(params.label.policies)
-    model_dirs = model_dirs or {"base": Path("models/base"), "mirage": Path("models/mirage")}
+    model_dirs = model_dirs or {"base": Path(paths.BASE_MODEL), "mirage": Path(paths.MODEL)}
 
     splits = load_splits(data_dir, cfg)
     # every benchmark is read and validated before any answer is generated
@@ -424,12 +425,12 @@ def add_cli(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
             "metrics/eval.json for `dvc metrics show`, plots and a markdown report with a gallery."
         ),
     )
-    p.add_argument("--data", default="data", help="dataset dir (default: %(default)s)")
-    p.add_argument("--base-model", default="models/base", help="base model dir")
-    p.add_argument("--model", default="models/mirage", help="fine-tuned model dir")
-    p.add_argument("--out", default="eval", help="output dir (default: %(default)s)")
-    p.add_argument("--metrics", default="metrics/eval.json", help="metrics file")
-    p.add_argument("--plots", default="plots/eval_rates.csv", help="DVC plots CSV")
+    p.add_argument("--data", default=paths.DATA, help="dataset dir (default: %(default)s)")
+    p.add_argument("--base-model", default=paths.BASE_MODEL, help="base model dir")
+    p.add_argument("--model", default=paths.MODEL, help="fine-tuned model dir")
+    p.add_argument("--out", default=paths.EVAL, help="output dir (default: %(default)s)")
+    p.add_argument("--metrics", default=paths.EVAL_METRICS, help="metrics file")
+    p.add_argument("--plots", default=paths.EVAL_PLOTS, help="DVC plots CSV")
     add_run_arguments(p, cache_user="openai judge")
     p.set_defaults(func=_cli, params_section="eval")
     return p

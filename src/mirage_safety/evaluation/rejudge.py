@@ -18,6 +18,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+from mirage_safety import paths
 from mirage_safety.data.schema import SAFETY_SPLITS
 from mirage_safety.evaluation.judges.base import JudgeInput
 from mirage_safety.evaluation.judges.keyword import judge_one as keyword_judge
@@ -122,7 +123,7 @@ def add_cli(sub: Any) -> argparse.ArgumentParser:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--eval", default="eval", help="evaluation dir (default: %(default)s)")
+    p.add_argument("--eval", default=paths.EVAL, help="evaluation dir (default: %(default)s)")
     p.add_argument(
         "--judge",
         nargs="+",

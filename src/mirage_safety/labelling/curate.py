@@ -29,6 +29,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from mirage_safety import paths
 from mirage_safety.config import (
     CurateConfig,
     Params,
@@ -419,12 +420,12 @@ def add_cli(sub: Any) -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--data",
-        default="data",
+        default=paths.DATA,
         help="dataset dir holding labelled/train.json (default: %(default)s)",
     )
-    p.add_argument("--out", default="data/curated", help="output dir (default: %(default)s)")
-    p.add_argument("--metrics", default="metrics/curate.json", help="metrics file")
-    p.add_argument("--plots", default="plots/curate_scores.csv", help="DVC plots CSV")
+    p.add_argument("--out", default=paths.CURATED, help="output dir (default: %(default)s)")
+    p.add_argument("--metrics", default=paths.CURATE_METRICS, help="metrics file")
+    p.add_argument("--plots", default=paths.CURATE_PLOTS, help="DVC plots CSV")
     add_run_arguments(p, cache_user="openai judge")
     p.set_defaults(func=_cli, params_section="curate")
     return p

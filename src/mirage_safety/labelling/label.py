@@ -32,6 +32,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from mirage_safety import paths
 from mirage_safety.config import (
     LabelConfig,
     Params,
@@ -235,10 +236,12 @@ def add_cli(sub: Any) -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument(
-        "--data", default="data", help="dataset dir holding mis/train.json (default: %(default)s)"
+        "--data",
+        default=paths.DATA,
+        help="dataset dir holding mis/train.json (default: %(default)s)",
     )
-    p.add_argument("--out", default="data/labelled", help="output dir (default: %(default)s)")
-    p.add_argument("--metrics", default="metrics/label.json", help="metrics file")
+    p.add_argument("--out", default=paths.LABELLED, help="output dir (default: %(default)s)")
+    p.add_argument("--metrics", default=paths.LABEL_METRICS, help="metrics file")
     add_run_arguments(p, cache_user="openai teacher")
     p.set_defaults(func=_cli, params_section="label")
     return p

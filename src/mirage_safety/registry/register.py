@@ -42,6 +42,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
+from mirage_safety import paths
 from mirage_safety.config import ConfigError, Params
 from mirage_safety.evaluation import balance
 from mirage_safety.evaluation.benchmarks.summaries import with_benchmarks
@@ -286,9 +287,9 @@ def champion_metrics(
 def register(
     params: Params,
     *,
-    eval_path: str | os.PathLike[str] = "metrics/eval.json",
-    model_dir: str | os.PathLike[str] = "models/mirage",
-    out_path: str | os.PathLike[str] | None = "metrics/registry.json",
+    eval_path: str | os.PathLike[str] = paths.EVAL_METRICS,
+    model_dir: str | os.PathLike[str] = paths.MODEL,
+    out_path: str | os.PathLike[str] | None = paths.REGISTRY_METRICS,
     log_model: Any = None,
 ) -> dict[str, Any]:
     """Register the candidate in ``model_dir``, apply the gate, return registry.json's dict.
@@ -488,17 +489,17 @@ def add_cli(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument(
         "--eval",
         dest="eval_path",
-        default="metrics/eval.json",
+        default=paths.EVAL_METRICS,
         help="evaluation summary (default: %(default)s)",
     )
     p.add_argument(
         "--model",
         dest="model_dir",
-        default="models/mirage",
+        default=paths.MODEL,
         help="trained model directory (default: %(default)s)",
     )
     p.add_argument(
-        "--out", default="metrics/registry.json", help="registry result (default: %(default)s)"
+        "--out", default=paths.REGISTRY_METRICS, help="registry result (default: %(default)s)"
     )
     p.set_defaults(func=_cli, params_section="registry")
     return p

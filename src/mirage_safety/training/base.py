@@ -28,7 +28,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from mirage_safety import numerics
+from mirage_safety import numerics, paths
 from mirage_safety.config import (
     BaseConfig,
     BuiltinModelConfig,
@@ -519,12 +519,12 @@ def add_cli(subparsers: Any) -> argparse.ArgumentParser:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--data", default="data", help="dataset root (default: data)")
-    p.add_argument("--out", default="models/base", help="output dir (default: models/base)")
-    p.add_argument("--metrics", default="metrics", help="metrics dir (default: metrics)")
+    p.add_argument("--data", default=paths.DATA, help="dataset root (default: data)")
+    p.add_argument("--out", default=paths.BASE_MODEL, help="output dir (default: models/base)")
+    p.add_argument("--metrics", default=paths.METRICS, help="metrics dir (default: metrics)")
     p.add_argument(
         "--checkpoints",
-        default=".cache/checkpoints/base",
+        default=paths.BASE_CHECKPOINTS,
         help="resumable checkpoints, outside DVC outs (default: .cache/checkpoints/base)",
     )
     add_run_arguments(p)

@@ -41,7 +41,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from mirage_safety import numerics
+from mirage_safety import numerics, paths
 from mirage_safety.config import (
     ConfigError,
     Params,
@@ -377,30 +377,30 @@ def add_cli(subparsers: Any) -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--data",
-        default="data",
+        default=paths.DATA,
         help="dataset root holding curated/train.json (images under mis/) and "
         "general/train.json "
         "(default: %(default)s)",
     )
     p.add_argument(
         "--base",
-        default="models/base",
+        default=paths.BASE_MODEL,
         help="base model dir: a checkpoint or a Hub pin (default: %(default)s)",
     )
     p.add_argument(
         "--out",
-        default="models/mirage",
+        default=paths.MODEL,
         help="trained model dir, replaced atomically (default: %(default)s)",
     )
     p.add_argument(
-        "--metrics", default="metrics", help="metrics dir for train.json (default: %(default)s)"
+        "--metrics", default=paths.METRICS, help="metrics dir for train.json (default: %(default)s)"
     )
     p.add_argument(
-        "--plots", default="plots", help="plots dir for train_loss.csv (default: %(default)s)"
+        "--plots", default=paths.PLOTS, help="plots dir for train_loss.csv (default: %(default)s)"
     )
     p.add_argument(
         "--checkpoints",
-        default=".cache/checkpoints/train",
+        default=paths.TRAIN_CHECKPOINTS,
         help="resumable checkpoints, outside DVC outs; removed after success "
         "(default: %(default)s)",
     )
